@@ -1,0 +1,109 @@
+//! The `anteroom` command: run, check a config, or start the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anteroom::config::Config;
+use anteroom::server::{App, Exit};
+use anteroom::{demo, logging};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// A virtual waiting room in front of your app or LLM API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "conf/anteroom.toml",
+            env = "ANTEROOM_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (non-zero if it has problems).
+    Check {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "conf/anteroom.toml",
+            env = "ANTEROOM_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Start a self-contained showcase on loopback with an embedded toy app.
+    Demo {
+        /// anteroom's public port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// anteroom's admin port.
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// The toy app's port.
+        #[arg(long, default_value_t = 3000)]
+        upstream_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("anteroom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok ({} upstreams, {} rooms, {} routes)",
+                config.display(),
+                c.upstreams.len(),
+                c.rooms.len(),
+                c.routes.len()
+            );
+        }
+        Command::Run { config } => {
+            let c = Config::load(&config)?;
+            logging::init(&c.log);
+            App::build(&c, Exit::WhenDrained)
+                .context("cannot start")?
+                .run();
+        }
+        Command::Demo {
+            port,
+            admin_port,
+            upstream_port,
+        } => {
+            let ports = demo::Ports {
+                public: port,
+                admin: admin_port,
+                upstream: upstream_port,
+            };
+            let c = demo::config(ports)?;
+            logging::init(&c.log);
+            let toy = demo::toy_upstream(upstream_port).with_context(|| {
+                format!("cannot listen on 127.0.0.1:{upstream_port} for the toy app")
+            })?;
+            let mut app = App::build(&c, Exit::WhenDrained).context("cannot start the demo")?;
+            app.server.add_service(toy);
+            println!("{}", demo::banner(ports));
+            app.run();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The Pingora glue: routes each request, takes its room's slot, forwards it
+//! and records how it ended. Decisions live in `route`, `room` and `slots`;
+//! this file only carries them out.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::header::{HOST, RETRY_AFTER};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use serde::Serialize;
+
+use crate::api;
+use crate::config::RoomMode;
+use crate::lifecycle::{InFlight, Lifecycle};
+use crate::metrics::Metrics;
+use crate::respond::Reply;
+use crate::room::{Room, Rooms};
+use crate::route::Router;
+use crate::slots::Permit;
+use crate::upstream::Upstream;
+
+/// Headers under this prefix are anteroom's to set; a client cannot pass its own upstream.
+const RESERVED_HEADER_PREFIX: &str = "x-anteroom-";
+
+/// Everything the request path needs, shared by all worker threads.
+pub struct Proxy {
+    pub(crate) router: Router,
+    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+/// Per-request state, dropped when the request ends (which returns its slot).
+pub struct Ctx {
+    _in_flight: InFlight,
+    started: Instant,
+    route: Option<usize>,
+    permit: Option<Permit>,
+    slot_wait: Option<Duration>,
+    upstream_sent: Option<Instant>,
+    upstream_response: Option<(u16, Duration)>,
+    outcome: Outcome,
+}
+
+/// How a request ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Proxied,
+    Api,
+    NoRoute,
+    QueueRequired,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Proxied => "proxied",
+            Outcome::Api => "api",
+            Outcome::NoRoute => "no_route",
+            Outcome::QueueRequired => "queue_required",
+        }
+    }
+}
+
+/// The body of a 503 from a full `requests` room.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueRequired<'a> {
+    code: &'static str,
+    room: &'a str,
+    retry_after_ms: u64,
+    message: &'static str,
+}
+
+impl Proxy {
+    fn room_of_route(&self, route: usize) -> Option<&Room> {
+        let room = self.router.get(route)?.room?;
+        self.rooms.get(room)
+    }
+
+    fn upstream_of_route(&self, route: usize) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(self.router.get(route)?.upstream)
+    }
+
+    /// Takes a slot in a `requests` room, waiting in line up to the room's
+    /// `max_wait`; the reply is the 503 to send when none came free.
+    async fn take_slot(&self, room: &Room, ctx: &mut Ctx) -> Result<(), Reply> {
+        let name = room.name();
+        let start = Instant::now();
+        let permit = match room.slots().try_acquire() {
+            Some(p) => Ok(p),
+            None if room.max_wait().is_zero() => Err(()),
+            None => {
+                self.metrics.queued.with_label_values(&[name]).inc();
+                room.slots().acquire(room.max_wait()).await.map_err(|_| ())
+            }
+        };
+        let waited = start.elapsed();
+        self.metrics
+            .slot_wait
+            .with_label_values(&[name])
+            .observe(waited.as_secs_f64());
+        ctx.slot_wait = Some(waited);
+        match permit {
+            Ok(p) => {
+                self.metrics.admitted.with_label_values(&[name]).inc();
+                ctx.permit = Some(p);
+                Ok(())
+            }
+            Err(()) => {
+                self.metrics
+                    .rejected
+                    .with_label_values(&[name, "full"])
+                    .inc();
+                Err(queue_required(room))
+            }
+        }
+    }
+}
+
+/// 503 with `Retry-After` (whole seconds, at least 1) and the JSON contract.
+fn queue_required(room: &Room) -> Reply {
+    let retry = room.slots().retry_after();
+    let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+    Reply::json(
+        503,
+        &QueueRequired {
+            code: "QUEUE_REQUIRED",
+            room: room.name(),
+            retry_after_ms: retry_ms,
+            message: "The room is at capacity. Retry after the given time.",
+        },
+    )
+    .header(RETRY_AFTER, retry_ms.div_ceil(1000).max(1).to_string())
+}
+
+/// The request's host: the `Host` header, or the authority of an absolute URI.
+pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            _in_flight: self.lifecycle.enter(),
+            started: Instant::now(),
+            route: None,
+            permit: None,
+            slot_wait: None,
+            upstream_sent: None,
+            upstream_response: None,
+            outcome: Outcome::Proxied,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let req = session.req_header();
+        if req.uri.path().starts_with(api::PREFIX) {
+            ctx.outcome = Outcome::Api;
+            let reply = api::handle(self, req);
+            reply.send(session).await?;
+            return Ok(true);
+        }
+        let Some(route) = self.router.find(request_host(req), req.uri.path()) else {
+            ctx.outcome = Outcome::NoRoute;
+            Reply::error(404, "NO_ROUTE", "No route matches this host and path.")
+                .send(session)
+                .await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+        if let Some(room) = self.room_of_route(route) {
+            if room.mode() == RoomMode::Requests {
+                if let Err(reply) = self.take_slot(room, ctx).await {
+                    ctx.outcome = Outcome::QueueRequired;
+                    reply.send(session).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let upstream = ctx
+            .route
+            .and_then(|r| self.upstream_of_route(r))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no upstream"))?;
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(upstream.peer())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let reserved: Vec<_> = upstream_request
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(RESERVED_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in reserved {
+            upstream_request.remove_header(&name);
+        }
+        if let Some(host) = ctx
+            .route
+            .and_then(|r| self.upstream_of_route(r))
+            .and_then(|u| u.host_header())
+        {
+            upstream_request.insert_header(HOST, host)?;
+        }
+        if let Some(ip) = client_ip(session) {
+            let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
+                Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+        }
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        // The upstream's time starts when the request is on its way.
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if !upstream_response.status.is_informational() {
+            let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
+            ctx.upstream_response = Some((upstream_response.status.as_u16(), latency));
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let reply = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(code)) => {
+                Some(Reply::error(*code, "ERROR", "The request failed."))
+            }
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => Some(Reply::error(
+                504,
+                "UPSTREAM_TIMEOUT",
+                "The upstream did not answer in time.",
+            )),
+            (ErrorSource::Upstream, _) => Some(Reply::error(
+                502,
+                "UPSTREAM_ERROR",
+                "The upstream failed to answer.",
+            )),
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => None,
+            (ErrorSource::Downstream, _) => Some(Reply::error(
+                400,
+                "BAD_REQUEST",
+                "The request could not be read.",
+            )),
+            _ => Some(Reply::error(
+                500,
+                "INTERNAL",
+                "anteroom failed to handle the request.",
+            )),
+        };
+        let mut code = 0;
+        // Once the upstream's header went out, a status can no longer be sent.
+        if let Some(reply) = reply.filter(|_| session.response_written().is_none()) {
+            code = reply.status();
+            if let Err(write_error) = reply.send(session).await {
+                tracing::debug!(error = %write_error, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
+        // The request is over: its slot goes back now, whatever happened.
+        drop(ctx.permit.take());
+
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.and_then(|r| self.router.get(r));
+        let route_name = route.map_or("-", |r| r.name.as_str());
+        let upstream = ctx.route.and_then(|r| self.upstream_of_route(r));
+        let upstream_name = upstream.map_or("-", |u| u.config.name.as_str());
+        let room_name = ctx
+            .route
+            .and_then(|r| self.room_of_route(r))
+            .map_or("-", |r| r.name());
+        let duration = ctx.started.elapsed();
+
+        let status_label = status.to_string();
+        self.metrics
+            .requests
+            .with_label_values(&[route_name, &status_label])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route_name])
+            .observe(duration.as_secs_f64());
+        if let Some((upstream_status, latency)) = ctx.upstream_response {
+            self.metrics
+                .upstream_responses
+                .with_label_values(&[route_name, upstream_name, &upstream_status.to_string()])
+                .inc();
+            self.metrics
+                .upstream_latency
+                .with_label_values(&[route_name, upstream_name])
+                .observe(latency.as_secs_f64());
+        }
+
+        let req = session.req_header();
+        tracing::info!(
+            target: "anteroom::access",
+            method = %req.method,
+            path = req.uri.path(),
+            host = request_host(req).unwrap_or("-"),
+            route = route_name,
+            room = room_name,
+            upstream = upstream_name,
+            status,
+            outcome = ctx.outcome.as_str(),
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            slot_wait_ms = ctx.slot_wait.map(|w| w.as_secs_f64() * 1000.0),
+            client = client_ip(session).map(|ip| ip.to_string()),
+            error = error.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Responses anteroom writes itself, on the public and the admin listener.
+//!
+//! They are never cached (`Cache-Control: no-store`: a queue position or a
+//! 503 must not be replayed by a CDN) and always carry `Content-Length`
+//! (without it an HTTP/1 keep-alive client waits for more body forever).
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde::Serialize;
+
+/// A complete response held in memory.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    /// A JSON body.
+    pub fn json(status: u16, value: &impl Serialize) -> Reply {
+        // Serializing our own plain structs cannot fail.
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        Reply::new(status, "application/json", body)
+    }
+
+    /// A plain-text body.
+    pub fn text(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    /// Any body.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The error body every anteroom error shares: `{"code": ..., "message": ...}`.
+    pub fn error(status: u16, code: &'static str, message: impl Into<String>) -> Reply {
+        #[derive(Serialize)]
+        struct Body {
+            code: &'static str,
+            message: String,
+        }
+        Reply::json(
+            status,
+            &Body {
+                code,
+                message: message.into(),
+            },
+        )
+    }
+
+    /// Adds a header; values that are not valid header text are dropped.
+    pub fn header(mut self, name: HeaderName, value: impl AsRef<str>) -> Reply {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    fn response_header(&self) -> pingora::Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
+        h.insert_header(CONTENT_TYPE, self.content_type)?;
+        h.insert_header(CONTENT_LENGTH, self.body.len().to_string())?;
+        h.insert_header(CACHE_CONTROL, "no-store")?;
+        for (name, value) in &self.headers {
+            h.append_header(name.clone(), value.clone())?;
+        }
+        Ok(h)
+    }
+
+    /// Writes the response to a proxy session (from `request_filter`).
+    pub async fn send(self, session: &mut Session) -> pingora::Result<()> {
+        let header = self.response_header()?;
+        let head_only = session.req_header().method == http::Method::HEAD || self.body.is_empty();
+        session
+            .write_response_header(Box::new(header), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(self.body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// The same response as an `http::Response`, for the admin listener.
+    pub fn into_response(self) -> http::Response<Vec<u8>> {
+        let mut builder = http::Response::builder()
+            .status(self.status)
+            .header(CONTENT_TYPE, self.content_type)
+            .header(CONTENT_LENGTH, self.body.len())
+            .header(CACHE_CONTROL, "no-store");
+        for (name, value) in self.headers {
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(self.body.to_vec())
+            .unwrap_or_else(|_| http::Response::new(Vec::new()))
+    }
+}
