@@ -1,0 +1,25 @@
+# Build: the Rust image with cmake (Pingora's zlib-ng needs it).
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY tests ./tests
+RUN cargo build --release --locked --bin anteroom
+
+# Run: slim Debian with CA roots for TLS upstreams, as a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin anteroom \
+ && mkdir -p /etc/anteroom
+COPY --from=build /src/target/release/anteroom /usr/local/bin/anteroom
+COPY conf/docker.toml /etc/anteroom/anteroom.toml
+USER anteroom
+EXPOSE 8080 9090
+ENTRYPOINT ["/usr/local/bin/anteroom"]
+CMD ["run", "--config", "/etc/anteroom/anteroom.toml"]

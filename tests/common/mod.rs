@@ -1,0 +1,195 @@
+//! Test harness: a real anteroom on ephemeral loopback ports in front of a
+//! real upstream, stopped deterministically on drop.
+
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anteroom::config::{Config, LogFormat};
+use anteroom::server::{App, Exit};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::oneshot;
+
+pub use upstream::TestUpstream;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads from a raw connection until `needle` has arrived (5 s at most).
+pub async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{needle:?} did not arrive; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                )
+            })
+            .unwrap();
+        assert!(n > 0, "connection closed before {needle:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// An HTTP client that never goes through a system proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+struct TestSignal(Mutex<Option<oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().take();
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A running anteroom.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Starts anteroom with this config. Unless the text has its own
+    /// `[server]` and `[admin]` tables, they are added with free ports.
+    pub async fn start(toml: &str) -> TestProxy {
+        let (public, admin) = (free_port(), free_port());
+        let mut text = String::new();
+        if !toml.contains("[server]") {
+            text += &format!(
+                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 2\ngrace_period = \"1s\"\n"
+            );
+        }
+        if !toml.contains("[admin]") {
+            text += &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+        }
+        text += toml;
+        let config =
+            Config::from_toml(&text, Path::new("<test>")).unwrap_or_else(|e| panic!("{e}"));
+        Self::start_config(config).await
+    }
+
+    /// Starts anteroom with a config built by the test.
+    pub async fn start_config(config: Config) -> TestProxy {
+        static LOG: Once = Once::new();
+        LOG.call_once(|| {
+            anteroom::logging::init(&anteroom::config::Log {
+                format: LogFormat::Text,
+                level: "warn".into(),
+            })
+        });
+        let addr = config.server.listen[0];
+        let admin = config.admin.listen;
+        let (stop, rx) = oneshot::channel();
+        let app = tokio::task::spawn_blocking(move || App::build(&config, Exit::AfterGracePeriod))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let thread =
+            std::thread::spawn(move || app.run_until(Box::new(TestSignal(Mutex::new(Some(rx))))));
+        let proxy = TestProxy {
+            addr,
+            admin,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        eventually(Duration::from_secs(10), || async {
+            let public = tokio::net::TcpStream::connect(addr).await.is_ok();
+            let admin = tokio::net::TcpStream::connect(admin).await.is_ok();
+            (public && admin).then_some(())
+        })
+        .await;
+        proxy
+    }
+
+    /// A URL on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// `/__anteroom/capacity` of a room.
+    pub async fn capacity(&self, room: &str) -> serde_json::Value {
+        client()
+            .get(self.url(&format!("/__anteroom/capacity?room={room}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until a room has no slot in use and nobody waiting.
+    pub async fn wait_room_idle(&self, room: &str) {
+        eventually(Duration::from_secs(10), || async {
+            let c = self.capacity(room).await;
+            (c["inUse"] == 0 && c["waiting"] == 0).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Every example config loads; every bad config is refused with its key named.
+
+use std::path::Path;
+use std::process::Command;
+
+use anteroom::config::{Config, ConfigError};
+
+#[test]
+fn every_example_config_loads() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("conf").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no example configs found under conf/");
+}
+
+const BASE: &str = r#"
+[[upstream]]
+name = "app"
+address = "127.0.0.1:3000"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+"#;
+
+fn problems(text: &str) -> String {
+    match Config::from_toml(text, Path::new("bad.toml")) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("bad.toml"),
+                "message does not name the file: {msg}"
+            );
+            msg
+        }
+    }
+}
+
+/// Each case: a config and the key its message must name.
+#[test]
+fn bad_configs_name_their_key() {
+    let cases: &[(&str, String)] = &[
+        ("route[0].upstream", r#"
+[[upstream]]
+name = "app"
+address = "127.0.0.1:3000"
+[[route]]
+upstream = "ap"
+"#.into()),
+        ("room[0].capacity", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 0\n")),
+        ("room[0].max_wait", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\nmax_wait = \"2 parsecs\"\n")),
+        ("upstream[1].name", format!("{BASE}[[upstream]]\nname = \"app\"\naddress = \"127.0.0.1:3001\"\n")),
+        ("room[1].name", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\n[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\n")),
+        ("admin.listen", format!("[server]\nlisten = [\"127.0.0.1:8080\"]\n[admin]\nlisten = \"127.0.0.1:8080\"\n{BASE}")),
+        ("server.listen[1]", format!("[server]\nlisten = [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]\n{BASE}")),
+        ("capcity", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapcity = 1\ncapacity = 1\n")),
+        ("room[0].mode", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"request\"\ncapacity = 1\n")),
+        ("route[0].path_prefix", BASE.replace("path_prefix = \"/\"", "path_prefix = \"api\"")),
+        ("route[0].path_prefix", BASE.replace("path_prefix = \"/\"", "path_prefix = \"/__anteroom/x\"")),
+        ("route", "[[upstream]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n".into()),
+        ("route[0].room", BASE.replace("upstream = \"app\"\n", "upstream = \"app\"\nroom = \"nope\"\n")),
+        ("server.listen[0]", format!("[server]\nlisten = [\"localhost\"]\n{BASE}")),
+        ("admin.token", format!("[admin]\ntoken = \"short\"\n{BASE}")),
+        ("route[1]", format!("{BASE}[[route]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n")),
+        ("upstream[0].sni", BASE.replace("address = \"127.0.0.1:3000\"", "address = \"127.0.0.1:3000\"\nsni = \"x\"")),
+        ("log.format", format!("[log]\nformat = \"yaml\"\n{BASE}")),
+        ("log.level", format!("[log]\nlevel = \"loud[\"\n{BASE}")),
+        ("server.threads", format!("[server]\nthreads = -1\n{BASE}")),
+        ("upstream[0].address", BASE.replace("127.0.0.1:3000", "127.0.0.1")),
+        ("upstream[0].read_timeout", BASE.replace("address = \"127.0.0.1:3000\"", "address = \"127.0.0.1:3000\"\nread_timeout = \"0s\"")),
+        ("room[0].max_wait", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nmax_wait = \"1s\"\n")),
+        ("capacity", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = \"ten\"\n")),
+        ("upstream", "[[route]]\npath_prefix = \"/\"\n".into()),
+        ("upstream[0].ca_file", BASE.replace("address = \"127.0.0.1:3000\"", "address = \"127.0.0.1:443\"\ntls = true\nsni = \"a\"\nca_file = \"/nonexistent/ca.pem\"")),
+        ("room[0].name", format!("{BASE}[[room]]\nname = \"has space\"\nmode = \"requests\"\ncapacity = 1\n")),
+        ("server.tls[0].cert", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n{BASE}")),
+        ("line", "this is = not [toml".into()),
+    ];
+    assert!(cases.len() >= 10);
+    for (key, text) in cases {
+        let msg = problems(text);
+        assert!(
+            msg.contains(key),
+            "expected the message to name {key:?}, got:\n{msg}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[server]
+threads = 0
+grace_period = "soon"
+[[upstream]]
+name = "app"
+address = "nowhere"
+[[room]]
+name = "r"
+mode = "requests"
+capacity = 0
+[[route]]
+upstream = "ghost"
+room = "r"
+"#;
+    let err = Config::from_toml(text, Path::new("bad.toml")).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected validation problems, got {err}");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "server.threads",
+        "server.grace_period",
+        "upstream[0].address",
+        "room[0].capacity",
+        "route[0].upstream",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn check_command_exits_non_zero_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 0\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_anteroom"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("room[0].capacity: must be at least 1, got 0"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_anteroom"))
+        .args(["check", "--config", "conf/anteroom.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_anteroom"))
+        .args(["check", "--config", "/nonexistent/anteroom.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/anteroom.toml: cannot read")
+    );
+}

@@ -1,0 +1,219 @@
+//! `requests` rooms: never more in flight than the capacity, a clear 503 for
+//! the rest, every slot back whatever way a request ends, and a fair line.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::io::AsyncWriteExt;
+
+use crate::common::{TestProxy, TestUpstream, client, eventually, read_until};
+
+fn room_config(upstream: &TestUpstream, capacity: u32, max_wait: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "llm"
+address = "{addr}"
+read_timeout = "500ms"
+
+[[room]]
+name = "llm"
+mode = "requests"
+capacity = {capacity}
+max_wait = "{max_wait}"
+
+[[route]]
+path_prefix = "/api/"
+upstream = "llm"
+room = "llm"
+
+[[route]]
+path_prefix = "/"
+upstream = "llm"
+"#,
+        addr = upstream.addr
+    )
+}
+
+#[tokio::test]
+async fn capacity_is_never_exceeded_and_the_rest_get_queue_required() {
+    const N: u32 = 4;
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&room_config(&upstream, N, "0s")).await;
+    let c = client();
+    let requests = (0..10 * N).map(|_| {
+        let c = c.clone();
+        let url = proxy.url("/api/slow?ms=400");
+        async move { c.get(url).send().await.unwrap() }
+    });
+    let responses = join_all(requests).await;
+
+    let mut ok = 0;
+    let mut queued = 0;
+    for resp in responses {
+        match resp.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                queued += 1;
+                assert_eq!(resp.headers()["cache-control"], "no-store");
+                let retry: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let body: serde_json::Value = resp.json().await.unwrap();
+                assert_eq!(body["code"], "QUEUE_REQUIRED");
+                assert_eq!(body["room"], "llm");
+                assert!(body["retryAfterMs"].as_u64().unwrap() > 0);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        upstream.seen.peak.load(SeqCst) <= N as usize,
+        "upstream saw {} at once",
+        upstream.seen.peak.load(SeqCst)
+    );
+    assert!(ok >= N as usize, "only {ok} admitted");
+    assert_eq!(ok + queued, 10 * N as usize);
+    assert_eq!(upstream.seen.requests.load(SeqCst), ok);
+    proxy.wait_room_idle("llm").await;
+
+    // Unguarded routes are not limited.
+    let resp = c.get(proxy.url("/status/200")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn slots_come_back_after_aborts_errors_and_timeouts() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&room_config(&upstream, 2, "0s")).await;
+
+    // A client that goes away mid-response.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "data: first").await;
+    assert_eq!(proxy.capacity("llm").await["inUse"], 1);
+    drop(tcp);
+    upstream.seen.gate.notify_one();
+    proxy.wait_room_idle("llm").await;
+
+    // An upstream that drops the connection.
+    let resp = client().get(proxy.url("/api/reset")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    proxy.wait_room_idle("llm").await;
+
+    // An upstream that never answers (read_timeout = 500ms).
+    let resp = client().get(proxy.url("/api/hang")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "UPSTREAM_TIMEOUT");
+    proxy.wait_room_idle("llm").await;
+
+    // A client that gives up while its request hangs upstream.
+    let c = client();
+    let url = proxy.url("/api/hang");
+    let hung = tokio::spawn(async move { c.get(url).send().await });
+    eventually(Duration::from_secs(5), || async {
+        (proxy.capacity("llm").await["inUse"] == 1).then_some(())
+    })
+    .await;
+    hung.abort();
+    proxy.wait_room_idle("llm").await;
+
+    // And the room still admits up to its capacity afterwards.
+    let both = join_all((0..2).map(|_| client().get(proxy.url("/api/slow?ms=50")).send())).await;
+    assert!(both.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    proxy.wait_room_idle("llm").await;
+}
+
+#[tokio::test]
+async fn max_wait_admits_waiters_in_arrival_order() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&room_config(&upstream, 1, "10s").replace("500ms", "5s")).await;
+    let mut tasks = Vec::new();
+    for id in 0..6 {
+        let c = client();
+        // The first holds the slot while the others line up behind it.
+        let ms = if id == 0 { 1500 } else { 50 };
+        let url = proxy.url(&format!("/api/slow?ms={ms}&id={id}"));
+        tasks.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status()
+        }));
+        // The next one arrives only once this one holds the slot or waits in line.
+        eventually(Duration::from_secs(5), || async {
+            let c = proxy.capacity("llm").await;
+            (c["inUse"].as_u64().unwrap() + c["waiting"].as_u64().unwrap() == id + 1).then_some(())
+        })
+        .await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let arrivals = upstream.seen.arrivals.lock().clone();
+    assert_eq!(arrivals, ["0", "1", "2", "3", "4", "5"]);
+    assert_eq!(upstream.seen.peak.load(SeqCst), 1);
+    proxy.wait_room_idle("llm").await;
+}
+
+#[tokio::test]
+async fn waiting_past_max_wait_gets_503() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&room_config(&upstream, 1, "100ms")).await;
+    let c = client();
+    let url = proxy.url("/api/slow?ms=400");
+    let holder = tokio::spawn(async move { c.get(url).send().await.unwrap().status() });
+    eventually(Duration::from_secs(5), || async {
+        (proxy.capacity("llm").await["inUse"] == 1).then_some(())
+    })
+    .await;
+    let resp = client()
+        .get(proxy.url("/api/slow?ms=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(holder.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn capacity_endpoint_reports_the_room() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&room_config(&upstream, 3, "0s")).await;
+    let c = proxy.capacity("llm").await;
+    assert_eq!(
+        c,
+        serde_json::json!({"room": "llm", "capacity": 3, "inUse": 0, "available": 3, "waiting": 0})
+    );
+
+    let resp = client()
+        .get(proxy.url("/__anteroom/capacity?room=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = client()
+        .get(proxy.url("/__anteroom/capacity"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = client()
+        .post(proxy.url("/__anteroom/capacity?room=llm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    // The reserved prefix is never proxied.
+    let resp = client()
+        .get(proxy.url("/__anteroom/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(upstream.seen.requests.load(SeqCst), 0);
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary, topic modules (links once).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+mod admin;
+mod binary;
+mod config;
+mod forwarding;
+mod request_rooms;
