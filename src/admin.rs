@@ -14,11 +14,13 @@ use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
 
 use crate::api::Capacity;
-use crate::config::Secret;
+use crate::config::{Secret, State};
+use crate::gate::Gate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::respond::Reply;
-use crate::room::{Room, Rooms};
+use crate::room::{Kind, Room, Rooms};
+use crate::store::SettingsPatch;
 
 const MAX_BODY: usize = 64 * 1024;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -28,32 +30,70 @@ pub struct Admin {
     pub(crate) token: Option<Secret>,
     pub(crate) metrics: Metrics,
     pub(crate) rooms: Arc<Rooms>,
+    pub(crate) gate: Option<Arc<Gate>>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Public listeners, probed by `/readyz`.
     pub(crate) listeners: Vec<SocketAddr>,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RoomView<'a> {
     #[serde(flatten)]
     capacity: Capacity<'a>,
     mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admit_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reserved: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<QueueView>,
+}
+
+#[derive(Serialize)]
+struct QueueView {
+    priority: u32,
+    normal: u32,
 }
 
 impl<'a> RoomView<'a> {
     fn of(room: &'a Room) -> RoomView<'a> {
-        RoomView {
+        let mut view = RoomView {
             capacity: Capacity::of(room),
             mode: room.mode().as_str(),
+            state: None,
+            admit_rate: None,
+            sessions: None,
+            reserved: None,
+            queue: None,
+        };
+        if let Kind::Sessions(w) = room.kind() {
+            let s = w.snapshot();
+            view.state = Some(s.settings.state.as_str());
+            view.admit_rate = Some(s.settings.admit_rate);
+            view.sessions = Some(s.sessions);
+            view.reserved = Some(s.reserved);
+            view.queue = Some(QueueView {
+                priority: s.waiting[0],
+                normal: s.waiting[1],
+            });
         }
+        view
     }
 }
 
 /// `PATCH /admin/rooms/{name}`: only the fields given change.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
 struct RoomPatch {
     capacity: Option<u32>,
+    state: Option<String>,
+    #[serde(alias = "admitRate")]
+    admit_rate: Option<f64>,
 }
 
 impl Admin {
@@ -93,22 +133,37 @@ impl Admin {
             ),
             (Method::GET, "/readyz") => self.readyz().await,
             (Method::GET, "/admin/rooms") => {
+                for room in self.rooms.iter() {
+                    self.refresh(room).await;
+                }
                 let rooms: Vec<RoomView> = self.rooms.iter().map(RoomView::of).collect();
                 Reply::json(200, &rooms)
             }
             (method, p) if p.starts_with("/admin/rooms/") => {
-                let name = &p["/admin/rooms/".len()..];
+                let name = p.strip_prefix("/admin/rooms/").unwrap_or_default();
                 let Some(room) = self.rooms.by_name(name) else {
                     return Reply::error(404, "UNKNOWN_ROOM", format!("No room named {name:?}."));
                 };
                 match method {
-                    Method::GET => Reply::json(200, &RoomView::of(room)),
+                    Method::GET => {
+                        self.refresh(room).await;
+                        Reply::json(200, &RoomView::of(room))
+                    }
                     Method::PATCH => self.patch_room(room, session).await,
                     _ => Reply::error(405, "METHOD_NOT_ALLOWED", "Use GET or PATCH.")
                         .header(http::header::ALLOW, "GET, PATCH"),
                 }
             }
             _ => Reply::error(404, "NOT_FOUND", "No such admin endpoint."),
+        }
+    }
+
+    /// Fresh numbers from the store for a sessions room.
+    async fn refresh(&self, room: &Room) {
+        if let (Kind::Sessions(w), Some(gate)) = (room.kind(), &self.gate) {
+            if let Ok(snapshot) = gate.store().snapshot(room.name()).await {
+                w.observe(snapshot);
+            }
         }
     }
 
@@ -121,17 +176,65 @@ impl Admin {
             Ok(p) => p,
             Err(e) => return Reply::error(400, "BAD_REQUEST", format!("Invalid JSON body: {e}")),
         };
-        if let Some(capacity) = patch.capacity {
-            if capacity == 0 {
-                return Reply::error(400, "BAD_REQUEST", "capacity must be at least 1.");
+        if patch.capacity == Some(0) {
+            return Reply::error(400, "BAD_REQUEST", "capacity must be at least 1.");
+        }
+        let state = match patch.state.as_deref().map(|s| (s, State::parse(s))) {
+            None => None,
+            Some((_, Some(state))) => Some(state),
+            Some((text, None)) => {
+                return Reply::error(
+                    400,
+                    "BAD_REQUEST",
+                    format!("state {text:?} is not active, paused or maintenance."),
+                );
             }
-            room.slots().set_capacity(capacity);
-            tracing::info!(
-                room = room.name(),
-                capacity,
-                "room capacity changed over the admin API"
+        };
+        if patch
+            .admit_rate
+            .is_some_and(|r| !r.is_finite() || !(0.0..=1_000_000.0).contains(&r))
+        {
+            return Reply::error(
+                400,
+                "BAD_REQUEST",
+                "admit_rate must be between 0 (unlimited) and 1000000.",
             );
         }
+        match room.kind() {
+            Kind::Requests(slots) => {
+                if state.is_some() || patch.admit_rate.is_some() {
+                    return Reply::error(
+                        400,
+                        "BAD_REQUEST",
+                        "state and admit_rate apply to sessions rooms.",
+                    );
+                }
+                if let Some(capacity) = patch.capacity {
+                    slots.set_capacity(capacity);
+                }
+            }
+            Kind::Sessions(w) => {
+                let Some(gate) = &self.gate else {
+                    return Reply::error(500, "INTERNAL", "The waiting room is not running.");
+                };
+                let change = SettingsPatch {
+                    capacity: patch.capacity,
+                    state,
+                    admit_rate: patch.admit_rate,
+                };
+                match gate.store().update(room.name(), change).await {
+                    Ok(snapshot) => w.observe(snapshot),
+                    Err(e) => return Reply::error(503, "STORE_UNAVAILABLE", e.to_string()),
+                }
+            }
+        }
+        tracing::info!(
+            room = room.name(),
+            capacity = patch.capacity,
+            state = patch.state.as_deref(),
+            admit_rate = patch.admit_rate,
+            "room changed over the admin API"
+        );
         Reply::json(200, &RoomView::of(room))
     }
 

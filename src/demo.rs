@@ -1,7 +1,7 @@
 //! `anteroom demo`: anteroom in front of an embedded toy app, on loopback,
 //! so a newcomer can watch a room fill up without writing any config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,9 +24,22 @@ pub struct Ports {
     pub upstream: u16,
 }
 
-/// The demo's configuration: a `requests` room of capacity 2 in front of the
-/// toy app's slow endpoint; everything else unguarded.
-pub fn config(ports: Ports) -> Result<Config, ConfigError> {
+/// A fresh private directory holding a new signing key, for the demo only
+/// (it has no `[tokens]` of its own); the caller deletes it once loaded.
+pub fn ephemeral_key_dir() -> Result<PathBuf, crate::token::KeyError> {
+    let dir = std::env::temp_dir().join(format!(
+        "anteroom-demo-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    crate::token::keygen(&dir, 2048, false)?;
+    Ok(dir)
+}
+
+/// The demo's configuration: a waiting room of 2 visitors in front of the
+/// toy app, a `requests` room of 2 in front of its slow endpoint, and its
+/// fast endpoint unguarded.
+pub fn config(ports: Ports, key_dir: &Path) -> Result<Config, ConfigError> {
     let text = format!(
         r#"
 [server]
@@ -36,6 +49,12 @@ grace_period = "2s"
 
 [admin]
 listen = "127.0.0.1:{admin}"
+
+[tokens]
+signing_key = "{key}"
+
+[store]
+sweep_interval = "500ms"
 
 [[upstream]]
 name = "toy"
@@ -47,18 +66,39 @@ mode = "requests"
 capacity = 2
 max_wait = "1s"
 
+[[room]]
+name = "web"
+mode = "sessions"
+capacity = 2
+session_ttl = "60s"
+poll_interval = "2s"
+heartbeat_timeout = "6s"
+claim_window = "4s"
+rejoin_grace = "2m"
+avg_session = "30s"
+
+[room.conversion]
+method = "POST"
+path_prefix = "/signup"
+
 [[route]]
 path_prefix = "/api/slow"
 upstream = "toy"
 room = "slow"
 
 [[route]]
+path_prefix = "/api/"
+upstream = "toy"
+
+[[route]]
 path_prefix = "/"
 upstream = "toy"
+room = "web"
 "#,
         public = ports.public,
         admin = ports.admin,
         upstream = ports.upstream,
+        key = key_dir.join("anteroom.key.pem").display(),
     );
     Config::from_toml(&text, Path::new("<demo>"))
 }
@@ -68,20 +108,24 @@ pub fn banner(ports: Ports) -> String {
     let p = ports.public;
     let a = ports.admin;
     format!(
-        "anteroom demo is running (Ctrl-C to stop).
+        "anteroom demo is running (Ctrl-C to stop). It signs with an ephemeral key made for this run.
 
-  app through anteroom:  http://127.0.0.1:{p}/
-  room capacity:         http://127.0.0.1:{p}/__anteroom/capacity?room=slow
-  metrics:               http://127.0.0.1:{a}/metrics
+The waiting room \"web\" admits 2 visitors at a time to the toy app at /.
+  Open http://127.0.0.1:{p}/?utm_source=demo&utm_campaign=launch in three private browser
+  windows (each is a new visitor): two get in, the third sees the waiting page with its
+  place. Click \"Leave\" in one of the first two: the third is let in by itself.
 
-The room \"slow\" lets 2 requests at a time reach /api/slow (each takes 3 s);
-others wait up to 1 s for a slot, then get 503 QUEUE_REQUIRED.
+The room \"slow\" lets 2 requests at a time reach /api/slow (3 s each); others wait up to
+1 s for a slot, then get 503 QUEUE_REQUIRED. /api/fast is unguarded.
 
 Try:
-  curl -i http://127.0.0.1:{p}/api/fast
+  curl -s -H 'Accept: application/json' http://127.0.0.1:{p}/      # run 3 times: the third is queued
+  curl -s -H 'X-Anteroom-Ticket: <ticket>' http://127.0.0.1:{p}/__anteroom/status
   for i in 1 2 3 4 5 6; do curl -s -w ' -> %{{http_code}}\\n' http://127.0.0.1:{p}/api/slow & done; wait
-  curl -s http://127.0.0.1:{p}/__anteroom/capacity?room=slow
-  curl -s http://127.0.0.1:{a}/metrics | grep anteroom_room
+  curl -s http://127.0.0.1:{p}/__anteroom/capacity?room=web
+  curl -s http://127.0.0.1:{a}/admin/rooms
+  curl -s -X PATCH -d '{{\"state\":\"paused\"}}' http://127.0.0.1:{a}/admin/rooms/web
+  curl -s http://127.0.0.1:{a}/metrics | grep -E 'anteroom_(room|visitors)'
 "
     )
 }
@@ -101,11 +145,24 @@ pub struct ToyApp;
 
 const PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>anteroom demo app</title>
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}</style>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}
+button{font:inherit;padding:.4rem 1rem}</style>
 </head><body>
-<h1>The demo app</h1>
-<p>This page came through anteroom. <a href="/api/fast">/api/fast</a> answers at once;
-<a href="/api/slow">/api/slow</a> takes 3 seconds and only 2 may run at a time.</p>
+<h1>You are in</h1>
+<p>This page came through anteroom: you hold one of the 2 places of the room "web".
+Your campaign and wait time arrived here as <code>X-Anteroom-*</code> headers:</p>
+<pre>{headers}</pre>
+<form method="post" action="/__anteroom/leave?room=web&amp;return=/bye"><button>Leave (frees your place at once)</button></form>
+<p>Or <a href="/done">finish</a>: the app answers with <code>Anteroom-Command: release</code>.</p>
+<p><a href="/api/fast">/api/fast</a> answers at once; <a href="/api/slow">/api/slow</a> takes 3 seconds
+and only 2 may run at a time.</p>
+</body></html>
+"#;
+
+const BYE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Goodbye</title></head>
+<body style="font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto">
+<h1>Your place was freed</h1><p>Someone waiting was let in. <a href="/">Come back</a> (you will be a new visitor).</p>
 </body></html>
 "#;
 
@@ -127,11 +184,31 @@ impl ServeHttp for ToyApp {
                 Reply::json(200, &json!({"endpoint": "slow", "tookMs": ms}))
             }
             "/api/fast" => Reply::json(200, &json!({"endpoint": "fast"})),
-            "/" => Reply::new(200, "text/html; charset=utf-8", PAGE),
+            "/" => {
+                let headers: String = session
+                    .req_header()
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.as_str().starts_with("x-anteroom-") && k.as_str() != "x-anteroom-pass"
+                    })
+                    .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                    .collect();
+                let escaped = headers.replace('&', "&amp;").replace('<', "&lt;");
+                Reply::new(
+                    200,
+                    "text/html; charset=utf-8",
+                    PAGE.replace("{headers}", &escaped),
+                )
+            }
+            "/bye" => Reply::new(200, "text/html; charset=utf-8", BYE),
+            "/done" => Reply::new(200, "text/html; charset=utf-8", BYE)
+                .header(http::HeaderName::from_static("anteroom-command"), "release"),
+            "/signup" => Reply::json(201, &json!({"registered": true})),
             _ => Reply::error(
                 404,
                 "NOT_FOUND",
-                "The toy app has /, /api/fast and /api/slow.",
+                "The toy app has /, /done, /signup, /api/fast and /api/slow.",
             ),
         };
         reply.into_response()
@@ -149,7 +226,9 @@ mod tests {
             admin: 9090,
             upstream: 3000,
         };
-        let config = config(ports).expect("demo config");
-        assert_eq!(config.rooms[0].capacity, 2);
+        let dir = ephemeral_key_dir().expect("key");
+        let config = config(ports, &dir).expect("demo config");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(config.rooms[1].capacity, 2);
     }
 }

@@ -41,6 +41,18 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Write a new RSA key pair for signing passes and tickets.
+    Keygen {
+        /// Directory for anteroom.key.pem (mode 0600) and anteroom.pub.pem.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Key size in bits (2048 or more).
+        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2048..=8192))]
+        bits: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Start a self-contained showcase on loopback with an embedded toy app.
     Demo {
         /// anteroom's public port.
@@ -84,6 +96,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("cannot start")?
                 .run();
         }
+        Command::Keygen { out, bits, force } => {
+            let (private, public, kid) = anteroom::token::keygen(&out, bits as usize, force)?;
+            println!(
+                "wrote {} (private, mode 0600) and {} (public)",
+                private.display(),
+                public.display()
+            );
+            println!("kid: {kid}");
+        }
         Command::Demo {
             port,
             admin_port,
@@ -94,13 +115,22 @@ fn run(command: Command) -> anyhow::Result<()> {
                 admin: admin_port,
                 upstream: upstream_port,
             };
-            let c = demo::config(ports)?;
-            logging::init(&c.log);
-            let toy = demo::toy_upstream(upstream_port).with_context(|| {
-                format!("cannot listen on 127.0.0.1:{upstream_port} for the toy app")
-            })?;
-            let mut app = App::build(&c, Exit::WhenDrained).context("cannot start the demo")?;
-            app.server.add_service(toy);
+            let key_dir = demo::ephemeral_key_dir()?;
+            let app = demo::config(ports, &key_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    logging::init(&c.log);
+                    let toy = demo::toy_upstream(upstream_port).with_context(|| {
+                        format!("cannot listen on 127.0.0.1:{upstream_port} for the toy app")
+                    })?;
+                    let mut app =
+                        App::build(&c, Exit::WhenDrained).context("cannot start the demo")?;
+                    app.server.add_service(toy);
+                    Ok(app)
+                });
+            // The key is in memory now; nothing of it stays on disk.
+            let _ = std::fs::remove_dir_all(&key_dir);
+            let app = app?;
             println!("{}", demo::banner(ports));
             app.run();
         }

@@ -12,10 +12,14 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::queue::Lane;
 use crate::room::Rooms;
 
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
 ];
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -41,6 +45,18 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     /// Whole request, from the first byte read to the last byte written.
     pub request_duration: HistogramVec,
+    /// New visitors at a sessions room, by lane.
+    pub arrivals: IntCounterVec,
+    /// Visitors admitted to a sessions room, at once (`direct`) or from the line (`queue`).
+    pub admissions: IntCounterVec,
+    /// Sessions ended by the visitor (`leave`) or the app (`command`).
+    pub released: IntCounterVec,
+    /// Sessions, tickets and reservations that lapsed.
+    pub expirations: IntCounterVec,
+    /// Time from joining the line to admission.
+    pub queue_wait: HistogramVec,
+    /// Conversions by campaign (bounded labels, see `[attribution]`).
+    pub conversions: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,6 +120,37 @@ impl Metrics {
                 &["route"],
                 LATENCY_BUCKETS,
             )?,
+            arrivals: counter(
+                "visitors_arrived_total",
+                "New visitors at a sessions room, by lane.",
+                &["room", "lane"],
+            )?,
+            admissions: counter(
+                "visitors_admitted_total",
+                "Visitors admitted to a sessions room, at once (direct) or from the line (queue).",
+                &["room", "how"],
+            )?,
+            released: counter(
+                "visitors_released_total",
+                "Sessions ended by the visitor (leave) or the app (command).",
+                &["room", "how"],
+            )?,
+            expirations: counter(
+                "visitors_expired_total",
+                "Sessions, tickets and reservations that lapsed.",
+                &["room", "kind"],
+            )?,
+            queue_wait: histogram(
+                "visitors_queue_wait_seconds",
+                "Time from joining the line to admission.",
+                &["room"],
+                QUEUE_WAIT_BUCKETS,
+            )?,
+            conversions: counter(
+                "visitors_converted_total",
+                "Conversions, by campaign (values outside [attribution] count as other).",
+                &["room", "utm_source", "utm_campaign"],
+            )?,
             registry,
         };
         metrics
@@ -133,6 +180,7 @@ struct RoomGauges {
     capacity: IntGaugeVec,
     in_use: IntGaugeVec,
     waiting: IntGaugeVec,
+    queue_length: IntGaugeVec,
 }
 
 impl RoomGauges {
@@ -143,17 +191,29 @@ impl RoomGauges {
             rooms,
             capacity: gauge("room_capacity", "Configured capacity of the room.")?,
             in_use: gauge("room_in_use", "Slots of the room in use now.")?,
-            waiting: gauge("room_waiting", "Requests waiting in line for a slot now.")?,
+            waiting: gauge("room_waiting", "Requests or visitors waiting in line now.")?,
+            queue_length: IntGaugeVec::new(
+                Opts::new(
+                    "room_queue_length",
+                    "Visitors waiting in a sessions room, by lane.",
+                ),
+                &["room", "lane"],
+            )?,
         })
     }
 }
 
 impl Collector for RoomGauges {
     fn desc(&self) -> Vec<&Desc> {
-        [&self.capacity, &self.in_use, &self.waiting]
-            .into_iter()
-            .flat_map(|g| g.desc())
-            .collect()
+        [
+            &self.capacity,
+            &self.in_use,
+            &self.waiting,
+            &self.queue_length,
+        ]
+        .into_iter()
+        .flat_map(|g| g.desc())
+        .collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -170,9 +230,22 @@ impl Collector for RoomGauges {
                 .with_label_values(&labels)
                 .set(i64::from(usage.waiting));
         }
-        [&self.capacity, &self.in_use, &self.waiting]
-            .into_iter()
-            .flat_map(|g| g.collect())
-            .collect()
+        for (room, w) in self.rooms.waiting_rooms() {
+            let waiting = w.snapshot().waiting;
+            for lane in Lane::ALL {
+                self.queue_length
+                    .with_label_values(&[room.name(), lane.as_str()])
+                    .set(i64::from(waiting[lane as usize]));
+            }
+        }
+        [
+            &self.capacity,
+            &self.in_use,
+            &self.waiting,
+            &self.queue_length,
+        ]
+        .into_iter()
+        .flat_map(|g| g.collect())
+        .collect()
     }
 }

@@ -1,39 +1,49 @@
-//! The Pingora glue: routes each request, takes its room's slot, forwards it
-//! and records how it ended. Decisions live in `route`, `room` and `slots`;
-//! this file only carries them out.
+//! The Pingora glue: routes each request, lets its room decide (a slot for a
+//! `requests` room, the gate for a `sessions` room), forwards it and records
+//! how it ended. Decisions live in `route`, `slots` and `gate`; this file only
+//! carries them out.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::header::{HOST, RETRY_AFTER};
+use http::header::{AUTHORIZATION, HOST, RETRY_AFTER, SET_COOKIE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
 
-use crate::api;
-use crate::config::RoomMode;
+use crate::api::{self, CookieJar};
+use crate::bypass::{self, AppJwt};
+use crate::client;
+use crate::config;
+use crate::gate::{Decision, Gate, PASS_COOKIE, PassSource, TICKET_COOKIE, Visit, Visitor};
 use crate::lifecycle::{InFlight, Lifecycle};
 use crate::metrics::Metrics;
+use crate::page::PageState;
 use crate::respond::Reply;
-use crate::room::{Room, Rooms};
+use crate::room::{Kind, Room, Rooms};
 use crate::route::Router;
 use crate::slots::Permit;
 use crate::upstream::Upstream;
 
 /// Headers under this prefix are anteroom's to set; a client cannot pass its own upstream.
 const RESERVED_HEADER_PREFIX: &str = "x-anteroom-";
+/// The response header through which the app ends a visitor's session.
+const COMMAND_HEADER: &str = "anteroom-command";
 
 /// Everything the request path needs, shared by all worker threads.
 pub struct Proxy {
+    pub(crate) server: config::Server,
     pub(crate) router: Router,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) upstreams: Vec<Arc<Upstream>>,
     pub(crate) metrics: Metrics,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) gate: Option<Arc<Gate>>,
+    pub(crate) jwts: Arc<Vec<AppJwt>>,
 }
 
 /// Per-request state, dropped when the request ends (which returns its slot).
@@ -43,6 +53,10 @@ pub struct Ctx {
     route: Option<usize>,
     permit: Option<Permit>,
     slot_wait: Option<Duration>,
+    visit: Option<Box<Visit>>,
+    bypassed: bool,
+    secure: bool,
+    ip: Option<IpAddr>,
     upstream_sent: Option<Instant>,
     upstream_response: Option<(u16, Duration)>,
     outcome: Outcome,
@@ -55,6 +69,7 @@ enum Outcome {
     Api,
     NoRoute,
     QueueRequired,
+    Closed,
 }
 
 impl Outcome {
@@ -64,6 +79,7 @@ impl Outcome {
             Outcome::Api => "api",
             Outcome::NoRoute => "no_route",
             Outcome::QueueRequired => "queue_required",
+            Outcome::Closed => "closed",
         }
     }
 }
@@ -90,15 +106,20 @@ impl Proxy {
 
     /// Takes a slot in a `requests` room, waiting in line up to the room's
     /// `max_wait`; the reply is the 503 to send when none came free.
-    async fn take_slot(&self, room: &Room, ctx: &mut Ctx) -> Result<(), Reply> {
+    async fn take_slot(
+        &self,
+        room: &Room,
+        slots: &Arc<crate::slots::Slots>,
+        ctx: &mut Ctx,
+    ) -> Result<(), Reply> {
         let name = room.name();
         let start = Instant::now();
-        let permit = match room.slots().try_acquire() {
+        let permit = match slots.try_acquire() {
             Some(p) => Ok(p),
             None if room.max_wait().is_zero() => Err(()),
             None => {
                 self.metrics.queued.with_label_values(&[name]).inc();
-                room.slots().acquire(room.max_wait()).await.map_err(|_| ())
+                slots.acquire(room.max_wait()).await.map_err(|_| ())
             }
         };
         let waited = start.elapsed();
@@ -118,21 +139,82 @@ impl Proxy {
                     .rejected
                     .with_label_values(&[name, "full"])
                     .inc();
-                Err(queue_required(room))
+                Err(queue_required(name, slots))
+            }
+        }
+    }
+
+    /// Admission for a guarded route; `Some(reply)` when anteroom answers itself.
+    async fn admit(
+        &self,
+        route: usize,
+        session: &Session,
+        ctx: &mut Ctx,
+    ) -> Option<(Reply, Outcome)> {
+        let room = self.room_of_route(route)?;
+        let req = session.req_header();
+        let visitor = Visitor { req, ip: ctx.ip };
+        let facts = bypass::Visitor {
+            path: req.uri.path(),
+            ip: ctx.ip,
+            req,
+        };
+        let route_rules = self.router.get(route).map(|r| &r.bypass);
+        let bypassed = route_rules.is_some_and(|rules| bypass::matches(rules, &facts, &self.jwts))
+            || bypass::matches(room.bypass(), &facts, &self.jwts);
+        if bypassed {
+            ctx.bypassed = true;
+            return None;
+        }
+        match room.kind() {
+            Kind::Requests(slots) => {
+                let slots = Arc::clone(slots);
+                self.take_slot(room, &slots, ctx)
+                    .await
+                    .err()
+                    .map(|reply| (reply, Outcome::QueueRequired))
+            }
+            Kind::Sessions(w) => {
+                let gate = self.gate.as_ref()?;
+                let jar = CookieJar {
+                    path: &w.config.cookie_path,
+                    secure: ctx.secure,
+                };
+                match gate.decide(room, w, &visitor).await {
+                    Decision::Admit(visit) => {
+                        ctx.visit = Some(visit);
+                        None
+                    }
+                    Decision::Wait(waiting) => Some((
+                        api::waiting(room, w, gate, &waiting, req, &jar),
+                        Outcome::QueueRequired,
+                    )),
+                    Decision::Full => {
+                        Some((api::closed(room, w, PageState::Full, req), Outcome::Closed))
+                    }
+                    Decision::Maintenance => Some((
+                        api::closed(room, w, PageState::Maintenance, req),
+                        Outcome::Closed,
+                    )),
+                    Decision::Unavailable => Some((
+                        api::closed(room, w, PageState::Unavailable, req),
+                        Outcome::QueueRequired,
+                    )),
+                }
             }
         }
     }
 }
 
 /// 503 with `Retry-After` (whole seconds, at least 1) and the JSON contract.
-fn queue_required(room: &Room) -> Reply {
-    let retry = room.slots().retry_after();
+fn queue_required(room: &str, slots: &crate::slots::Slots) -> Reply {
+    let retry = slots.retry_after();
     let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
     Reply::json(
         503,
         &QueueRequired {
             code: "QUEUE_REQUIRED",
-            room: room.name(),
+            room,
             retry_after_ms: retry_ms,
             message: "The room is at capacity. Retry after the given time.",
         },
@@ -148,7 +230,7 @@ pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -170,6 +252,10 @@ impl ProxyHttp for Proxy {
             route: None,
             permit: None,
             slot_wait: None,
+            visit: None,
+            bypassed: false,
+            secure: false,
+            ip: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -177,14 +263,19 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let peer = peer_ip(session);
+        let tls = is_tls(session);
         let req = session.req_header();
-        if req.uri.path().starts_with(api::PREFIX) {
+        ctx.ip = client::ip(&self.server, peer, req);
+        ctx.secure = client::is_secure(&self.server, peer, tls, req);
+        let path = req.uri.path();
+        if path.starts_with(api::PREFIX) || path == api::JWKS_PATH && self.gate.is_some() {
             ctx.outcome = Outcome::Api;
-            let reply = api::handle(self, req);
+            let reply = api::handle(self, req, ctx.secure).await;
             reply.send(session).await?;
             return Ok(true);
         }
-        let Some(route) = self.router.find(request_host(req), req.uri.path()) else {
+        let Some(route) = self.router.find(request_host(req), path) else {
             ctx.outcome = Outcome::NoRoute;
             Reply::error(404, "NO_ROUTE", "No route matches this host and path.")
                 .send(session)
@@ -192,14 +283,10 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         };
         ctx.route = Some(route);
-        if let Some(room) = self.room_of_route(route) {
-            if room.mode() == RoomMode::Requests {
-                if let Err(reply) = self.take_slot(room, ctx).await {
-                    ctx.outcome = Outcome::QueueRequired;
-                    reply.send(session).await?;
-                    return Ok(true);
-                }
-            }
+        if let Some((reply, outcome)) = self.admit(route, session, ctx).await {
+            ctx.outcome = outcome;
+            reply.send(session).await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -213,7 +300,6 @@ impl ProxyHttp for Proxy {
             .route
             .and_then(|r| self.upstream_of_route(r))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no upstream"))?;
-        ctx.upstream_sent = Some(Instant::now());
         Ok(upstream.peer())
     }
 
@@ -239,17 +325,30 @@ impl ProxyHttp for Proxy {
         {
             upstream_request.insert_header(HOST, host)?;
         }
-        if let Some(ip) = client_ip(session) {
+        if let Some(ip) = peer_ip(session) {
             let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
                 Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
                 None => ip.to_string(),
             };
             upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
         }
-        let proto = if is_tls(session) { "https" } else { "http" };
+        let proto = if ctx.secure { "https" } else { "http" };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = session.req_header().headers.get(HOST).cloned() {
             upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        if let Some(visit) = &ctx.visit {
+            if let Some(utm) = &visit.session.utm {
+                for (name, value) in utm.headers() {
+                    upstream_request.insert_header(name, value)?;
+                }
+            }
+            upstream_request
+                .insert_header("x-anteroom-wait-ms", visit.session.wait_ms.to_string())?;
+            upstream_request.insert_header("x-anteroom-pass", visit.pass.as_str())?;
+            if visit.source == Some(PassSource::Authorization) {
+                upstream_request.remove_header(&AUTHORIZATION);
+            }
         }
         // The upstream's time starts when the request is on its way.
         ctx.upstream_sent = Some(Instant::now());
@@ -265,6 +364,43 @@ impl ProxyHttp for Proxy {
         if !upstream_response.status.is_informational() {
             let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
             ctx.upstream_response = Some((upstream_response.status.as_u16(), latency));
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let release = upstream_response
+            .headers
+            .get(COMMAND_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"release"));
+        upstream_response.remove_header(COMMAND_HEADER);
+        let (Some(visit), Some(route), Some(gate)) = (&ctx.visit, ctx.route, &self.gate) else {
+            return Ok(());
+        };
+        let Some(room) = self.room_of_route(route) else {
+            return Ok(());
+        };
+        let Kind::Sessions(w) = room.kind() else {
+            return Ok(());
+        };
+        let jar = CookieJar {
+            path: &w.config.cookie_path,
+            secure: ctx.secure,
+        };
+        if release {
+            gate.release(room.name(), visit.session.id, &visit.pass, "command")
+                .await;
+            upstream_response.append_header(SET_COOKIE, jar.clear(PASS_COOKIE))?;
+        } else if visit.set_pass {
+            upstream_response.append_header(SET_COOKIE, jar.pass(w, &visit.pass))?;
+        }
+        if visit.clear_ticket {
+            upstream_response.append_header(SET_COOKIE, jar.clear(TICKET_COOKIE))?;
         }
         Ok(())
     }
@@ -316,6 +452,11 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // The access line below carries the error.
+        true
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         // The request is over: its slot goes back now, whatever happened.
         drop(ctx.permit.take());
@@ -325,10 +466,8 @@ impl ProxyHttp for Proxy {
         let route_name = route.map_or("-", |r| r.name.as_str());
         let upstream = ctx.route.and_then(|r| self.upstream_of_route(r));
         let upstream_name = upstream.map_or("-", |u| u.config.name.as_str());
-        let room_name = ctx
-            .route
-            .and_then(|r| self.room_of_route(r))
-            .map_or("-", |r| r.name());
+        let room = ctx.route.and_then(|r| self.room_of_route(r));
+        let room_name = room.map_or("-", |r| r.name());
         let duration = ctx.started.elapsed();
 
         let status_label = status.to_string();
@@ -352,6 +491,37 @@ impl ProxyHttp for Proxy {
         }
 
         let req = session.req_header();
+        let utm = ctx.visit.as_ref().and_then(|v| v.session.utm.as_deref());
+        let (utm_source, utm_campaign) = match &self.gate {
+            Some(gate) => gate.labels().of(utm),
+            None => ("none", "none"),
+        };
+        if let (Some(visit), Some(room)) = (&ctx.visit, room) {
+            let converted = match room.kind() {
+                Kind::Sessions(w) => w.config.conversion.as_ref().is_some_and(|c| {
+                    req.method == c.method
+                        && req.uri.path().starts_with(&c.path_prefix)
+                        && (200..300).contains(&status)
+                }),
+                Kind::Requests(_) => false,
+            };
+            if converted {
+                self.metrics
+                    .conversions
+                    .with_label_values(&[room.name(), utm_source, utm_campaign])
+                    .inc();
+                tracing::info!(
+                    target: "anteroom::visitor",
+                    event = "converted",
+                    room = room.name(),
+                    session = %visit.session.id,
+                    wait_ms = visit.session.wait_ms,
+                    utm_source = utm.and_then(|u| u.source.as_deref()),
+                    utm_medium = utm.and_then(|u| u.medium.as_deref()),
+                    utm_campaign = utm.and_then(|u| u.campaign.as_deref()),
+                );
+            }
+        }
         tracing::info!(
             target: "anteroom::access",
             method = %req.method,
@@ -362,9 +532,15 @@ impl ProxyHttp for Proxy {
             upstream = upstream_name,
             status,
             outcome = ctx.outcome.as_str(),
+            bypassed = ctx.bypassed,
             duration_ms = duration.as_secs_f64() * 1000.0,
             slot_wait_ms = ctx.slot_wait.map(|w| w.as_secs_f64() * 1000.0),
-            client = client_ip(session).map(|ip| ip.to_string()),
+            wait_ms = ctx.visit.as_ref().map(|v| v.session.wait_ms),
+            session = ctx.visit.as_ref().map(|v| v.session.id.to_string()),
+            utm_source = utm.and_then(|u| u.source.as_deref()),
+            utm_medium = utm.and_then(|u| u.medium.as_deref()),
+            utm_campaign = utm.and_then(|u| u.campaign.as_deref()),
+            client = ctx.ip.map(|ip| ip.to_string()),
             error = error.map(|e| e.to_string()),
             "request"
         );

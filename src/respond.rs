@@ -71,6 +71,12 @@ impl Reply {
         self.status
     }
 
+    /// The same response with another status (e.g. a redirect).
+    pub fn with_status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+
     fn response_header(&self) -> pingora::Result<ResponseHeader> {
         let mut h = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
         h.insert_header(CONTENT_TYPE, self.content_type)?;

@@ -1,23 +1,86 @@
-//! Rooms: a named capacity shared by the routes that refer to it.
+//! Rooms: a named capacity shared by the routes that refer to it. A
+//! `requests` room counts requests in flight with local slots; a `sessions`
+//! room is a waiting room whose state lives in the store.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, RoomMode};
+use parking_lot::RwLock;
+
+use crate::config::{self, RoomMode, Rules, State};
+use crate::page::Template;
 use crate::slots::{Slots, Usage};
+use crate::store::{RoomSpec, Snapshot, Wait};
 
 /// One room and its live state.
-#[derive(Debug)]
 pub struct Room {
     config: config::Room,
-    slots: Arc<Slots>,
+    kind: Kind,
+}
+
+/// What a room limits.
+pub enum Kind {
+    /// Requests in flight.
+    Requests(Arc<Slots>),
+    /// Admitted visitors, with a waiting room.
+    Sessions(Box<WaitingRoom>),
+}
+
+/// A `sessions` room's local side: its settings, page, and the latest
+/// numbers from the store (refreshed by the sweeper and admin changes).
+pub struct WaitingRoom {
+    /// Settings from the file.
+    pub config: config::Sessions,
+    /// The waiting page.
+    pub template: Template,
+    snapshot: RwLock<Snapshot>,
+}
+
+impl WaitingRoom {
+    /// The latest numbers known to this instance.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().clone()
+    }
+
+    /// Records fresh numbers from the store.
+    pub fn observe(&self, snapshot: Snapshot) {
+        *self.snapshot.write() = snapshot;
+    }
+
+    /// The admission state as last seen (on the hot path: no store call).
+    pub fn state(&self) -> State {
+        self.snapshot.read().settings.state
+    }
 }
 
 impl Room {
-    /// A room with all its slots free.
-    pub fn new(config: config::Room) -> Room {
-        let slots = Slots::new(config.capacity);
-        Room { config, slots }
+    /// A room with all its slots free. Fails if the operator's page template is invalid.
+    pub fn new(config: config::Room) -> Result<Room, String> {
+        let kind = match &config.sessions {
+            None => Kind::Requests(Slots::new(config.capacity)),
+            Some(s) => {
+                let template = match &s.page_template {
+                    Some(path) => Template::load(path)?,
+                    None => Template::built_in(),
+                };
+                let spec = RoomSpec::from_config(&config.name, config.capacity, s);
+                Kind::Sessions(Box::new(WaitingRoom {
+                    config: s.clone(),
+                    template,
+                    snapshot: RwLock::new(Snapshot {
+                        settings: spec.settings,
+                        sessions: 0,
+                        reserved: 0,
+                        waiting: [0, 0],
+                        wait: Wait {
+                            ms: 0,
+                            known: false,
+                        },
+                    }),
+                }))
+            }
+        };
+        Ok(Room { config, kind })
     }
 
     /// The room's name.
@@ -35,25 +98,54 @@ impl Room {
         self.config.max_wait
     }
 
-    /// The room's slots.
-    pub fn slots(&self) -> &Arc<Slots> {
-        &self.slots
+    /// Who passes without a slot.
+    pub fn bypass(&self) -> &Rules {
+        &self.config.bypass
     }
 
-    /// Capacity, use and line length now.
+    /// Requests or sessions.
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// The store's view of a sessions room.
+    pub fn spec(&self) -> Option<RoomSpec> {
+        let s = self.config.sessions.as_ref()?;
+        Some(RoomSpec::from_config(
+            &self.config.name,
+            self.config.capacity,
+            s,
+        ))
+    }
+
+    /// Capacity, use and line length now (for sessions rooms: as last seen).
     pub fn usage(&self) -> Usage {
-        self.slots.usage()
+        match &self.kind {
+            Kind::Requests(slots) => slots.usage(),
+            Kind::Sessions(w) => {
+                let s = w.snapshot();
+                Usage {
+                    capacity: s.settings.capacity,
+                    in_use: s.in_use(),
+                    waiting: s.queue_length(),
+                }
+            }
+        }
     }
 }
 
 /// All rooms, in config order (routes refer to them by index).
-#[derive(Debug)]
 pub struct Rooms(Vec<Room>);
 
 impl Rooms {
     /// Rooms from validated config.
-    pub fn new(rooms: &[config::Room]) -> Rooms {
-        Rooms(rooms.iter().cloned().map(Room::new).collect())
+    pub fn new(rooms: &[config::Room]) -> Result<Rooms, String> {
+        rooms
+            .iter()
+            .cloned()
+            .map(Room::new)
+            .collect::<Result<_, _>>()
+            .map(Rooms)
     }
 
     /// The room at a config index.
@@ -69,5 +161,13 @@ impl Rooms {
     /// Every room.
     pub fn iter(&self) -> impl Iterator<Item = &Room> {
         self.0.iter()
+    }
+
+    /// Every sessions room with its waiting room.
+    pub fn waiting_rooms(&self) -> impl Iterator<Item = (&Room, &WaitingRoom)> {
+        self.0.iter().filter_map(|r| match &r.kind {
+            Kind::Sessions(w) => Some((r, &**w)),
+            Kind::Requests(_) => None,
+        })
     }
 }

@@ -71,6 +71,7 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: 0,
             room: None,
+            bypass: Default::default(),
         }
     }
 

@@ -14,12 +14,17 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::bypass::AppJwt;
+use crate::config::{Backend, Config};
+use crate::gate::Gate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::room::Rooms;
 use crate::route::Router;
+use crate::store::memory::MemoryStore;
+use crate::store::{RoomSpec, Store};
+use crate::token::{KeyError, SigningKey, Tokens, VerifyKey};
 use crate::upstream::{Resolver, Upstream, UpstreamError};
 
 /// Why the server could not be started.
@@ -49,6 +54,12 @@ pub enum StartError {
     /// Metrics could not be registered (a bug, not a config problem).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A token key could not be loaded.
+    #[error("tokens: {0}")]
+    Key(#[from] KeyError),
+    /// A waiting-page template or app-token key was refused.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// How the process ends after a shutdown signal.
@@ -79,9 +90,42 @@ impl App {
             .iter()
             .map(|u| Upstream::build(u).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let rooms = Arc::new(Rooms::new(&config.rooms));
+        let rooms = Arc::new(Rooms::new(&config.rooms).map_err(StartError::Setup)?);
         let metrics = Metrics::register(Arc::clone(&rooms))?;
         let lifecycle = Lifecycle::new();
+        let jwts = Arc::new(
+            config
+                .jwts
+                .iter()
+                .map(|j| {
+                    AppJwt::new(j).map_err(|e| StartError::Setup(format!("jwt {:?}: {e}", j.name)))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let gate = match &config.tokens {
+            Some(t) => {
+                let signer = SigningKey::load(&t.signing_key)?.with_kid(t.signing_kid.clone());
+                let verify = t
+                    .verify_keys
+                    .iter()
+                    .map(|(path, kid)| VerifyKey::load(path, kid.as_deref()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let tokens = Arc::new(Tokens::new(&t.issuer, signer, verify, t.cache_size));
+                let specs: Vec<RoomSpec> = rooms.iter().filter_map(|r| r.spec()).collect();
+                let store: Arc<dyn Store> = match config.store.backend {
+                    Backend::Memory => Arc::new(MemoryStore::new(&specs)),
+                };
+                Some(Arc::new(Gate::new(
+                    tokens,
+                    store,
+                    Arc::clone(&jwts),
+                    config,
+                    metrics.clone(),
+                    config.store.touch_interval,
+                )))
+            }
+            None => None,
+        };
 
         let s = &config.server;
         let conf = ServerConf {
@@ -100,11 +144,14 @@ impl App {
 
         let resolver = Resolver::new(&upstreams);
         let proxy = Proxy {
+            server: s.clone(),
             router: Router::new(config.routes.clone()),
             rooms: Arc::clone(&rooms),
             upstreams,
             metrics: metrics.clone(),
             lifecycle: Arc::clone(&lifecycle),
+            gate: gate.clone(),
+            jwts,
         };
         let mut public =
             pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "anteroom");
@@ -130,7 +177,8 @@ impl App {
             Admin {
                 token: config.admin.token.clone(),
                 metrics,
-                rooms,
+                rooms: Arc::clone(&rooms),
+                gate: gate.clone(),
                 lifecycle: Arc::clone(&lifecycle),
                 listeners: s
                     .listen
@@ -146,6 +194,16 @@ impl App {
 
         if let Some(resolver) = resolver {
             server.add_service(background_service("resolver", resolver));
+        }
+        if let Some(gate) = gate {
+            server.add_service(background_service(
+                "sweeper",
+                Sweeper {
+                    gate,
+                    rooms,
+                    interval: config.store.sweep_interval,
+                },
+            ));
         }
         if exit == Exit::WhenDrained {
             server.add_service(background_service(
@@ -242,6 +300,28 @@ impl ShutdownSignalWatch for Signals {
             "shutting down: no new connections; in-flight requests may finish"
         );
         kind
+    }
+}
+
+/// Expires lapsed sessions and silent tickets, offers freed slots to the
+/// line, and refreshes each waiting room's numbers, off the request path.
+struct Sweeper {
+    gate: Arc<Gate>,
+    rooms: Arc<Rooms>,
+    interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.gate.sweep(&self.rooms).await,
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

@@ -8,3 +8,5 @@ mod binary;
 mod config;
 mod forwarding;
 mod request_rooms;
+mod tokens;
+mod waiting_room;

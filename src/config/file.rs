@@ -22,6 +22,22 @@ pub struct File {
     pub rooms: Vec<RoomFile>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteFile>,
+    pub tokens: Option<TokensFile>,
+    #[serde(default, rename = "jwt")]
+    pub jwts: Vec<JwtFile>,
+    #[serde(default)]
+    pub attribution: AttributionFile,
+    #[serde(default)]
+    pub store: StoreFile,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    pub backend: Option<String>,
+    pub sweep_interval: Option<String>,
+    pub touch_interval: Option<String>,
 }
 
 /// `[server]`: the public side.
@@ -35,6 +51,7 @@ pub struct ServerFile {
     pub grace_period: Option<String>,
     pub upstream_keepalive_pool: Option<i64>,
     pub work_stealing: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[[server.tls]]`: a public listener that terminates TLS.
@@ -89,6 +106,97 @@ pub struct RoomFile {
     pub mode: String,
     pub capacity: i64,
     pub max_wait: Option<String>,
+    pub session_ttl: Option<String>,
+    pub session_max: Option<String>,
+    pub admit_rate: Option<f64>,
+    pub max_queue: Option<i64>,
+    pub poll_interval: Option<String>,
+    pub heartbeat_timeout: Option<String>,
+    pub rejoin_grace: Option<String>,
+    pub claim_window: Option<String>,
+    pub queue_status: Option<i64>,
+    pub state: Option<String>,
+    pub avg_session: Option<String>,
+    pub page_template: Option<String>,
+    pub language: Option<String>,
+    pub cookie_path: Option<String>,
+    pub priority_weight: Option<i64>,
+    pub bypass: Option<RulesFile>,
+    pub priority: Option<RulesFile>,
+    pub conversion: Option<ConversionFile>,
+}
+
+/// `[room.bypass]`, `[room.priority]`, `[route.bypass]`: which visitors a rule picks out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    pub jwt: Option<String>,
+}
+
+/// `[room.conversion]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionFile {
+    pub method: Option<String>,
+    pub path_prefix: String,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    pub issuer: Option<String>,
+    pub signing_key: String,
+    pub signing_kid: Option<String>,
+    #[serde(default)]
+    pub verify_keys: Vec<VerifyKeyFile>,
+    pub ticket_ttl: Option<String>,
+    pub cache_size: Option<i64>,
+}
+
+/// An older public key: a path (kid = its thumbprint) or `{ file, kid }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum VerifyKeyFile {
+    Path(String),
+    WithKid(VerifyKeyTable),
+}
+
+/// `{ file = "...", kid = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKeyTable {
+    pub file: String,
+    pub kid: String,
+}
+
+/// `[[jwt]]`: how to recognise the app's own tokens (logged-in users).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub name: String,
+    pub cookie: Option<String>,
+    pub header: Option<String>,
+    pub algorithm: String,
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+    pub public_key: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// `[attribution]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionFile {
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub campaigns: Vec<String>,
 }
 
 /// `[[route]]`.
@@ -100,4 +208,5 @@ pub struct RouteFile {
     pub path_prefix: Option<String>,
     pub upstream: String,
     pub room: Option<String>,
+    pub bypass: Option<RulesFile>,
 }

@@ -8,7 +8,7 @@ mod file;
 mod validate;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +28,32 @@ pub struct Config {
     pub rooms: Vec<Room>,
     /// Tried in order; the first match wins.
     pub routes: Vec<Route>,
+    /// Signing and verification keys for passes and tickets; needed by sessions rooms.
+    pub tokens: Option<Tokens>,
+    /// Recognisers for the app's own tokens (logged-in users); rules refer to them by index.
+    pub jwts: Vec<Jwt>,
+    /// Campaign values counted by name in metrics.
+    pub attribution: Attribution,
+    /// Where waiting-room state lives.
+    pub store: StoreConfig,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Which store.
+    pub backend: Backend,
+    /// How often lapsed sessions and silent tickets are swept.
+    pub sweep_interval: Duration,
+    /// Longest time between store touches of an admitted visitor's session.
+    pub touch_interval: Duration,
+}
+
+/// A store implementation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// This process's memory (one instance).
+    Memory,
 }
 
 /// `[server]`.
@@ -45,6 +71,15 @@ pub struct Server {
     pub upstream_keepalive_pool: usize,
     /// Let idle worker threads take work from busy ones.
     pub work_stealing: bool,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers in front of anteroom).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Server {
+    /// Whether a peer may tell us the client's address.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
 }
 
 /// `[[server.tls]]`: certificate and key are PEM files.
@@ -134,6 +169,182 @@ pub struct Room {
     pub capacity: u32,
     /// How long a request may wait in line for a free slot before the 503.
     pub max_wait: Duration,
+    /// Visitors who pass without taking a slot.
+    pub bypass: Rules,
+    /// The waiting room's settings, for rooms in `sessions` mode.
+    pub sessions: Option<Sessions>,
+}
+
+/// Settings of a `sessions` room: how visitors queue, are admitted and leave.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    /// A pass lapses this long after the visitor's last request.
+    pub session_ttl: Duration,
+    /// A pass lapses this long after admission, however active the visitor.
+    pub session_max: Option<Duration>,
+    /// New admissions per second (0: unlimited).
+    pub admit_rate: f64,
+    /// Most visitors waiting (0: unlimited).
+    pub max_queue: u32,
+    /// How often the waiting page asks for news.
+    pub poll_interval: Duration,
+    /// A ticket not seen for this long stops counting as ahead of anyone.
+    pub heartbeat_timeout: Duration,
+    /// A ticket not seen for this long is forgotten.
+    pub rejoin_grace: Duration,
+    /// How long a slot stays reserved for the visitor at the head of the line.
+    pub claim_window: Duration,
+    /// Status of the waiting page.
+    pub queue_status: u16,
+    /// Initial admission state.
+    pub state: State,
+    /// Expected visit length, for the wait estimate before there is data.
+    pub avg_session: Duration,
+    /// Operator's waiting-page template.
+    pub page_template: Option<PathBuf>,
+    /// Waiting-page language.
+    pub language: Language,
+    /// Path of the pass and ticket cookies.
+    pub cookie_path: String,
+    /// Visitors in the priority lane.
+    pub priority: Rules,
+    /// Priority admissions per normal one while both lanes wait.
+    pub priority_weight: u32,
+    /// Which request counts as a conversion.
+    pub conversion: Option<Conversion>,
+}
+
+/// Whether a room admits visitors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Normal operation.
+    Active,
+    /// No admissions; the line keeps its order.
+    Paused,
+    /// Everyone gets the maintenance page; nothing is proxied.
+    Maintenance,
+}
+
+impl State {
+    /// The name used in the config file, the admin API and responses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Paused => "paused",
+            State::Maintenance => "maintenance",
+        }
+    }
+
+    /// Parses the config / admin API spelling.
+    pub fn parse(text: &str) -> Option<State> {
+        match text {
+            "active" => Some(State::Active),
+            "paused" => Some(State::Paused),
+            "maintenance" => Some(State::Maintenance),
+            _ => None,
+        }
+    }
+}
+
+/// Language of the built-in pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// From the browser's `Accept-Language`.
+    Auto,
+    /// English.
+    En,
+    /// German.
+    De,
+}
+
+/// Picks visitors out by path, client network or a verified app token.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// Path prefixes.
+    pub paths: Vec<String>,
+    /// Client networks.
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Index into `Config::jwts`: a valid app token matches.
+    pub jwt: Option<usize>,
+}
+
+impl Rules {
+    /// Whether the rule can ever match.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.cidrs.is_empty() && self.jwt.is_none()
+    }
+}
+
+/// A request that completes a visit (e.g. `POST /api/register` answered 2xx).
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    /// Request method.
+    pub method: http::Method,
+    /// Path prefix.
+    pub path_prefix: String,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// `iss` of every token anteroom signs, and required on every one it accepts.
+    pub issuer: String,
+    /// RS256 private key (PEM) that signs new tokens.
+    pub signing_key: PathBuf,
+    /// Its key id; by default the RFC 7638 thumbprint of the public key.
+    pub signing_kid: Option<String>,
+    /// Older public keys still accepted, so keys can rotate without logging
+    /// anyone out: the file and its kid (the thumbprint when not given).
+    pub verify_keys: Vec<(PathBuf, Option<String>)>,
+    /// Lifetime of a ticket (renewed at half-life while the visitor polls).
+    pub ticket_ttl: Duration,
+    /// Verified tokens remembered, so a known token costs a lookup, not an RSA verify.
+    pub cache_size: usize,
+}
+
+/// `[[jwt]]`: the app's own token, verified to recognise logged-in users.
+#[derive(Debug, Clone)]
+pub struct Jwt {
+    /// Referenced by rules.
+    pub name: String,
+    /// Where the token is.
+    pub source: JwtSource,
+    /// The only algorithm accepted.
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// The key that verifies it.
+    pub key: JwtKey,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+}
+
+/// Where an app token is carried.
+#[derive(Debug, Clone)]
+pub enum JwtSource {
+    /// In this cookie.
+    Cookie(String),
+    /// In this header (`Bearer ` is stripped).
+    Header(http::HeaderName),
+}
+
+/// What verifies an app token.
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    /// A shared secret (HS256/384/512).
+    Secret(Secret),
+    /// A public key, PEM (RS*, PS*, ES*, EdDSA).
+    PublicKey(PathBuf),
+}
+
+/// `[attribution]`: values of `utm_source` and `utm_campaign` counted by
+/// name in metrics; all others count as `other`, which bounds cardinality.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    /// Known sources.
+    pub sources: Vec<String>,
+    /// Known campaigns.
+    pub campaigns: Vec<String>,
 }
 
 /// What a room's capacity counts.
@@ -168,6 +379,8 @@ pub struct Route {
     pub upstream: usize,
     /// Index into `Config::rooms`.
     pub room: Option<usize>,
+    /// Visitors who pass this route's room without taking a slot.
+    pub bypass: Rules,
 }
 
 /// A value that must never reach a log line, not even through `Debug`.
@@ -175,6 +388,11 @@ pub struct Route {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     /// The secret itself, for the one place that compares it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -265,10 +483,5 @@ impl Config {
             path: origin.to_owned(),
             problems,
         })
-    }
-
-    /// The room of a route, if it has one.
-    pub fn room_of(&self, route: &Route) -> Option<&Room> {
-        route.room.map(|i| &self.rooms[i])
     }
 }

@@ -5,10 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{File, RoomFile, RouteFile, UpstreamFile};
+use super::file::{
+    AttributionFile, File, JwtFile, RoomFile, RouteFile, RulesFile, StoreFile, TokensFile,
+    UpstreamFile, VerifyKeyFile,
+};
 use super::{
-    Admin, Config, HostHeader, Log, LogFormat, Problem, Room, RoomMode, Route, Secret, Server,
-    TlsListener, Upstream,
+    Admin, Attribution, Backend, Config, Conversion, HostHeader, Jwt, JwtKey, JwtSource, Language,
+    Log, LogFormat, Problem, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State,
+    StoreConfig, TlsListener, Tokens, Upstream,
 };
 
 const RESERVED_PREFIX: &str = "/__anteroom/";
@@ -16,6 +20,7 @@ const MAX_CAPACITY: i64 = 10_000_000;
 const MAX_THREADS: i64 = 1024;
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
 const MIN_TOKEN_LEN: usize = 16;
+const MAX_ATTRIBUTION_VALUES: usize = 100;
 
 /// Collects problems while the rest of the file is still checked.
 #[derive(Default)]
@@ -114,13 +119,32 @@ pub(super) fn validate(file: File) -> Result<Config, Vec<Problem>> {
         .collect();
     let upstream_index = index_by_name(&mut p, "upstream", upstreams.iter().map(|u| &u.name));
 
+    let jwts: Vec<Jwt> = file
+        .jwts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| jwt(&mut p, i, j))
+        .collect();
+    let jwt_index = index_by_name(&mut p, "jwt", file.jwts.iter().map(|j| &j.name));
+
     let rooms: Vec<Room> = file
         .rooms
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| room(&mut p, i, r))
+        .filter_map(|(i, r)| room(&mut p, i, r, &jwt_index))
         .collect();
     let room_index = index_by_name(&mut p, "room", file.rooms.iter().map(|r| &r.name));
+    check_cookie_paths(&mut p, &rooms);
+
+    let tokens = file.tokens.as_ref().map(|t| tokens(&mut p, t));
+    if tokens.is_none() && rooms.iter().any(|r| r.sessions.is_some()) {
+        p.add(
+            "tokens.signing_key",
+            "sessions rooms sign passes and tickets: add [tokens] signing_key (create one with `anteroom keygen --out certs/`)",
+        );
+    }
+    let attribution = attribution(&mut p, &file.attribution);
+    let store = store(&mut p, &file.store);
 
     if file.routes.is_empty() {
         p.add(
@@ -132,7 +156,7 @@ pub(super) fn validate(file: File) -> Result<Config, Vec<Problem>> {
         .routes
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| route(&mut p, i, r, &upstream_index, &room_index))
+        .filter_map(|(i, r)| route(&mut p, i, r, &upstream_index, &room_index, &jwt_index))
         .collect();
     check_shadowed_routes(&mut p, &routes);
 
@@ -144,6 +168,10 @@ pub(super) fn validate(file: File) -> Result<Config, Vec<Problem>> {
             upstreams,
             rooms,
             routes,
+            tokens,
+            jwts,
+            attribution,
+            store,
         })
     } else {
         Err(p.0)
@@ -203,6 +231,29 @@ fn server(p: &mut Problems, file: &File) -> Server {
         ),
         upstream_keepalive_pool,
         work_stealing: s.work_stealing.unwrap_or(true),
+        trusted_proxies: s
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, c)| cidr(p, &format!("server.trusted_proxies[{i}]"), c))
+            .collect(),
+    }
+}
+
+fn cidr(p: &mut Problems, key: &str, text: &str) -> Option<ipnet::IpNet> {
+    let parsed = text
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+    match parsed {
+        Ok(net) => Some(net.trunc()),
+        Err(_) => {
+            p.add(
+                key,
+                format!("{text:?} is not an IP network (e.g. \"10.0.0.0/8\" or \"2001:db8::/32\")"),
+            );
+            None
+        }
     }
 }
 
@@ -407,7 +458,7 @@ fn split_host_port(address: &str) -> Option<(String, u16)> {
     host_ok.then(|| (host.to_owned(), port))
 }
 
-fn room(p: &mut Problems, i: usize, r: &RoomFile) -> Option<Room> {
+fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>) -> Option<Room> {
     let key = format!("room[{i}]");
     p.name(&format!("{key}.name"), &r.name);
     let mode = match r.mode.as_str() {
@@ -443,12 +494,463 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile) -> Option<Room> {
             "max_wait applies to rooms in \"requests\" mode; a sessions room queues visitors instead",
         );
     }
+    let bypass = rules(p, &format!("{key}.bypass"), r.bypass.as_ref(), jwts);
+    let sessions = match mode? {
+        RoomMode::Sessions => Some(sessions(p, &key, r, jwts)),
+        RoomMode::Requests => {
+            let sessions_only = [
+                ("session_ttl", r.session_ttl.is_some()),
+                ("session_max", r.session_max.is_some()),
+                ("admit_rate", r.admit_rate.is_some()),
+                ("max_queue", r.max_queue.is_some()),
+                ("poll_interval", r.poll_interval.is_some()),
+                ("heartbeat_timeout", r.heartbeat_timeout.is_some()),
+                ("rejoin_grace", r.rejoin_grace.is_some()),
+                ("claim_window", r.claim_window.is_some()),
+                ("queue_status", r.queue_status.is_some()),
+                ("state", r.state.is_some()),
+                ("avg_session", r.avg_session.is_some()),
+                ("page_template", r.page_template.is_some()),
+                ("language", r.language.is_some()),
+                ("cookie_path", r.cookie_path.is_some()),
+                ("priority_weight", r.priority_weight.is_some()),
+                ("priority", r.priority.is_some()),
+                ("conversion", r.conversion.is_some()),
+            ];
+            for (field, given) in sessions_only {
+                if given {
+                    p.add(
+                        format!("{key}.{field}"),
+                        "only applies to rooms in \"sessions\" mode",
+                    );
+                }
+            }
+            None
+        }
+    };
     Some(Room {
         name: r.name.clone(),
         mode: mode?,
         capacity: capacity? as u32,
         max_wait,
+        bypass,
+        sessions,
     })
+}
+
+fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, usize>) -> Sessions {
+    let d = |p: &mut Problems, field: &str, v: &Option<String>, default: Duration| {
+        let value = p.duration(&format!("{key}.{field}"), v.as_deref(), default);
+        if value.is_zero() {
+            p.add(format!("{key}.{field}"), "must be longer than 0");
+        }
+        value
+    };
+    let session_ttl = d(p, "session_ttl", &r.session_ttl, Duration::from_secs(300));
+    let session_max = r
+        .session_max
+        .as_ref()
+        .map(|_| d(p, "session_max", &r.session_max, Duration::ZERO));
+    if let Some(max) = session_max {
+        if max < session_ttl {
+            p.add(format!("{key}.session_max"), "must be at least session_ttl");
+        }
+    }
+    let poll_interval = d(p, "poll_interval", &r.poll_interval, Duration::from_secs(5));
+    let heartbeat_timeout = d(
+        p,
+        "heartbeat_timeout",
+        &r.heartbeat_timeout,
+        poll_interval * 3,
+    );
+    if heartbeat_timeout <= poll_interval {
+        p.add(
+            format!("{key}.heartbeat_timeout"),
+            "must be longer than poll_interval, or every waiting visitor is dropped between two polls",
+        );
+    }
+    let rejoin_grace = d(p, "rejoin_grace", &r.rejoin_grace, Duration::from_secs(300));
+    if rejoin_grace < heartbeat_timeout {
+        p.add(
+            format!("{key}.rejoin_grace"),
+            "must be at least heartbeat_timeout",
+        );
+    }
+    let claim_window = d(p, "claim_window", &r.claim_window, Duration::from_secs(10));
+    if claim_window < poll_interval {
+        p.add(
+            format!("{key}.claim_window"),
+            "must be at least poll_interval, or a visitor who polls on time can miss their turn",
+        );
+    }
+    let admit_rate = r.admit_rate.unwrap_or(0.0);
+    if !admit_rate.is_finite() || !(0.0..=1_000_000.0).contains(&admit_rate) {
+        p.add(
+            format!("{key}.admit_rate"),
+            format!("must be between 0 (unlimited) and 1000000 per second, got {admit_rate}"),
+        );
+    }
+    let max_queue = r
+        .max_queue
+        .and_then(|n| p.int_in(&format!("{key}.max_queue"), n, 0, 100_000_000))
+        .unwrap_or(0) as u32;
+    let queue_status = match r.queue_status.unwrap_or(200) {
+        s @ (200 | 202 | 429 | 503) => s as u16,
+        other => {
+            p.add(
+                format!("{key}.queue_status"),
+                format!("must be 200, 202, 429 or 503, got {other}"),
+            );
+            200
+        }
+    };
+    let state = match r.state.as_deref().map(|s| (s, State::parse(s))) {
+        None => State::Active,
+        Some((_, Some(state))) => state,
+        Some((text, None)) => {
+            p.add(
+                format!("{key}.state"),
+                format!(
+                    "{text:?} is not a room state: use \"active\", \"paused\" or \"maintenance\""
+                ),
+            );
+            State::Active
+        }
+    };
+    let language = match r.language.as_deref().unwrap_or("auto") {
+        "auto" => Language::Auto,
+        "en" => Language::En,
+        "de" => Language::De,
+        other => {
+            p.add(
+                format!("{key}.language"),
+                format!("{other:?} is not a page language: use \"auto\", \"en\" or \"de\""),
+            );
+            Language::Auto
+        }
+    };
+    let cookie_path = r.cookie_path.clone().unwrap_or_else(|| "/".to_owned());
+    if !cookie_path.starts_with('/') || cookie_path.contains([';', ',', ' ']) {
+        p.add(
+            format!("{key}.cookie_path"),
+            format!("{cookie_path:?} must start with '/' and contain no ';', ',' or spaces"),
+        );
+    }
+    let page_template = r
+        .page_template
+        .as_deref()
+        .map(|f| p.readable_file(&format!("{key}.page_template"), f));
+    let priority_weight = r
+        .priority_weight
+        .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))
+        .unwrap_or(3) as u32;
+    let conversion = r.conversion.as_ref().and_then(|c| {
+        let method = c.method.as_deref().unwrap_or("POST");
+        let parsed = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).ok();
+        if parsed.is_none() {
+            p.add(
+                format!("{key}.conversion.method"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+        if !c.path_prefix.starts_with('/') {
+            p.add(
+                format!("{key}.conversion.path_prefix"),
+                format!("{:?} must start with '/'", c.path_prefix),
+            );
+        }
+        Some(Conversion {
+            method: parsed?,
+            path_prefix: c.path_prefix.clone(),
+        })
+    });
+    Sessions {
+        session_ttl,
+        session_max,
+        admit_rate,
+        max_queue,
+        poll_interval,
+        heartbeat_timeout,
+        rejoin_grace,
+        claim_window,
+        queue_status,
+        state,
+        avg_session: d(p, "avg_session", &r.avg_session, session_ttl),
+        page_template,
+        language,
+        cookie_path,
+        priority: rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts),
+        priority_weight,
+        conversion,
+    }
+}
+
+/// Two sessions rooms with the same cookie path would overwrite each other's passes.
+fn check_cookie_paths(p: &mut Problems, rooms: &[Room]) {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let Some(s) = &room.sessions else { continue };
+        if let Some(other) = seen.insert(&s.cookie_path, &room.name) {
+            p.add(
+                format!("room[{i}].cookie_path"),
+                format!("{:?} is already used by room {other:?}; sessions rooms on one host need different cookie paths", s.cookie_path),
+            );
+        }
+    }
+}
+
+fn rules(
+    p: &mut Problems,
+    key: &str,
+    r: Option<&RulesFile>,
+    jwts: &HashMap<String, usize>,
+) -> Rules {
+    let Some(r) = r else {
+        return Rules::default();
+    };
+    for (i, path) in r.paths.iter().enumerate() {
+        if !path.starts_with('/') {
+            p.add(
+                format!("{key}.paths[{i}]"),
+                format!("{path:?} must start with '/'"),
+            );
+        }
+    }
+    let jwt = r.jwt.as_ref().and_then(|name| {
+        let found = jwts.get(name).copied();
+        if found.is_none() {
+            p.add(
+                format!("{key}.jwt"),
+                format!("unknown [[jwt]] {name:?} (known: {})", known(jwts)),
+            );
+        }
+        found
+    });
+    Rules {
+        paths: r.paths.clone(),
+        cidrs: r
+            .cidrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| cidr(p, &format!("{key}.cidrs[{i}]"), c))
+            .collect(),
+        jwt,
+    }
+}
+
+fn tokens(p: &mut Problems, t: &TokensFile) -> Tokens {
+    let issuer = t.issuer.clone().unwrap_or_else(|| "anteroom".to_owned());
+    if issuer.is_empty() {
+        p.add("tokens.issuer", "must not be empty");
+    }
+    let signing_key = p.readable_file("tokens.signing_key", &t.signing_key);
+    if signing_key.exists() {
+        if let Err(e) = crate::token::SigningKey::load(&signing_key) {
+            p.add("tokens.signing_key", e.to_string());
+        }
+    }
+    let verify_keys = t
+        .verify_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let key = format!("tokens.verify_keys[{i}]");
+            let (file, kid) = match k {
+                VerifyKeyFile::Path(f) => (f.as_str(), None),
+                VerifyKeyFile::WithKid(t) => (t.file.as_str(), Some(t.kid.clone())),
+            };
+            let path = p.readable_file(&key, file);
+            if path.exists() {
+                if let Err(e) = crate::token::VerifyKey::load(&path, kid.as_deref()) {
+                    p.add(key, e.to_string());
+                }
+            }
+            (path, kid)
+        })
+        .collect();
+    if let Some(kid) = &t.signing_kid {
+        if kid.is_empty() || kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_graphic()) {
+            p.add(
+                "tokens.signing_kid",
+                "must be 1 to 128 visible ASCII characters",
+            );
+        }
+    }
+    let ticket_ttl = p.duration(
+        "tokens.ticket_ttl",
+        t.ticket_ttl.as_deref(),
+        Duration::from_secs(1800),
+    );
+    if ticket_ttl < Duration::from_secs(60) {
+        p.add("tokens.ticket_ttl", "must be at least 1m");
+    }
+    let cache_size = t
+        .cache_size
+        .and_then(|n| p.int_in("tokens.cache_size", n, 16, 100_000_000))
+        .unwrap_or(200_000) as usize;
+    Tokens {
+        issuer,
+        signing_key,
+        signing_kid: t.signing_kid.clone(),
+        verify_keys,
+        ticket_ttl,
+        cache_size,
+    }
+}
+
+fn jwt(p: &mut Problems, i: usize, j: &JwtFile) -> Option<Jwt> {
+    use jsonwebtoken::Algorithm::*;
+    let key = format!("jwt[{i}]");
+    p.name(&format!("{key}.name"), &j.name);
+    let source = match (&j.cookie, &j.header) {
+        (Some(c), None) if !c.is_empty() => Some(JwtSource::Cookie(c.clone())),
+        (None, Some(h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => Some(JwtSource::Header(name)),
+            Err(_) => {
+                p.add(
+                    format!("{key}.header"),
+                    format!("{h:?} is not a header name"),
+                );
+                None
+            }
+        },
+        _ => {
+            p.add(
+                format!("{key}.cookie"),
+                "give exactly one of cookie or header",
+            );
+            None
+        }
+    };
+    let algorithm = j.algorithm.parse::<jsonwebtoken::Algorithm>().ok();
+    if algorithm.is_none() {
+        p.add(
+            format!("{key}.algorithm"),
+            format!("{:?} is not a JWT algorithm: use HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA", j.algorithm),
+        );
+    }
+    let secret = match (&j.secret, &j.secret_file) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(s) => Some(s.trim().to_owned()),
+            Err(e) => {
+                p.add(
+                    format!("{key}.secret_file"),
+                    format!("cannot read {f:?}: {e}"),
+                );
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            p.add(
+                format!("{key}.secret"),
+                "give either secret or secret_file, not both",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let jwt_key = match (algorithm?, secret, &j.public_key) {
+        (HS256 | HS384 | HS512, Some(secret), None) => {
+            if secret.len() < 32 {
+                p.add(
+                    format!("{key}.secret"),
+                    "an HMAC secret must be at least 32 characters",
+                );
+            }
+            Some(JwtKey::Secret(Secret(secret)))
+        }
+        (HS256 | HS384 | HS512, _, _) => {
+            p.add(
+                format!("{key}.secret"),
+                "an HS* algorithm needs secret (or secret_file) and no public_key",
+            );
+            None
+        }
+        (alg, None, Some(path)) => {
+            let path = p.readable_file(&format!("{key}.public_key"), path);
+            if path.exists() {
+                if let Err(e) = crate::bypass::AppJwt::decoding_key(alg, &path) {
+                    p.add(format!("{key}.public_key"), e);
+                }
+            }
+            Some(JwtKey::PublicKey(path))
+        }
+        (_, _, _) => {
+            p.add(
+                format!("{key}.public_key"),
+                "a public-key algorithm needs public_key (PEM) and no secret",
+            );
+            None
+        }
+    };
+    Some(Jwt {
+        name: j.name.clone(),
+        source: source?,
+        algorithm: algorithm?,
+        key: jwt_key?,
+        issuer: j.issuer.clone(),
+        audience: j.audience.clone(),
+    })
+}
+
+fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
+    let backend = match s.backend.as_deref().unwrap_or("memory") {
+        "memory" => Backend::Memory,
+        other => {
+            p.add(
+                "store.backend",
+                format!("{other:?} is not a store: use \"memory\""),
+            );
+            Backend::Memory
+        }
+    };
+    let positive = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| {
+        let d = p.duration(key, v.as_deref(), default);
+        if d.is_zero() {
+            p.add(key, "must be longer than 0");
+        }
+        d
+    };
+    StoreConfig {
+        backend,
+        sweep_interval: positive(
+            p,
+            "store.sweep_interval",
+            &s.sweep_interval,
+            Duration::from_secs(1),
+        ),
+        touch_interval: positive(
+            p,
+            "store.touch_interval",
+            &s.touch_interval,
+            Duration::from_secs(1),
+        ),
+    }
+}
+
+fn attribution(p: &mut Problems, a: &AttributionFile) -> Attribution {
+    for (field, values) in [("sources", &a.sources), ("campaigns", &a.campaigns)] {
+        if values.len() > MAX_ATTRIBUTION_VALUES {
+            p.add(
+                format!("attribution.{field}"),
+                format!(
+                    "at most {MAX_ATTRIBUTION_VALUES} values (each is a metric label), got {}",
+                    values.len()
+                ),
+            );
+        }
+        if values.iter().any(|v| v.is_empty() || v == "other") {
+            p.add(
+                format!("attribution.{field}"),
+                "values must not be empty or \"other\"",
+            );
+        }
+    }
+    Attribution {
+        sources: a.sources.clone(),
+        campaigns: a.campaigns.clone(),
+    }
 }
 
 fn route(
@@ -457,6 +959,7 @@ fn route(
     r: &RouteFile,
     upstreams: &HashMap<String, usize>,
     rooms: &HashMap<String, usize>,
+    jwts: &HashMap<String, usize>,
 ) -> Option<Route> {
     let key = format!("route[{i}]");
     let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
@@ -514,12 +1017,20 @@ fn route(
         .name
         .clone()
         .unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or(""), path_prefix));
+    let bypass = rules(p, &format!("{key}.bypass"), r.bypass.as_ref(), jwts);
+    if !bypass.is_empty() && r.room.is_none() {
+        p.add(
+            format!("{key}.bypass"),
+            "a route without a room lets everyone through already",
+        );
+    }
     Some(Route {
         name,
         host,
         path_prefix,
         upstream: upstream?,
         room: room?,
+        bypass,
     })
 }
 

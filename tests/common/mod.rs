@@ -2,6 +2,7 @@
 //! real upstream, stopped deterministically on drop.
 
 pub mod upstream;
+pub mod visitor;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,76 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::oneshot;
 
 pub use upstream::TestUpstream;
+pub use visitor::Visitor;
+
+/// A signing key pair for this test run, made once by `anteroom keygen`'s code.
+pub struct Keys {
+    pub private: std::path::PathBuf,
+    pub public: std::path::PathBuf,
+}
+
+pub fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("keys-{}", std::process::id()));
+        let (private, public, _) = anteroom::token::keygen(&dir, 2048, true).unwrap();
+        Keys { private, public }
+    })
+}
+
+/// Where a test's waiting-room state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+}
+
+impl Backend {
+    /// The `[store]` table for this backend, with a fast sweeper for tests.
+    pub fn store_toml(&self) -> String {
+        match self {
+            Backend::Memory => {
+                "[store]\nbackend = \"memory\"\nsweep_interval = \"50ms\"\n".to_owned()
+            }
+        }
+    }
+}
+
+/// A config with one sessions room "web" guarding every path of `upstream`.
+/// `room` adds keys to the `[[room]]` table (capacity is required);
+/// `after` is appended at the end (e.g. `[route.bypass]`, more tables).
+pub fn waiting_room_config(
+    upstream: &TestUpstream,
+    backend: Backend,
+    room: &str,
+    after: &str,
+) -> String {
+    format!(
+        r#"
+[tokens]
+signing_key = "{key}"
+
+{store}
+[[upstream]]
+name = "app"
+address = "{addr}"
+
+[[room]]
+name = "web"
+mode = "sessions"
+{room}
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+room = "web"
+{after}
+"#,
+        key = keys().private.display(),
+        store = backend.store_toml(),
+        addr = upstream.addr,
+    )
+}
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -169,6 +240,47 @@ impl TestProxy {
             .await
             .unwrap()
             .json()
+            .await
+            .unwrap()
+    }
+
+    /// A new visitor with no tokens.
+    pub fn visitor(&self) -> Visitor {
+        Visitor::new(format!("http://{}", self.addr))
+    }
+
+    /// `GET /admin/rooms/{name}` (no admin token in tests).
+    pub async fn admin_room(&self, room: &str) -> serde_json::Value {
+        client()
+            .get(self.admin_url(&format!("/admin/rooms/{room}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `PATCH /admin/rooms/{name}`.
+    pub async fn patch_room(&self, room: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = client()
+            .patch(self.admin_url(&format!("/admin/rooms/{room}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap()
     }

@@ -136,7 +136,7 @@ async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body
     let q = query(&req);
     let path = req.uri().path().to_owned();
     match path.as_str() {
-        "/echo" | "/api/echo" => {
+        p if p.ends_with("/echo") => {
             let method = req.method().to_string();
             let uri_query = req.uri().query().unwrap_or_default().to_owned();
             let headers: HashMap<String, String> = req
@@ -217,6 +217,12 @@ async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body
         p if p.ends_with("/reset") => {
             // An error from the service makes hyper drop the connection unanswered.
             Err(std::io::Error::other("reset on purpose"))
+        }
+        p if p.ends_with("/release") => {
+            let mut resp = full(200, "text/plain", "released");
+            resp.headers_mut()
+                .insert("anteroom-command", "release".parse().unwrap());
+            Ok(resp)
         }
         p if p.starts_with("/status/") => {
             let code: u16 = p["/status/".len()..].parse().unwrap_or(500);

@@ -1,0 +1,131 @@
+//! Rules that pick visitors out by path, network or a verified app token:
+//! who bypasses a room, and who waits in the priority lane.
+//!
+//! A logged-in user is recognised by the app's own JWT, verified with its
+//! key, algorithm, `iss` and `aud`; the mere presence of a cookie never counts.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use quick_cache::sync::Cache;
+
+use crate::config::{Jwt, JwtKey, JwtSource, Rules};
+use crate::cookies;
+use crate::token::{MAX_TOKEN_LEN, now_secs};
+
+/// Verified app tokens remembered per verifier.
+const CACHE_SIZE: usize = 50_000;
+
+/// Verifies the app's own tokens.
+pub struct AppJwt {
+    source: JwtSource,
+    key: DecodingKey,
+    validation: Validation,
+    /// Token SHA-256 → `exp` of a valid token, or 0 for an invalid one.
+    cache: Cache<[u8; 32], u64>,
+}
+
+impl AppJwt {
+    /// The key that verifies `alg` tokens, from a PEM file.
+    pub fn decoding_key(alg: Algorithm, path: &Path) -> Result<DecodingKey, String> {
+        use Algorithm::*;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let key = match alg {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(&pem),
+            ES256 | ES384 => DecodingKey::from_ec_pem(&pem),
+            EdDSA => DecodingKey::from_ed_pem(&pem),
+            HS256 | HS384 | HS512 => {
+                return Err("HS* algorithms use a secret, not a key file".to_owned());
+            }
+        };
+        key.map_err(|e| format!("{} is not a {alg:?} public key in PEM: {e}", path.display()))
+    }
+
+    /// A verifier for a `[[jwt]]` entry.
+    pub fn new(config: &Jwt) -> Result<AppJwt, String> {
+        let key = match &config.key {
+            JwtKey::Secret(secret) => DecodingKey::from_secret(secret.expose().as_bytes()),
+            JwtKey::PublicKey(path) => AppJwt::decoding_key(config.algorithm, path)?,
+        };
+        let mut validation = Validation::new(config.algorithm);
+        validation.leeway = 5;
+        validation.validate_nbf = true;
+        match &config.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(AppJwt {
+            source: config.source.clone(),
+            key,
+            validation,
+            cache: Cache::new(CACHE_SIZE),
+        })
+    }
+
+    /// Whether the request carries a valid app token.
+    pub fn matches(&self, req: &RequestHeader) -> bool {
+        match &self.source {
+            JwtSource::Cookie(name) => cookies::values(req, name).any(|t| self.valid(t)),
+            JwtSource::Header(name) => req
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+                .any(|t| self.valid(t)),
+        }
+    }
+
+    fn valid(&self, token: &str) -> bool {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return false;
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let exp = self.cache.get(&key).unwrap_or_else(|| {
+            let exp = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
+                .ok()
+                .and_then(|d| d.claims.get("exp").and_then(serde_json::Value::as_u64))
+                .unwrap_or(0);
+            self.cache.insert(key, exp);
+            exp
+        });
+        exp + self.validation.leeway > now_secs()
+    }
+}
+
+/// What a rule looks at.
+pub struct Visitor<'a> {
+    /// Request path.
+    pub path: &'a str,
+    /// Client address.
+    pub ip: Option<IpAddr>,
+    /// The request.
+    pub req: &'a RequestHeader,
+}
+
+/// Whether the visitor matches any part of the rule.
+pub fn matches(rules: &Rules, visitor: &Visitor<'_>, jwts: &[AppJwt]) -> bool {
+    if rules.is_empty() {
+        return false;
+    }
+    rules
+        .paths
+        .iter()
+        .any(|p| visitor.path.starts_with(p.as_str()))
+        || visitor
+            .ip
+            .is_some_and(|ip| rules.cidrs.iter().any(|net| net.contains(&ip)))
+        || rules
+            .jwt
+            .and_then(|i| jwts.get(i))
+            .is_some_and(|jwt| jwt.matches(visitor.req))
+}

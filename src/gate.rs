@@ -1,0 +1,537 @@
+//! The admission decision for a `sessions` room: who is let through, who
+//! waits, and what they are told. It reads the request's tokens, asks the
+//! store one atomic question, and returns a decision the proxy carries out.
+//!
+//! Order of checks: a valid pass (admitted visitor: a cached signature check
+//! and, at most once per `touch_interval`, a store touch), then a valid
+//! ticket (a waiting visitor's heartbeat), then a new arrival.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pingora::http::RequestHeader;
+use quick_cache::sync::Cache;
+
+use crate::attribution::{Labels, Utm};
+use crate::bypass::{self, AppJwt};
+use crate::config::{self, State};
+use crate::cookies;
+use crate::metrics::Metrics;
+use crate::room::{Room, WaitingRoom};
+use crate::store::{
+    Arrival, Lane, Place, Polled, SessionId, SessionInfo, Store, StoreError, now_millis,
+};
+use crate::token::{Claims, Kind, Tokens, now_secs};
+
+/// Cookie holding a pass.
+pub const PASS_COOKIE: &str = "anteroom_pass";
+/// Cookie holding a ticket.
+pub const TICKET_COOKIE: &str = "anteroom_ticket";
+/// Header an API client may send its pass in.
+pub const PASS_HEADER: &str = "x-anteroom-pass";
+/// Header an API client may send its ticket in.
+pub const TICKET_HEADER: &str = "x-anteroom-ticket";
+
+/// Where a visitor's pass came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassSource {
+    /// The `anteroom_pass` cookie.
+    Cookie,
+    /// `X-Anteroom-Pass`.
+    Header,
+    /// `Authorization: Bearer` (removed before forwarding).
+    Authorization,
+}
+
+/// An admitted visitor's request, to be forwarded.
+#[derive(Debug, Clone)]
+pub struct Visit {
+    /// Their session.
+    pub session: SessionInfo,
+    /// The pass to forward upstream (current or renewed).
+    pub pass: String,
+    /// Where the pass came from (None: issued on this request).
+    pub source: Option<PassSource>,
+    /// A new or renewed pass to set as a cookie.
+    pub set_pass: bool,
+    /// Whether a ticket cookie should be cleared (just admitted from the line).
+    pub clear_ticket: bool,
+    /// Admitted on this very request.
+    pub admitted_now: bool,
+}
+
+/// A visitor who has to wait.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    /// Their place.
+    pub place: Place,
+    /// Their ticket (current or renewed).
+    pub ticket: String,
+    /// A new or renewed ticket to set as a cookie.
+    pub set_ticket: bool,
+}
+
+/// What to do with a request to a sessions room.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Forward it.
+    Admit(Box<Visit>),
+    /// Answer with the waiting page or `QUEUE_REQUIRED`.
+    Wait(Box<Waiting>),
+    /// The line is full.
+    Full,
+    /// The room is closed for maintenance.
+    Maintenance,
+    /// The store cannot answer; new visitors are turned away.
+    Unavailable,
+}
+
+/// The answer to `GET /__anteroom/status`.
+#[derive(Debug, Clone)]
+pub enum Status {
+    /// Admitted (a pass to set if `set_pass`).
+    Admitted(Box<Visit>),
+    /// Still in line.
+    Queued(Box<Waiting>),
+    /// No valid place.
+    Expired,
+    /// Closed for maintenance.
+    Maintenance,
+    /// The store cannot answer.
+    Unavailable,
+}
+
+/// What an admitted visitor looks like to this instance between touches.
+struct Seen {
+    info: SessionInfo,
+    touched: AtomicU64,
+}
+
+/// Facts about a request the gate decides on.
+pub struct Visitor<'a> {
+    /// The request.
+    pub req: &'a RequestHeader,
+    /// The client's address.
+    pub ip: Option<IpAddr>,
+}
+
+/// Decides admissions for every sessions room.
+pub struct Gate {
+    /// Signs and verifies passes and tickets.
+    pub tokens: Arc<Tokens>,
+    store: Arc<dyn Store>,
+    jwts: Arc<Vec<AppJwt>>,
+    labels: Labels,
+    metrics: Metrics,
+    ticket_ttl: Duration,
+    touch_interval: Duration,
+    seen: Cache<u128, Arc<Seen>>,
+}
+
+impl Gate {
+    /// A gate over a store.
+    pub fn new(
+        tokens: Arc<Tokens>,
+        store: Arc<dyn Store>,
+        jwts: Arc<Vec<AppJwt>>,
+        config: &config::Config,
+        metrics: Metrics,
+        touch_interval: Duration,
+    ) -> Gate {
+        let cache_size = config.tokens.as_ref().map_or(100_000, |t| t.cache_size);
+        Gate {
+            tokens,
+            store,
+            jwts,
+            labels: Labels::new(&config.attribution),
+            metrics,
+            ticket_ttl: config
+                .tokens
+                .as_ref()
+                .map_or(Duration::from_secs(1800), |t| t.ticket_ttl),
+            touch_interval,
+            seen: Cache::new(cache_size),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Lifetime of a ticket.
+    pub fn ticket_ttl(&self) -> Duration {
+        self.ticket_ttl
+    }
+
+    /// Campaign labels for metrics.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    fn lane(&self, w: &WaitingRoom, visitor: &Visitor<'_>) -> Lane {
+        let facts = bypass::Visitor {
+            path: visitor.req.uri.path(),
+            ip: visitor.ip,
+            req: visitor.req,
+        };
+        if bypass::matches(&w.config.priority, &facts, &self.jwts) {
+            Lane::Priority
+        } else {
+            Lane::Normal
+        }
+    }
+
+    /// The visitor's valid pass for this room, if any.
+    pub fn find_pass(
+        &self,
+        room: &str,
+        req: &RequestHeader,
+    ) -> Option<(String, Arc<Claims>, PassSource)> {
+        let cookies = cookies::values(req, PASS_COOKIE).map(|t| (t, PassSource::Cookie));
+        let header = req
+            .headers
+            .get(PASS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|t| (t, PassSource::Header));
+        let bearer = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| (t.trim(), PassSource::Authorization));
+        header
+            .into_iter()
+            .chain(cookies)
+            .chain(bearer)
+            .find_map(|(token, source)| {
+                let claims = self.tokens.verify(token, Kind::Pass, room)?;
+                Some((token.to_owned(), claims, source))
+            })
+    }
+
+    /// The visitor's valid ticket for this room, if any.
+    pub fn find_ticket(&self, room: &str, req: &RequestHeader) -> Option<(String, Arc<Claims>)> {
+        let header = req.headers.get(TICKET_HEADER).and_then(|v| v.to_str().ok());
+        header
+            .into_iter()
+            .chain(cookies::values(req, TICKET_COOKIE))
+            .find_map(|token| {
+                let claims = self.tokens.verify(token, Kind::Ticket, room)?;
+                Some((token.to_owned(), claims))
+            })
+    }
+
+    /// An admitted visitor's session, touching the store at most once per
+    /// `touch_interval`. A store failure keeps a verified pass working.
+    async fn session(&self, room: &str, claims: &Claims) -> Option<SessionInfo> {
+        let id = SessionId::parse(&claims.sub)?;
+        let now = now_millis();
+        let interval = u64::try_from(self.touch_interval.as_millis()).unwrap_or(u64::MAX);
+        if let Some(seen) = self.seen.get(&id.0) {
+            if now.saturating_sub(seen.touched.load(Ordering::Relaxed)) < interval {
+                return Some(seen.info.clone());
+            }
+        }
+        match self.store.touch(room, id).await {
+            Ok(Some(info)) => {
+                self.seen.insert(
+                    id.0,
+                    Arc::new(Seen {
+                        info: info.clone(),
+                        touched: AtomicU64::new(now),
+                    }),
+                );
+                Some(info)
+            }
+            Ok(None) => {
+                self.seen.remove(&id.0);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(room, error = %e, "store unavailable; honouring a verified pass");
+                Some(self.seen.get(&id.0).map_or_else(
+                    || SessionInfo {
+                        id,
+                        admitted_at: claims.iat * 1000,
+                        wait_ms: 0,
+                        utm: None,
+                    },
+                    |s| s.info.clone(),
+                ))
+            }
+        }
+    }
+
+    /// A pass for a session: valid `session_ttl` from now, never past `session_max`.
+    fn issue_pass(&self, room: &Room, w: &WaitingRoom, session: &SessionInfo) -> String {
+        let mut ttl = w.config.session_ttl;
+        if let Some(max) = w.config.session_max {
+            let end = session.admitted_at + u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+            ttl = ttl.min(Duration::from_millis(end.saturating_sub(now_millis())));
+        }
+        let claims = self
+            .tokens
+            .claims(Kind::Pass, room.name(), session.id.to_string(), None, ttl);
+        self.tokens.sign(&claims)
+    }
+
+    fn admitted(
+        &self,
+        room: &Room,
+        w: &WaitingRoom,
+        session: SessionInfo,
+        from_line: bool,
+    ) -> Decision {
+        let lane = if from_line { "queue" } else { "direct" };
+        self.metrics
+            .admissions
+            .with_label_values(&[room.name(), lane])
+            .inc();
+        if from_line {
+            self.metrics
+                .queue_wait
+                .with_label_values(&[room.name()])
+                .observe(session.wait_ms as f64 / 1000.0);
+        }
+        let (source, campaign) = self.labels.of(session.utm.as_deref());
+        tracing::info!(
+            target: "anteroom::visitor",
+            event = "admitted",
+            room = room.name(),
+            session = %session.id,
+            wait_ms = session.wait_ms,
+            utm_source = source,
+            utm_campaign = campaign,
+        );
+        let pass = self.issue_pass(room, w, &session);
+        Decision::Admit(Box::new(Visit {
+            session,
+            pass,
+            source: None,
+            set_pass: true,
+            clear_ticket: from_line,
+            admitted_now: true,
+        }))
+    }
+
+    fn waiting(&self, room: &Room, place: Place, ticket: Option<(String, &Claims)>) -> Decision {
+        let (ticket, set_ticket) = match ticket {
+            Some((token, claims)) if !claims.needs_renewal(now_secs()) => (token, false),
+            _ => {
+                let claims = self.tokens.claims(
+                    Kind::Ticket,
+                    room.name(),
+                    place.ticket.clone(),
+                    Some(place.lane.as_str()),
+                    self.ticket_ttl,
+                );
+                (self.tokens.sign(&claims), true)
+            }
+        };
+        Decision::Wait(Box::new(Waiting {
+            place,
+            ticket,
+            set_ticket,
+        }))
+    }
+
+    /// Decides a request to a sessions room.
+    pub async fn decide(&self, room: &Room, w: &WaitingRoom, visitor: &Visitor<'_>) -> Decision {
+        if w.state() == State::Maintenance {
+            return Decision::Maintenance;
+        }
+        let name = room.name();
+        if let Some((token, claims, source)) = self.find_pass(name, visitor.req) {
+            if let Some(session) = self.session(name, &claims).await {
+                let renew = claims.needs_renewal(now_secs());
+                let pass = if renew {
+                    self.issue_pass(room, w, &session)
+                } else {
+                    token
+                };
+                return Decision::Admit(Box::new(Visit {
+                    session,
+                    pass,
+                    source: Some(source),
+                    set_pass: renew,
+                    clear_ticket: false,
+                    admitted_now: false,
+                }));
+            }
+        }
+        if let Some((token, claims)) = self.find_ticket(name, visitor.req) {
+            match self.store.poll(name, &claims.sub).await {
+                Ok(Polled::Admitted(session)) => return self.admitted(room, w, session, true),
+                Ok(Polled::Queued(place)) => {
+                    return self.waiting(room, place, Some((token, &claims)));
+                }
+                Ok(Polled::Expired) => {}
+                Err(e) => return self.unavailable(name, &e),
+            }
+        }
+        self.arrive(room, w, visitor).await
+    }
+
+    async fn arrive(&self, room: &Room, w: &WaitingRoom, visitor: &Visitor<'_>) -> Decision {
+        let name = room.name();
+        let lane = self.lane(w, visitor);
+        let utm = Utm::from_query(visitor.req.uri.query());
+        let labels = self.labels.of(utm.as_deref());
+        let (source, campaign) = (labels.0.to_owned(), labels.1.to_owned());
+        self.metrics
+            .arrivals
+            .with_label_values(&[name, lane.as_str()])
+            .inc();
+        tracing::info!(
+            target: "anteroom::visitor",
+            event = "arrived",
+            room = name,
+            lane = lane.as_str(),
+            utm_source = source,
+            utm_campaign = campaign,
+        );
+        match self.store.arrive(name, lane, utm).await {
+            Ok(Arrival::Admitted(session)) => self.admitted(room, w, session, false),
+            Ok(Arrival::Queued(place)) => {
+                tracing::info!(
+                    target: "anteroom::visitor",
+                    event = "queued",
+                    room = name,
+                    lane = lane.as_str(),
+                    position = place.position(),
+                    wait_ms = place.wait.ms,
+                    utm_source = source,
+                    utm_campaign = campaign,
+                );
+                self.waiting(room, place, None)
+            }
+            Ok(Arrival::Full) => {
+                self.metrics
+                    .rejected
+                    .with_label_values(&[name, "queue_full"])
+                    .inc();
+                Decision::Full
+            }
+            Ok(Arrival::Maintenance) => Decision::Maintenance,
+            Err(e) => self.unavailable(name, &e),
+        }
+    }
+
+    fn unavailable(&self, room: &str, e: &StoreError) -> Decision {
+        tracing::warn!(room, error = %e, "store unavailable; turning new visitors away");
+        self.metrics
+            .rejected
+            .with_label_values(&[room, "store_unavailable"])
+            .inc();
+        Decision::Unavailable
+    }
+
+    /// `GET /__anteroom/status`: like `decide`, but never joins the line.
+    pub async fn status(&self, room: &Room, w: &WaitingRoom, req: &RequestHeader) -> Status {
+        if w.state() == State::Maintenance {
+            return Status::Maintenance;
+        }
+        let name = room.name();
+        if let Some((token, claims, source)) = self.find_pass(name, req) {
+            if let Some(session) = self.session(name, &claims).await {
+                return Status::Admitted(Box::new(Visit {
+                    session,
+                    pass: token,
+                    source: Some(source),
+                    set_pass: false,
+                    clear_ticket: false,
+                    admitted_now: false,
+                }));
+            }
+        }
+        let Some((token, claims)) = self.find_ticket(name, req) else {
+            return Status::Expired;
+        };
+        match self.store.poll(name, &claims.sub).await {
+            Ok(Polled::Admitted(session)) => match self.admitted(room, w, session, true) {
+                Decision::Admit(v) => Status::Admitted(v),
+                _ => Status::Unavailable,
+            },
+            Ok(Polled::Queued(place)) => match self.waiting(room, place, Some((token, &claims))) {
+                Decision::Wait(wt) => Status::Queued(wt),
+                _ => Status::Unavailable,
+            },
+            Ok(Polled::Expired) => Status::Expired,
+            Err(e) => {
+                self.unavailable(name, &e);
+                Status::Unavailable
+            }
+        }
+    }
+
+    /// Ends an admitted visitor's session at once (`/__anteroom/leave` or the
+    /// app's `Anteroom-Command: release`); this instance stops honouring the pass.
+    pub async fn release(&self, room: &str, session: SessionId, pass: &str, how: &'static str) {
+        self.seen.remove(&session.0);
+        self.tokens.forget(pass);
+        match self.store.release(room, session).await {
+            Ok(Some(info)) => {
+                self.metrics.released.with_label_values(&[room, how]).inc();
+                let (source, campaign) = self.labels.of(info.utm.as_deref());
+                tracing::info!(
+                    target: "anteroom::visitor",
+                    event = "released",
+                    room,
+                    session = %session,
+                    how,
+                    visit_ms = now_millis().saturating_sub(info.admitted_at),
+                    utm_source = source,
+                    utm_campaign = campaign,
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(room, error = %e, "could not release a session; it lapses with its pass")
+            }
+        }
+    }
+
+    /// Takes a waiting visitor out of the line.
+    pub async fn leave_line(&self, room: &str, ticket: &str) -> bool {
+        let Some(claims) = self.tokens.verify(ticket, Kind::Ticket, room) else {
+            return false;
+        };
+        self.tokens.forget(ticket);
+        self.store.leave(room, &claims.sub).await.unwrap_or(false)
+    }
+
+    /// Sweeps every sessions room and refreshes their local numbers.
+    pub async fn sweep(&self, rooms: &crate::room::Rooms) {
+        for (room, w) in rooms.waiting_rooms() {
+            let name = room.name();
+            match self.store.sweep(name).await {
+                Ok(swept) => {
+                    for s in &swept.sessions_expired {
+                        let (source, campaign) = self.labels.of(s.utm.as_deref());
+                        self.seen.remove(&s.id.0);
+                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "session", session = %s.id, utm_source = source, utm_campaign = campaign);
+                    }
+                    for utm in &swept.tickets_expired {
+                        let (source, campaign) = self.labels.of(utm.as_deref());
+                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "ticket", utm_source = source, utm_campaign = campaign);
+                    }
+                    let m = &self.metrics.expirations;
+                    m.with_label_values(&[name, "session"])
+                        .inc_by(swept.sessions_expired.len() as u64);
+                    m.with_label_values(&[name, "ticket"])
+                        .inc_by(swept.tickets_expired.len() as u64);
+                    m.with_label_values(&[name, "reservation"])
+                        .inc_by(u64::from(swept.reservations_lapsed));
+                }
+                Err(e) => tracing::warn!(room = name, error = %e, "sweep failed"),
+            }
+            match self.store.snapshot(name).await {
+                Ok(snapshot) => w.observe(snapshot),
+                Err(e) => tracing::warn!(room = name, error = %e, "snapshot failed"),
+            }
+        }
+    }
+}

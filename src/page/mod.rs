@@ -1,0 +1,402 @@
+//! The waiting-room page: one self-contained HTML template (inline CSS and
+//! JS, no external assets) in English and German, replaceable by the operator.
+//!
+//! A template is parsed once into text and placeholders, so rendering is a
+//! single pass of appends. Every value is HTML-escaped. Placeholders are
+//! listed in `docs/waiting-room.md`; an unknown one is an error at startup.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Language;
+use crate::store::Place;
+
+/// The built-in template.
+pub const BUILT_IN: &str = include_str!("waiting.html");
+
+/// What the page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageState {
+    /// In line.
+    Queued,
+    /// In line, admissions paused.
+    Paused,
+    /// The line is full: try later.
+    Full,
+    /// The room is closed for maintenance.
+    Maintenance,
+    /// The waiting room cannot take new visitors for a moment (store down).
+    Unavailable,
+}
+
+impl PageState {
+    fn as_str(self) -> &'static str {
+        match self {
+            PageState::Queued => "queued",
+            PageState::Paused => "paused",
+            PageState::Full => "full",
+            PageState::Maintenance => "maintenance",
+            PageState::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Everything a page shows.
+#[derive(Debug, Clone)]
+pub struct PageView<'a> {
+    /// Room name.
+    pub room: &'a str,
+    /// What is happening.
+    pub state: PageState,
+    /// The visitor's place (absent for full and maintenance pages).
+    pub place: Option<&'a Place>,
+    /// How often the page asks for news.
+    pub poll: Duration,
+    /// Where it asks.
+    pub status_url: &'a str,
+    /// The visitor's ticket, sent with each poll.
+    pub ticket: &'a str,
+    /// Page language.
+    pub language: Language,
+}
+
+/// The user-visible sentences of a page in one language.
+struct Texts {
+    lang: &'static str,
+    title: &'static str,
+    queued_heading: &'static str,
+    queued: &'static str,
+    paused: &'static str,
+    full_heading: &'static str,
+    full: &'static str,
+    maintenance_heading: &'static str,
+    maintenance: &'static str,
+    unavailable: &'static str,
+    position: &'static str,
+    wait: &'static str,
+    note: &'static str,
+    soon: &'static str,
+    about: &'static str,
+    minute: &'static str,
+    minutes: &'static str,
+    retry: &'static str,
+    admitted: &'static str,
+}
+
+const EN: Texts = Texts {
+    lang: "en",
+    title: "Waiting room",
+    queued_heading: "You are in line",
+    queued: "The site is busy right now. You keep your place and will be let in automatically.",
+    paused: "Admissions are paused for a moment. You keep your place.",
+    full_heading: "The waiting room is full",
+    full: "Too many visitors are waiting right now. Please try again in a few minutes.",
+    maintenance_heading: "Down for maintenance",
+    maintenance: "We are working on the site. Please come back a little later.",
+    unavailable: "We are letting people in as fast as we can. This page tries again by itself in a moment.",
+    position: "Your place in line",
+    wait: "Estimated wait",
+    note: "Keep this page open: it continues by itself when it is your turn.",
+    soon: "less than a minute",
+    about: "about ",
+    minute: "minute",
+    minutes: "minutes",
+    retry: "Connection problem. Trying again shortly…",
+    admitted: "It is your turn. Continuing…",
+};
+
+const DE: Texts = Texts {
+    lang: "de",
+    title: "Warteraum",
+    queued_heading: "Sie sind in der Warteschlange",
+    queued: "Gerade ist viel los. Sie behalten Ihren Platz und werden automatisch eingelassen.",
+    paused: "Der Einlass ist kurz pausiert. Sie behalten Ihren Platz.",
+    full_heading: "Der Warteraum ist voll",
+    full: "Gerade warten zu viele Besucher. Bitte versuchen Sie es in ein paar Minuten erneut.",
+    maintenance_heading: "Wartungsarbeiten",
+    maintenance: "Wir arbeiten gerade an der Seite. Bitte schauen Sie etwas später wieder vorbei.",
+    unavailable: "Wir lassen so schnell wie möglich ein. Diese Seite versucht es gleich von selbst erneut.",
+    position: "Ihr Platz in der Schlange",
+    wait: "Geschätzte Wartezeit",
+    note: "Lassen Sie diese Seite geöffnet: Es geht von selbst weiter, sobald Sie dran sind.",
+    soon: "weniger als eine Minute",
+    about: "etwa ",
+    minute: "Minute",
+    minutes: "Minuten",
+    retry: "Verbindungsproblem. Neuer Versuch in Kürze…",
+    admitted: "Sie sind dran. Weiter geht es…",
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Var {
+    Lang,
+    Room,
+    State,
+    Position,
+    Ahead,
+    AheadAtJoin,
+    QueueLength,
+    Progress,
+    Wait,
+    WaitMs,
+    PollMs,
+    PollSeconds,
+    StatusUrl,
+    Ticket,
+    TTitle,
+    THeading,
+    TMessage,
+    TPosition,
+    TWait,
+    TNote,
+    TSoon,
+    TWaitJsPrefix,
+    TMinute,
+    TMinutes,
+    TRetry,
+    TAdmitted,
+    TPaused,
+}
+
+const VARS: &[(&str, Var)] = &[
+    ("lang", Var::Lang),
+    ("room", Var::Room),
+    ("state", Var::State),
+    ("position", Var::Position),
+    ("ahead", Var::Ahead),
+    ("ahead_at_join", Var::AheadAtJoin),
+    ("queue_length", Var::QueueLength),
+    ("progress", Var::Progress),
+    ("wait", Var::Wait),
+    ("wait_ms", Var::WaitMs),
+    ("poll_ms", Var::PollMs),
+    ("poll_seconds", Var::PollSeconds),
+    ("status_url", Var::StatusUrl),
+    ("ticket", Var::Ticket),
+    ("t_title", Var::TTitle),
+    ("t_heading", Var::THeading),
+    ("t_message", Var::TMessage),
+    ("t_position", Var::TPosition),
+    ("t_wait", Var::TWait),
+    ("t_note", Var::TNote),
+    ("t_soon", Var::TSoon),
+    ("t_wait_js_prefix", Var::TWaitJsPrefix),
+    ("t_minute", Var::TMinute),
+    ("t_minutes", Var::TMinutes),
+    ("t_retry", Var::TRetry),
+    ("t_admitted", Var::TAdmitted),
+    ("t_paused", Var::TPaused),
+];
+
+/// The placeholder names a template may use.
+pub fn placeholders() -> impl Iterator<Item = &'static str> {
+    VARS.iter().map(|(name, _)| *name)
+}
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Text(String),
+    Var(Var),
+}
+
+/// A parsed template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    segments: Vec<Segment>,
+}
+
+impl Template {
+    /// The built-in page.
+    pub fn built_in() -> Template {
+        // The built-in template only uses known placeholders (tested).
+        Template::parse(BUILT_IN).unwrap_or(Template {
+            segments: Vec::new(),
+        })
+    }
+
+    /// Reads an operator's template.
+    pub fn load(path: &Path) -> Result<Template, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Template::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Splits `{{name}}` placeholders from text; unknown names are an error.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            segments.push(Segment::Text(rest[..start].to_owned()));
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| "a \"{{\" is never closed with \"}}\"".to_owned())?;
+            let name = after[..end].trim();
+            let var = VARS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown placeholder {{{{{name}}}}}; known: {}",
+                        placeholders().collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+            segments.push(Segment::Var(var));
+            rest = &after[end + 2..];
+        }
+        segments.push(Segment::Text(rest.to_owned()));
+        Ok(Template { segments })
+    }
+
+    /// The page for one visitor.
+    pub fn render(&self, view: &PageView<'_>) -> String {
+        let t = match view.language {
+            Language::De => &DE,
+            Language::En | Language::Auto => &EN,
+        };
+        let (heading, message) = match view.state {
+            PageState::Queued => (t.queued_heading, t.queued),
+            PageState::Paused => (t.queued_heading, t.paused),
+            PageState::Full => (t.full_heading, t.full),
+            PageState::Maintenance => (t.maintenance_heading, t.maintenance),
+            PageState::Unavailable => (t.queued_heading, t.unavailable),
+        };
+        let place = view.place;
+        let ahead = place.map_or(0, |p| p.ahead);
+        let at_join = place.map_or(0, |p| p.ahead_at_join).max(ahead).max(1);
+        let progress = 100 - (u64::from(ahead) * 100 / u64::from(at_join)).min(100);
+        let wait_ms = place.map_or(0, |p| p.wait.ms);
+        let mut out = String::with_capacity(BUILT_IN.len() + 512);
+        for segment in &self.segments {
+            let value: std::borrow::Cow<'_, str> = match segment {
+                Segment::Text(text) => {
+                    out.push_str(text);
+                    continue;
+                }
+                Segment::Var(var) => match var {
+                    Var::Lang => t.lang.into(),
+                    Var::Room => view.room.into(),
+                    Var::State => view.state.as_str().into(),
+                    Var::Position => place.map_or(0, |p| p.position()).to_string().into(),
+                    Var::Ahead => ahead.to_string().into(),
+                    Var::AheadAtJoin => place.map_or(0, |p| p.ahead_at_join).to_string().into(),
+                    Var::QueueLength => place.map_or(0, |p| p.queue_length).to_string().into(),
+                    Var::Progress => progress.to_string().into(),
+                    Var::Wait => human_wait(wait_ms, t).into(),
+                    Var::WaitMs => wait_ms.to_string().into(),
+                    Var::PollMs => view.poll.as_millis().to_string().into(),
+                    Var::PollSeconds => view.poll.as_secs().max(1).to_string().into(),
+                    Var::StatusUrl => view.status_url.into(),
+                    Var::Ticket => view.ticket.into(),
+                    Var::TTitle => t.title.into(),
+                    Var::THeading => heading.into(),
+                    Var::TMessage => message.into(),
+                    Var::TPosition => t.position.into(),
+                    Var::TWait => t.wait.into(),
+                    Var::TNote => t.note.into(),
+                    Var::TSoon => t.soon.into(),
+                    Var::TWaitJsPrefix => t.about.into(),
+                    Var::TMinute => t.minute.into(),
+                    Var::TMinutes => t.minutes.into(),
+                    Var::TRetry => t.retry.into(),
+                    Var::TAdmitted => t.admitted.into(),
+                    Var::TPaused => t.paused.into(),
+                },
+            };
+            escape_into(&mut out, &value);
+        }
+        out
+    }
+}
+
+/// "about 3 minutes", "less than a minute".
+fn human_wait(ms: u64, t: &Texts) -> String {
+    let minutes = (ms + 30_000) / 60_000;
+    match minutes {
+        0 => t.soon.to_owned(),
+        1 => format!("{}1 {}", t.about, t.minute),
+        n => format!("{}{n} {}", t.about, t.minutes),
+    }
+}
+
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Lane, Wait};
+
+    #[test]
+    fn built_in_template_parses() {
+        assert!(Template::parse(BUILT_IN).is_ok());
+    }
+
+    #[test]
+    fn unknown_placeholders_are_refused() {
+        let err = Template::parse("<p>{{positon}}</p>").unwrap_err();
+        assert!(err.contains("positon"), "{err}");
+        assert!(Template::parse("{{position").is_err());
+    }
+
+    #[test]
+    fn values_are_escaped() {
+        let t = Template::parse("{{ticket}}").unwrap();
+        let view = PageView {
+            room: "r",
+            state: PageState::Queued,
+            place: None,
+            poll: Duration::from_secs(5),
+            status_url: "/",
+            ticket: "<script>\"",
+            language: Language::En,
+        };
+        assert_eq!(t.render(&view), "&lt;script&gt;&quot;");
+    }
+
+    #[test]
+    fn human_waits() {
+        assert_eq!(human_wait(10_000, &EN), "less than a minute");
+        assert_eq!(human_wait(70_000, &EN), "about 1 minute");
+        assert_eq!(human_wait(185_000, &DE), "etwa 3 Minuten");
+    }
+
+    #[test]
+    fn progress_from_place() {
+        let place = Place {
+            ticket: "t".into(),
+            lane: Lane::Normal,
+            ahead: 5,
+            ahead_at_join: 20,
+            queue_length: 30,
+            available: 0,
+            wait: Wait {
+                ms: 0,
+                known: false,
+            },
+            state: crate::config::State::Active,
+        };
+        let t = Template::parse("{{progress}}|{{position}}").unwrap();
+        let view = PageView {
+            room: "r",
+            state: PageState::Queued,
+            place: Some(&place),
+            poll: Duration::from_secs(5),
+            status_url: "/",
+            ticket: "",
+            language: Language::En,
+        };
+        assert_eq!(t.render(&view), "75|6");
+    }
+}

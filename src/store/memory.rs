@@ -1,0 +1,742 @@
+//! The in-memory store: one instance's rooms, each behind its own lock.
+//!
+//! `RoomState` is the waiting room's logic as plain synchronous code with the
+//! time passed in, so it is tested and benchmarked without sockets or clocks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{
+    Arrival, Lane, Millis, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
+    SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
+};
+use crate::attribution::Utm;
+use crate::config::State;
+use crate::queue::{Queue, TicketState};
+
+/// Tickets examined per lock hold by the sweeper, so requests never wait long.
+const SWEEP_CHUNK: usize = 16_384;
+/// Time constant of the admission-rate average.
+const RATE_TAU_MS: f64 = 60_000.0;
+/// Admissions seen before the measured rate is trusted.
+const RATE_MIN_SAMPLES: u32 = 3;
+
+#[derive(Debug, Clone)]
+struct Session {
+    admitted_at: Millis,
+    last_seen: Millis,
+    wait_ms: u64,
+    utm: Option<Arc<Utm>>,
+}
+
+/// Admissions per second, exponentially decayed (time constant one minute).
+#[derive(Debug, Default, Clone, Copy)]
+struct Rate {
+    per_ms: f64,
+    at: Millis,
+    samples: u32,
+}
+
+impl Rate {
+    fn record(&mut self, now: Millis) {
+        self.per_ms = self.at_time(now) + 1.0 / RATE_TAU_MS;
+        self.at = now;
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    fn at_time(&self, now: Millis) -> f64 {
+        self.per_ms * (-(now.saturating_sub(self.at) as f64) / RATE_TAU_MS).exp()
+    }
+}
+
+/// Token bucket for `admit_rate`, one second of burst.
+#[derive(Debug, Default, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Millis,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Millis, rate: f64) -> bool {
+        if rate <= 0.0 {
+            return true;
+        }
+        let burst = rate.max(1.0);
+        self.tokens = (self.tokens + now.saturating_sub(self.at) as f64 * rate / 1000.0).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One room's state and the waiting room's rules.
+#[derive(Debug)]
+pub struct RoomState {
+    spec: RoomSpec,
+    settings: Settings,
+    /// Changes whenever the state is created: tickets of an earlier life are unknown.
+    epoch: u64,
+    sessions: HashMap<u128, Session>,
+    queue: Queue,
+    /// Reserved ticket → claim deadline.
+    reserved: HashMap<(Lane, u64), Millis>,
+    /// Claim deadlines in order (entries whose ticket moved on are skipped).
+    deadlines: VecDeque<(Millis, Lane, u64)>,
+    bucket: Bucket,
+    admissions: Rate,
+    /// Average visit length in ms, once visits have ended.
+    avg_visit_ms: Option<f64>,
+    /// Where the sweeper continues, per lane.
+    sweep_from: [u64; 2],
+}
+
+impl RoomState {
+    /// A room with nobody in it.
+    pub fn new(spec: RoomSpec, now: Millis) -> RoomState {
+        RoomState {
+            settings: spec.settings,
+            queue: Queue::new(spec.priority_weight),
+            spec,
+            epoch: rand::random::<u64>() >> 16,
+            sessions: HashMap::new(),
+            reserved: HashMap::new(),
+            deadlines: VecDeque::new(),
+            bucket: Bucket {
+                tokens: 0.0,
+                at: now,
+            },
+            admissions: Rate::default(),
+            avg_visit_ms: None,
+            sweep_from: [0, 0],
+        }
+    }
+
+    fn free(&self) -> u32 {
+        let used = self.sessions.len() + self.reserved.len();
+        self.settings
+            .capacity
+            .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX))
+    }
+
+    fn ticket_id(&self, lane: Lane, seq: u64) -> String {
+        format!("{:x}.{}.{seq:x}", self.epoch, lane as u8)
+    }
+
+    fn parse_ticket(&self, ticket: &str) -> Option<(Lane, u64)> {
+        let mut parts = ticket.split('.');
+        let epoch = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let lane = match parts.next()? {
+            "0" => Lane::Priority,
+            "1" => Lane::Normal,
+            _ => return None,
+        };
+        let seq = u64::from_str_radix(parts.next()?, 16).ok()?;
+        (epoch == self.epoch && parts.next().is_none()).then_some((lane, seq))
+    }
+
+    /// Estimated wait of a visitor with `ahead` admissions before theirs.
+    fn wait(&self, ahead: u32, now: Millis) -> Wait {
+        let rate = self.admissions.at_time(now);
+        let turn = f64::from(ahead) + 1.0;
+        if self.admissions.samples >= RATE_MIN_SAMPLES && rate > 0.0 {
+            Wait {
+                ms: (turn / rate).min(1e12) as u64,
+                known: true,
+            }
+        } else {
+            let visit = self
+                .avg_visit_ms
+                .unwrap_or(self.spec.avg_session.as_millis() as f64);
+            Wait {
+                ms: (turn * visit / f64::from(self.settings.capacity.max(1))) as u64,
+                known: false,
+            }
+        }
+    }
+
+    fn place(&self, lane: Lane, seq: u64, now: Millis) -> Place {
+        let ahead = self.queue.ahead(lane, seq);
+        Place {
+            ticket: self.ticket_id(lane, seq),
+            lane,
+            ahead,
+            ahead_at_join: self
+                .queue
+                .lane(lane)
+                .get(seq)
+                .map_or(ahead, |t| t.ahead_at_join),
+            queue_length: self.queue.live(),
+            available: self.free(),
+            wait: self.wait(ahead, now),
+            state: self.settings.state,
+        }
+    }
+
+    fn admit(&mut self, now: Millis, wait_ms: u64, utm: Option<Arc<Utm>>) -> SessionInfo {
+        let id = SessionId::random();
+        self.sessions.insert(
+            id.0,
+            Session {
+                admitted_at: now,
+                last_seen: now,
+                wait_ms,
+                utm: utm.clone(),
+            },
+        );
+        self.admissions.record(now);
+        SessionInfo {
+            id,
+            admitted_at: now,
+            wait_ms,
+            utm,
+        }
+    }
+
+    fn end_session(&mut self, id: u128, now: Millis) -> Option<SessionInfo> {
+        let s = self.sessions.remove(&id)?;
+        let visit = now.saturating_sub(s.admitted_at) as f64;
+        self.avg_visit_ms = Some(match self.avg_visit_ms {
+            None => visit,
+            Some(avg) => avg + (visit - avg) / 8.0,
+        });
+        Some(SessionInfo {
+            id: SessionId(id),
+            admitted_at: s.admitted_at,
+            wait_ms: s.wait_ms,
+            utm: s.utm,
+        })
+    }
+
+    fn session_lapsed(&self, s: &Session, now: Millis) -> bool {
+        let ttl = self.spec.session_ttl.as_millis() as u64;
+        let max = self.spec.session_max.map(|d| d.as_millis() as u64);
+        now >= s.last_seen + ttl || max.is_some_and(|m| now >= s.admitted_at + m)
+    }
+
+    /// Unclaimed reservations past their window go to the next in line; their
+    /// holder stops counting as ahead of anyone until heard from again.
+    fn lapse_reservations(&mut self, now: Millis) -> u32 {
+        let mut lapsed = 0;
+        while let Some(&(until, lane, seq)) = self.deadlines.front() {
+            if until > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.reserved.get(&(lane, seq)) == Some(&until) {
+                self.reserved.remove(&(lane, seq));
+                self.queue.lane_mut(lane).set_state(seq, TicketState::Stale);
+                lapsed += 1;
+            }
+        }
+        lapsed
+    }
+
+    /// Offers every free slot to the head of the line, as the lane weighting
+    /// and the admission rate allow.
+    fn promote(&mut self, now: Millis) {
+        if self.settings.state != State::Active {
+            return;
+        }
+        let until = now + self.spec.claim_window.as_millis() as u64;
+        while self.free() > 0 {
+            let Some(lane) = self.queue.next_lane() else {
+                break;
+            };
+            let Some(seq) = self.queue.lane(lane).first_eligible() else {
+                break;
+            };
+            if !self.bucket.take(now, self.settings.admit_rate) {
+                break;
+            }
+            self.queue
+                .lane_mut(lane)
+                .set_state(seq, TicketState::Reserved);
+            self.queue.served(lane);
+            self.reserved.insert((lane, seq), until);
+            self.deadlines.push_back((until, lane, seq));
+        }
+    }
+
+    /// Turns a reservation into a session.
+    fn claim(&mut self, lane: Lane, seq: u64, now: Millis) -> Option<SessionInfo> {
+        self.reserved.remove(&(lane, seq))?;
+        let ticket = self.queue.lane(lane).get(seq)?.clone();
+        self.queue.lane_mut(lane).set_state(seq, TicketState::Gone);
+        Some(self.admit(now, now.saturating_sub(ticket.joined), ticket.utm))
+    }
+
+    /// See [`Store::arrive`].
+    pub fn arrive(&mut self, now: Millis, lane: Lane, utm: Option<Arc<Utm>>) -> Arrival {
+        self.lapse_reservations(now);
+        match self.settings.state {
+            State::Maintenance => return Arrival::Maintenance,
+            State::Active
+                if self.queue.eligible() == 0
+                    && self.reserved.is_empty()
+                    && self.free() > 0
+                    && self.bucket.take(now, self.settings.admit_rate) =>
+            {
+                return Arrival::Admitted(self.admit(now, 0, utm));
+            }
+            _ => {}
+        }
+        if self.spec.max_queue > 0 && self.queue.live() >= self.spec.max_queue {
+            return Arrival::Full;
+        }
+        let seq = self.queue.lane_mut(lane).push(now, utm);
+        let ahead = self.queue.ahead(lane, seq);
+        if let Some(t) = self.queue.lane_mut(lane).get_mut(seq) {
+            t.ahead_at_join = ahead;
+        }
+        self.promote(now);
+        match self.claim(lane, seq, now) {
+            Some(session) => Arrival::Admitted(session),
+            None => Arrival::Queued(self.place(lane, seq, now)),
+        }
+    }
+
+    /// See [`Store::poll`].
+    pub fn poll(&mut self, now: Millis, ticket: &str) -> Polled {
+        self.lapse_reservations(now);
+        let Some((lane, seq)) = self.parse_ticket(ticket) else {
+            return Polled::Expired;
+        };
+        let Some(state) = self.queue.lane(lane).get(seq).map(|t| t.state) else {
+            return Polled::Expired;
+        };
+        match state {
+            TicketState::Gone => return Polled::Expired,
+            TicketState::Stale => self
+                .queue
+                .lane_mut(lane)
+                .set_state(seq, TicketState::Waiting),
+            TicketState::Waiting | TicketState::Reserved => {}
+        }
+        if let Some(t) = self.queue.lane_mut(lane).get_mut(seq) {
+            t.last_seen = now;
+        }
+        self.promote(now);
+        match self.claim(lane, seq, now) {
+            Some(session) => Polled::Admitted(session),
+            None => Polled::Queued(self.place(lane, seq, now)),
+        }
+    }
+
+    /// See [`Store::touch`].
+    pub fn touch(&mut self, now: Millis, id: SessionId) -> Option<SessionInfo> {
+        let lapsed = self
+            .sessions
+            .get(&id.0)
+            .map(|s| self.session_lapsed(s, now))?;
+        if lapsed {
+            self.end_session(id.0, now);
+            self.promote(now);
+            return None;
+        }
+        let s = self.sessions.get_mut(&id.0)?;
+        s.last_seen = now;
+        Some(SessionInfo {
+            id,
+            admitted_at: s.admitted_at,
+            wait_ms: s.wait_ms,
+            utm: s.utm.clone(),
+        })
+    }
+
+    /// See [`Store::release`].
+    pub fn release(&mut self, now: Millis, id: SessionId) -> Option<SessionInfo> {
+        let info = self.end_session(id.0, now);
+        self.promote(now);
+        info
+    }
+
+    /// See [`Store::leave`].
+    pub fn leave(&mut self, now: Millis, ticket: &str) -> bool {
+        let Some((lane, seq)) = self.parse_ticket(ticket) else {
+            return false;
+        };
+        let held = self
+            .queue
+            .lane(lane)
+            .get(seq)
+            .is_some_and(|t| t.state != TicketState::Gone);
+        if held {
+            self.reserved.remove(&(lane, seq));
+            self.queue.lane_mut(lane).set_state(seq, TicketState::Gone);
+            self.promote(now);
+        }
+        held
+    }
+
+    /// Expires lapsed sessions and reservations; returns whether ticket
+    /// sweeping has more to do (call `sweep_tickets` until it is done).
+    pub fn sweep_sessions(&mut self, now: Millis, out: &mut Swept) {
+        out.reservations_lapsed += self.lapse_reservations(now);
+        let lapsed: Vec<u128> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| self.session_lapsed(s, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lapsed {
+            if let Some(info) = self.end_session(id, now) {
+                out.sessions_expired.push(info);
+            }
+        }
+    }
+
+    /// Examines up to `SWEEP_CHUNK` tickets of a lane: silent ones stop
+    /// counting, long-silent ones are forgotten. Returns true when the lane
+    /// has been swept to its end (and the next call starts over).
+    pub fn sweep_tickets(&mut self, now: Millis, lane: Lane, out: &mut Swept) -> bool {
+        let stale_after = self.spec.heartbeat_timeout.as_millis() as u64;
+        let forget_after = self.spec.rejoin_grace.as_millis() as u64;
+        let from = self.sweep_from[lane as usize];
+        let mut changes = Vec::new();
+        let mut last = None;
+        for (seq, t) in self.queue.lane(lane).scan(from, SWEEP_CHUNK) {
+            last = Some(seq);
+            let silent = now.saturating_sub(t.last_seen);
+            match t.state {
+                TicketState::Waiting | TicketState::Stale if silent >= forget_after => {
+                    changes.push((seq, TicketState::Gone));
+                    out.tickets_expired.push(t.utm.clone());
+                }
+                TicketState::Waiting if silent >= stale_after => {
+                    changes.push((seq, TicketState::Stale))
+                }
+                _ => {}
+            }
+        }
+        for (seq, state) in changes {
+            self.queue.lane_mut(lane).set_state(seq, state);
+        }
+        match last {
+            Some(seq) if seq + 1 < self.queue.lane(lane).next_seq() => {
+                self.sweep_from[lane as usize] = seq + 1;
+                false
+            }
+            _ => {
+                self.sweep_from[lane as usize] = 0;
+                true
+            }
+        }
+    }
+
+    /// Offers free slots to the line (after a sweep freed some).
+    pub fn offer(&mut self, now: Millis) {
+        self.lapse_reservations(now);
+        self.promote(now);
+    }
+
+    /// See [`Store::snapshot`].
+    pub fn snapshot(&self, now: Millis) -> Snapshot {
+        let waiting = [
+            self.queue.lane(Lane::Priority).live(),
+            self.queue.lane(Lane::Normal).live(),
+        ];
+        Snapshot {
+            settings: self.settings,
+            sessions: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+            reserved: u32::try_from(self.reserved.len()).unwrap_or(u32::MAX),
+            waiting,
+            wait: self.wait(waiting[0] + waiting[1], now),
+        }
+    }
+
+    /// See [`Store::update`].
+    pub fn update(&mut self, now: Millis, patch: SettingsPatch) -> Snapshot {
+        if let Some(c) = patch.capacity {
+            self.settings.capacity = c;
+        }
+        if let Some(s) = patch.state {
+            self.settings.state = s;
+        }
+        if let Some(r) = patch.admit_rate {
+            self.settings.admit_rate = r;
+        }
+        self.promote(now);
+        self.snapshot(now)
+    }
+}
+
+/// All rooms of one instance.
+pub struct MemoryStore {
+    rooms: HashMap<String, Mutex<RoomState>>,
+}
+
+impl MemoryStore {
+    /// A store holding these rooms.
+    pub fn new(specs: &[RoomSpec]) -> MemoryStore {
+        let now = now_millis();
+        MemoryStore {
+            rooms: specs
+                .iter()
+                .map(|s| (s.name.clone(), Mutex::new(RoomState::new(s.clone(), now))))
+                .collect(),
+        }
+    }
+
+    fn room(&self, name: &str) -> Result<&Mutex<RoomState>, StoreError> {
+        self.rooms
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownRoom(name.to_owned()))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn arrive(
+        &self,
+        room: &str,
+        lane: Lane,
+        utm: Option<Arc<Utm>>,
+    ) -> Result<Arrival, StoreError> {
+        Ok(self.room(room)?.lock().arrive(now_millis(), lane, utm))
+    }
+
+    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError> {
+        Ok(self.room(room)?.lock().poll(now_millis(), ticket))
+    }
+
+    async fn touch(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        Ok(self.room(room)?.lock().touch(now_millis(), session))
+    }
+
+    async fn release(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        Ok(self.room(room)?.lock().release(now_millis(), session))
+    }
+
+    async fn leave(&self, room: &str, ticket: &str) -> Result<bool, StoreError> {
+        Ok(self.room(room)?.lock().leave(now_millis(), ticket))
+    }
+
+    async fn sweep(&self, room: &str) -> Result<Swept, StoreError> {
+        let state = self.room(room)?;
+        let mut out = Swept::default();
+        state.lock().sweep_sessions(now_millis(), &mut out);
+        for lane in Lane::ALL {
+            // The lock is taken per chunk, so requests interleave with a long sweep.
+            while !state.lock().sweep_tickets(now_millis(), lane, &mut out) {}
+        }
+        state.lock().offer(now_millis());
+        Ok(out)
+    }
+
+    async fn snapshot(&self, room: &str) -> Result<Snapshot, StoreError> {
+        Ok(self.room(room)?.lock().snapshot(now_millis()))
+    }
+
+    async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
+        Ok(self.room(room)?.lock().update(now_millis(), patch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(capacity: u32) -> RoomSpec {
+        RoomSpec {
+            name: "web".into(),
+            settings: Settings {
+                capacity,
+                state: State::Active,
+                admit_rate: 0.0,
+            },
+            session_ttl: Duration::from_secs(60),
+            session_max: None,
+            claim_window: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(15),
+            rejoin_grace: Duration::from_secs(300),
+            avg_session: Duration::from_secs(60),
+            max_queue: 0,
+            priority_weight: 3,
+        }
+    }
+
+    fn admitted(a: Arrival) -> SessionInfo {
+        match a {
+            Arrival::Admitted(s) => s,
+            other => panic!("expected admission, got {other:?}"),
+        }
+    }
+
+    fn queued(a: Arrival) -> Place {
+        match a {
+            Arrival::Queued(p) => p,
+            other => panic!("expected a place in line, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn admits_up_to_capacity_then_queues_in_order() {
+        let mut room = RoomState::new(spec(2), 0);
+        let a = admitted(room.arrive(0, Lane::Normal, None));
+        admitted(room.arrive(1, Lane::Normal, None));
+        let t1 = queued(room.arrive(2, Lane::Normal, None));
+        let t2 = queued(room.arrive(3, Lane::Normal, None));
+        assert_eq!((t1.position(), t2.position()), (1, 2));
+        assert_eq!(t2.queue_length, 2);
+
+        // A slot frees: reserved for the head, claimed on its next poll.
+        room.release(10, a.id);
+        assert_eq!(
+            room.poll(11, &t2.ticket),
+            Polled::Queued(Place {
+                available: 0,
+                ..room.place(Lane::Normal, 1, 11)
+            })
+        );
+        let Polled::Admitted(s) = room.poll(12, &t1.ticket) else {
+            panic!()
+        };
+        assert_eq!(s.wait_ms, 10);
+        assert_eq!(room.snapshot(12).in_use(), 2);
+    }
+
+    #[test]
+    fn no_show_loses_the_reservation_then_comes_back_first() {
+        let mut room = RoomState::new(spec(1), 0);
+        let a = admitted(room.arrive(0, Lane::Normal, None));
+        let t1 = queued(room.arrive(1, Lane::Normal, None));
+        let t2 = queued(room.arrive(2, Lane::Normal, None));
+        room.release(100, a.id);
+        // t1 does not come within the claim window (10 s): t2 gets the slot.
+        let Polled::Admitted(s2) = room.poll(10_101, &t2.ticket) else {
+            panic!("t2 not admitted")
+        };
+        // t1 comes back: first in line again.
+        let Polled::Queued(p) = room.poll(10_200, &t1.ticket) else {
+            panic!()
+        };
+        assert_eq!(p.position(), 1);
+        room.release(10_300, s2.id);
+        assert!(matches!(room.poll(10_301, &t1.ticket), Polled::Admitted(_)));
+    }
+
+    #[test]
+    fn silent_tickets_stop_counting_and_are_forgotten() {
+        let mut room = RoomState::new(spec(1), 0);
+        admitted(room.arrive(0, Lane::Normal, None));
+        let t1 = queued(room.arrive(0, Lane::Normal, None));
+        let t2 = queued(room.arrive(0, Lane::Normal, None));
+        // t2 keeps polling; t1 goes silent past the heartbeat timeout.
+        room.poll(14_000, &t2.ticket);
+        let mut out = Swept::default();
+        while !room.sweep_tickets(16_000, Lane::Normal, &mut out) {}
+        let Polled::Queued(p2) = room.poll(16_001, &t2.ticket) else {
+            panic!()
+        };
+        assert_eq!(p2.position(), 1, "a silent ticket is ahead of nobody");
+        // Comes back within the grace: its old place.
+        let Polled::Queued(p1) = room.poll(20_000, &t1.ticket) else {
+            panic!()
+        };
+        assert_eq!(p1.position(), 1);
+        // Silent past the grace: forgotten.
+        room.poll(400_000, &t2.ticket);
+        let mut out = Swept::default();
+        while !room.sweep_tickets(400_001, Lane::Normal, &mut out) {}
+        assert_eq!(out.tickets_expired.len(), 1);
+        assert_eq!(room.poll(400_002, &t1.ticket), Polled::Expired);
+    }
+
+    #[test]
+    fn sessions_slide_and_lapse() {
+        let mut room = RoomState::new(spec(1), 0);
+        let a = admitted(room.arrive(0, Lane::Normal, None));
+        assert!(room.touch(50_000, a.id).is_some());
+        assert!(
+            room.touch(100_000, a.id).is_some(),
+            "sliding: 50 s after the last request"
+        );
+        let mut out = Swept::default();
+        room.sweep_sessions(170_000, &mut out);
+        assert_eq!(out.sessions_expired.len(), 1);
+        assert!(room.touch(170_001, a.id).is_none());
+    }
+
+    #[test]
+    fn admission_rate_queues_even_with_free_slots() {
+        let mut room = RoomState::new(spec(100), 0);
+        room.update(
+            0,
+            SettingsPatch {
+                admit_rate: Some(2.0),
+                ..Default::default()
+            },
+        );
+        let mut admitted_now = 0;
+        let mut tickets = Vec::new();
+        for _ in 0..5 {
+            match room.arrive(1000, Lane::Normal, None) {
+                Arrival::Admitted(_) => admitted_now += 1,
+                Arrival::Queued(p) => tickets.push(p.ticket),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted_now, 2, "one second of burst at 2/s");
+        // Half a second later one more token: the head of the line gets it.
+        assert!(matches!(room.poll(1500, &tickets[0]), Polled::Admitted(_)));
+        assert!(matches!(room.poll(1500, &tickets[1]), Polled::Queued(_)));
+    }
+
+    #[test]
+    fn paused_keeps_order_and_maintenance_refuses() {
+        let mut room = RoomState::new(spec(1), 0);
+        room.update(
+            0,
+            SettingsPatch {
+                state: Some(State::Paused),
+                ..Default::default()
+            },
+        );
+        let t1 = queued(room.arrive(1, Lane::Normal, None));
+        queued(room.arrive(2, Lane::Normal, None));
+        assert!(matches!(room.poll(3, &t1.ticket), Polled::Queued(_)));
+        room.update(
+            4,
+            SettingsPatch {
+                state: Some(State::Active),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(room.poll(5, &t1.ticket), Polled::Admitted(_)));
+        room.update(
+            6,
+            SettingsPatch {
+                state: Some(State::Maintenance),
+                ..Default::default()
+            },
+        );
+        assert_eq!(room.arrive(7, Lane::Normal, None), Arrival::Maintenance);
+    }
+
+    #[test]
+    fn tickets_from_another_life_are_unknown() {
+        let mut a = RoomState::new(spec(0), 0);
+        let mut b = RoomState::new(spec(0), 0);
+        let t = queued(a.arrive(0, Lane::Normal, None));
+        assert_eq!(b.poll(1, &t.ticket), Polled::Expired);
+        for garbage in ["", "x", "1.2", "zz.1.0", "0.9.0", "0.1.0.0"] {
+            assert_eq!(a.poll(1, garbage), Polled::Expired);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Where a waiting room's state lives: admitted sessions, the line, the
+//! admission rate. Each operation is one atomic step (the memory store holds
+//! the room's lock for it; a shared store runs it as one server-side script),
+//! so concurrent requests, on one instance or many, can never over-admit or
+//! reorder the line.
+
+pub mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use crate::attribution::Utm;
+use crate::config::{self, State};
+pub use crate::queue::{Lane, Millis};
+
+/// Milliseconds since the UNIX epoch, now.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// An admitted visitor's id: random, so instances need no coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u128);
+
+impl SessionId {
+    /// A new random id.
+    pub fn random() -> SessionId {
+        SessionId(rand::random())
+    }
+
+    /// Parses the hex form used in passes.
+    pub fn parse(text: &str) -> Option<SessionId> {
+        if text.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok().map(SessionId)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Settings that can change while running (admin API), shared by all instances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Most visitors admitted at once.
+    pub capacity: u32,
+    /// Whether admissions happen.
+    pub state: State,
+    /// New admissions per second (0: unlimited).
+    pub admit_rate: f64,
+}
+
+/// A change to `Settings`; absent fields stay.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SettingsPatch {
+    /// New capacity.
+    pub capacity: Option<u32>,
+    /// New state.
+    pub state: Option<State>,
+    /// New admission rate.
+    pub admit_rate: Option<f64>,
+}
+
+/// Everything a store needs to know about a room.
+#[derive(Debug, Clone)]
+pub struct RoomSpec {
+    /// Room name.
+    pub name: String,
+    /// Settings at startup.
+    pub settings: Settings,
+    /// Sliding session lifetime.
+    pub session_ttl: Duration,
+    /// Absolute session lifetime.
+    pub session_max: Option<Duration>,
+    /// How long a reservation waits to be claimed.
+    pub claim_window: Duration,
+    /// Silence after which a ticket is ahead of nobody.
+    pub heartbeat_timeout: Duration,
+    /// Silence after which a ticket is forgotten.
+    pub rejoin_grace: Duration,
+    /// Expected visit length before there is data.
+    pub avg_session: Duration,
+    /// Most live tickets (0: unlimited).
+    pub max_queue: u32,
+    /// Priority admissions per normal one.
+    pub priority_weight: u32,
+}
+
+impl RoomSpec {
+    /// The spec of a configured sessions room.
+    pub fn from_config(name: &str, capacity: u32, s: &config::Sessions) -> RoomSpec {
+        RoomSpec {
+            name: name.to_owned(),
+            settings: Settings {
+                capacity,
+                state: s.state,
+                admit_rate: s.admit_rate,
+            },
+            session_ttl: s.session_ttl,
+            session_max: s.session_max,
+            claim_window: s.claim_window,
+            heartbeat_timeout: s.heartbeat_timeout,
+            rejoin_grace: s.rejoin_grace,
+            avg_session: s.avg_session,
+            max_queue: s.max_queue,
+            priority_weight: s.priority_weight,
+        }
+    }
+}
+
+/// How long a visitor can expect to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// Estimated milliseconds until admission.
+    pub ms: u64,
+    /// Measured from recent admissions (true) or from the configured visit length (false).
+    pub known: bool,
+}
+
+/// A waiting visitor's place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The ticket id to put in the visitor's token.
+    pub ticket: String,
+    /// Lane.
+    pub lane: Lane,
+    /// Admissions that come before this visitor's.
+    pub ahead: u32,
+    /// `ahead` when the visitor joined (for progress).
+    pub ahead_at_join: u32,
+    /// Live tickets in both lanes.
+    pub queue_length: u32,
+    /// Free slots right now.
+    pub available: u32,
+    /// Estimated wait.
+    pub wait: Wait,
+    /// The room's state.
+    pub state: State,
+}
+
+impl Place {
+    /// 1-based place in line.
+    pub fn position(&self) -> u32 {
+        self.ahead + 1
+    }
+}
+
+/// What the store knows about an admitted visitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: SessionId,
+    /// When admitted.
+    pub admitted_at: Millis,
+    /// How long the visitor waited in line.
+    pub wait_ms: u64,
+    /// The campaign they came from.
+    pub utm: Option<Arc<Utm>>,
+}
+
+/// The answer to a new visitor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arrival {
+    /// In at once.
+    Admitted(SessionInfo),
+    /// In line.
+    Queued(Place),
+    /// The line is at `max_queue`.
+    Full,
+    /// The room is in maintenance.
+    Maintenance,
+}
+
+/// The answer to a waiting visitor's heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Polled {
+    /// Their turn: admitted now.
+    Admitted(SessionInfo),
+    /// Still in line.
+    Queued(Place),
+    /// The ticket is unknown or was forgotten.
+    Expired,
+}
+
+/// A room's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Current settings.
+    pub settings: Settings,
+    /// Admitted sessions.
+    pub sessions: u32,
+    /// Slots held for the head of the line.
+    pub reserved: u32,
+    /// Live tickets per lane (priority, normal).
+    pub waiting: [u32; 2],
+    /// What a newcomer would wait.
+    pub wait: Wait,
+}
+
+impl Snapshot {
+    /// Slots taken (sessions and reservations).
+    pub fn in_use(&self) -> u32 {
+        self.sessions + self.reserved
+    }
+
+    /// Slots free.
+    pub fn available(&self) -> u32 {
+        self.settings.capacity.saturating_sub(self.in_use())
+    }
+
+    /// Live tickets in both lanes.
+    pub fn queue_length(&self) -> u32 {
+        self.waiting[0] + self.waiting[1]
+    }
+}
+
+/// What a sweep did, for lifecycle logs and metrics.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Swept {
+    /// Sessions whose pass lapsed.
+    pub sessions_expired: Vec<SessionInfo>,
+    /// Campaigns of tickets forgotten after `rejoin_grace`.
+    pub tickets_expired: Vec<Option<Arc<Utm>>>,
+    /// Reservations that went unclaimed.
+    pub reservations_lapsed: u32,
+}
+
+/// A store that could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No such room (a bug: rooms are registered at startup).
+    #[error("unknown room {0:?}")]
+    UnknownRoom(String),
+    /// The backing service failed or timed out.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The atomic steps of a waiting room.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A new visitor: admitted at once if a slot is free, nobody live is
+    /// waiting and the admission rate allows; otherwise queued.
+    async fn arrive(
+        &self,
+        room: &str,
+        lane: Lane,
+        utm: Option<Arc<Utm>>,
+    ) -> Result<Arrival, StoreError>;
+
+    /// A waiting visitor's heartbeat: keeps (or restores) their place, and
+    /// admits them if a slot is reserved for them.
+    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError>;
+
+    /// An admitted visitor's request: slides the session's expiry. `None`
+    /// when the session is gone (released, expired, unknown).
+    async fn touch(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError>;
+
+    /// Ends a session at once, freeing its slot.
+    async fn release(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError>;
+
+    /// Takes a ticket out of the line.
+    async fn leave(&self, room: &str, ticket: &str) -> Result<bool, StoreError>;
+
+    /// Expires what has lapsed and offers free slots to the line.
+    async fn sweep(&self, room: &str) -> Result<Swept, StoreError>;
+
+    /// The room's numbers.
+    async fn snapshot(&self, room: &str) -> Result<Snapshot, StoreError>;
+
+    /// Changes settings live.
+    async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError>;
+}

@@ -1,0 +1,496 @@
+//! Passes and tickets: RS256 JWTs that anteroom signs and verifies.
+//!
+//! A *ticket* is a visitor's place in line; a *pass* says they were admitted.
+//! Both carry only what is needed (room, an opaque id, lane, times), never
+//! personal data. Signing costs one RSA private-key operation, so a token is
+//! signed once and renewed only past half its lifetime; verification results
+//! are remembered (bounded, keyed by the token's SHA-256, until `exp`), so a
+//! token seen before costs a hash and a lookup, not an RSA verify.
+//!
+//! Verification accepts RS256 only, from a known `kid`, with a valid
+//! signature, `exp`, `nbf`, `iss`, the expected room as `aud` and the expected
+//! kind; anything else (`alg: none`, HS256 keyed with the public key, unknown
+//! kid, tampered payload, garbage) is treated as no token at all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use quick_cache::sync::Cache;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
+use rsa::traits::PublicKeyParts;
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Smallest RSA key accepted.
+pub const MIN_KEY_BITS: usize = 2048;
+/// Clock skew tolerated between instances, in seconds.
+const LEEWAY_SECS: u64 = 5;
+
+/// Why a key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not a key of the expected kind.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing a new key failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> KeyError {
+    KeyError::Invalid {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The private key that signs new tokens.
+pub struct SigningKey {
+    kid: String,
+    pair: RsaKeyPair,
+    public: RsaPublicKey,
+}
+
+impl SigningKey {
+    /// Loads an RSA private key (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY` PEM).
+    pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
+        let pem = read(path)?;
+        let key = RsaPrivateKey::from_pkcs8_pem(&pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+            .map_err(|_| invalid(path, "not an RSA private key in PEM (PKCS#8 or PKCS#1)"))?;
+        SigningKey::from_rsa(key).map_err(|reason| invalid(path, reason))
+    }
+
+    /// A new random key; for `keygen`, the demo and tests.
+    pub fn generate(bits: usize) -> Result<(SigningKey, RsaPrivateKey), String> {
+        let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, bits).map_err(|e| e.to_string())?;
+        Ok((SigningKey::from_rsa(key.clone())?, key))
+    }
+
+    fn from_rsa(key: RsaPrivateKey) -> Result<SigningKey, String> {
+        let bits = key.size() * 8;
+        if bits < MIN_KEY_BITS {
+            return Err(format!(
+                "the key has {bits} bits; at least {MIN_KEY_BITS} are needed"
+            ));
+        }
+        let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+        let pair =
+            RsaKeyPair::from_pkcs8(der.as_bytes()).map_err(|e| format!("unusable RSA key: {e}"))?;
+        let public = key.to_public_key();
+        Ok(SigningKey {
+            kid: thumbprint(&public),
+            pair,
+            public,
+        })
+    }
+
+    /// Uses this key id instead of the thumbprint.
+    pub fn with_kid(mut self, kid: Option<String>) -> SigningKey {
+        if let Some(kid) = kid {
+            self.kid = kid;
+        }
+        self
+    }
+
+    /// The key id written in every token's header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// A public key that still verifies tokens (an older signing key, during rotation).
+pub struct VerifyKey {
+    kid: String,
+    public: RsaPublicKey,
+}
+
+impl VerifyKey {
+    /// Loads an RSA public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY` PEM).
+    /// Its kid is `kid`, or the RFC 7638 thumbprint as the signer derives it.
+    pub fn load(path: &Path, kid: Option<&str>) -> Result<VerifyKey, KeyError> {
+        let pem = read(path)?;
+        let public = RsaPublicKey::from_public_key_pem(&pem)
+            .or_else(|_| RsaPublicKey::from_pkcs1_pem(&pem))
+            .map_err(|_| invalid(path, "not an RSA public key in PEM (SPKI or PKCS#1)"))?;
+        if public.size() * 8 < MIN_KEY_BITS {
+            return Err(invalid(
+                path,
+                format!(
+                    "the key has {} bits; at least {MIN_KEY_BITS} are needed",
+                    public.size() * 8
+                ),
+            ));
+        }
+        Ok(VerifyKey {
+            kid: kid.map_or_else(|| thumbprint(&public), str::to_owned),
+            public,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn be64(n: &rsa::BigUint) -> String {
+    B64.encode(n.to_bytes_be())
+}
+
+/// RFC 7638 JWK thumbprint: the standard, stable kid of a public key.
+fn thumbprint(public: &RsaPublicKey) -> String {
+    let canonical = format!(
+        r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+        be64(public.e()),
+        be64(public.n())
+    );
+    B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
+}
+
+/// Writes a new key pair: `anteroom.key.pem` (PKCS#8, mode 0600) and
+/// `anteroom.pub.pem` (SPKI). Refuses to overwrite unless `force`.
+pub fn keygen(
+    dir: &Path,
+    bits: usize,
+    force: bool,
+) -> Result<(PathBuf, PathBuf, String), KeyError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let (signing, key) = SigningKey::generate(bits).map_err(|reason| invalid(dir, reason))?;
+    std::fs::create_dir_all(dir).map_err(|source| KeyError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let private_path = dir.join("anteroom.key.pem");
+    let public_path = dir.join("anteroom.pub.pem");
+    let private_pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| invalid(&private_path, e.to_string()))?;
+    let public_pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| invalid(&public_path, e.to_string()))?;
+    for (path, content, mode) in [
+        (&private_path, private_pem.as_bytes(), 0o600),
+        (&public_path, public_pem.as_bytes(), 0o644),
+    ] {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(mode);
+        if force {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        let write = |path: &PathBuf| -> std::io::Result<()> {
+            let mut file = options.open(path)?;
+            file.write_all(content)?;
+            file.sync_all()
+        };
+        write(path).map_err(|source| KeyError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok((private_path, public_path, signing.kid))
+}
+
+/// What a token is for; a ticket is never accepted as a pass or the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Admitted.
+    Pass,
+    /// Waiting.
+    Ticket,
+}
+
+/// The claims of a pass or ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Room.
+    pub aud: String,
+    /// Session id (pass) or ticket id (ticket), opaque.
+    pub sub: String,
+    /// Pass or ticket.
+    pub kind: Kind,
+    /// `normal` or `priority` (tickets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Expires.
+    pub exp: u64,
+}
+
+impl Claims {
+    /// Past half its lifetime: time to hand out a renewed token.
+    pub fn needs_renewal(&self, now: u64) -> bool {
+        now >= self.iat + (self.exp.saturating_sub(self.iat)) / 2
+    }
+}
+
+/// Seconds since the UNIX epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Clone)]
+enum Verified {
+    Valid(Arc<Claims>),
+    Invalid,
+}
+
+/// Signs and verifies anteroom's tokens.
+pub struct Tokens {
+    issuer: String,
+    signer: SigningKey,
+    header_b64: String,
+    rng: ring::rand::SystemRandom,
+    keys: HashMap<String, DecodingKey>,
+    validation: Validation,
+    cache: Cache<[u8; 32], Verified>,
+    jwks: Bytes,
+}
+
+impl Tokens {
+    /// A signer and verifier. `verify` are the older public keys still accepted.
+    pub fn new(
+        issuer: &str,
+        signer: SigningKey,
+        verify: Vec<VerifyKey>,
+        cache_size: usize,
+    ) -> Tokens {
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": signer.kid});
+        let header_b64 = B64.encode(header.to_string());
+        let mut jwk = Vec::new();
+        let mut keys = HashMap::new();
+        let all = std::iter::once((signer.kid.clone(), signer.public.clone()))
+            .chain(verify.into_iter().map(|k| (k.kid, k.public)));
+        for (kid, public) in all {
+            let (n, e) = (be64(public.n()), be64(public.e()));
+            if let Ok(key) = DecodingKey::from_rsa_components(&n, &e) {
+                if keys.insert(kid.clone(), key).is_none() {
+                    jwk.push(serde_json::json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e}));
+                }
+            }
+        }
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[issuer]);
+        validation.validate_aud = false; // checked per room below
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Tokens {
+            issuer: issuer.to_owned(),
+            signer,
+            header_b64,
+            rng: ring::rand::SystemRandom::new(),
+            keys,
+            validation,
+            cache: Cache::new(cache_size),
+            jwks: Bytes::from(serde_json::json!({ "keys": jwk }).to_string()),
+        }
+    }
+
+    /// `/.well-known/jwks.json`: every public key that verifies a current token.
+    pub fn jwks(&self) -> Bytes {
+        self.jwks.clone()
+    }
+
+    /// The claims of a new token valid for `ttl` from now.
+    pub fn claims(
+        &self,
+        kind: Kind,
+        room: &str,
+        sub: String,
+        lane: Option<&str>,
+        ttl: Duration,
+    ) -> Claims {
+        let now = now_secs();
+        Claims {
+            iss: self.issuer.clone(),
+            aud: room.to_owned(),
+            sub,
+            kind,
+            lane: lane.map(str::to_owned),
+            iat: now,
+            nbf: now.saturating_sub(1),
+            exp: now + ttl.as_secs().max(1),
+        }
+    }
+
+    /// Signs claims into a compact JWS (one RSA signature).
+    pub fn sign(&self, claims: &Claims) -> String {
+        let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let message = format!("{}.{payload}", self.header_b64);
+        let mut signature = vec![0; self.signer.pair.public().modulus_len()];
+        match self.signer.pair.sign(
+            &RSA_PKCS1_SHA256,
+            &self.rng,
+            message.as_bytes(),
+            &mut signature,
+        ) {
+            Ok(()) => format!("{message}.{}", B64.encode(signature)),
+            // ring fails only when the system RNG does; such a token never verifies.
+            Err(_) => message,
+        }
+    }
+
+    /// The token's claims if it is a valid, unexpired `kind` token for `room`.
+    pub fn verify(&self, token: &str, kind: Kind, room: &str) -> Option<Arc<Claims>> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let verified = match self.cache.get(&key) {
+            Some(v) => v,
+            None => {
+                let v = match self.decode::<Claims>(token) {
+                    Some(c) => Verified::Valid(Arc::new(c)),
+                    None => Verified::Invalid,
+                };
+                self.cache.insert(key, v.clone());
+                v
+            }
+        };
+        let Verified::Valid(claims) = verified else {
+            return None;
+        };
+        let now = now_secs();
+        let fresh = claims.exp + LEEWAY_SECS > now && claims.nbf <= now + LEEWAY_SECS;
+        (fresh && claims.kind == kind && claims.aud == room).then_some(claims)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, token: &str) -> Option<T> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::RS256 {
+            return None;
+        }
+        let key = self.keys.get(header.kid.as_deref()?)?;
+        jsonwebtoken::decode::<T>(token, key, &self.validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+
+    /// Forgets a token (its session was released), so this instance stops honouring it at once.
+    pub fn forget(&self, token: &str) {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        self.cache.insert(key, Verified::Invalid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+
+    pub(crate) fn test_key() -> &'static RsaPrivateKey {
+        static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap())
+    }
+
+    fn tokens() -> Tokens {
+        let signer = SigningKey::from_rsa(test_key().clone()).unwrap();
+        Tokens::new("anteroom", signer, Vec::new(), 1000)
+    }
+
+    #[test]
+    fn sign_and_verify_round_trip() {
+        let t = tokens();
+        let claims = t.claims(
+            Kind::Pass,
+            "web",
+            "abc".into(),
+            None,
+            Duration::from_secs(60),
+        );
+        let token = t.sign(&claims);
+        let got = t.verify(&token, Kind::Pass, "web").unwrap();
+        assert_eq!(*got, claims);
+        // Second time from the cache.
+        assert!(t.verify(&token, Kind::Pass, "web").is_some());
+        assert!(t.verify(&token, Kind::Ticket, "web").is_none());
+        assert!(t.verify(&token, Kind::Pass, "other").is_none());
+        t.forget(&token);
+        assert!(t.verify(&token, Kind::Pass, "web").is_none());
+    }
+
+    #[test]
+    fn renewal_at_half_life() {
+        let c = Claims {
+            iss: "i".into(),
+            aud: "r".into(),
+            sub: "s".into(),
+            kind: Kind::Pass,
+            lane: None,
+            iat: 100,
+            nbf: 100,
+            exp: 200,
+        };
+        assert!(!c.needs_renewal(149));
+        assert!(c.needs_renewal(150));
+    }
+
+    #[test]
+    fn jwks_lists_the_signing_key() {
+        let t = tokens();
+        let jwks: serde_json::Value = serde_json::from_slice(&t.jwks()).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], t.signer.kid());
+        assert_eq!(jwks["keys"][0]["alg"], "RS256");
+        assert_eq!(jwks["keys"][0]["e"], "AQAB");
+    }
+
+    #[test]
+    fn small_keys_are_refused() {
+        let small = RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
+        assert!(SigningKey::from_rsa(small).is_err());
+    }
+}
