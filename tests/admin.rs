@@ -43,15 +43,20 @@ async fn metrics_parse_as_prometheus_text() {
     for path in ["/api/slow?ms=1", "/status/404", "/echo"] {
         client().get(proxy.url(path)).send().await.unwrap();
     }
-    let text = client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Requests are counted in the logging phase, after the client has its response.
+    let text = crate::common::eventually(std::time::Duration::from_secs(5), || async {
+        let text = client()
+            .get(proxy.admin_url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains(r#"status="404""#).then_some(text)
+    })
+    .await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     let names: std::collections::HashSet<&str> =
         scrape.samples.iter().map(|s| s.metric.as_str()).collect();

@@ -8,7 +8,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::common::{Backend, TestProxy, TestUpstream, Visitor, client, waiting_room_config};
+use crate::common::{
+    Backend, TestProxy, TestUpstream, Visitor, client, eventually, waiting_room_config,
+};
 
 /// Runs each scenario once per backend.
 macro_rules! scenarios {
@@ -36,6 +38,7 @@ scenarios!(
     bypass_by_path_network_and_app_token,
     status_and_capacity_report_the_place,
     full_queue_is_refused,
+    waiting_page_in_english_and_german,
 );
 
 async fn start(upstream: &TestUpstream, backend: Backend, room: &str, after: &str) -> TestProxy {
@@ -426,11 +429,13 @@ async fn attribution_reaches_the_upstream_and_conversions_count(backend: Backend
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = proxy.metrics().await;
-    assert!(
-        metrics.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="other",utm_source="other"} 1"#),
-        "{metrics}"
-    );
+    // Counted in the logging phase, which ends after the client has its response.
+    let metrics = eventually(Duration::from_secs(5), || async {
+        let m = proxy.metrics().await;
+        m.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="other",utm_source="other"} 1"#)
+            .then_some(m)
+    })
+    .await;
     assert!(metrics.contains(r#"anteroom_visitors_admitted_total{how="queue",room="web"} 1"#));
     assert!(metrics.contains(r#"anteroom_visitors_arrived_total{lane="normal",room="web"} 2"#));
 }
@@ -590,4 +595,104 @@ async fn full_queue_is_refused(backend: Backend) {
             .unwrap()
             .contains("Der Warteraum ist voll")
     );
+}
+
+async fn waiting_page_in_english_and_german(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 1\nsession_ttl = \"5m\"\npoll_interval = \"5s\"",
+        "",
+    )
+    .await;
+    let _inside = admit(&proxy, 1).await;
+    let _first = proxy.visitor().get("/echo").await;
+    let page = |lang: &'static str| {
+        client()
+            .get(proxy.url("/shop/?utm_source=meta"))
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("accept-language", lang)
+            .send()
+    };
+    let de = page("de-DE,de;q=0.9,en;q=0.5").await.unwrap();
+    assert_eq!(de.status(), 200);
+    assert_eq!(de.headers()["content-type"], "text/html; charset=utf-8");
+    let de = de.text().await.unwrap();
+    for needle in [
+        r#"<html lang="de">"#,
+        "Sie sind in der Warteschlange",
+        "Ihr Platz in der Schlange",
+        r#"id="position">2<"#,
+        "Geschätzte Wartezeit",
+        // 2 × session_ttl (5 min) / capacity 1
+        r#"id="wait">etwa 10 Minuten<"#,
+        r#"aria-valuenow="0""#,
+        r#"<meta http-equiv="refresh" content="5">"#,
+    ] {
+        assert!(de.contains(needle), "German page lacks {needle:?}:\n{de}");
+    }
+    let en = page("en-GB,en;q=0.8").await.unwrap().text().await.unwrap();
+    for needle in [
+        r#"<html lang="en">"#,
+        "You are in line",
+        "Your place in line",
+        r#"id="position">3<"#,
+        "Estimated wait",
+        r#"id="wait">about 15 minutes<"#,
+        "status?room=web&amp;return=%2Fshop%2F%3Futm_source%3Dmeta",
+    ] {
+        assert!(en.contains(needle), "English page lacks {needle:?}:\n{en}");
+    }
+    for page in [&de, &en] {
+        assert!(
+            !page.contains("src=\"http")
+                && !page.contains("href=\"http")
+                && !page.contains("<link"),
+            "external asset"
+        );
+    }
+}
+
+#[tokio::test]
+async fn trusted_proxies_give_the_client_address_and_tls() {
+    let upstream = TestUpstream::start().await;
+    let config = waiting_room_config(
+        &upstream,
+        Backend::Memory,
+        "capacity = 1\n[room.bypass]\ncidrs = [\"10.9.0.0/16\"]",
+        "",
+    );
+    let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+    let c = client();
+    let first = c
+        .get(proxy.url("/echo"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("; Secure"),
+        "behind a TLS-terminating proxy the pass is Secure: {cookie}"
+    );
+    let echo: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    // The room is full now; the trusted proxy says this client is in the bypass network.
+    let office = c
+        .get(proxy.url("/echo"))
+        .header("x-forwarded-for", "10.9.1.2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(office.status(), 200);
+    let outsider = c
+        .get(proxy.url("/echo"))
+        .header("x-forwarded-for", "198.51.100.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outsider.status(), 503);
 }

@@ -173,11 +173,16 @@ impl TestProxy {
     /// Starts anteroom with this config. Unless the text has its own
     /// `[server]` and `[admin]` tables, they are added with free ports.
     pub async fn start(toml: &str) -> TestProxy {
+        Self::start_with("", toml).await
+    }
+
+    /// Like `start`, with extra keys in the generated `[server]` table.
+    pub async fn start_with(server_keys: &str, toml: &str) -> TestProxy {
         let (public, admin) = (free_port(), free_port());
         let mut text = String::new();
         if !toml.contains("[server]") {
             text += &format!(
-                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 2\ngrace_period = \"1s\"\n"
+                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 2\ngrace_period = \"1s\"\n{server_keys}\n"
             );
         }
         if !toml.contains("[admin]") {
