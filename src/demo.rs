@@ -81,6 +81,9 @@ avg_session = "30s"
 method = "POST"
 path_prefix = "/signup"
 
+[room.bypass]
+paths = ["/bye"]
+
 [[route]]
 path_prefix = "/api/slow"
 upstream = "toy"

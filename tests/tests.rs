@@ -5,6 +5,7 @@ mod common;
 
 mod admin;
 mod binary;
+mod browser;
 mod config;
 mod forwarding;
 mod request_rooms;

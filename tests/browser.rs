@@ -1,0 +1,34 @@
+//! The waiting page in headless Chromium, driven by Playwright
+//! (`tests/browser/waiting_page.mjs`; `./scripts/setup` installs both).
+
+use std::process::Command;
+
+use crate::common::{Backend, TestProxy, TestUpstream, waiting_room_config};
+
+#[tokio::test]
+async fn waiting_page_lets_visitors_in_by_itself() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&waiting_room_config(
+        &upstream,
+        Backend::Memory,
+        "capacity = 1\npoll_interval = \"500ms\"\nclaim_window = \"3s\"\nheartbeat_timeout = \"3s\"",
+        "",
+    ))
+    .await;
+    let base = format!("http://{}", proxy.addr);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("tests/browser/waiting_page.mjs")
+            .arg(base)
+            .output()
+            .expect("node is needed: run ./scripts/setup")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "browser test failed (./scripts/setup installs chromium and playwright-core):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
