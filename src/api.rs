@@ -116,7 +116,15 @@ pub struct CookieJar<'a> {
     pub secure: bool,
 }
 
-impl CookieJar<'_> {
+impl<'a> CookieJar<'a> {
+    /// The cookies of a room for a client that did (or did not) come over TLS.
+    pub fn new(w: &'a WaitingRoom, secure: bool) -> CookieJar<'a> {
+        CookieJar {
+            path: &w.config.cookie_path,
+            secure,
+        }
+    }
+
     /// `Set-Cookie` for a pass.
     pub fn pass(&self, w: &WaitingRoom, token: &str) -> String {
         cookies::set(
@@ -312,32 +320,39 @@ fn room_names(proxy: &Proxy) -> String {
         .join(", ")
 }
 
-/// The sessions room a status or leave request is about: named, the only
-/// one, or the one the visitor holds a token for.
+/// The gate and the sessions room a status or leave request is about: named,
+/// the only one, or the one the visitor holds a token for.
 fn waiting_room<'a>(
     proxy: &'a Proxy,
-    gate: &Gate,
     req: &RequestHeader,
     name: Option<&str>,
-) -> Result<(&'a Room, &'a WaitingRoom), Reply> {
+) -> Result<(&'a Gate, &'a Room, &'a WaitingRoom), Reply> {
+    let gate = proxy
+        .gate
+        .as_deref()
+        .ok_or_else(|| Reply::error(404, "NOT_FOUND", "There is no waiting room."))?;
     let mut candidates = proxy.rooms.waiting_rooms();
     if let Some(name) = name {
-        return candidates.find(|(r, _)| r.name() == name).ok_or_else(|| {
-            Reply::error(
-                404,
-                "UNKNOWN_ROOM",
-                format!("No waiting room named {name:?}."),
-            )
-        });
+        return candidates
+            .find(|(r, _)| r.name() == name)
+            .map(|(r, w)| (gate, r, w))
+            .ok_or_else(|| {
+                Reply::error(
+                    404,
+                    "UNKNOWN_ROOM",
+                    format!("No waiting room named {name:?}."),
+                )
+            });
     }
     let all: Vec<_> = candidates.collect();
-    if let [only] = all.as_slice() {
-        return Ok(*only);
+    if let [(room, w)] = all.as_slice() {
+        return Ok((gate, *room, *w));
     }
     all.into_iter()
         .find(|(r, _)| {
             gate.find_ticket(r.name(), req).is_some() || gate.find_pass(r.name(), req).is_some()
         })
+        .map(|(r, w)| (gate, r, w))
         .ok_or_else(|| {
             Reply::error(
                 400,
@@ -382,17 +397,11 @@ async fn status(
     back: Option<&str>,
     secure: bool,
 ) -> Reply {
-    let Some(gate) = &proxy.gate else {
-        return Reply::error(404, "NOT_FOUND", "There is no waiting room.");
-    };
-    let (room, w) = match waiting_room(proxy, gate, req, name) {
+    let (gate, room, w) = match waiting_room(proxy, req, name) {
         Ok(found) => found,
         Err(reply) => return reply,
     };
-    let jar = CookieJar {
-        path: &w.config.cookie_path,
-        secure,
-    };
+    let jar = CookieJar::new(w, secure);
     let base = StatusBody {
         room: room.name(),
         room_state: w.state().as_str(),
@@ -460,17 +469,11 @@ fn admitted(
 }
 
 async fn leave(proxy: &Proxy, req: &RequestHeader, name: Option<&str>, secure: bool) -> Reply {
-    let Some(gate) = &proxy.gate else {
-        return Reply::error(404, "NOT_FOUND", "There is no waiting room.");
-    };
-    let (room, w) = match waiting_room(proxy, gate, req, name) {
+    let (gate, room, w) = match waiting_room(proxy, req, name) {
         Ok(found) => found,
         Err(reply) => return reply,
     };
-    let jar = CookieJar {
-        path: &w.config.cookie_path,
-        secure,
-    };
+    let jar = CookieJar::new(w, secure);
     #[derive(Serialize)]
     struct Left<'a> {
         state: &'static str,

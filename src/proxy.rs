@@ -176,10 +176,7 @@ impl Proxy {
             }
             Kind::Sessions(w) => {
                 let gate = self.gate.as_ref()?;
-                let jar = CookieJar {
-                    path: &w.config.cookie_path,
-                    secure: ctx.secure,
-                };
+                let jar = CookieJar::new(w, ctx.secure);
                 match gate.decide(room, w, &visitor).await {
                     Decision::Admit(visit) => {
                         ctx.visit = Some(visit);
@@ -388,10 +385,7 @@ impl ProxyHttp for Proxy {
         let Kind::Sessions(w) = room.kind() else {
             return Ok(());
         };
-        let jar = CookieJar {
-            path: &w.config.cookie_path,
-            secure: ctx.secure,
-        };
+        let jar = CookieJar::new(w, ctx.secure);
         if release {
             gate.release(room.name(), visit.session.id, &visit.pass, "command")
                 .await;
