@@ -85,6 +85,16 @@ impl Utm {
     }
 }
 
+/// `utm_source` of a visitor, for log lines.
+pub fn source(utm: Option<&Utm>) -> Option<&str> {
+    utm.and_then(|u| u.source.as_deref())
+}
+
+/// `utm_campaign` of a visitor, for log lines.
+pub fn campaign(utm: Option<&Utm>) -> Option<&str> {
+    utm.and_then(|u| u.campaign.as_deref())
+}
+
 fn header_safe(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {

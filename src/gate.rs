@@ -14,7 +14,7 @@ use std::time::Duration;
 use pingora::http::RequestHeader;
 use quick_cache::sync::Cache;
 
-use crate::attribution::{Labels, Utm};
+use crate::attribution::{self, Labels, Utm};
 use crate::bypass::{self, AppJwt};
 use crate::config::{self, State};
 use crate::cookies;
@@ -296,15 +296,14 @@ impl Gate {
                 .with_label_values(&[room.name()])
                 .observe(session.wait_ms as f64 / 1000.0);
         }
-        let (source, campaign) = self.labels.of(session.utm.as_deref());
         tracing::info!(
             target: "anteroom::visitor",
             event = "admitted",
             room = room.name(),
             session = %session.id,
             wait_ms = session.wait_ms,
-            utm_source = source,
-            utm_campaign = campaign,
+            utm_source = attribution::source(session.utm.as_deref()),
+            utm_campaign = attribution::campaign(session.utm.as_deref()),
         );
         let pass = self.issue_pass(room, w, &session);
         Decision::Admit(Box::new(Visit {
@@ -379,8 +378,8 @@ impl Gate {
         let name = room.name();
         let lane = self.lane(w, visitor);
         let utm = Utm::from_query(visitor.req.uri.query());
-        let labels = self.labels.of(utm.as_deref());
-        let (source, campaign) = (labels.0.to_owned(), labels.1.to_owned());
+        let source = attribution::source(utm.as_deref()).map(str::to_owned);
+        let campaign = attribution::campaign(utm.as_deref()).map(str::to_owned);
         self.metrics
             .arrivals
             .with_label_values(&[name, lane.as_str()])
@@ -390,8 +389,8 @@ impl Gate {
             event = "arrived",
             room = name,
             lane = lane.as_str(),
-            utm_source = source,
-            utm_campaign = campaign,
+            utm_source = source.as_deref(),
+            utm_campaign = campaign.as_deref(),
         );
         match self.store.arrive(name, lane, utm).await {
             Ok(Arrival::Admitted(session)) => self.admitted(room, w, session, false),
@@ -403,8 +402,8 @@ impl Gate {
                     lane = lane.as_str(),
                     position = place.position(),
                     wait_ms = place.wait.ms,
-                    utm_source = source,
-                    utm_campaign = campaign,
+                    utm_source = source.as_deref(),
+                    utm_campaign = campaign.as_deref(),
                 );
                 self.waiting(room, place, None)
             }
@@ -475,7 +474,6 @@ impl Gate {
         match self.store.release(room, session).await {
             Ok(Some(info)) => {
                 self.metrics.released.with_label_values(&[room, how]).inc();
-                let (source, campaign) = self.labels.of(info.utm.as_deref());
                 tracing::info!(
                     target: "anteroom::visitor",
                     event = "released",
@@ -483,8 +481,8 @@ impl Gate {
                     session = %session,
                     how,
                     visit_ms = now_millis().saturating_sub(info.admitted_at),
-                    utm_source = source,
-                    utm_campaign = campaign,
+                    utm_source = attribution::source(info.utm.as_deref()),
+                    utm_campaign = attribution::campaign(info.utm.as_deref()),
                 );
             }
             Ok(None) => {}
@@ -510,13 +508,13 @@ impl Gate {
             match self.store.sweep(name).await {
                 Ok(swept) => {
                     for s in &swept.sessions_expired {
-                        let (source, campaign) = self.labels.of(s.utm.as_deref());
                         self.seen.remove(&s.id.0);
-                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "session", session = %s.id, utm_source = source, utm_campaign = campaign);
+                        let utm = s.utm.as_deref();
+                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "session", session = %s.id, utm_source = attribution::source(utm), utm_campaign = attribution::campaign(utm));
                     }
                     for utm in &swept.tickets_expired {
-                        let (source, campaign) = self.labels.of(utm.as_deref());
-                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "ticket", utm_source = source, utm_campaign = campaign);
+                        let utm = utm.as_deref();
+                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "ticket", utm_source = attribution::source(utm), utm_campaign = attribution::campaign(utm));
                     }
                     let m = &self.metrics.expirations;
                     m.with_label_values(&[name, "session"])

@@ -489,6 +489,65 @@ mod tests {
     }
 
     #[test]
+    fn old_keys_keep_verifying_during_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, old_public, old_kid) = keygen(dir.path(), 2048, false).unwrap();
+        let old = Tokens::new(
+            "anteroom",
+            SigningKey::load(&dir.path().join("anteroom.key.pem")).unwrap(),
+            Vec::new(),
+            100,
+        );
+        let token =
+            old.sign(&old.claims(Kind::Pass, "web", "s".into(), None, Duration::from_secs(60)));
+        let new_signer = SigningKey::from_rsa(test_key().clone()).unwrap();
+        let without = Tokens::new(
+            "anteroom",
+            SigningKey::from_rsa(test_key().clone()).unwrap(),
+            Vec::new(),
+            100,
+        );
+        assert!(
+            without.verify(&token, Kind::Pass, "web").is_none(),
+            "unknown kid"
+        );
+        let with = Tokens::new(
+            "anteroom",
+            new_signer,
+            vec![VerifyKey::load(&old_public, None).unwrap()],
+            100,
+        );
+        assert!(with.verify(&token, Kind::Pass, "web").is_some());
+        let jwks: serde_json::Value = serde_json::from_slice(&with.jwks()).unwrap();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(kids.len(), 2);
+        assert!(kids.contains(&old_kid.as_str()));
+    }
+
+    #[test]
+    fn keygen_writes_a_private_key_only_its_owner_reads() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public, _) = keygen(dir.path(), 2048, false).unwrap();
+        assert_eq!(
+            std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            std::fs::read_to_string(&public)
+                .unwrap()
+                .starts_with("-----BEGIN PUBLIC KEY-----")
+        );
+        assert!(keygen(dir.path(), 2048, false).is_err(), "never overwrites");
+        assert!(keygen(dir.path(), 2048, true).is_ok());
+    }
+
+    #[test]
     fn small_keys_are_refused() {
         let small = RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
         assert!(SigningKey::from_rsa(small).is_err());

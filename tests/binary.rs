@@ -29,7 +29,33 @@ impl Drop for Binary {
     }
 }
 
+/// A requests room "r" of capacity 1 over every path.
+fn request_room(upstream: &TestUpstream) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "app"
+address = "{addr}"
+read_timeout = "60s"
+[[room]]
+name = "r"
+mode = "requests"
+capacity = 1
+[[route]]
+path_prefix = "/"
+upstream = "app"
+room = "r"
+"#,
+        addr = upstream.addr
+    )
+}
+
 async fn start(upstream: &TestUpstream, grace: &str) -> Binary {
+    start_with(grace, &request_room(upstream)).await
+}
+
+/// Runs the binary with JSON logs and `rest` after the server tables.
+async fn start_with(grace: &str, rest: &str) -> Binary {
     let (public, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("anteroom.toml");
@@ -46,20 +72,8 @@ listen = "127.0.0.1:{admin}"
 [log]
 format = "json"
 level = "info"
-[[upstream]]
-name = "app"
-address = "{addr}"
-read_timeout = "60s"
-[[room]]
-name = "r"
-mode = "requests"
-capacity = 1
-[[route]]
-path_prefix = "/"
-upstream = "app"
-room = "r"
-"#,
-            addr = upstream.addr
+{rest}
+"#
         ),
     )
     .unwrap();
@@ -171,4 +185,70 @@ async fn access_log_is_one_json_line_per_request() {
     assert!(line["slot_wait_ms"].as_f64().is_some());
     // Query strings can carry API keys: they never reach the log.
     assert!(!binary.log().contains("SECRET-API-KEY"));
+}
+
+#[tokio::test]
+async fn visitor_lifecycle_is_logged_with_its_campaign() {
+    let upstream = TestUpstream::start().await;
+    let config = crate::common::waiting_room_config(
+        &upstream,
+        crate::common::Backend::Memory,
+        "capacity = 1\n[room.conversion]\npath_prefix = \"/signup\"",
+        "[attribution]\nsources = [\"meta\"]\ncampaigns = [\"launch1\"]",
+    );
+    let binary = start_with("1s", &config).await;
+    let base = format!("http://127.0.0.1:{}", binary.public);
+    let mut inside = crate::common::Visitor::new(base.clone());
+    assert_eq!(
+        inside
+            .get("/echo?utm_source=meta&utm_campaign=launch1")
+            .await
+            .0,
+        200
+    );
+    let mut waiting = crate::common::Visitor::new(base.clone());
+    assert_eq!(waiting.get("/echo?utm_source=newsletter").await.0, 503);
+    let resp = client()
+        .post(format!("{base}/signup"))
+        .header("x-anteroom-pass", inside.pass.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    inside.leave().await;
+    waiting.poll_until(|s| s["state"] == "admitted").await;
+
+    let events = eventually(Duration::from_secs(5), || {
+        let log = binary.log();
+        async move {
+            let events: Vec<serde_json::Value> = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["target"] == "anteroom::visitor")
+                .collect();
+            (events.len() >= 6).then_some(events)
+        }
+    })
+    .await;
+    let find = |event: &str, source: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == event && e["utm_source"] == source)
+            .unwrap_or_else(|| panic!("no {event} event for {source}: {events:?}"))
+    };
+    find("arrived", "meta");
+    find("admitted", "meta");
+    find("converted", "meta");
+    find("released", "meta");
+    let queued = find("queued", "newsletter");
+    assert_eq!(queued["position"], 1);
+    let admitted = find("admitted", "newsletter");
+    assert!(admitted["wait_ms"].as_u64().is_some());
+    // The access line carries the campaign too, and never a token.
+    let log = binary.log();
+    assert!(log.contains(r#""utm_campaign":"launch1""#));
+    assert!(
+        !log.contains("eyJhbGciOiJSUzI1NiIs"),
+        "a token reached the log"
+    );
 }

@@ -170,3 +170,20 @@ fn check_command_exits_non_zero_and_names_the_key() {
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/anteroom.toml: cannot read")
     );
 }
+
+#[test]
+fn a_broken_page_template_is_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("waiting.html");
+    std::fs::write(&template, "<p>{{positon}}</p>").unwrap();
+    let key = crate::common::keys().private.display().to_string();
+    let text = format!(
+        "[tokens]\nsigning_key = \"{key}\"\n{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\npage_template = \"{}\"\n",
+        template.display()
+    );
+    let msg = problems(&text);
+    assert!(
+        msg.contains("room[0].page_template") && msg.contains("positon"),
+        "{msg}"
+    );
+}

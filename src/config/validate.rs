@@ -636,10 +636,16 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             format!("{cookie_path:?} must start with '/' and contain no ';', ',' or spaces"),
         );
     }
-    let page_template = r
-        .page_template
-        .as_deref()
-        .map(|f| p.readable_file(&format!("{key}.page_template"), f));
+    let page_template = r.page_template.as_deref().map(|f| {
+        let field = format!("{key}.page_template");
+        let path = p.readable_file(&field, f);
+        if path.exists() {
+            if let Err(e) = crate::page::Template::load(&path) {
+                p.add(field, e);
+            }
+        }
+        path
+    });
     let priority_weight = r
         .priority_weight
         .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))

@@ -32,23 +32,48 @@ struct Session {
     utm: Option<Arc<Utm>>,
 }
 
-/// Admissions per second, exponentially decayed (time constant one minute).
+/// Admissions per millisecond: an exponentially weighted average (time
+/// constant one minute), bias-corrected so that it is right from the first
+/// seconds of a burst rather than ramping up from zero over a minute.
 #[derive(Debug, Default, Clone, Copy)]
 struct Rate {
-    per_ms: f64,
+    /// Decayed sum of admissions, divided by the time constant.
+    sum: f64,
     at: Millis,
+    /// Start of the current run of admissions.
+    since: Millis,
     samples: u32,
 }
 
 impl Rate {
     fn record(&mut self, now: Millis) {
-        self.per_ms = self.at_time(now) + 1.0 / RATE_TAU_MS;
+        let decayed = self.decayed(now);
+        // After a long silence the old average says nothing: start afresh.
+        if self.samples == 0 || now.saturating_sub(self.at) as f64 > 5.0 * RATE_TAU_MS {
+            *self = Rate {
+                since: now,
+                ..Rate::default()
+            };
+        } else {
+            self.sum = decayed;
+        }
+        self.sum += 1.0 / RATE_TAU_MS;
         self.at = now;
         self.samples = self.samples.saturating_add(1);
     }
 
-    fn at_time(&self, now: Millis) -> f64 {
-        self.per_ms * (-(now.saturating_sub(self.at) as f64) / RATE_TAU_MS).exp()
+    fn decayed(&self, now: Millis) -> f64 {
+        self.sum * (-(now.saturating_sub(self.at) as f64) / RATE_TAU_MS).exp()
+    }
+
+    /// Admissions per ms, once there are enough samples over at least a second.
+    fn per_ms(&self, now: Millis) -> Option<f64> {
+        let span = now.saturating_sub(self.since) as f64;
+        if self.samples < RATE_MIN_SAMPLES || span < 1000.0 {
+            return None;
+        }
+        let weight = 1.0 - (-span / RATE_TAU_MS).exp();
+        Some(self.decayed(now) / weight).filter(|r| *r > 0.0)
     }
 }
 
@@ -143,9 +168,8 @@ impl RoomState {
 
     /// Estimated wait of a visitor with `ahead` admissions before theirs.
     fn wait(&self, ahead: u32, now: Millis) -> Wait {
-        let rate = self.admissions.at_time(now);
         let turn = f64::from(ahead) + 1.0;
-        if self.admissions.samples >= RATE_MIN_SAMPLES && rate > 0.0 {
+        if let Some(rate) = self.admissions.per_ms(now) {
             Wait {
                 ms: (turn / rate).min(1e12) as u64,
                 known: true,
@@ -671,6 +695,59 @@ mod tests {
         room.sweep_sessions(170_000, &mut out);
         assert_eq!(out.sessions_expired.len(), 1);
         assert!(room.touch(170_001, a.id).is_none());
+    }
+
+    #[test]
+    fn session_max_caps_an_active_session() {
+        let mut s = spec(1);
+        s.session_max = Some(Duration::from_secs(90));
+        let mut room = RoomState::new(s, 0);
+        let a = admitted(room.arrive(0, Lane::Normal, None));
+        assert!(room.touch(50_000, a.id).is_some());
+        assert!(room.touch(89_000, a.id).is_some());
+        assert!(
+            room.touch(90_000, a.id).is_none(),
+            "active, but past session_max"
+        );
+        assert_eq!(room.snapshot(90_000).in_use(), 0);
+    }
+
+    #[test]
+    fn wait_is_measured_once_admissions_happen() {
+        let mut room = RoomState::new(spec(1), 0);
+        let mut inside = admitted(room.arrive(0, Lane::Normal, None));
+        let tickets: Vec<String> = (0..10)
+            .map(|_| queued(room.arrive(0, Lane::Normal, None)).ticket)
+            .collect();
+        let Polled::Queued(before) = room.poll(1, &tickets[9]) else {
+            panic!()
+        };
+        assert!(!before.wait.known);
+        assert_eq!(
+            before.wait.ms,
+            10 * 60_000,
+            "position × avg_session / capacity"
+        );
+        // One admission every 2 seconds from the line.
+        for (i, t) in tickets.iter().take(5).enumerate() {
+            let now = 2_000 * (i as u64 + 1);
+            room.release(now, inside.id);
+            let Polled::Admitted(s) = room.poll(now, t) else {
+                panic!()
+            };
+            inside = s;
+        }
+        let Polled::Queued(after) = room.poll(10_000, &tickets[9]) else {
+            panic!()
+        };
+        assert!(after.wait.known);
+        assert_eq!(after.ahead, 4);
+        // About 5 admissions at 0.5/s: 5 turns take about 10 s.
+        assert!(
+            (5_000..=20_000).contains(&after.wait.ms),
+            "{:?}",
+            after.wait
+        );
     }
 
     #[test]
