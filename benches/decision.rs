@@ -57,8 +57,8 @@ room = "web"
         key.display()
     );
     let config = Config::from_toml(&text, Path::new("bench.toml")).unwrap();
-    let rooms = Arc::new(Rooms::new(&config.rooms).unwrap());
-    let metrics = Metrics::register(Arc::clone(&rooms)).unwrap();
+    let rooms = Arc::new(Rooms::new(&config.rooms, None).unwrap());
+    let metrics = Metrics::register().unwrap();
     let specs: Vec<_> = rooms.iter().filter_map(|r| r.spec()).collect();
     let store = Arc::new(MemoryStore::new(&specs));
     let tokens = Arc::new(Tokens::new(

@@ -15,12 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Capacity;
 use crate::config::{Secret, State};
-use crate::gate::Gate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms};
-use crate::store::SettingsPatch;
+use crate::store::{SettingsPatch, Store};
 
 const MAX_BODY: usize = 64 * 1024;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -30,7 +29,7 @@ pub struct Admin {
     pub(crate) token: Option<Secret>,
     pub(crate) metrics: Metrics,
     pub(crate) rooms: Arc<Rooms>,
-    pub(crate) gate: Option<Arc<Gate>>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Public listeners, probed by `/readyz`.
     pub(crate) listeners: Vec<SocketAddr>,
@@ -158,12 +157,18 @@ impl Admin {
         }
     }
 
-    /// Fresh numbers from the store for a sessions room.
+    /// Fresh numbers from the store for a room whose state lives there.
     async fn refresh(&self, room: &Room) {
-        if let (Kind::Sessions(w), Some(gate)) = (room.kind(), &self.gate) {
-            if let Ok(snapshot) = gate.store().snapshot(room.name()).await {
-                w.observe(snapshot);
+        match room.kind() {
+            Kind::Sessions(w) => {
+                if let Ok(snapshot) = self.store.snapshot(room.name()).await {
+                    w.observe(snapshot);
+                }
             }
+            Kind::SharedRequests(slots) => {
+                let _ = slots.refresh().await;
+            }
+            Kind::Requests(_) => {}
         }
     }
 
@@ -201,28 +206,34 @@ impl Admin {
             );
         }
         match room.kind() {
+            Kind::Requests(_) | Kind::SharedRequests(_)
+                if state.is_some() || patch.admit_rate.is_some() =>
+            {
+                return Reply::error(
+                    400,
+                    "BAD_REQUEST",
+                    "state and admit_rate apply to sessions rooms.",
+                );
+            }
             Kind::Requests(slots) => {
-                if state.is_some() || patch.admit_rate.is_some() {
-                    return Reply::error(
-                        400,
-                        "BAD_REQUEST",
-                        "state and admit_rate apply to sessions rooms.",
-                    );
-                }
                 if let Some(capacity) = patch.capacity {
                     slots.set_capacity(capacity);
                 }
             }
+            Kind::SharedRequests(slots) => {
+                if let Some(capacity) = patch.capacity {
+                    if let Err(e) = slots.set_capacity(capacity).await {
+                        return Reply::error(503, "STORE_UNAVAILABLE", e.to_string());
+                    }
+                }
+            }
             Kind::Sessions(w) => {
-                let Some(gate) = &self.gate else {
-                    return Reply::error(500, "INTERNAL", "The waiting room is not running.");
-                };
                 let change = SettingsPatch {
                     capacity: patch.capacity,
                     state,
                     admit_rate: patch.admit_rate,
                 };
-                match gate.store().update(room.name(), change).await {
+                match self.store.update(room.name(), change).await {
                     Ok(snapshot) => w.observe(snapshot),
                     Err(e) => return Reply::error(503, "STORE_UNAVAILABLE", e.to_string()),
                 }
@@ -244,6 +255,14 @@ impl Admin {
             ready: bool,
             draining: bool,
             listeners: Vec<ListenerState>,
+            store: StoreState,
+        }
+        #[derive(Serialize)]
+        struct StoreState {
+            backend: &'static str,
+            up: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<String>,
         }
         #[derive(Serialize)]
         struct ListenerState {
@@ -258,13 +277,22 @@ impl Admin {
             });
         }
         let draining = self.lifecycle.is_draining();
+        // A store outage does not make an instance unready: it still serves
+        // admitted visitors and tells newcomers to wait, which is better than
+        // every instance leaving the load balancer at once.
         let ready = !draining && listeners.iter().all(|l| l.up);
+        let ping = self.store.ping().await;
         Reply::json(
             if ready { 200 } else { 503 },
             &Ready {
                 ready,
                 draining,
                 listeners,
+                store: StoreState {
+                    backend: self.store.backend(),
+                    up: ping.is_ok(),
+                    error: ping.err().map(|e| e.to_string()),
+                },
             },
         )
     }

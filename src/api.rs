@@ -373,6 +373,9 @@ async fn capacity(proxy: &Proxy, req: &RequestHeader, name: Option<&str>) -> Rep
     let Some(room) = proxy.rooms.by_name(name) else {
         return Reply::error(404, "UNKNOWN_ROOM", format!("No room named {name:?}."));
     };
+    if let Kind::SharedRequests(slots) = room.kind() {
+        let _ = slots.refresh().await;
+    }
     let (Kind::Sessions(w), Some(gate)) = (room.kind(), &proxy.gate) else {
         return Reply::json(200, &Capacity::of(room));
     };

@@ -16,7 +16,7 @@ use quick_cache::sync::Cache;
 
 use crate::attribution::{self, Labels, Utm};
 use crate::bypass::{self, AppJwt};
-use crate::config::{self, State};
+use crate::config::{self, OnStoreError, State};
 use crate::cookies;
 use crate::metrics::Metrics;
 use crate::room::{Room, WaitingRoom};
@@ -84,8 +84,10 @@ pub enum Decision {
     Full,
     /// The room is closed for maintenance.
     Maintenance,
-    /// The store cannot answer; new visitors are turned away.
+    /// The store cannot answer; new visitors are turned away (`on_store_error = "closed"`).
     Unavailable,
+    /// The store cannot answer; the request goes through unguarded (`on_store_error = "open"`).
+    Open,
 }
 
 /// The answer to `GET /__anteroom/status`.
@@ -368,7 +370,7 @@ impl Gate {
                     return self.waiting(room, place, Some((token, &claims)));
                 }
                 Ok(Polled::Expired) => {}
-                Err(e) => return self.unavailable(name, &e),
+                Err(e) => return self.unavailable(room, &e),
             }
         }
         self.arrive(room, w, visitor).await
@@ -415,15 +417,21 @@ impl Gate {
                 Decision::Full
             }
             Ok(Arrival::Maintenance) => Decision::Maintenance,
-            Err(e) => self.unavailable(name, &e),
+            Err(e) => self.unavailable(room, &e),
         }
     }
 
-    fn unavailable(&self, room: &str, e: &StoreError) -> Decision {
-        tracing::warn!(room, error = %e, "store unavailable; turning new visitors away");
+    fn unavailable(&self, room: &Room, e: &StoreError) -> Decision {
+        let name = room.name();
+        if room.on_store_error() == OnStoreError::Open {
+            tracing::warn!(room = name, error = %e, "store unavailable; letting the visitor through (on_store_error = open)");
+            self.metrics.store_open.with_label_values(&[name]).inc();
+            return Decision::Open;
+        }
+        tracing::warn!(room = name, error = %e, "store unavailable; asking new visitors to wait");
         self.metrics
             .rejected
-            .with_label_values(&[room, "store_unavailable"])
+            .with_label_values(&[name, "store_unavailable"])
             .inc();
         Decision::Unavailable
     }
@@ -460,7 +468,7 @@ impl Gate {
             },
             Ok(Polled::Expired) => Status::Expired,
             Err(e) => {
-                self.unavailable(name, &e);
+                tracing::warn!(room = name, error = %e, "store unavailable for a status poll");
                 Status::Unavailable
             }
         }

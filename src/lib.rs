@@ -16,6 +16,7 @@ pub mod config;
 pub mod cookies;
 pub mod demo;
 pub mod gate;
+pub mod leases;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

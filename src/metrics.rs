@@ -9,7 +9,8 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::queue::Lane;
@@ -17,6 +18,9 @@ use crate::room::Rooms;
 
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const STORE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 const QUEUE_WAIT_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
@@ -57,11 +61,19 @@ pub struct Metrics {
     pub queue_wait: HistogramVec,
     /// Conversions by campaign (bounded labels, see `[attribution]`).
     pub conversions: IntCounterVec,
+    /// Store operations that failed or timed out.
+    pub store_errors: IntCounterVec,
+    /// Time per store operation (a round trip for a shared store).
+    pub store_latency: HistogramVec,
+    /// 1 when the last store operation succeeded.
+    pub store_up: IntGauge,
+    /// Requests let through unguarded because the store failed (`on_store_error = "open"`).
+    pub store_open: IntCounterVec,
 }
 
 impl Metrics {
-    /// Creates and registers all metrics, including the live room gauges.
-    pub fn register(rooms: Arc<Rooms>) -> Result<Metrics, prometheus::Error> {
+    /// Creates and registers all metrics; room gauges come with `watch_rooms`.
+    pub fn register() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("anteroom".to_owned()), None)?;
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
@@ -151,11 +163,30 @@ impl Metrics {
                 "Conversions, by campaign (values outside [attribution] count as other).",
                 &["room", "utm_source", "utm_campaign"],
             )?,
+            store_errors: counter(
+                "store_errors_total",
+                "Store operations that failed or timed out, by operation.",
+                &["op"],
+            )?,
+            store_latency: histogram(
+                "store_operation_seconds",
+                "Time per store operation, by operation.",
+                &["op"],
+                STORE_BUCKETS,
+            )?,
+            store_up: {
+                let g = IntGauge::new("store_up", "1 when the last store operation succeeded.")?;
+                g.set(1);
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            store_open: counter(
+                "store_open_admissions_total",
+                "Requests let through unguarded while the store failed (on_store_error = open).",
+                &["room"],
+            )?,
             registry,
         };
-        metrics
-            .registry
-            .register(Box::new(RoomGauges::new(rooms)?))?;
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Version of the running anteroom."),
             &["version"],
@@ -163,6 +194,11 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         metrics.registry.register(Box::new(build))?;
         Ok(metrics)
+    }
+
+    /// Adds the gauges of these rooms (capacity, use, line), read at scrape time.
+    pub fn watch_rooms(&self, rooms: Arc<Rooms>) -> Result<(), prometheus::Error> {
+        self.registry.register(Box::new(RoomGauges::new(rooms)?))
     }
 
     /// The Prometheus text exposition of every metric.

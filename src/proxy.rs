@@ -19,7 +19,9 @@ use crate::api::{self, CookieJar};
 use crate::bypass::{self, AppJwt};
 use crate::client;
 use crate::config;
+use crate::config::OnStoreError;
 use crate::gate::{Decision, Gate, PASS_COOKIE, PassSource, TICKET_COOKIE, Visit, Visitor};
+use crate::leases::{NoSlot, SharedPermit};
 use crate::lifecycle::{InFlight, Lifecycle};
 use crate::metrics::Metrics;
 use crate::page::PageState;
@@ -46,12 +48,19 @@ pub struct Proxy {
     pub(crate) jwts: Arc<Vec<AppJwt>>,
 }
 
+/// A request slot, counted here or across instances.
+#[expect(dead_code, reason = "held only for its Drop, which returns the slot")]
+enum Held {
+    Local(Permit),
+    Shared(SharedPermit),
+}
+
 /// Per-request state, dropped when the request ends (which returns its slot).
 pub struct Ctx {
     _in_flight: InFlight,
     started: Instant,
     route: Option<usize>,
-    permit: Option<Permit>,
+    permit: Option<Held>,
     slot_wait: Option<Duration>,
     visit: Option<Box<Visit>>,
     bypassed: bool,
@@ -106,21 +115,25 @@ impl Proxy {
 
     /// Takes a slot in a `requests` room, waiting in line up to the room's
     /// `max_wait`; the reply is the 503 to send when none came free.
-    async fn take_slot(
-        &self,
-        room: &Room,
-        slots: &Arc<crate::slots::Slots>,
-        ctx: &mut Ctx,
-    ) -> Result<(), Reply> {
+    async fn take_slot(&self, room: &Room, ctx: &mut Ctx) -> Result<(), Reply> {
         let name = room.name();
         let start = Instant::now();
-        let permit = match slots.try_acquire() {
-            Some(p) => Ok(p),
-            None if room.max_wait().is_zero() => Err(()),
-            None => {
-                self.metrics.queued.with_label_values(&[name]).inc();
-                slots.acquire(room.max_wait()).await.map_err(|_| ())
-            }
+        let wait = room.max_wait();
+        let held = match room.kind() {
+            Kind::Requests(slots) => match slots.try_acquire() {
+                Some(p) => Ok(Held::Local(p)),
+                None if wait.is_zero() => Err(NoSlot::Full),
+                None => {
+                    self.metrics.queued.with_label_values(&[name]).inc();
+                    slots
+                        .acquire(wait)
+                        .await
+                        .map(Held::Local)
+                        .map_err(|_| NoSlot::Full)
+                }
+            },
+            Kind::SharedRequests(slots) => slots.acquire(wait).await.map(Held::Shared),
+            Kind::Sessions(_) => return Ok(()),
         };
         let waited = start.elapsed();
         self.metrics
@@ -128,18 +141,32 @@ impl Proxy {
             .with_label_values(&[name])
             .observe(waited.as_secs_f64());
         ctx.slot_wait = Some(waited);
-        match permit {
-            Ok(p) => {
+        let retry = match room.kind() {
+            Kind::Requests(slots) => slots.retry_after(),
+            Kind::SharedRequests(slots) => slots.retry_after(),
+            Kind::Sessions(_) => Duration::from_secs(1),
+        };
+        match held {
+            Ok(held) => {
                 self.metrics.admitted.with_label_values(&[name]).inc();
-                ctx.permit = Some(p);
+                ctx.permit = Some(held);
                 Ok(())
             }
-            Err(()) => {
+            Err(NoSlot::Store(e)) if room.on_store_error() == OnStoreError::Open => {
+                tracing::warn!(room = name, error = %e, "store unavailable; letting the request through (on_store_error = open)");
+                self.metrics.store_open.with_label_values(&[name]).inc();
+                Ok(())
+            }
+            Err(reason) => {
+                let label = match reason {
+                    NoSlot::Full => "full",
+                    NoSlot::Store(_) => "store_unavailable",
+                };
                 self.metrics
                     .rejected
-                    .with_label_values(&[name, "full"])
+                    .with_label_values(&[name, label])
                     .inc();
-                Err(queue_required(name, slots))
+                Err(queue_required(name, retry))
             }
         }
     }
@@ -167,13 +194,11 @@ impl Proxy {
             return None;
         }
         match room.kind() {
-            Kind::Requests(slots) => {
-                let slots = Arc::clone(slots);
-                self.take_slot(room, &slots, ctx)
-                    .await
-                    .err()
-                    .map(|reply| (reply, Outcome::QueueRequired))
-            }
+            Kind::Requests(_) | Kind::SharedRequests(_) => self
+                .take_slot(room, ctx)
+                .await
+                .err()
+                .map(|reply| (reply, Outcome::QueueRequired)),
             Kind::Sessions(w) => {
                 let gate = self.gate.as_ref()?;
                 let jar = CookieJar::new(w, ctx.secure);
@@ -197,6 +222,10 @@ impl Proxy {
                         api::closed(room, w, PageState::Unavailable, req),
                         Outcome::QueueRequired,
                     )),
+                    Decision::Open => {
+                        ctx.bypassed = true;
+                        None
+                    }
                 }
             }
         }
@@ -204,8 +233,7 @@ impl Proxy {
 }
 
 /// 503 with `Retry-After` (whole seconds, at least 1) and the JSON contract.
-fn queue_required(room: &str, slots: &crate::slots::Slots) -> Reply {
-    let retry = slots.retry_after();
+fn queue_required(room: &str, retry: Duration) -> Reply {
     let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
     Reply::json(
         503,
@@ -497,7 +525,7 @@ impl ProxyHttp for Proxy {
                         && req.uri.path().starts_with(&c.path_prefix)
                         && (200..300).contains(&status)
                 }),
-                Kind::Requests(_) => false,
+                Kind::Requests(_) | Kind::SharedRequests(_) => false,
             };
             if converted {
                 self.metrics

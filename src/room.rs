@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use crate::config::{self, RoomMode, Rules, State};
+use crate::config::{self, OnStoreError, RoomMode, Rules, State};
+use crate::leases::SharedSlots;
 use crate::page::Template;
 use crate::slots::{Slots, Usage};
-use crate::store::{RoomSpec, Snapshot, Wait};
+use crate::store::{Leases, RoomSpec, Snapshot, Wait};
 
 /// One room and its live state.
 pub struct Room {
@@ -20,8 +21,10 @@ pub struct Room {
 
 /// What a room limits.
 pub enum Kind {
-    /// Requests in flight.
+    /// Requests in flight, counted by this instance.
     Requests(Arc<Slots>),
+    /// Requests in flight, counted across instances by the store.
+    SharedRequests(Arc<SharedSlots>),
     /// Admitted visitors, with a waiting room.
     Sessions(Box<WaitingRoom>),
 }
@@ -54,10 +57,18 @@ impl WaitingRoom {
 }
 
 impl Room {
-    /// A room with all its slots free. Fails if the operator's page template is invalid.
-    pub fn new(config: config::Room) -> Result<Room, String> {
+    /// A room with all its slots free; `requests` rooms count in the store
+    /// when one is shared. Fails if the operator's page template is invalid.
+    pub fn new(config: config::Room, leases: Option<&Arc<dyn Leases>>) -> Result<Room, String> {
         let kind = match &config.sessions {
-            None => Kind::Requests(Slots::new(config.capacity)),
+            None => match leases {
+                Some(store) => Kind::SharedRequests(SharedSlots::new(
+                    &config.name,
+                    config.capacity,
+                    Arc::clone(store),
+                )),
+                None => Kind::Requests(Slots::new(config.capacity)),
+            },
             Some(s) => {
                 let template = match &s.page_template {
                     Some(path) => Template::load(path)?,
@@ -103,6 +114,11 @@ impl Room {
         &self.config.bypass
     }
 
+    /// What newcomers get while the store is down.
+    pub fn on_store_error(&self) -> OnStoreError {
+        self.config.on_store_error
+    }
+
     /// Requests or sessions.
     pub fn kind(&self) -> &Kind {
         &self.kind
@@ -122,6 +138,7 @@ impl Room {
     pub fn usage(&self) -> Usage {
         match &self.kind {
             Kind::Requests(slots) => slots.usage(),
+            Kind::SharedRequests(slots) => slots.usage(),
             Kind::Sessions(w) => {
                 let s = w.snapshot();
                 Usage {
@@ -138,12 +155,12 @@ impl Room {
 pub struct Rooms(Vec<Room>);
 
 impl Rooms {
-    /// Rooms from validated config.
-    pub fn new(rooms: &[config::Room]) -> Result<Rooms, String> {
+    /// Rooms from validated config; `leases` is the shared store, if any.
+    pub fn new(rooms: &[config::Room], leases: Option<&Arc<dyn Leases>>) -> Result<Rooms, String> {
         rooms
             .iter()
             .cloned()
-            .map(Room::new)
+            .map(|r| Room::new(r, leases))
             .collect::<Result<_, _>>()
             .map(Rooms)
     }
@@ -167,7 +184,15 @@ impl Rooms {
     pub fn waiting_rooms(&self) -> impl Iterator<Item = (&Room, &WaitingRoom)> {
         self.0.iter().filter_map(|r| match &r.kind {
             Kind::Sessions(w) => Some((r, &**w)),
-            Kind::Requests(_) => None,
+            Kind::Requests(_) | Kind::SharedRequests(_) => None,
+        })
+    }
+
+    /// Every room whose request slots are shared through the store.
+    pub fn shared_slots(&self) -> impl Iterator<Item = &Arc<SharedSlots>> {
+        self.0.iter().filter_map(|r| match &r.kind {
+            Kind::SharedRequests(s) => Some(s),
+            _ => None,
         })
     }
 }

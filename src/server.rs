@@ -23,7 +23,8 @@ use crate::proxy::Proxy;
 use crate::room::Rooms;
 use crate::route::Router;
 use crate::store::memory::MemoryStore;
-use crate::store::{RoomSpec, Store};
+use crate::store::redis::RedisStore;
+use crate::store::{Leases, Observed, RoomSpec, Store};
 use crate::token::{KeyError, SigningKey, Tokens, VerifyKey};
 use crate::upstream::{Resolver, Upstream, UpstreamError};
 
@@ -90,9 +91,12 @@ impl App {
             .iter()
             .map(|u| Upstream::build(u).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let rooms = Arc::new(Rooms::new(&config.rooms).map_err(StartError::Setup)?);
-        let metrics = Metrics::register(Arc::clone(&rooms))?;
+        let metrics = Metrics::register()?;
         let lifecycle = Lifecycle::new();
+        let (store, leases) = open_store(config, &metrics)?;
+        let rooms =
+            Arc::new(Rooms::new(&config.rooms, leases.as_ref()).map_err(StartError::Setup)?);
+        metrics.watch_rooms(Arc::clone(&rooms))?;
         let jwts = Arc::new(
             config
                 .jwts
@@ -111,13 +115,9 @@ impl App {
                     .map(|(path, kid)| VerifyKey::load(path, kid.as_deref()))
                     .collect::<Result<Vec<_>, _>>()?;
                 let tokens = Arc::new(Tokens::new(&t.issuer, signer, verify, t.cache_size));
-                let specs: Vec<RoomSpec> = rooms.iter().filter_map(|r| r.spec()).collect();
-                let store: Arc<dyn Store> = match config.store.backend {
-                    Backend::Memory => Arc::new(MemoryStore::new(&specs)),
-                };
                 Some(Arc::new(Gate::new(
                     tokens,
-                    store,
+                    Arc::clone(&store),
                     Arc::clone(&jwts),
                     config,
                     metrics.clone(),
@@ -178,7 +178,7 @@ impl App {
                 token: config.admin.token.clone(),
                 metrics,
                 rooms: Arc::clone(&rooms),
-                gate: gate.clone(),
+                store: Arc::clone(&store),
                 lifecycle: Arc::clone(&lifecycle),
                 listeners: s
                     .listen
@@ -195,16 +195,15 @@ impl App {
         if let Some(resolver) = resolver {
             server.add_service(background_service("resolver", resolver));
         }
-        if let Some(gate) = gate {
-            server.add_service(background_service(
-                "sweeper",
-                Sweeper {
-                    gate,
-                    rooms,
-                    interval: config.store.sweep_interval,
-                },
-            ));
-        }
+        server.add_service(background_service(
+            "store keeper",
+            Keeper {
+                store,
+                gate,
+                rooms,
+                sweep_interval: config.store.sweep_interval,
+            },
+        ));
         if exit == Exit::WhenDrained {
             server.add_service(background_service(
                 "drain",
@@ -303,22 +302,86 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Expires lapsed sessions and silent tickets, offers freed slots to the
-/// line, and refreshes each waiting room's numbers, off the request path.
-struct Sweeper {
-    gate: Arc<Gate>,
+/// The store, as a shared `Store` and, for a shared store, as request-slot `Leases`.
+type Stores = (Arc<dyn Store>, Option<Arc<dyn Leases>>);
+
+fn open_store(config: &Config, metrics: &Metrics) -> Result<Stores, StartError> {
+    let specs: Vec<RoomSpec> = config
+        .rooms
+        .iter()
+        .filter_map(|r| {
+            let s = r.sessions.as_ref()?;
+            Some(RoomSpec::from_config(&r.name, r.capacity, s))
+        })
+        .collect();
+    Ok(match &config.store.backend {
+        Backend::Memory => (
+            Arc::new(Observed::new(MemoryStore::new(&specs), metrics.clone())),
+            None,
+        ),
+        Backend::Redis(redis) => {
+            let request_rooms: Vec<(String, u32)> = config
+                .rooms
+                .iter()
+                .filter(|r| r.sessions.is_none())
+                .map(|r| (r.name.clone(), r.capacity))
+                .collect();
+            let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)
+                .map_err(|e| StartError::Setup(e.to_string()))?;
+            let shared = Arc::new(Observed::new(store, metrics.clone()));
+            (shared.clone(), Some(shared))
+        }
+    })
+}
+
+/// Off the request path: sets the store's rooms up, expires lapsed sessions
+/// and silent tickets, offers freed slots to the line and refreshes each
+/// waiting room's numbers (every `sweep_interval`); renews this instance's
+/// request-slot leases (every third of a lease).
+struct Keeper {
+    store: Arc<dyn Store>,
+    gate: Option<Arc<Gate>>,
     rooms: Arc<Rooms>,
-    interval: Duration,
+    sweep_interval: Duration,
+}
+
+impl Keeper {
+    async fn renew(&self) {
+        for slots in self.rooms.shared_slots() {
+            if let Err(e) = slots.renew().await {
+                tracing::warn!(error = %e, "could not renew request-slot leases");
+            }
+            let _ = slots.refresh().await;
+        }
+    }
 }
 
 #[async_trait]
-impl BackgroundService for Sweeper {
+impl BackgroundService for Keeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prepared = false;
+        let mut sweep = tokio::time::interval(self.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lease = self.rooms.shared_slots().next().map(|s| s.lease() / 3);
+        let mut renew = tokio::time::interval(lease.unwrap_or(Duration::from_secs(3600)));
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.gate.sweep(&self.rooms).await,
+                _ = sweep.tick() => {
+                    if !prepared {
+                        match self.store.prepare().await {
+                            Ok(()) => prepared = true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "store not ready; retrying");
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(gate) = &self.gate {
+                        gate.sweep(&self.rooms).await;
+                    }
+                }
+                _ = renew.tick(), if lease.is_some() => self.renew().await,
                 _ = shutdown.changed() => return,
             }
         }

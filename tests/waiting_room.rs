@@ -12,7 +12,7 @@ use crate::common::{
     Backend, TestProxy, TestUpstream, Visitor, client, eventually, waiting_room_config,
 };
 
-/// Runs each scenario once per backend.
+/// Runs each scenario once per backend: in memory, and on a redis-server of its own.
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -20,6 +20,15 @@ macro_rules! scenarios {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(crate::common::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let server = crate::common::redis::RedisServer::start();
+                    super::$name(crate::common::Backend::Redis(server.port)).await;
                 }
             )*
         }

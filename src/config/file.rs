@@ -38,6 +38,15 @@ pub struct StoreFile {
     pub backend: Option<String>,
     pub sweep_interval: Option<String>,
     pub touch_interval: Option<String>,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub key_prefix: Option<String>,
+    pub connections: Option<i64>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub lease: Option<String>,
 }
 
 /// `[server]`: the public side.
@@ -124,6 +133,7 @@ pub struct RoomFile {
     pub bypass: Option<RulesFile>,
     pub priority: Option<RulesFile>,
     pub conversion: Option<ConversionFile>,
+    pub on_store_error: Option<String>,
 }
 
 /// `[room.bypass]`, `[room.priority]`, `[route.bypass]`: which visitors a rule picks out.

@@ -54,6 +54,30 @@ pub struct StoreConfig {
 pub enum Backend {
     /// This process's memory (one instance).
     Memory,
+    /// A Redis (or Redis-compatible) server shared by every instance.
+    Redis(RedisConfig),
+}
+
+/// `[store] backend = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://` for TLS (no credentials in it).
+    pub url: String,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// Prepended to every key, so several deployments can share a server.
+    pub key_prefix: String,
+    /// Multiplexed connections to spread commands over.
+    pub connections: usize,
+    /// Limit on one store operation (a round trip); past it the room's
+    /// `on_store_error` policy decides.
+    pub timeout: Duration,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// A request slot held by an instance that stops renewing it comes back after this long.
+    pub lease: Duration,
 }
 
 /// `[server]`.
@@ -171,6 +195,8 @@ pub struct Room {
     pub max_wait: Duration,
     /// Visitors who pass without taking a slot.
     pub bypass: Rules,
+    /// What happens to newcomers while the store is down.
+    pub on_store_error: OnStoreError,
     /// The waiting room's settings, for rooms in `sessions` mode.
     pub sessions: Option<Sessions>,
 }
@@ -212,6 +238,15 @@ pub struct Sessions {
     pub priority_weight: u32,
     /// Which request counts as a conversion.
     pub conversion: Option<Conversion>,
+}
+
+/// What a room does when its store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Pass holders keep going; newcomers wait ("temporarily unavailable").
+    Closed,
+    /// Newcomers are let through unguarded (and counted).
+    Open,
 }
 
 /// Whether a room admits visitors.

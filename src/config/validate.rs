@@ -11,8 +11,8 @@ use super::file::{
 };
 use super::{
     Admin, Attribution, Backend, Config, Conversion, HostHeader, Jwt, JwtKey, JwtSource, Language,
-    Log, LogFormat, Problem, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State,
-    StoreConfig, TlsListener, Tokens, Upstream,
+    Log, LogFormat, OnStoreError, Problem, RedisConfig, Room, RoomMode, Route, Rules, Secret,
+    Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
 };
 
 const RESERVED_PREFIX: &str = "/__anteroom/";
@@ -495,6 +495,17 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
         );
     }
     let bypass = rules(p, &format!("{key}.bypass"), r.bypass.as_ref(), jwts);
+    let on_store_error = match r.on_store_error.as_deref().unwrap_or("closed") {
+        "closed" => OnStoreError::Closed,
+        "open" => OnStoreError::Open,
+        other => {
+            p.add(
+                format!("{key}.on_store_error"),
+                format!("{other:?} is not a policy: use \"closed\" (newcomers wait) or \"open\" (newcomers pass)"),
+            );
+            OnStoreError::Closed
+        }
+    };
     let sessions = match mode? {
         RoomMode::Sessions => Some(sessions(p, &key, r, jwts)),
         RoomMode::Requests => {
@@ -534,6 +545,7 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
         capacity: capacity? as u32,
         max_wait,
         bypass,
+        on_store_error,
         sessions,
     })
 }
@@ -901,22 +913,48 @@ fn jwt(p: &mut Problems, i: usize, j: &JwtFile) -> Option<Jwt> {
 }
 
 fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
-    let backend = match s.backend.as_deref().unwrap_or("memory") {
-        "memory" => Backend::Memory,
-        other => {
-            p.add(
-                "store.backend",
-                format!("{other:?} is not a store: use \"memory\""),
-            );
-            Backend::Memory
-        }
-    };
     let positive = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| {
         let d = p.duration(key, v.as_deref(), default);
         if d.is_zero() {
             p.add(key, "must be longer than 0");
         }
         d
+    };
+    let redis_keys = [
+        ("url", s.url.is_some()),
+        ("username", s.username.is_some()),
+        ("password", s.password.is_some()),
+        ("password_file", s.password_file.is_some()),
+        ("key_prefix", s.key_prefix.is_some()),
+        ("connections", s.connections.is_some()),
+        ("timeout", s.timeout.is_some()),
+        ("connect_timeout", s.connect_timeout.is_some()),
+        ("lease", s.lease.is_some()),
+    ];
+    let backend = match s.backend.as_deref().unwrap_or("memory") {
+        "memory" => {
+            for (field, given) in redis_keys {
+                if given {
+                    p.add(
+                        format!("store.{field}"),
+                        "only applies to backend = \"redis\"",
+                    );
+                }
+            }
+            Backend::Memory
+        }
+        "redis" => Backend::Redis(redis(p, s)),
+        other => {
+            p.add(
+                "store.backend",
+                format!("{other:?} is not a store: use \"memory\" or \"redis\""),
+            );
+            Backend::Memory
+        }
+    };
+    let touch_default = match backend {
+        Backend::Memory => Duration::from_secs(1),
+        Backend::Redis(_) => Duration::from_secs(5),
     };
     StoreConfig {
         backend,
@@ -926,12 +964,80 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
             &s.sweep_interval,
             Duration::from_secs(1),
         ),
-        touch_interval: positive(
+        touch_interval: positive(p, "store.touch_interval", &s.touch_interval, touch_default),
+    }
+}
+
+fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
+    let url = s
+        .url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned());
+    match redis::parse_redis_url(&url) {
+        Some(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                p.add("store.url", "put credentials in store.username and store.password (or password_file), not in the URL, so they stay out of logs");
+            }
+        }
+        _ => p.add(
+            "store.url",
+            format!(
+                "{url:?} is not a redis:// or rediss:// URL (e.g. \"redis://127.0.0.1:6379/0\")"
+            ),
+        ),
+    }
+    let password = match (&s.password, &s.password_file) {
+        (Some(_), Some(_)) => {
+            p.add(
+                "store.password",
+                "give either password or password_file, not both",
+            );
+            None
+        }
+        (Some(pw), None) => Some(Secret(pw.clone())),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(pw) => Some(Secret(pw.trim().to_owned())),
+            Err(e) => {
+                p.add("store.password_file", format!("cannot read {f:?}: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let key_prefix = s
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "anteroom".to_owned());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+        p.add(
+            "store.key_prefix",
+            "must be non-empty without braces or spaces",
+        );
+    }
+    let d = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| {
+        let d = p.duration(key, v.as_deref(), default);
+        if d.is_zero() {
+            p.add(key, "must be longer than 0");
+        }
+        d
+    };
+    RedisConfig {
+        url,
+        username: s.username.clone(),
+        password,
+        key_prefix,
+        connections: s
+            .connections
+            .and_then(|n| p.int_in("store.connections", n, 1, 64))
+            .unwrap_or(2) as usize,
+        timeout: d(p, "store.timeout", &s.timeout, Duration::from_millis(250)),
+        connect_timeout: d(
             p,
-            "store.touch_interval",
-            &s.touch_interval,
+            "store.connect_timeout",
+            &s.connect_timeout,
             Duration::from_secs(1),
         ),
+        lease: d(p, "store.lease", &s.lease, Duration::from_secs(10)),
     }
 }
 

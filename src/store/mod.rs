@@ -5,6 +5,7 @@
 //! reorder the line.
 
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -287,4 +288,152 @@ pub trait Store: Send + Sync {
 
     /// Changes settings live.
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError>;
+
+    /// Sets the rooms up (a shared store: writes their configuration).
+    async fn prepare(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Name for readiness and metrics.
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// Request slots shared by every instance: leases that an instance renews
+/// while its requests are in flight, so a crashed instance's slots return
+/// after one lease period.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes a slot under this lease id; false when the room is full.
+    async fn acquire(&self, room: &str, id: &str) -> Result<bool, StoreError>;
+    /// Returns a slot.
+    async fn release(&self, room: &str, id: &str) -> Result<(), StoreError>;
+    /// Extends the leases still in flight by one lease period.
+    async fn renew(&self, room: &str, ids: &[String]) -> Result<(), StoreError>;
+    /// Capacity and slots in use across all instances.
+    async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError>;
+    /// Changes the capacity for every instance.
+    async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError>;
+    /// How long a lease lasts without renewal.
+    fn lease(&self) -> std::time::Duration;
+}
+
+/// A store with its latency, errors and health recorded in metrics.
+pub struct Observed<S> {
+    inner: S,
+    metrics: crate::metrics::Metrics,
+}
+
+impl<S> Observed<S> {
+    /// Wraps a store.
+    pub fn new(inner: S, metrics: crate::metrics::Metrics) -> Observed<S> {
+        Observed { inner, metrics }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    async fn record<T>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = std::time::Instant::now();
+        let result = f.await;
+        self.metrics
+            .store_latency
+            .with_label_values(&[op])
+            .observe(start.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.store_errors.with_label_values(&[op]).inc();
+        }
+        self.metrics.store_up.set(i64::from(result.is_ok()));
+        result
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Observed<S> {
+    async fn arrive(
+        &self,
+        room: &str,
+        lane: Lane,
+        utm: Option<Arc<Utm>>,
+    ) -> Result<Arrival, StoreError> {
+        self.record("arrive", self.inner.arrive(room, lane, utm))
+            .await
+    }
+    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError> {
+        self.record("poll", self.inner.poll(room, ticket)).await
+    }
+    async fn touch(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        self.record("touch", self.inner.touch(room, session)).await
+    }
+    async fn release(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        self.record("release", self.inner.release(room, session))
+            .await
+    }
+    async fn leave(&self, room: &str, ticket: &str) -> Result<bool, StoreError> {
+        self.record("leave", self.inner.leave(room, ticket)).await
+    }
+    async fn sweep(&self, room: &str) -> Result<Swept, StoreError> {
+        self.record("sweep", self.inner.sweep(room)).await
+    }
+    async fn snapshot(&self, room: &str) -> Result<Snapshot, StoreError> {
+        self.record("snapshot", self.inner.snapshot(room)).await
+    }
+    async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
+        self.record("update", self.inner.update(room, patch)).await
+    }
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.record("prepare", self.inner.prepare()).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.record("ping", self.inner.ping()).await
+    }
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+#[async_trait]
+impl<S: Leases> Leases for Observed<S> {
+    async fn acquire(&self, room: &str, id: &str) -> Result<bool, StoreError> {
+        self.record("lease_acquire", self.inner.acquire(room, id))
+            .await
+    }
+    async fn release(&self, room: &str, id: &str) -> Result<(), StoreError> {
+        self.record("lease_release", self.inner.release(room, id))
+            .await
+    }
+    async fn renew(&self, room: &str, ids: &[String]) -> Result<(), StoreError> {
+        self.record("lease_renew", self.inner.renew(room, ids))
+            .await
+    }
+    async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError> {
+        self.record("lease_usage", self.inner.usage(room)).await
+    }
+    async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError> {
+        self.record("lease_capacity", self.inner.set_capacity(room, capacity))
+            .await
+    }
+    fn lease(&self) -> std::time::Duration {
+        self.inner.lease()
+    }
 }

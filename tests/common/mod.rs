@@ -1,6 +1,7 @@
 //! Test harness: a real anteroom on ephemeral loopback ports in front of a
 //! real upstream, stopped deterministically on drop.
 
+pub mod redis;
 pub mod upstream;
 pub mod visitor;
 
@@ -40,6 +41,8 @@ pub fn keys() -> &'static Keys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Memory,
+    /// A redis-server the test started, on this port.
+    Redis(u16),
 }
 
 impl Backend {
@@ -49,6 +52,10 @@ impl Backend {
             Backend::Memory => {
                 "[store]\nbackend = \"memory\"\nsweep_interval = \"50ms\"\n".to_owned()
             }
+            Backend::Redis(port) => format!(
+                "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"t{:x}\"\nsweep_interval = \"50ms\"\ntouch_interval = \"1s\"\nlease = \"1s\"\ntimeout = \"300ms\"\n",
+                rand::random::<u32>()
+            ),
         }
     }
 }

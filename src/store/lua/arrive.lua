@@ -1,0 +1,31 @@
+-- ARGV: lane, utm (JSON or ""), the session id to use if admitted.
+if uninitialised() then return redis.error_reply('NOINIT room') end
+local lane, utm, id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+lapse()
+if STATE == 'maintenance' then
+  save()
+  return { 'maintenance' }
+end
+if STATE == 'active' and redis.call('ZCARD', K_E[1]) + redis.call('ZCARD', K_E[2]) == 0
+    and redis.call('HLEN', K_RV) == 0 and free() > 0 and bucket_take() then
+  local r = admit(id, 0, utm)
+  save()
+  return r
+end
+if MAXQ > 0 and live_total() >= MAXQ then
+  save()
+  return { 'full' }
+end
+local counter = 'seq' .. lane
+local seq = int(num(counter))
+set(counter, num(counter) + 1)
+redis.call('ZADD', K_L[lane + 1], seq, seq)
+redis.call('ZADD', K_E[lane + 1], seq, seq)
+local tkey = lane .. ':' .. seq
+redis.call('ZADD', K_SEEN, NOW, tkey)
+redis.call('HSET', K_T, tkey, cjson.encode({ j = NOW, a = ahead(lane, seq), u = utm }))
+promote()
+local r
+if redis.call('HEXISTS', K_RV, tkey) == 1 then r = claim(lane, seq, id) else r = place(lane, seq) end
+save()
+return r

@@ -1,0 +1,8 @@
+-- ARGV: ticket id. Takes it out of the line.
+if uninitialised() then return redis.error_reply('NOINIT room') end
+local lane, seq = parse_ticket(ARGV[1])
+if lane == nil or redis.call('HEXISTS', K_T, lane .. ':' .. seq) == 0 then return 0 end
+forget(lane, seq)
+promote()
+save()
+return 1

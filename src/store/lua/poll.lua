@@ -1,0 +1,20 @@
+-- ARGV: ticket id, the session id to use if admitted.
+if uninitialised() then return redis.error_reply('NOINIT room') end
+lapse()
+local lane, seq = parse_ticket(ARGV[1])
+if lane == nil or redis.call('HEXISTS', K_T, lane .. ':' .. seq) == 0 then
+  save()
+  return { 'expired' }
+end
+local tkey = lane .. ':' .. seq
+redis.call('ZADD', K_SEEN, NOW, tkey)
+if not redis.call('ZSCORE', K_L[lane + 1], seq) then
+  -- Back after a silence: the original place, which is the front if it has passed.
+  redis.call('ZADD', K_L[lane + 1], seq, seq)
+  redis.call('ZADD', K_E[lane + 1], seq, seq)
+end
+promote()
+local r
+if redis.call('HEXISTS', K_RV, tkey) == 1 then r = claim(lane, seq, ARGV[2]) else r = place(lane, seq) end
+save()
+return r

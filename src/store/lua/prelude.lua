@@ -1,0 +1,216 @@
+-- Shared by every waiting-room script: the room's keys, its settings, and the
+-- rules of the waiting room, mirroring RoomState in store/memory.rs.
+-- Every script runs atomically on the server, with the server's clock.
+--
+-- KEYS[1]  settings and counters (hash)      KEYS[7]  eligible tickets, normal lane
+-- KEYS[2]  sessions by deadline (zset)       KEYS[8]  held tickets by last heard from (zset)
+-- KEYS[3]  session data (hash)               KEYS[9]  ticket data (hash)
+-- KEYS[4]  live tickets, priority lane       KEYS[10] reservations: ticket -> claim deadline (hash)
+-- KEYS[5]  live tickets, normal lane         KEYS[11] reservations by deadline (zset)
+-- KEYS[6]  eligible tickets, priority lane
+-- Lane 0 is priority, 1 normal; a ticket is "<lane>:<seq>", its id "<epoch>.<lane>.<seq>".
+local K_S, K_SS, K_SD = KEYS[1], KEYS[2], KEYS[3]
+local K_L = { KEYS[4], KEYS[5] }
+local K_E = { KEYS[6], KEYS[7] }
+local K_SEEN, K_T, K_RV, K_RQ = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local TAU = 60000
+
+local clock = redis.call('TIME')
+local NOW = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+local S = {}
+do
+  local raw = redis.call('HGETALL', K_S)
+  for i = 1, #raw, 2 do S[raw[i]] = raw[i + 1] end
+end
+local dirty = {}
+local function num(k) return tonumber(S[k] or '0') or 0 end
+local function set(k, v)
+  if type(v) == 'number' then v = string.format('%.17g', v) end
+  S[k] = v
+  dirty[k] = true
+end
+local function save()
+  local args = {}
+  for k, _ in pairs(dirty) do
+    args[#args + 1] = k
+    args[#args + 1] = S[k]
+  end
+  if #args > 0 then redis.call('HSET', K_S, unpack(args)) end
+end
+local function keep_all()
+  local keep = num('keep_ms')
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], keep) end
+end
+local function int(n) return string.format('%.0f', n) end
+
+local CAP, RATE = num('capacity'), num('admit_rate')
+local TTL, MAXS, CLAIM = num('ttl_ms'), num('max_ms'), num('claim_ms')
+local HB, GRACE, AVG = num('hb_ms'), num('grace_ms'), num('avg_ms')
+local MAXQ, WEIGHT = num('max_queue'), math.max(1, num('weight'))
+local STATE = S.state
+
+local function free()
+  return CAP - redis.call('ZCARD', K_SS) - redis.call('HLEN', K_RV)
+end
+
+local function live_total()
+  return redis.call('ZCARD', K_L[1]) + redis.call('ZCARD', K_L[2])
+end
+
+-- Bucket of one second of admissions, full to start with.
+local function bucket_take()
+  if RATE <= 0 then return true end
+  local burst = math.max(RATE, 1)
+  local tokens = burst
+  if S.tokens then
+    tokens = math.min(burst, tonumber(S.tokens) + math.max(0, NOW - num('tokens_at')) * RATE / 1000)
+  end
+  set('tokens_at', NOW)
+  if tokens >= 1 then
+    set('tokens', tokens - 1)
+    return true
+  end
+  set('tokens', tokens)
+  return false
+end
+
+-- Admission rate: bias-corrected exponentially weighted average.
+local function rate_decayed()
+  return num('r_sum') * math.exp(-math.max(0, NOW - num('r_at')) / TAU)
+end
+local function rate_record()
+  local sum
+  if num('r_n') == 0 or NOW - num('r_at') > 5 * TAU then
+    set('r_since', NOW)
+    set('r_n', 0)
+    sum = 0
+  else
+    sum = rate_decayed()
+  end
+  set('r_sum', sum + 1 / TAU)
+  set('r_at', NOW)
+  set('r_n', num('r_n') + 1)
+end
+local function wait(ahead)
+  local turn = ahead + 1
+  local span = NOW - num('r_since')
+  if num('r_n') >= 3 and span >= 1000 then
+    local rate = rate_decayed() / (1 - math.exp(-span / TAU))
+    if rate > 0 then return math.floor(math.min(turn / rate, 1e12)), 1 end
+  end
+  local visit = AVG
+  if S.visit_avg then visit = tonumber(S.visit_avg) end
+  return math.floor(turn * visit / math.max(CAP, 1)), 0
+end
+
+local function ahead(lane, seq)
+  local same = redis.call('ZRANK', K_L[lane + 1], seq) or 0
+  if lane == 1 then
+    return same + math.min(redis.call('ZCARD', K_L[1]), WEIGHT * (same + 1))
+  end
+  return same + math.min(redis.call('ZCARD', K_L[2]), math.floor(same / WEIGHT))
+end
+
+local function ticket_id(lane, seq) return S.epoch .. '.' .. lane .. '.' .. seq end
+local function parse_ticket(id)
+  local epoch, lane, seq = string.match(id, '^(%d+)%.([01])%.(%d+)$')
+  if epoch == nil or epoch ~= S.epoch then return nil end
+  return tonumber(lane), seq
+end
+
+local function make_stale(lane, seq)
+  redis.call('ZREM', K_L[lane + 1], seq)
+  redis.call('ZREM', K_E[lane + 1], seq)
+end
+
+local function forget(lane, seq)
+  local tkey = lane .. ':' .. seq
+  make_stale(lane, seq)
+  redis.call('ZREM', K_SEEN, tkey)
+  redis.call('HDEL', K_T, tkey)
+  redis.call('HDEL', K_RV, tkey)
+  redis.call('ZREM', K_RQ, tkey)
+end
+
+-- Unclaimed reservations go to the next in line; their holder stops counting.
+local function lapse()
+  local due = redis.call('ZRANGEBYSCORE', K_RQ, '-inf', NOW)
+  for _, tkey in ipairs(due) do
+    redis.call('ZREM', K_RQ, tkey)
+    redis.call('HDEL', K_RV, tkey)
+    local lane, seq = string.match(tkey, '^(%d):(%d+)$')
+    make_stale(tonumber(lane), seq)
+  end
+  return #due
+end
+
+local function next_lane()
+  local p = redis.call('ZCARD', K_E[1]) > 0
+  local n = redis.call('ZCARD', K_E[2]) > 0
+  if p and n then
+    if num('streak') < WEIGHT then return 0 end
+    return 1
+  end
+  if n then return 1 end
+  if p then return 0 end
+  return nil
+end
+
+-- Offers every free slot to the head of the line.
+local function promote()
+  if STATE ~= 'active' then return end
+  local claim_until = NOW + CLAIM
+  while free() > 0 do
+    local lane = next_lane()
+    if lane == nil then break end
+    if not bucket_take() then break end
+    local seq = redis.call('ZRANGE', K_E[lane + 1], 0, 0)[1]
+    redis.call('ZREM', K_E[lane + 1], seq)
+    local tkey = lane .. ':' .. seq
+    redis.call('HSET', K_RV, tkey, int(claim_until))
+    redis.call('ZADD', K_RQ, claim_until, tkey)
+    if lane == 0 then set('streak', num('streak') + 1) else set('streak', 0) end
+  end
+end
+
+local function admit(id, wait_ms, utm)
+  local deadline = NOW + TTL
+  if MAXS > 0 then deadline = math.min(deadline, NOW + MAXS) end
+  redis.call('ZADD', K_SS, deadline, id)
+  redis.call('HSET', K_SD, id, cjson.encode({ a = NOW, w = wait_ms, u = utm }))
+  rate_record()
+  return { 'admitted', id, int(NOW), int(wait_ms), utm }
+end
+
+local function end_session(id)
+  local raw = redis.call('HGET', K_SD, id)
+  redis.call('ZREM', K_SS, id)
+  redis.call('HDEL', K_SD, id)
+  if not raw then return nil end
+  local data = cjson.decode(raw)
+  local visit = NOW - data.a
+  local avg = visit
+  if S.visit_avg then avg = tonumber(S.visit_avg) + (visit - tonumber(S.visit_avg)) / 8 end
+  set('visit_avg', avg)
+  return data
+end
+
+-- Turns a reservation into a session.
+local function claim(lane, seq, id)
+  local tkey = lane .. ':' .. seq
+  local data = cjson.decode(redis.call('HGET', K_T, tkey))
+  forget(lane, seq)
+  return admit(id, NOW - data.j, data.u)
+end
+
+local function place(lane, seq)
+  local a = ahead(lane, seq)
+  local data = cjson.decode(redis.call('HGET', K_T, lane .. ':' .. seq))
+  local w, known = wait(a)
+  return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE }
+end
+
+local function uninitialised()
+  return S.epoch == nil
+end

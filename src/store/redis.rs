@@ -1,0 +1,657 @@
+//! The Redis store: one waiting room, one line, one capacity for every
+//! anteroom instance that shares the server (Redis 7, Valkey, or another
+//! server with Lua scripting; no modules).
+//!
+//! Every step is one Lua script (loaded once, called by SHA) over the room's
+//! keys, so concurrent instances can never over-admit or reorder the line.
+//! A room's keys share the hash tag `{prefix:room}` (one Redis Cluster slot)
+//! and expire when no instance has swept them for a long while. A script that
+//! finds its room uninitialised (a new server, or one restarted without its
+//! data) answers `NOINIT`; the room is then set up again and the step retried,
+//! so service resumes without restarting anteroom.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
+
+use super::{
+    Arrival, Lane, Leases, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
+    SettingsPatch, Snapshot, Store, StoreError, Swept, Wait,
+};
+use crate::attribution::Utm;
+use crate::config::{RedisConfig, State};
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+/// Items per kind a sweep script handles before yielding to other commands.
+const SWEEP_LIMIT: usize = 5_000;
+
+fn with_prelude(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+struct Scripts {
+    init: Script,
+    arrive: Script,
+    poll: Script,
+    touch: Script,
+    release: Script,
+    leave: Script,
+    sweep: Script,
+    snapshot: Script,
+    update: Script,
+    lease: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            init: with_prelude(include_str!("lua/init.lua")),
+            arrive: with_prelude(include_str!("lua/arrive.lua")),
+            poll: with_prelude(include_str!("lua/poll.lua")),
+            touch: with_prelude(include_str!("lua/touch.lua")),
+            release: with_prelude(include_str!("lua/release.lua")),
+            leave: with_prelude(include_str!("lua/leave.lua")),
+            sweep: with_prelude(include_str!("lua/sweep.lua")),
+            snapshot: with_prelude(include_str!("lua/snapshot.lua")),
+            update: with_prelude(include_str!("lua/update.lua")),
+            lease: Script::new(include_str!("lua/lease.lua")),
+        }
+    }
+}
+
+/// A sessions room's keys and how to set it up.
+struct RoomKeys {
+    keys: [String; 11],
+    spec: RoomSpec,
+}
+
+/// A requests room's keys and capacity.
+struct LeaseKeys {
+    keys: [String; 2],
+    capacity: u32,
+}
+
+fn base(prefix: &str, room: &str) -> String {
+    format!("{{{prefix}:{room}}}")
+}
+
+/// The shared store.
+pub struct RedisStore {
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    timeout: Duration,
+    lease: Duration,
+    rooms: HashMap<String, RoomKeys>,
+    lease_rooms: HashMap<String, LeaseKeys>,
+    scripts: Scripts,
+    /// This instance's name, for the sweep lock.
+    owner: String,
+    sweep_lock: Duration,
+}
+
+impl RedisStore {
+    /// Sets up the connections (established lazily, reconnected
+    /// automatically) and the rooms' keys. Nothing is sent yet, so anteroom
+    /// starts even while Redis is down.
+    pub fn new(
+        config: &RedisConfig,
+        rooms: &[RoomSpec],
+        request_rooms: &[(String, u32)],
+        sweep_interval: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| StoreError::Unavailable(format!("store.url: {e}")))?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &config.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password.expose());
+        }
+        info = info.set_redis_settings(settings);
+        let client =
+            redis::Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let connections = (0..config.connections)
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let prefix = &config.key_prefix;
+        let rooms = rooms
+            .iter()
+            .map(|spec| {
+                let b = base(prefix, &spec.name);
+                let keys = [
+                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq",
+                ]
+                .map(|k| format!("{b}:{k}"));
+                (
+                    spec.name.clone(),
+                    RoomKeys {
+                        keys,
+                        spec: spec.clone(),
+                    },
+                )
+            })
+            .collect();
+        let lease_rooms = request_rooms
+            .iter()
+            .map(|(name, capacity)| {
+                let b = base(prefix, name);
+                let keys = [format!("{b}:s"), format!("{b}:lease")];
+                (
+                    name.clone(),
+                    LeaseKeys {
+                        keys,
+                        capacity: *capacity,
+                    },
+                )
+            })
+            .collect();
+        Ok(RedisStore {
+            connections,
+            next: AtomicUsize::new(0),
+            timeout: config.timeout,
+            lease: config.lease,
+            rooms,
+            lease_rooms,
+            scripts: Scripts::new(),
+            owner: format!("{:016x}", rand::random::<u64>()),
+            sweep_lock: sweep_interval * 3,
+        })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[i].clone()
+    }
+
+    /// Runs a script with a bounded wait; a room found uninitialised is set
+    /// up and the script retried once.
+    async fn invoke(
+        &self,
+        keys: &[String],
+        script: &Script,
+        args: &[String],
+        room: &str,
+    ) -> Result<Value, StoreError> {
+        for attempt in 0..2 {
+            let mut invocation: ScriptInvocation<'_> = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            let mut conn = self.connection();
+            let result =
+                tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn))
+                    .await;
+            match result {
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.timeout)
+                    )));
+                }
+                Ok(Err(e)) if e.code() == Some("NOINIT") && attempt == 0 => self.init(room).await?,
+                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+                Ok(Ok(value)) => return Ok(value),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "room {room:?} could not be set up"
+        )))
+    }
+
+    async fn room_call(
+        &self,
+        room: &str,
+        script: &Script,
+        args: &[String],
+    ) -> Result<Value, StoreError> {
+        let keys = &self
+            .rooms
+            .get(room)
+            .ok_or_else(|| StoreError::UnknownRoom(room.to_owned()))?
+            .keys;
+        self.invoke(keys, script, args, room).await
+    }
+
+    async fn lease_call(&self, room: &str, args: &[String]) -> Result<Value, StoreError> {
+        let keys = &self
+            .lease_rooms
+            .get(room)
+            .ok_or_else(|| StoreError::UnknownRoom(room.to_owned()))?
+            .keys;
+        self.invoke(keys, &self.scripts.lease, args, room).await
+    }
+
+    /// Writes a room's configured settings (unless admin changes of the same
+    /// configuration are in place) and gives it an epoch if it has none.
+    async fn init(&self, room: &str) -> Result<(), StoreError> {
+        if let Some(r) = self.rooms.get(room) {
+            let s = &r.spec;
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let keep = [
+                s.session_ttl,
+                s.session_max.unwrap_or_default(),
+                s.rejoin_grace,
+                s.claim_window,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or_default()
+                * 2
+                + Duration::from_secs(3600);
+            let fields = [
+                s.settings.capacity.to_string(),
+                s.settings.state.as_str().to_owned(),
+                s.settings.admit_rate.to_string(),
+                ms(s.session_ttl).to_string(),
+                s.session_max.map_or(0, ms).to_string(),
+                ms(s.claim_window).to_string(),
+                ms(s.heartbeat_timeout).to_string(),
+                ms(s.rejoin_grace).to_string(),
+                ms(s.avg_session).to_string(),
+                s.max_queue.to_string(),
+                s.priority_weight.to_string(),
+                ms(keep).to_string(),
+            ];
+            let mut args = vec![fields.join("|")];
+            args.extend(fields);
+            args.push(rand::random::<u32>().to_string());
+            let value = self
+                .invoke_plain(&r.keys, &self.scripts.init, &args)
+                .await?;
+            tracing::debug!(room, epoch = ?text(&value), "room set up in the store");
+            return Ok(());
+        }
+        if let Some(l) = self.lease_rooms.get(room) {
+            let args = [
+                "init".to_owned(),
+                format!("capacity={}", l.capacity),
+                l.capacity.to_string(),
+                (self.lease.as_millis() * 100).to_string(),
+            ];
+            self.invoke_plain(&l.keys, &self.scripts.lease, &args)
+                .await?;
+            return Ok(());
+        }
+        Err(StoreError::UnknownRoom(room.to_owned()))
+    }
+
+    async fn invoke_plain(
+        &self,
+        keys: &[String],
+        script: &Script,
+        args: &[String],
+    ) -> Result<Value, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.connection();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable("no answer in time".to_owned())),
+        }
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".to_owned()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn uint(v: Option<&Value>) -> Result<u64, StoreError> {
+    v.and_then(int)
+        .and_then(|i| u64::try_from(i).ok())
+        .ok_or_else(|| bad("a number"))
+}
+
+fn u32_of(v: Option<&Value>) -> Result<u32, StoreError> {
+    u32::try_from(uint(v)?).map_err(|_| bad("a small number"))
+}
+
+fn bad(what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "unexpected answer from the store (expected {what})"
+    ))
+}
+
+fn items(v: &Value) -> Result<&[Value], StoreError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        _ => Err(bad("a list")),
+    }
+}
+
+fn utm_of(v: Option<&Value>) -> Option<Arc<Utm>> {
+    let json = text(v?)?;
+    if json.is_empty() {
+        return None;
+    }
+    serde_json::from_str::<Utm>(&json).ok().map(Arc::new)
+}
+
+fn utm_arg(utm: Option<&Utm>) -> String {
+    utm.and_then(|u| serde_json::to_string(u).ok())
+        .unwrap_or_default()
+}
+
+fn state_of(v: Option<&Value>) -> Result<State, StoreError> {
+    v.and_then(text)
+        .and_then(|s| State::parse(&s))
+        .ok_or_else(|| bad("a room state"))
+}
+
+/// `{'admitted', id, admitted_at, wait_ms, utm}`.
+fn session(items: &[Value]) -> Result<SessionInfo, StoreError> {
+    let id = items
+        .get(1)
+        .and_then(text)
+        .and_then(|t| SessionId::parse(&t))
+        .ok_or_else(|| bad("a session id"))?;
+    Ok(SessionInfo {
+        id,
+        admitted_at: uint(items.get(2))?,
+        wait_ms: uint(items.get(3))?,
+        utm: utm_of(items.get(4)),
+    })
+}
+
+/// `{'queued', ticket, lane, ahead, ahead_at_join, queue_length, free, wait, known, state}`.
+fn place(items: &[Value]) -> Result<Place, StoreError> {
+    Ok(Place {
+        ticket: items.get(1).and_then(text).ok_or_else(|| bad("a ticket"))?,
+        lane: if uint(items.get(2))? == 0 {
+            Lane::Priority
+        } else {
+            Lane::Normal
+        },
+        ahead: u32_of(items.get(3))?,
+        ahead_at_join: u32_of(items.get(4))?,
+        queue_length: u32_of(items.get(5))?,
+        available: u32_of(items.get(6))?,
+        wait: Wait {
+            ms: uint(items.get(7))?,
+            known: uint(items.get(8))? == 1,
+        },
+        state: state_of(items.get(9))?,
+    })
+}
+
+/// `{capacity, state, admit_rate, sessions, reserved, waiting0, waiting1, wait, known}`.
+fn snapshot(v: &Value) -> Result<Snapshot, StoreError> {
+    let items = items(v)?;
+    Ok(Snapshot {
+        settings: Settings {
+            capacity: u32_of(items.first())?,
+            state: state_of(items.get(1))?,
+            admit_rate: items
+                .get(2)
+                .and_then(text)
+                .and_then(|r| r.parse().ok())
+                .ok_or_else(|| bad("a rate"))?,
+        },
+        sessions: u32_of(items.get(3))?,
+        reserved: u32_of(items.get(4))?,
+        waiting: [u32_of(items.get(5))?, u32_of(items.get(6))?],
+        wait: Wait {
+            ms: uint(items.get(7))?,
+            known: uint(items.get(8))? == 1,
+        },
+    })
+}
+
+fn kind(items: &[Value]) -> String {
+    items.first().and_then(text).unwrap_or_default()
+}
+
+fn touched(id: SessionId, v: &Value) -> Result<Option<SessionInfo>, StoreError> {
+    if matches!(v, Value::Nil) {
+        return Ok(None);
+    }
+    let items = items(v)?;
+    Ok(Some(SessionInfo {
+        id,
+        admitted_at: uint(items.first())?,
+        wait_ms: uint(items.get(1))?,
+        utm: utm_of(items.get(2)),
+    }))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn arrive(
+        &self,
+        room: &str,
+        lane: Lane,
+        utm: Option<Arc<Utm>>,
+    ) -> Result<Arrival, StoreError> {
+        let args = [
+            (lane as u8).to_string(),
+            utm_arg(utm.as_deref()),
+            SessionId::random().to_string(),
+        ];
+        let v = self.room_call(room, &self.scripts.arrive, &args).await?;
+        let items = items(&v)?;
+        match kind(items).as_str() {
+            "admitted" => Ok(Arrival::Admitted(session(items)?)),
+            "queued" => Ok(Arrival::Queued(place(items)?)),
+            "full" => Ok(Arrival::Full),
+            "maintenance" => Ok(Arrival::Maintenance),
+            _ => Err(bad("an arrival")),
+        }
+    }
+
+    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError> {
+        let args = [ticket.to_owned(), SessionId::random().to_string()];
+        let v = self.room_call(room, &self.scripts.poll, &args).await?;
+        let items = items(&v)?;
+        match kind(items).as_str() {
+            "admitted" => Ok(Polled::Admitted(session(items)?)),
+            "queued" => Ok(Polled::Queued(place(items)?)),
+            "expired" => Ok(Polled::Expired),
+            _ => Err(bad("a poll")),
+        }
+    }
+
+    async fn touch(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        let v = self
+            .room_call(room, &self.scripts.touch, &[session.to_string()])
+            .await?;
+        touched(session, &v)
+    }
+
+    async fn release(
+        &self,
+        room: &str,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        let v = self
+            .room_call(room, &self.scripts.release, &[session.to_string()])
+            .await?;
+        touched(session, &v)
+    }
+
+    async fn leave(&self, room: &str, ticket: &str) -> Result<bool, StoreError> {
+        let v = self
+            .room_call(room, &self.scripts.leave, &[ticket.to_owned()])
+            .await?;
+        Ok(int(&v) == Some(1))
+    }
+
+    async fn sweep(&self, room: &str) -> Result<Swept, StoreError> {
+        let mut out = Swept::default();
+        let args = [
+            SWEEP_LIMIT.to_string(),
+            self.owner.clone(),
+            self.sweep_lock.as_millis().to_string(),
+        ];
+        // Big backlogs are swept in several scripts so Redis serves others in between.
+        for _ in 0..100 {
+            let v = self.room_call(room, &self.scripts.sweep, &args).await?;
+            let items = items(&v)?;
+            if kind(items) == "skipped" {
+                break;
+            }
+            out.reservations_lapsed += u32_of(items.first())?;
+            let more = uint(items.get(1))? == 1;
+            let sessions = items
+                .get(2)
+                .map(self::items)
+                .transpose()?
+                .unwrap_or_default();
+            for pair in sessions.chunks(2) {
+                if let Some(id) = pair
+                    .first()
+                    .and_then(text)
+                    .and_then(|t| SessionId::parse(&t))
+                {
+                    out.sessions_expired.push(SessionInfo {
+                        id,
+                        admitted_at: 0,
+                        wait_ms: 0,
+                        utm: utm_of(pair.get(1)),
+                    });
+                }
+            }
+            let tickets = items
+                .get(3)
+                .map(self::items)
+                .transpose()?
+                .unwrap_or_default();
+            out.tickets_expired
+                .extend(tickets.iter().map(|u| utm_of(Some(u))));
+            if !more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn snapshot(&self, room: &str) -> Result<Snapshot, StoreError> {
+        let v = self.room_call(room, &self.scripts.snapshot, &[]).await?;
+        snapshot(&v)
+    }
+
+    async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
+        let args = [
+            patch.capacity.map(|c| c.to_string()).unwrap_or_default(),
+            patch
+                .state
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+            patch.admit_rate.map(|r| r.to_string()).unwrap_or_default(),
+        ];
+        let v = self.room_call(room, &self.scripts.update, &args).await?;
+        snapshot(&v)
+    }
+
+    async fn prepare(&self) -> Result<(), StoreError> {
+        let names: Vec<String> = self
+            .rooms
+            .keys()
+            .chain(self.lease_rooms.keys())
+            .cloned()
+            .collect();
+        for room in names {
+            self.init(&room).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection();
+        let command = redis::cmd("PING");
+        match tokio::time::timeout(self.timeout, command.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable(
+                "no answer to PING in time".to_owned(),
+            )),
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[async_trait]
+impl Leases for RedisStore {
+    async fn acquire(&self, room: &str, id: &str) -> Result<bool, StoreError> {
+        let args = [
+            "acquire".to_owned(),
+            id.to_owned(),
+            self.lease.as_millis().to_string(),
+        ];
+        Ok(int(&self.lease_call(room, &args).await?) == Some(1))
+    }
+
+    async fn release(&self, room: &str, id: &str) -> Result<(), StoreError> {
+        self.lease_call(room, &["release".to_owned(), id.to_owned()])
+            .await?;
+        Ok(())
+    }
+
+    async fn renew(&self, room: &str, ids: &[String]) -> Result<(), StoreError> {
+        let mut args = vec!["renew".to_owned(), self.lease.as_millis().to_string()];
+        args.extend(ids.iter().cloned());
+        self.lease_call(room, &args).await?;
+        Ok(())
+    }
+
+    async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError> {
+        let v = self.lease_call(room, &["usage".to_owned()]).await?;
+        let items = items(&v)?;
+        Ok((u32_of(items.first())?, u32_of(items.get(1))?))
+    }
+
+    async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError> {
+        self.lease_call(room, &["capacity".to_owned(), capacity.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+}
