@@ -1,33 +1,13 @@
 //! The real binary: structured access logs, and graceful shutdown (in-flight
 //! requests finish, the process exits once drained, bounded by the grace period).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-use crate::common::{TestUpstream, client, eventually, free_port};
-
-struct Binary {
-    child: Child,
-    public: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Binary {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::process::Process;
+use crate::common::{TestUpstream, client, eventually};
 
 /// A requests room "r" of capacity 1 over every path.
 fn request_room(upstream: &TestUpstream) -> String {
@@ -50,58 +30,8 @@ room = "r"
     )
 }
 
-async fn start(upstream: &TestUpstream, grace: &str) -> Binary {
-    start_with(grace, &request_room(upstream)).await
-}
-
-/// Runs the binary with JSON logs and `rest` after the server tables.
-async fn start_with(grace: &str, rest: &str) -> Binary {
-    let (public, admin) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("anteroom.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[server]
-listen = ["127.0.0.1:{public}"]
-threads = 1
-grace_period = "{grace}"
-[admin]
-listen = "127.0.0.1:{admin}"
-[log]
-format = "json"
-level = "info"
-{rest}
-"#
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_anteroom"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        client()
-            .get(format!("http://127.0.0.1:{admin}/healthz"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    Binary { child, public, dir }
-}
-
-async fn wait_exit(binary: &mut Binary) -> std::process::ExitStatus {
-    eventually(Duration::from_secs(15), || {
-        let status = binary.child.try_wait().unwrap();
-        async move { status }
-    })
-    .await
+async fn start(upstream: &TestUpstream, grace: &str) -> Process {
+    Process::start(grace, &request_room(upstream)).await
 }
 
 async fn in_flight_request_finishes(signal: Signal) {
@@ -114,10 +44,10 @@ async fn in_flight_request_finishes(signal: Signal) {
     })
     .await;
 
-    kill(Pid::from_raw(binary.child.id() as i32), signal).unwrap();
+    binary.signal(signal);
 
     assert_eq!(request.await.unwrap().unwrap(), 200);
-    let status = wait_exit(&mut binary).await;
+    let status = binary.wait_exit().await;
     assert!(status.success(), "{status}");
     // Gone: nothing listens any more.
     assert!(
@@ -147,9 +77,9 @@ async fn grace_period_bounds_the_wait() {
         (upstream.seen.in_flight.load(SeqCst) == 1).then_some(())
     })
     .await;
-    kill(Pid::from_raw(binary.child.id() as i32), Signal::SIGTERM).unwrap();
+    binary.signal(Signal::SIGTERM);
     // The hung request cannot finish; the process still ends after the grace period.
-    wait_exit(&mut binary).await;
+    binary.wait_exit().await;
     assert!(request.await.unwrap().is_err());
 }
 
@@ -196,7 +126,7 @@ async fn visitor_lifecycle_is_logged_with_its_campaign() {
         "capacity = 1\n[room.conversion]\npath_prefix = \"/signup\"",
         "[attribution]\nsources = [\"meta\"]\ncampaigns = [\"launch1\"]",
     );
-    let binary = start_with("1s", &config).await;
+    let binary = Process::start("1s", &config).await;
     let base = format!("http://127.0.0.1:{}", binary.public);
     let mut inside = crate::common::Visitor::new(base.clone());
     assert_eq!(

@@ -6,6 +6,7 @@ mod common;
 mod admin;
 mod binary;
 mod browser;
+mod cluster;
 mod config;
 mod forwarding;
 mod request_rooms;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +21,7 @@ use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 
 use super::{
     Arrival, Lane, Leases, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
-    SettingsPatch, Snapshot, Store, StoreError, Swept, Wait,
+    SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
@@ -29,6 +29,10 @@ use crate::config::{RedisConfig, State};
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// Items per kind a sweep script handles before yielding to other commands.
 const SWEEP_LIMIT: usize = 5_000;
+/// Slack for the error of the clock comparison.
+const CLOCK_MARGIN: Duration = Duration::from_millis(20);
+/// How often the clocks are compared again.
+const CLOCK_RESYNC_MS: u64 = 10_000;
 
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
@@ -82,7 +86,12 @@ fn base(prefix: &str, room: &str) -> String {
 
 /// The shared store.
 pub struct RedisStore {
-    connections: Vec<ConnectionManager>,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    pool_size: usize,
+    /// Made on first use, from inside a Tokio runtime (the manager spawns
+    /// its reconnection tasks there).
+    connections: tokio::sync::OnceCell<Vec<ConnectionManager>>,
     next: AtomicUsize,
     timeout: Duration,
     lease: Duration,
@@ -92,6 +101,9 @@ pub struct RedisStore {
     /// This instance's name, for the sweep lock.
     owner: String,
     sweep_lock: Duration,
+    /// Redis's clock minus this instance's, in ms, once measured.
+    clock_offset: AtomicI64,
+    clock_synced: AtomicU64,
 }
 
 impl RedisStore {
@@ -124,12 +136,6 @@ impl RedisStore {
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let connections = (0..config.connections)
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let prefix = &config.key_prefix;
         let rooms = rooms
             .iter()
@@ -163,7 +169,10 @@ impl RedisStore {
             })
             .collect();
         Ok(RedisStore {
-            connections,
+            client,
+            manager_config,
+            pool_size: config.connections.max(1),
+            connections: tokio::sync::OnceCell::new(),
             next: AtomicUsize::new(0),
             timeout: config.timeout,
             lease: config.lease,
@@ -172,12 +181,63 @@ impl RedisStore {
             scripts: Scripts::new(),
             owner: format!("{:016x}", rand::random::<u64>()),
             sweep_lock: sweep_interval * 3,
+            clock_offset: AtomicI64::new(0),
+            clock_synced: AtomicU64::new(0),
         })
     }
 
-    fn connection(&self) -> ConnectionManager {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        self.connections[i].clone()
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let pool = self
+            .connections
+            .get_or_try_init(|| async {
+                (0..self.pool_size)
+                    .map(|_| {
+                        ConnectionManager::new_lazy_with_config(
+                            self.client.clone(),
+                            self.manager_config.clone(),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })
+            .await?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        Ok(pool[i].clone())
+    }
+
+    /// When, in Redis's clock, this instance stops waiting for a step it
+    /// sends now; 0 (no limit) until the clocks have been compared.
+    fn deadline(&self) -> String {
+        if self.clock_synced.load(Ordering::Relaxed) == 0 {
+            return "0".to_owned();
+        }
+        let local = i64::try_from(now_millis()).unwrap_or(i64::MAX);
+        let budget = i64::try_from((self.timeout + CLOCK_MARGIN).as_millis()).unwrap_or(i64::MAX);
+        (local + self.clock_offset.load(Ordering::Relaxed) + budget).to_string()
+    }
+
+    /// Measures Redis's clock against this instance's (half a round trip of error).
+    async fn sync_clock(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let before = now_millis();
+        let command = redis::cmd("TIME");
+        let answer =
+            tokio::time::timeout(self.timeout, command.query_async::<(i64, i64)>(&mut conn)).await;
+        let (secs, micros) = match answer {
+            Ok(Ok(time)) => time,
+            Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "no answer to TIME in time".to_owned(),
+                ));
+            }
+        };
+        let after = now_millis();
+        let local = i64::try_from(before / 2 + after / 2).unwrap_or(i64::MAX);
+        self.clock_offset
+            .store(secs * 1000 + micros / 1000 - local, Ordering::Relaxed);
+        self.clock_synced.store(after.max(1), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Runs a script with a bounded wait; a room found uninitialised is set
@@ -194,10 +254,11 @@ impl RedisStore {
             for key in keys {
                 invocation.key(key);
             }
+            invocation.arg(self.deadline());
             for arg in args {
                 invocation.arg(arg);
             }
-            let mut conn = self.connection();
+            let mut conn = self.connection().await?;
             let result =
                 tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn))
                     .await;
@@ -305,10 +366,11 @@ impl RedisStore {
         for key in keys {
             invocation.key(key);
         }
+        invocation.arg(self.deadline());
         for arg in args {
             invocation.arg(arg);
         }
-        let mut conn = self.connection();
+        let mut conn = self.connection().await?;
         match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await
         {
             Ok(Ok(v)) => Ok(v),
@@ -519,6 +581,10 @@ impl Store for RedisStore {
     }
 
     async fn sweep(&self, room: &str) -> Result<Swept, StoreError> {
+        let synced = self.clock_synced.load(Ordering::Relaxed);
+        if now_millis().saturating_sub(synced) > CLOCK_RESYNC_MS {
+            self.sync_clock().await?;
+        }
         let mut out = Swept::default();
         let args = [
             SWEEP_LIMIT.to_string(),
@@ -586,6 +652,7 @@ impl Store for RedisStore {
     }
 
     async fn prepare(&self) -> Result<(), StoreError> {
+        self.sync_clock().await?;
         let names: Vec<String> = self
             .rooms
             .keys()
@@ -599,7 +666,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection();
+        let mut conn = self.connection().await?;
         let command = redis::cmd("PING");
         match tokio::time::timeout(self.timeout, command.query_async::<String>(&mut conn)).await {
             Ok(Ok(_)) => Ok(()),

@@ -1,6 +1,7 @@
 //! Test harness: a real anteroom on ephemeral loopback ports in front of a
 //! real upstream, stopped deterministically on drop.
 
+pub mod process;
 pub mod redis;
 pub mod upstream;
 pub mod visitor;
@@ -96,13 +97,22 @@ room = "web"
     )
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no other test of this run
+/// was given (the kernel readily hands a just-released port out again).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, for at most `limit`.

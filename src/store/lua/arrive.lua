@@ -1,6 +1,6 @@
--- ARGV: lane, utm (JSON or ""), the session id to use if admitted.
+-- ARGV (after the deadline): lane, utm (JSON or ""), the session id to use if admitted.
 if uninitialised() then return redis.error_reply('NOINIT room') end
-local lane, utm, id = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local lane, utm, id = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 lapse()
 if STATE == 'maintenance' then
   save()

@@ -1,6 +1,7 @@
 -- Request slots as leases. KEYS[1] settings (hash, field capacity), KEYS[2]
--- leases by expiry (zset). ARGV[1]: op; the rest depends on it.
---   init    cfg capacity keep_ms  -> 1
+-- leases by expiry (zset). ARGV[1]: the deadline (as in prelude.lua);
+-- ARGV[2]: op; the rest depends on it.
+--   init    cfg capacity keep_ms  -> 1  (the deadline first, always)
 --   acquire id lease_ms           -> 1 taken, 0 full
 --   release id                    -> 1
 --   renew   lease_ms id...        -> renewed count
@@ -8,12 +9,16 @@
 --   capacity n                    -> 1
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local op = ARGV[1]
+local deadline = tonumber(ARGV[1]) or 0
+if deadline > 0 and now > deadline then
+  return redis.error_reply('LATE the instance stopped waiting for this step')
+end
+local op = ARGV[2]
 if op == 'init' then
-  if redis.call('HGET', KEYS[1], 'cfg') ~= ARGV[2] then
-    redis.call('HSET', KEYS[1], 'cfg', ARGV[2], 'capacity', ARGV[3])
+  if redis.call('HGET', KEYS[1], 'cfg') ~= ARGV[3] then
+    redis.call('HSET', KEYS[1], 'cfg', ARGV[3], 'capacity', ARGV[4])
   end
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
   return 1
 end
 local capacity = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '')
@@ -21,27 +26,27 @@ if capacity == nil then return redis.error_reply('NOINIT room') end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if op == 'acquire' then
   if redis.call('ZCARD', KEYS[2]) >= capacity then return 0 end
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
   return 1
 elseif op == 'release' then
-  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
   return 1
 elseif op == 'renew' then
   local args = { 'XX', 'CH' }
-  for i = 3, #ARGV do
-    args[#args + 1] = now + tonumber(ARGV[2])
+  for i = 4, #ARGV do
+    args[#args + 1] = now + tonumber(ARGV[3])
     args[#args + 1] = ARGV[i]
   end
   local renewed = 0
   if #args > 2 then renewed = redis.call('ZADD', KEYS[2], unpack(args)) end
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 100)
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 100)
   return renewed
 elseif op == 'usage' then
   return { capacity, redis.call('ZCARD', KEYS[2]) }
 elseif op == 'capacity' then
-  redis.call('HSET', KEYS[1], 'capacity', ARGV[2])
+  redis.call('HSET', KEYS[1], 'capacity', ARGV[3])
   return 1
 end
 return redis.error_reply('unknown lease op ' .. op)

@@ -1,7 +1,7 @@
--- ARGV: ticket id, the session id to use if admitted.
+-- ARGV (after the deadline): ticket id, the session id to use if admitted.
 if uninitialised() then return redis.error_reply('NOINIT room') end
 lapse()
-local lane, seq = parse_ticket(ARGV[1])
+local lane, seq = parse_ticket(ARGV[2])
 if lane == nil or redis.call('HEXISTS', K_T, lane .. ':' .. seq) == 0 then
   save()
   return { 'expired' }
@@ -15,6 +15,6 @@ if not redis.call('ZSCORE', K_L[lane + 1], seq) then
 end
 promote()
 local r
-if redis.call('HEXISTS', K_RV, tkey) == 1 then r = claim(lane, seq, ARGV[2]) else r = place(lane, seq) end
+if redis.call('HEXISTS', K_RV, tkey) == 1 then r = claim(lane, seq, ARGV[3]) else r = place(lane, seq) end
 save()
 return r

@@ -1,9 +1,9 @@
--- ARGV: most items per kind, this instance's name, lock duration (ms).
+-- ARGV (after the deadline): most items per kind, this instance's name, lock duration (ms).
 -- One instance sweeps a room at a time; the others skip until the lock lapses.
 -- Returns: lapsed reservations, more-to-do flag, expired sessions (id, data
 -- pairs), expired tickets' campaigns.
 if uninitialised() then return redis.error_reply('NOINIT room') end
-local limit, owner, lock_ms = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local limit, owner, lock_ms = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 if num('sweep_until') > NOW and S.sweep_owner ~= owner then return { 'skipped' } end
 set('sweep_owner', owner)
 set('sweep_until', NOW + lock_ms)

@@ -1,6 +1,6 @@
--- ARGV: session id. Slides its deadline; nil if the session is gone.
+-- ARGV (after the deadline): session id. Slides its deadline; nil if the session is gone.
 if uninitialised() then return redis.error_reply('NOINIT room') end
-local id = ARGV[1]
+local id = ARGV[2]
 local deadline = redis.call('ZSCORE', K_SS, id)
 if not deadline then return nil end
 if tonumber(deadline) <= NOW then

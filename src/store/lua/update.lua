@@ -1,8 +1,8 @@
--- ARGV: capacity, state, admit_rate ("" leaves one as it is). Returns the snapshot.
+-- ARGV (after the deadline): capacity, state, admit_rate ("" leaves one as it is). Returns the snapshot.
 if uninitialised() then return redis.error_reply('NOINIT room') end
-if ARGV[1] ~= '' then set('capacity', ARGV[1]); CAP = tonumber(ARGV[1]) end
-if ARGV[2] ~= '' then set('state', ARGV[2]); STATE = ARGV[2] end
-if ARGV[3] ~= '' then set('admit_rate', ARGV[3]); RATE = tonumber(ARGV[3]) end
+if ARGV[2] ~= '' then set('capacity', ARGV[2]); CAP = tonumber(ARGV[2]) end
+if ARGV[3] ~= '' then set('state', ARGV[3]); STATE = ARGV[3] end
+if ARGV[4] ~= '' then set('admit_rate', ARGV[4]); RATE = tonumber(ARGV[4]) end
 promote()
 save()
 local waiting0, waiting1 = redis.call('ZCARD', K_L[1]), redis.call('ZCARD', K_L[2])

@@ -1,0 +1,427 @@
+//! Many instances, one line: anteroom processes sharing one redis-server the
+//! test started. One capacity, one queue, one order; instances and Redis can
+//! fail without anyone being over-admitted or losing their place.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use nix::sys::signal::Signal;
+
+use crate::common::process::Process;
+use crate::common::redis::RedisServer;
+use crate::common::{TestUpstream, Visitor, client, eventually, keys};
+
+/// The same file for every instance: a shared store, the shared signing key.
+fn shared(upstream: &TestUpstream, redis: &RedisServer, rooms_and_routes: &str) -> String {
+    format!(
+        r#"
+[tokens]
+signing_key = "{key}"
+
+[store]
+backend = "redis"
+url = "{url}"
+key_prefix = "cluster"
+sweep_interval = "100ms"
+touch_interval = "500ms"
+lease = "1s"
+timeout = "300ms"
+
+[[upstream]]
+name = "app"
+address = "{addr}"
+read_timeout = "60s"
+
+{rooms_and_routes}
+"#,
+        key = keys().private.display(),
+        url = redis.url(),
+        addr = upstream.addr,
+    )
+}
+
+const WEB: &str = r#"
+[[room]]
+name = "web"
+mode = "sessions"
+capacity = CAPACITY
+claim_window = "30s"
+poll_interval = "5s"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+room = "web"
+"#;
+
+fn web(capacity: u32) -> String {
+    WEB.replace("CAPACITY", &capacity.to_string())
+}
+
+async fn three(config: &str) -> Vec<Process> {
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Process::start("1s", config).await);
+    }
+    instances
+}
+
+#[tokio::test]
+async fn three_instances_never_admit_more_than_capacity() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let instances = three(&shared(&upstream, &redis, &web(10))).await;
+    let arrivals = (0..200).map(|i| {
+        let mut v = instances[i % 3].visitor();
+        async move {
+            let (status, body) = v.get("/echo").await;
+            (status.as_u16(), body)
+        }
+    });
+    let results = join_all(arrivals).await;
+    let admitted = results.iter().filter(|(s, _)| *s == 200).count();
+    let mut positions: Vec<u64> = results
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, b)| b["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(admitted, 10);
+    assert_eq!(
+        upstream.seen.requests.load(SeqCst),
+        10,
+        "the app saw exactly the admitted visitors"
+    );
+    positions.sort_unstable();
+    assert_eq!(
+        positions,
+        (1..=190).collect::<Vec<_>>(),
+        "one line: every place given once"
+    );
+    for instance in &instances {
+        let c: serde_json::Value = client()
+            .get(instance.url("/__anteroom/capacity?room=web"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(c["inUse"], 10);
+        assert_eq!(c["waiting"], 190);
+    }
+}
+
+#[tokio::test]
+async fn admissions_follow_the_global_arrival_order() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let instances = three(&shared(&upstream, &redis, &web(2))).await;
+    let mut inside = Vec::new();
+    for instance in &instances[..2] {
+        let mut v = instance.visitor();
+        assert_eq!(v.get("/echo").await.0, 200);
+        inside.push(v);
+    }
+    // Twelve arrivals, each through another instance than the one before.
+    let mut waiting: Vec<(usize, Visitor)> = Vec::new();
+    for i in 0..12 {
+        let mut v = instances[i % 3].visitor();
+        let (status, body) = v.get("/echo").await;
+        assert_eq!(status, 503);
+        assert_eq!(body["position"], i + 1);
+        waiting.push((i, v));
+    }
+    let mut order = Vec::new();
+    while !waiting.is_empty() {
+        inside.remove(0).leave().await;
+        let mut admitted = Vec::new();
+        for (k, (i, v)) in waiting.iter_mut().enumerate() {
+            // Each poll through a different instance than its arrival.
+            let mut other = Visitor::new(instances[(*i + k + 1) % 3].base());
+            other.ticket = v.ticket.clone();
+            if other.poll().await["state"] == "admitted" {
+                admitted.push(k);
+                v.pass = other.pass.clone();
+            }
+        }
+        assert_eq!(admitted.len(), 1, "one slot, one admission");
+        let (i, v) = waiting.remove(admitted[0]);
+        order.push(i);
+        let mut now_inside = Visitor::new(instances[i % 3].base());
+        now_inside.pass = v.pass;
+        inside.push(now_inside);
+    }
+    assert_eq!(order, (0..12).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_killed_instance_gives_its_request_slots_back_within_the_lease() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let config = shared(
+        &upstream,
+        &redis,
+        r#"
+[[room]]
+name = "llm"
+mode = "requests"
+capacity = 3
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+room = "llm"
+"#,
+    );
+    let mut instances = three(&config).await;
+    let usage = |i: &Process| {
+        let url = i.url("/__anteroom/capacity?room=llm");
+        async move {
+            let c: serde_json::Value = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            c["inUse"].as_u64().unwrap()
+        }
+    };
+    // Three requests hang upstream through the first instance: the shared room is full.
+    let hung: Vec<_> = (0..3)
+        .map(|_| {
+            let url = instances[0].url("/hang");
+            tokio::spawn(async move { client().get(url).send().await })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), || async {
+        (upstream.seen.in_flight.load(SeqCst) == 3).then_some(())
+    })
+    .await;
+    // Held longer than a lease: renewal keeps them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(usage(&instances[1]).await, 3);
+    let refused = client()
+        .get(instances[2].url("/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+
+    instances[0].signal(Signal::SIGKILL);
+    instances[0].wait_exit().await;
+    for h in hung {
+        assert!(
+            h.await.unwrap().is_err(),
+            "the killed instance's clients lose their connection"
+        );
+    }
+    // The dead instance no longer renews: its leases lapse within one lease period.
+    eventually(Duration::from_secs(3), || async {
+        (usage(&instances[1]).await == 0).then_some(())
+    })
+    .await;
+    let through = client()
+        .get(instances[2].url("/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through.status(), 200);
+    let _ = instances.remove(0);
+}
+
+#[tokio::test]
+async fn restarting_an_instance_loses_no_place_and_no_session() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let config = shared(&upstream, &redis, &web(1));
+    let mut a = Process::start("1s", &config).await;
+    let b = Process::start("1s", &config).await;
+    let mut inside = a.visitor();
+    assert_eq!(inside.get("/echo").await.0, 200);
+    let mut first = a.visitor();
+    assert_eq!(first.get("/echo").await.1["position"], 1);
+    let mut second = a.visitor();
+    assert_eq!(second.get("/echo").await.1["position"], 2);
+
+    a.signal(Signal::SIGKILL);
+    a.wait_exit().await;
+    let a2 = Process::start("1s", &config).await;
+
+    // The admitted visitor carries on through either instance.
+    for base in [a2.base(), b.base()] {
+        let mut v = Visitor::new(base);
+        v.pass = inside.pass.clone();
+        assert_eq!(v.get("/echo").await.0, 200);
+    }
+    // The waiting ones keep their places.
+    let mut v = Visitor::new(a2.base());
+    v.ticket = second.ticket.clone();
+    assert_eq!(v.poll().await["position"], 2);
+    let mut v = Visitor::new(b.base());
+    v.ticket = first.ticket.clone();
+    assert_eq!(v.poll().await["position"], 1);
+    first.ticket = v.ticket.clone();
+    let mut leaving = Visitor::new(a2.base());
+    leaving.pass = inside.pass.clone();
+    leaving.leave().await;
+    assert_eq!(
+        Visitor::new(b.base()).poll().await["state"],
+        "expired",
+        "no token, no place"
+    );
+    let mut v = Visitor::new(b.base());
+    v.ticket = first.ticket.clone();
+    assert_eq!(v.poll().await["state"], "admitted");
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
+    let mut redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let config = shared(&upstream, &redis, &web(2));
+    let instances = three(&config).await;
+    let mut inside = instances[0].visitor();
+    assert_eq!(inside.get("/echo").await.0, 200);
+
+    redis.pause();
+    // Past the touch interval: the pass is checked locally, the store call times out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for instance in &instances {
+        let mut v = instance.visitor();
+        v.pass = inside.pass.clone();
+        assert_eq!(
+            v.get("/echo").await.0,
+            200,
+            "a pass holder keeps going while Redis is down"
+        );
+    }
+    let (status, body) = instances[1].visitor().get("/echo").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["code"], "QUEUE_REQUIRED");
+    assert_eq!(body["state"], "unavailable");
+    let page = client()
+        .get(instances[2].url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains(r#"data-state="unavailable""#)
+    );
+    let ready: serde_json::Value = client()
+        .get(instances[0].admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["ready"], true,
+        "a store outage does not take the instance out of rotation"
+    );
+    assert_eq!(ready["store"]["up"], false);
+    let metrics = client()
+        .get(instances[1].admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("anteroom_store_errors_total{op=\"arrive\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anteroom_store_up 0"));
+
+    // Back: new arrivals are admitted again, without restarting anteroom.
+    redis.resume();
+    let mut later = instances[1].visitor();
+    eventually(Duration::from_secs(5), || async {
+        let (status, _) = Visitor::new(instances[1].base())
+            .get("/__anteroom/capacity?room=web")
+            .await;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(later.get("/echo").await.0, 200);
+
+    // Redis restarted empty: connections come back and rooms are set up again
+    // on first use; within moments newcomers are admitted, with no restart of anteroom.
+    redis.restart();
+    let mut answers = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut after = instances[2].visitor();
+        let (status, body) = after.get("/echo").await;
+        answers.push((status, body["code"].clone(), body["state"].clone()));
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never admitted after Redis restarted: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        answers.len() <= 4,
+        "service came back within a few requests: {answers:?}"
+    );
+    let ready: serde_json::Value = client()
+        .get(instances[0].admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"]["up"], true);
+}
+
+#[tokio::test]
+async fn open_policy_lets_newcomers_through_while_redis_is_down() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let config = shared(
+        &upstream,
+        &redis,
+        &web(1).replace("capacity = 1", "capacity = 1\non_store_error = \"open\""),
+    );
+    let instance = Process::start("1s", &config).await;
+    let mut inside = instance.visitor();
+    assert_eq!(inside.get("/echo").await.0, 200);
+    assert_eq!(
+        instance.visitor().get("/echo").await.0,
+        503,
+        "full while Redis is up"
+    );
+    redis.pause();
+    let resp = client().get(instance.url("/echo")).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "open: let through while the store is down"
+    );
+    let metrics = client()
+        .get(instance.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"anteroom_store_open_admissions_total{room="web"} 1"#),
+        "{metrics}"
+    );
+    redis.resume();
+}

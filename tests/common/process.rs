@@ -1,0 +1,108 @@
+//! The real `anteroom` binary as a child process: for logs, signals, and
+//! several instances sharing one store (killed for real with SIGKILL).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{Visitor, client, eventually, free_port};
+
+/// A running anteroom process; killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub public: u16,
+    pub admin: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Runs the binary with JSON logs: the `[server]`, `[admin]` and `[log]`
+    /// tables are made here, `rest` follows them.
+    pub async fn start(grace: &str, rest: &str) -> Process {
+        let (public, admin) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anteroom.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 1\ngrace_period = \"{grace}\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{rest}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_anteroom"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let process = Process {
+            child,
+            public,
+            admin,
+            dir,
+        };
+        eventually(Duration::from_secs(10), || async {
+            let up = client()
+                .get(process.admin_url("/healthz"))
+                .send()
+                .await
+                .is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", public))
+                    .await
+                    .is_ok();
+            up.then_some(())
+        })
+        .await;
+        process
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The public base URL.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.public)
+    }
+
+    /// A URL on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// A new visitor talking to this instance.
+    pub fn visitor(&self) -> Visitor {
+        Visitor::new(self.base())
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to end (15 s at most).
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        eventually(Duration::from_secs(15), || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
