@@ -5,7 +5,10 @@
 //!   the bare room state): the cost must stay flat,
 //! - issuing a ticket (one RSA signature), next to a bare RSA signature,
 //! - verifying a token, cached and not,
-//! - a request slot taken and returned.
+//! - a request slot taken and returned,
+//! - the same admitted request and status poll on the Redis store (a
+//!   `redis-server` the bench starts on loopback), and how many Redis
+//!   commands one status poll costs.
 //!
 //! Run: `cargo bench --bench decision`. Results: docs/benchmarks.md.
 
@@ -16,12 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anteroom::config::Config;
+use anteroom::config::{Config, RedisConfig};
 use anteroom::gate::{Decision, Gate, Visitor};
 use anteroom::metrics::Metrics;
 use anteroom::room::{Kind, Rooms};
 use anteroom::slots::Slots;
 use anteroom::store::memory::{MemoryStore, RoomState};
+use anteroom::store::redis::RedisStore;
 use anteroom::store::{Arrival, Lane, Store};
 use anteroom::token::{Kind as TokenKind, SigningKey, Tokens};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -30,11 +34,16 @@ use pingora::http::RequestHeader;
 struct Setup {
     gate: Gate,
     rooms: Arc<Rooms>,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
 fn setup(capacity: u32) -> Setup {
+    setup_on(capacity, None)
+}
+
+/// A gate over the memory store, or over Redis at this port.
+fn setup_on(capacity: u32, redis: Option<u16>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (key, _, _) = anteroom::token::keygen(dir.path(), 2048, false).unwrap();
     let text = format!(
@@ -60,7 +69,28 @@ room = "web"
     let rooms = Arc::new(Rooms::new(&config.rooms, None).unwrap());
     let metrics = Metrics::register().unwrap();
     let specs: Vec<_> = rooms.iter().filter_map(|r| r.spec()).collect();
-    let store = Arc::new(MemoryStore::new(&specs));
+    let store: Arc<dyn Store> = match redis {
+        None => Arc::new(MemoryStore::new(&specs)),
+        Some(port) => Arc::new(
+            RedisStore::new(
+                &RedisConfig {
+                    url: format!("redis://127.0.0.1:{port}/0"),
+                    username: None,
+                    password: None,
+                    key_prefix: format!("bench{}", rand::random::<u32>()),
+                    connections: 2,
+                    timeout: Duration::from_secs(5),
+                    connect_timeout: Duration::from_secs(1),
+                    lease: Duration::from_secs(10),
+                    ca_file: None,
+                },
+                &specs,
+                &[],
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+        ),
+    };
     let tokens = Arc::new(Tokens::new(
         "anteroom",
         SigningKey::load(&key).unwrap(),
@@ -92,6 +122,7 @@ fn request(header: &str, token: &str) -> RequestHeader {
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap()
 }
@@ -264,12 +295,175 @@ fn slots(c: &mut Criterion) {
     });
 }
 
+/// A redis-server of the bench's own, killed at the end.
+struct Redis(std::process::Child, u16);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis(child, port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn command(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.1.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn on_redis(c: &mut Criterion) {
+    let Some(redis) = Redis::start() else {
+        eprintln!(
+            "redis-server not found: skipping the Redis benchmarks (./scripts/setup installs it)"
+        );
+        return;
+    };
+    let rt = runtime();
+    let mut group = c.benchmark_group("redis");
+    let s = setup_on(10, Some(redis.1));
+    let room = s.rooms.by_name("web").unwrap();
+    let Kind::Sessions(w) = room.kind() else {
+        unreachable!()
+    };
+    rt.block_on(s.store.prepare()).unwrap();
+    let empty = RequestHeader::build("GET", b"/", None).unwrap();
+    let Decision::Admit(visit) = rt.block_on(s.gate.decide(
+        room,
+        w,
+        &Visitor {
+            req: &empty,
+            ip: None,
+        },
+    )) else {
+        panic!("not admitted")
+    };
+    let req = request("x-anteroom-pass", &visit.pass);
+    group.bench_function("gate/admitted_cached_pass", |b| {
+        b.to_async(&rt).iter(|| async {
+            let visitor = Visitor {
+                req: &req,
+                ip: None,
+            };
+            black_box(s.gate.decide(room, w, &visitor).await)
+        })
+    });
+    for queued in [1_000u64, 100_000] {
+        let s = setup_on(1, Some(redis.1));
+        let room = s.rooms.by_name("web").unwrap();
+        let Kind::Sessions(w) = room.kind() else {
+            unreachable!()
+        };
+        let mut middle = None;
+        rt.block_on(async {
+            s.store.prepare().await.unwrap();
+            for i in 0..=queued {
+                if let Arrival::Queued(place) =
+                    s.store.arrive("web", Lane::Normal, None).await.unwrap()
+                {
+                    if i == queued / 2 {
+                        middle = Some(place);
+                    }
+                }
+            }
+        });
+        let place = middle.unwrap();
+        let claims = s.gate.tokens.claims(
+            TokenKind::Ticket,
+            "web",
+            place.ticket.clone(),
+            Some("normal"),
+            Duration::from_secs(1800),
+        );
+        let req = request("x-anteroom-ticket", &s.gate.tokens.sign(&claims));
+        group.bench_with_input(
+            BenchmarkId::new("status_poll/gate", queued),
+            &queued,
+            |b, _| {
+                b.to_async(&rt)
+                    .iter(|| async { black_box(s.gate.status(room, w, &req).await) })
+            },
+        );
+        if queued == 1_000 {
+            redis.command(&["CONFIG", "RESETSTAT"]);
+            rt.block_on(async {
+                for _ in 0..1000 {
+                    s.gate.status(room, w, &req).await;
+                }
+            });
+            let stats = redis.command(&["INFO", "commandstats"]);
+            let calls = |filter: &dyn Fn(&str) -> bool| -> u64 {
+                stats
+                    .lines()
+                    .filter(|l| l.starts_with("cmdstat_") && filter(l))
+                    .filter_map(|l| {
+                        l.split("calls=")
+                            .nth(1)?
+                            .split(',')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum()
+            };
+            // Round trips are the commands a client sends (EVALSHA); the rest run inside the scripts.
+            let round_trips =
+                calls(&|l| l.starts_with("cmdstat_evalsha") || l.starts_with("cmdstat_eval:"));
+            let inside = calls(&|l| {
+                !l.starts_with("cmdstat_eval")
+                    && !l.starts_with("cmdstat_config")
+                    && !l.starts_with("cmdstat_info")
+            });
+            eprintln!(
+                "redis/status_poll: {} round trips and {} Redis commands per poll (1000 polls)",
+                round_trips as f64 / 1000.0,
+                inside as f64 / 1000.0
+            );
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     admitted_with_cached_pass,
     status_poll,
     room_state_poll,
     tokens,
-    slots
+    slots,
+    on_redis
 );
 criterion_main!(benches);

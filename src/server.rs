@@ -86,6 +86,8 @@ impl App {
     /// listeners and resolves upstream names, so call it before running.
     pub fn build(config: &Config, exit: Exit) -> Result<App, StartError> {
         check_bindable(config)?;
+        // rustls needs one process-wide provider; the Redis client's TLS uses it too.
+        pingora::tls::install_default_crypto_provider();
         let upstreams = config
             .upstreams
             .iter()

@@ -425,3 +425,52 @@ async fn open_policy_lets_newcomers_through_while_redis_is_down() {
     );
     redis.resume();
 }
+
+#[tokio::test]
+async fn redis_over_tls_with_a_password() {
+    let (redis, ca) = RedisServer::start_tls("s3cret-for-anteroom-tests");
+    let upstream = TestUpstream::start().await;
+    let config = format!(
+        r#"
+[tokens]
+signing_key = "{key}"
+
+[store]
+backend = "redis"
+url = "rediss://localhost:{port}/0"
+password = "s3cret-for-anteroom-tests"
+ca_file = "{ca}"
+sweep_interval = "100ms"
+
+[[upstream]]
+name = "app"
+address = "{addr}"
+{web}
+"#,
+        key = keys().private.display(),
+        port = redis.port,
+        ca = ca.display(),
+        addr = upstream.addr,
+        web = web(1),
+    );
+    let instance = Process::start("1s", &config).await;
+    let mut inside = instance.visitor();
+    let (status, body) = inside.get("/echo").await;
+    assert_eq!(status, 200, "{body}\n{}", redis.log());
+    let (status, body) = instance.visitor().get("/echo").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["position"], 1, "queued through Redis over TLS");
+    let ready: serde_json::Value = client()
+        .get(instance.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"]["up"], true);
+    assert!(
+        !instance.log().contains("s3cret-for-anteroom-tests"),
+        "the password reached the log"
+    );
+}

@@ -86,6 +86,12 @@ upstream = "ap"
         ("room[0].name", format!("{BASE}[[room]]\nname = \"has space\"\nmode = \"requests\"\ncapacity = 1\n")),
         ("server.tls[0].cert", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n{BASE}")),
         ("line", "this is = not [toml".into()),
+        ("store.backend", format!("[store]\nbackend = \"etcd\"\n{BASE}")),
+        ("store.url", format!("[store]\nbackend = \"redis\"\nurl = \"redis://user:secret@127.0.0.1:6379\"\n{BASE}")),
+        ("store.url", format!("[store]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n{BASE}")),
+        ("store.url", format!("[store]\nurl = \"redis://127.0.0.1:6379\"\n{BASE}")),
+        ("store.timeout", format!("[store]\nbackend = \"redis\"\ntimeout = \"0s\"\n{BASE}")),
+        ("room[0].on_store_error", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\non_store_error = \"maybe\"\n")),
     ];
     assert!(cases.len() >= 10);
     for (key, text) in cases {

@@ -47,6 +47,7 @@ pub struct StoreFile {
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub lease: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// `[server]`: the public side.

@@ -78,6 +78,8 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// A request slot held by an instance that stops renewing it comes back after this long.
     pub lease: Duration,
+    /// For `rediss://`: trust these CA certificates (PEM) instead of the public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[server]`.

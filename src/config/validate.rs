@@ -930,6 +930,7 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
         ("timeout", s.timeout.is_some()),
         ("connect_timeout", s.connect_timeout.is_some()),
         ("lease", s.lease.is_some()),
+        ("ca_file", s.ca_file.is_some()),
     ];
     let backend = match s.backend.as_deref().unwrap_or("memory") {
         "memory" => {
@@ -979,12 +980,20 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
                 p.add("store.url", "put credentials in store.username and store.password (or password_file), not in the URL, so they stay out of logs");
             }
         }
-        _ => p.add(
-            "store.url",
-            format!(
-                "{url:?} is not a redis:// or rediss:// URL (e.g. \"redis://127.0.0.1:6379/0\")"
-            ),
-        ),
+        _ => {
+            // Never echo a URL that may hold a password.
+            let shown = if url.contains('@') {
+                "the URL".to_owned()
+            } else {
+                format!("{url:?}")
+            };
+            p.add(
+                "store.url",
+                format!(
+                    "{shown} is not a redis:// or rediss:// URL (e.g. \"redis://127.0.0.1:6379/0\")"
+                ),
+            );
+        }
     }
     let password = match (&s.password, &s.password_file) {
         (Some(_), Some(_)) => {
@@ -1038,6 +1047,17 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
             Duration::from_secs(1),
         ),
         lease: d(p, "store.lease", &s.lease, Duration::from_secs(10)),
+        ca_file: s.ca_file.as_deref().map(|f| {
+            if !s
+                .url
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("rediss://")
+            {
+                p.add("store.ca_file", "ca_file is only used with a rediss:// URL");
+            }
+            p.readable_file("store.ca_file", f)
+        }),
     }
 }
 

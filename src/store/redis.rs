@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -104,6 +104,9 @@ pub struct RedisStore {
     /// Redis's clock minus this instance's, in ms, once measured.
     clock_offset: AtomicI64,
     clock_synced: AtomicU64,
+    connect_timeout: Duration,
+    /// Until the first answer, a step may also wait for the connection to be made.
+    answered: AtomicBool,
 }
 
 impl RedisStore {
@@ -129,8 +132,20 @@ impl RedisStore {
             settings = settings.set_password(password.expose());
         }
         info = info.set_redis_settings(settings);
-        let client =
-            redis::Client::open(info).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let client = match &config.ca_file {
+            None => redis::Client::open(info),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    StoreError::Unavailable(format!("store.ca_file {}: {e}", path.display()))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(info, certs)
+            }
+        }
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.timeout))
@@ -183,6 +198,8 @@ impl RedisStore {
             sweep_lock: sweep_interval * 3,
             clock_offset: AtomicI64::new(0),
             clock_synced: AtomicU64::new(0),
+            connect_timeout: config.connect_timeout,
+            answered: AtomicBool::new(false),
         })
     }
 
@@ -205,6 +222,34 @@ impl RedisStore {
         Ok(pool[i].clone())
     }
 
+    /// How long to wait for one step: its timeout, plus the time to connect
+    /// until the store has answered once.
+    fn budget(&self) -> Duration {
+        if self.answered.load(Ordering::Relaxed) {
+            self.timeout
+        } else {
+            self.timeout + self.connect_timeout
+        }
+    }
+
+    /// Waits at most `budget()` for a store call; the inner result is Redis's answer.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>, StoreError> {
+        let budget = self.budget();
+        let answer = tokio::time::timeout(budget, call).await.map_err(|_| {
+            StoreError::Unavailable(format!(
+                "no answer within {}",
+                humantime::format_duration(budget)
+            ))
+        })?;
+        if answer.is_ok() {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+        Ok(answer)
+    }
+
     /// When, in Redis's clock, this instance stops waiting for a step it
     /// sends now; 0 (no limit) until the clocks have been compared.
     fn deadline(&self) -> String {
@@ -221,17 +266,10 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let before = now_millis();
         let command = redis::cmd("TIME");
-        let answer =
-            tokio::time::timeout(self.timeout, command.query_async::<(i64, i64)>(&mut conn)).await;
-        let (secs, micros) = match answer {
-            Ok(Ok(time)) => time,
-            Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => {
-                return Err(StoreError::Unavailable(
-                    "no answer to TIME in time".to_owned(),
-                ));
-            }
-        };
+        let (secs, micros) = self
+            .bounded(command.query_async::<(i64, i64)>(&mut conn))
+            .await?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let after = now_millis();
         let local = i64::try_from(before / 2 + after / 2).unwrap_or(i64::MAX);
         self.clock_offset
@@ -259,19 +297,13 @@ impl RedisStore {
                 invocation.arg(arg);
             }
             let mut conn = self.connection().await?;
-            let result =
-                tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn))
-                    .await;
-            match result {
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.timeout)
-                    )));
-                }
-                Ok(Err(e)) if e.code() == Some("NOINIT") && attempt == 0 => self.init(room).await?,
-                Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-                Ok(Ok(value)) => return Ok(value),
+            match self
+                .bounded(invocation.invoke_async::<Value>(&mut conn))
+                .await?
+            {
+                Err(e) if e.code() == Some("NOINIT") && attempt == 0 => self.init(room).await?,
+                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+                Ok(value) => return Ok(value),
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -371,12 +403,9 @@ impl RedisStore {
             invocation.arg(arg);
         }
         let mut conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut conn)).await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable("no answer in time".to_owned())),
-        }
+        self.bounded(invocation.invoke_async::<Value>(&mut conn))
+            .await?
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 }
 
@@ -668,13 +697,10 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let command = redis::cmd("PING");
-        match tokio::time::timeout(self.timeout, command.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable(
-                "no answer to PING in time".to_owned(),
-            )),
-        }
+        self.bounded(command.query_async::<String>(&mut conn))
+            .await?
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     fn backend(&self) -> &'static str {

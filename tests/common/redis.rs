@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra arguments (TLS, password).
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -22,14 +24,70 @@ impl RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            args: Vec::new(),
         };
         server.spawn();
         server
     }
 
+    /// A server that speaks only TLS (a certificate for "localhost" made here)
+    /// and requires a password. Returns it and the CA file to trust.
+    pub fn start_tls(password: &str) -> (RedisServer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        // A CA of the test's own, and a certificate for "localhost" it signs.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        let cert = dir.path().join("redis.crt");
+        let key = dir.path().join("redis.key");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        let port = super::free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            args: vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(&cert),
+                "--tls-key-file".into(),
+                path(&key),
+                "--tls-ca-cert-file".into(),
+                path(&ca_file),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--requirepass".into(),
+                password.into(),
+            ],
+            dir,
+        };
+        server.spawn();
+        (server, ca_file)
+    }
+
     fn spawn(&mut self) {
+        // Plain on the port, or (TLS) the arguments given, which name it.
+        let port_args = if self.args.is_empty() {
+            vec!["--port".to_owned(), self.port.to_string()]
+        } else {
+            self.args.clone()
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(port_args)
             .args([
                 "--save",
                 "",
@@ -40,19 +98,28 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.path().join("redis.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is needed: run ./scripts/setup");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
+        while !self.listening() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not start on port {}",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server accepts connections (and, without TLS, answers PING).
+    fn listening(&self) -> bool {
+        if self.args.is_empty() {
+            self.answers()
+        } else {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         }
     }
 
@@ -68,6 +135,11 @@ impl RedisServer {
             && tcp
                 .read(&mut buf)
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     /// The URL anteroom connects to.
