@@ -388,6 +388,14 @@ fn on_redis(c: &mut Criterion) {
             unreachable!()
         };
         let mut middle = None;
+        let used = |redis: &Redis| -> u64 {
+            redis
+                .command(&["INFO", "memory"])
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let before = used(&redis);
         rt.block_on(async {
             s.store.prepare().await.unwrap();
             for i in 0..=queued {
@@ -400,6 +408,10 @@ fn on_redis(c: &mut Criterion) {
                 }
             }
         });
+        eprintln!(
+            "redis/memory: {} bytes per queued visitor ({queued} queued)",
+            used(&redis).saturating_sub(before) / queued
+        );
         let place = middle.unwrap();
         let claims = s.gate.tokens.claims(
             TokenKind::Ticket,
