@@ -19,9 +19,11 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms};
-use crate::store::{SettingsPatch, Store};
+use crate::store::{Lane, SettingsPatch, Store};
 
 const MAX_BODY: usize = 64 * 1024;
+/// Most synthetic visitors one call adds.
+const MAX_SYNTHETIC: u32 = 10_000_000;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The admin application.
@@ -140,6 +142,16 @@ impl Admin {
             }
             (method, p) if p.starts_with("/admin/rooms/") => {
                 let name = p.strip_prefix("/admin/rooms/").unwrap_or_default();
+                if let Some(name) = name.strip_suffix("/visitors") {
+                    return match (method, self.rooms.by_name(name)) {
+                        (Method::POST, Some(room)) => self.add_visitors(room, session).await,
+                        (Method::POST, None) => {
+                            Reply::error(404, "UNKNOWN_ROOM", format!("No room named {name:?}."))
+                        }
+                        _ => Reply::error(405, "METHOD_NOT_ALLOWED", "Use POST.")
+                            .header(http::header::ALLOW, "POST"),
+                    };
+                }
                 let Some(room) = self.rooms.by_name(name) else {
                     return Reply::error(404, "UNKNOWN_ROOM", format!("No room named {name:?}."));
                 };
@@ -155,6 +167,55 @@ impl Admin {
             }
             _ => Reply::error(404, "NOT_FOUND", "No such admin endpoint."),
         }
+    }
+
+    /// `POST /admin/rooms/{name}/visitors {"count": N, "lane": "normal"}`:
+    /// synthetic visitors join the back of the line, to rehearse a spike.
+    async fn add_visitors(&self, room: &Room, session: &mut ServerSession) -> Reply {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Add {
+            count: u32,
+            lane: Option<String>,
+        }
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        let add: Add = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return Reply::error(400, "BAD_REQUEST", format!("Invalid JSON body: {e}")),
+        };
+        let Some(lane) = Lane::parse(add.lane.as_deref().unwrap_or("normal")) else {
+            return Reply::error(400, "BAD_REQUEST", "lane must be normal or priority.");
+        };
+        if add.count == 0 || add.count > MAX_SYNTHETIC {
+            return Reply::error(
+                400,
+                "BAD_REQUEST",
+                format!("count must be 1 to {MAX_SYNTHETIC}."),
+            );
+        }
+        let Kind::Sessions(w) = room.kind() else {
+            return Reply::error(
+                400,
+                "BAD_REQUEST",
+                "Only sessions rooms have a line of visitors.",
+            );
+        };
+        if let Err(e) = self.store.fill(room.name(), lane, add.count).await {
+            return Reply::error(503, "STORE_UNAVAILABLE", e.to_string());
+        }
+        if let Ok(snapshot) = self.store.snapshot(room.name()).await {
+            w.observe(snapshot);
+        }
+        tracing::info!(
+            room = room.name(),
+            count = add.count,
+            lane = lane.as_str(),
+            "synthetic visitors added over the admin API"
+        );
+        Reply::json(200, &RoomView::of(room))
     }
 
     /// Fresh numbers from the store for a room whose state lives there.

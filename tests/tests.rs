@@ -9,6 +9,7 @@ mod browser;
 mod cluster;
 mod config;
 mod forwarding;
+mod load;
 mod request_rooms;
 mod tokens;
 mod waiting_room;

@@ -19,6 +19,8 @@ use crate::queue::{Queue, TicketState};
 
 /// Tickets examined per lock hold by the sweeper, so requests never wait long.
 const SWEEP_CHUNK: usize = 16_384;
+/// Synthetic visitors added per lock hold.
+const FILL_CHUNK: u32 = 16_384;
 /// Time constant of the admission-rate average.
 const RATE_TAU_MS: f64 = 60_000.0;
 /// Admissions seen before the measured rate is trusted.
@@ -460,6 +462,15 @@ impl RoomState {
         self.promote(now);
     }
 
+    /// See [`Store::fill`].
+    pub fn fill(&mut self, now: Millis, lane: Lane, count: u32) -> u32 {
+        for _ in 0..count {
+            self.queue.lane_mut(lane).push(now, None);
+        }
+        self.promote(now);
+        count
+    }
+
     /// See [`Store::snapshot`].
     pub fn snapshot(&self, now: Millis) -> Snapshot {
         let waiting = [
@@ -564,6 +575,17 @@ impl Store for MemoryStore {
 
     async fn snapshot(&self, room: &str) -> Result<Snapshot, StoreError> {
         Ok(self.room(room)?.lock().snapshot(now_millis()))
+    }
+
+    async fn fill(&self, room: &str, lane: Lane, count: u32) -> Result<u32, StoreError> {
+        let state = self.room(room)?;
+        let mut added = 0;
+        // In chunks, so requests interleave with a big fill.
+        while added < count {
+            let chunk = (count - added).min(FILL_CHUNK);
+            added += state.lock().fill(now_millis(), lane, chunk);
+        }
+        Ok(added)
     }
 
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {

@@ -289,6 +289,10 @@ pub trait Store: Send + Sync {
     /// Changes settings live.
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError>;
 
+    /// Adds `count` synthetic waiting visitors at the back of a lane (to
+    /// rehearse a spike); they go stale like silent visitors.
+    async fn fill(&self, room: &str, lane: Lane, count: u32) -> Result<u32, StoreError>;
+
     /// Sets the rooms up (a shared store: writes their configuration).
     async fn prepare(&self) -> Result<(), StoreError> {
         Ok(())
@@ -400,6 +404,10 @@ impl<S: Store> Store for Observed<S> {
     }
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
         self.record("update", self.inner.update(room, patch)).await
+    }
+    async fn fill(&self, room: &str, lane: Lane, count: u32) -> Result<u32, StoreError> {
+        self.record("fill", self.inner.fill(room, lane, count))
+            .await
     }
     async fn prepare(&self) -> Result<(), StoreError> {
         self.record("prepare", self.inner.prepare()).await

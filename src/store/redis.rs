@@ -48,6 +48,7 @@ struct Scripts {
     sweep: Script,
     snapshot: Script,
     update: Script,
+    fill: Script,
     lease: Script,
 }
 
@@ -63,6 +64,7 @@ impl Scripts {
             sweep: with_prelude(include_str!("lua/sweep.lua")),
             snapshot: with_prelude(include_str!("lua/snapshot.lua")),
             update: with_prelude(include_str!("lua/update.lua")),
+            fill: with_prelude(include_str!("lua/fill.lua")),
             lease: Script::new(include_str!("lua/lease.lua")),
         }
     }
@@ -678,6 +680,18 @@ impl Store for RedisStore {
         ];
         let v = self.room_call(room, &self.scripts.update, &args).await?;
         snapshot(&v)
+    }
+
+    async fn fill(&self, room: &str, lane: Lane, count: u32) -> Result<u32, StoreError> {
+        let mut added = 0;
+        // In scripts of a few thousand, so Redis serves others in between.
+        while added < count {
+            let chunk = (count - added).min(2_000);
+            let args = [(lane as u8).to_string(), chunk.to_string()];
+            let v = self.room_call(room, &self.scripts.fill, &args).await?;
+            added += u32::try_from(int(&v).unwrap_or(0)).unwrap_or(0);
+        }
+        Ok(added)
     }
 
     async fn prepare(&self) -> Result<(), StoreError> {

@@ -1,0 +1,49 @@
+//! The floor anteroom is measured against: a minimal Pingora 0.9 passthrough
+//! proxy (one `HttpPeer` per request, default settings), built from the same
+//! Pingora version as anteroom.
+//!
+//! usage: plain-pingora LISTEN UPSTREAM THREADS
+#![allow(missing_docs)]
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+struct Passthrough {
+    upstream: std::net::SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, listen, upstream, threads] = args.as_slice() else {
+        eprintln!("usage: plain-pingora LISTEN UPSTREAM THREADS");
+        std::process::exit(2);
+    };
+    let (Ok(upstream), Ok(threads)) = (upstream.parse(), threads.parse()) else {
+        eprintln!("UPSTREAM must be IP:port and THREADS a number");
+        std::process::exit(2);
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
