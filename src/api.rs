@@ -126,7 +126,8 @@ impl<'a> CookieJar<'a> {
     }
 
     /// `Set-Cookie` for a pass.
-    pub fn pass(&self, w: &WaitingRoom, token: &str) -> String {
+    pub fn pass(&self, w: &WaitingRoom, token: &http::HeaderValue) -> String {
+        let token = token.to_str().unwrap_or_default();
         cookies::set(
             PASS_COOKIE,
             token,
@@ -456,7 +457,7 @@ fn admitted(
     let body = StatusBody {
         state: "admitted",
         wait_ms: visit.session.wait_ms,
-        pass: Some(&visit.pass),
+        pass: visit.pass.to_str().ok(),
         redirect: Some(redirect),
         room: room.name(),
         ..base

@@ -13,7 +13,7 @@ use quick_cache::sync::Cache;
 
 use crate::config::{Jwt, JwtKey, JwtSource, Rules};
 use crate::cookies;
-use crate::token::{MAX_TOKEN_LEN, now_secs};
+use crate::token::{Fingerprints, MAX_TOKEN_LEN, now_secs};
 
 /// Verified app tokens remembered per verifier.
 const CACHE_SIZE: usize = 50_000;
@@ -23,8 +23,9 @@ pub struct AppJwt {
     source: JwtSource,
     key: DecodingKey,
     validation: Validation,
-    /// Token SHA-256 → `exp` of a valid token, or 0 for an invalid one.
-    cache: Cache<[u8; 32], u64>,
+    /// Token fingerprint → `exp` of a valid token, or 0 for an invalid one.
+    cache: Cache<u128, u64>,
+    fingerprints: Fingerprints,
 }
 
 impl AppJwt {
@@ -66,6 +67,7 @@ impl AppJwt {
             key,
             validation,
             cache: Cache::new(CACHE_SIZE),
+            fingerprints: Fingerprints::new(),
         })
     }
 
@@ -87,9 +89,7 @@ impl AppJwt {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return false;
         }
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
+        let key = self.fingerprints.of(token);
         let exp = self.cache.get(&key).unwrap_or_else(|| {
             let exp = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
                 .ok()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use quick_cache::sync::Cache;
 
@@ -51,7 +52,7 @@ pub struct Visit {
     /// Their session.
     pub session: SessionInfo,
     /// The pass to forward upstream (current or renewed).
-    pub pass: String,
+    pub pass: HeaderValue,
     /// Where the pass came from (None: issued on this request).
     pub source: Option<PassSource>,
     /// A new or renewed pass to set as a cookie.
@@ -191,7 +192,7 @@ impl Gate {
         &self,
         room: &str,
         req: &RequestHeader,
-    ) -> Option<(String, Arc<Claims>, PassSource)> {
+    ) -> Option<(HeaderValue, Arc<Claims>, PassSource)> {
         let cookies = cookies::values(req, PASS_COOKIE).map(|t| (t, PassSource::Cookie));
         let header = req
             .headers
@@ -209,8 +210,11 @@ impl Gate {
             .chain(cookies)
             .chain(bearer)
             .find_map(|(token, source)| {
-                let claims = self.tokens.verify(token, Kind::Pass, room)?;
-                Some((token.to_owned(), claims, source))
+                let verified = self.tokens.verify(token, Kind::Pass, room)?;
+                let value = verified
+                    .value
+                    .or_else(|| HeaderValue::from_str(token).ok())?;
+                Some((value, verified.claims, source))
             })
     }
 
@@ -221,8 +225,8 @@ impl Gate {
             .into_iter()
             .chain(cookies::values(req, TICKET_COOKIE))
             .find_map(|token| {
-                let claims = self.tokens.verify(token, Kind::Ticket, room)?;
-                Some((token.to_owned(), claims))
+                let verified = self.tokens.verify(token, Kind::Ticket, room)?;
+                Some((token.to_owned(), verified.claims))
             })
     }
 
@@ -268,7 +272,7 @@ impl Gate {
     }
 
     /// A pass for a session: valid `session_ttl` from now, never past `session_max`.
-    fn issue_pass(&self, room: &Room, w: &WaitingRoom, session: &SessionInfo) -> String {
+    fn issue_pass(&self, room: &Room, w: &WaitingRoom, session: &SessionInfo) -> HeaderValue {
         let mut ttl = w.config.session_ttl;
         if let Some(max) = w.config.session_max {
             let end = session.admitted_at + u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
@@ -277,7 +281,8 @@ impl Gate {
         let claims = self
             .tokens
             .claims(Kind::Pass, room.name(), session.id.to_string(), None, ttl);
-        self.tokens.sign(&claims)
+        // A signed token is base64url and dots: always a valid header value.
+        HeaderValue::try_from(self.tokens.sign(&claims)).unwrap_or(HeaderValue::from_static(""))
     }
 
     fn admitted(
@@ -476,9 +481,15 @@ impl Gate {
 
     /// Ends an admitted visitor's session at once (`/__anteroom/leave` or the
     /// app's `Anteroom-Command: release`); this instance stops honouring the pass.
-    pub async fn release(&self, room: &str, session: SessionId, pass: &str, how: &'static str) {
+    pub async fn release(
+        &self,
+        room: &str,
+        session: SessionId,
+        pass: &HeaderValue,
+        how: &'static str,
+    ) {
         self.seen.remove(&session.0);
-        self.tokens.forget(pass);
+        self.tokens.forget(pass.to_str().unwrap_or_default());
         match self.store.release(room, session).await {
             Ok(Some(info)) => {
                 self.metrics.released.with_label_values(&[room, how]).inc();
@@ -502,11 +513,14 @@ impl Gate {
 
     /// Takes a waiting visitor out of the line.
     pub async fn leave_line(&self, room: &str, ticket: &str) -> bool {
-        let Some(claims) = self.tokens.verify(ticket, Kind::Ticket, room) else {
+        let Some(verified) = self.tokens.verify(ticket, Kind::Ticket, room) else {
             return false;
         };
         self.tokens.forget(ticket);
-        self.store.leave(room, &claims.sub).await.unwrap_or(false)
+        self.store
+            .leave(room, &verified.claims.sub)
+            .await
+            .unwrap_or(false)
     }
 
     /// Sweeps every sessions room and refreshes their local numbers.

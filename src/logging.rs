@@ -1,20 +1,41 @@
 //! Log output: `tracing` for anteroom's own lines, with Pingora's `log`
 //! records bridged in, as text or one JSON object per line.
+//!
+//! Lines are written by a background thread, so a request never waits for a
+//! write to standard error; nothing is dropped (a full buffer makes the
+//! logger wait instead), and `flush` writes what is left before exiting.
 
+use parking_lot::Mutex;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Log, LogFormat};
 
+/// Keeps the background writer alive; dropping it writes what is buffered.
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the
-/// configured level. Calling it again (tests, demo after run) is harmless.
+/// configured level. Calling it again (tests) is harmless.
 pub fn init(log: &Log) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("anteroom-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // `try_init` also routes the `log` crate (Pingora) into tracing.
-    let _ = match log.format {
+    let installed = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if installed.is_ok() {
+        *WRITER.lock() = Some(guard);
+    }
+}
+
+/// Writes every buffered line out; call before the process exits.
+pub fn flush() {
+    drop(WRITER.lock().take());
 }

@@ -9,6 +9,11 @@ use anteroom::{demo, logging};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// mimalloc: Pingora allocates many small buffers per request, and glibc's
+/// malloc cost about 13% of the CPU of a proxied request (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A virtual waiting room in front of your app or LLM API.
 #[derive(Parser)]
 #[command(version, about)]
@@ -68,7 +73,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let result = run(Cli::parse().command);
+    logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("anteroom: {e:#}");

@@ -4,13 +4,13 @@
 //! phase. Room gauges (capacity, slots in use, waiting) are read from the
 //! rooms at scrape time, so keeping them costs the request path nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::queue::Lane;
@@ -196,6 +196,35 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The handles of one route (`-` for requests no route matched).
+    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+        let cells = || (0..STATUSES).map(|_| OnceLock::new()).collect::<Box<[_]>>();
+        RouteMetrics {
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+            requests: self.requests.clone(),
+            upstream_responses: self.upstream_responses.clone(),
+            requests_by_status: cells(),
+            upstream_by_status: cells(),
+            duration: self.request_duration.with_label_values(&[route]),
+            latency: self.upstream_latency.with_label_values(&[route, upstream]),
+        }
+    }
+
+    /// The handles of one room.
+    pub fn room(&self, room: &str) -> RoomMetrics {
+        RoomMetrics {
+            admitted: self.admitted.with_label_values(&[room]),
+            queued: self.queued.with_label_values(&[room]),
+            rejected_full: self.rejected.with_label_values(&[room, "full"]),
+            rejected_store: self
+                .rejected
+                .with_label_values(&[room, "store_unavailable"]),
+            store_open: self.store_open.with_label_values(&[room]),
+            slot_wait: self.slot_wait.with_label_values(&[room]),
+        }
+    }
+
     /// Adds the gauges of these rooms (capacity, use, line), read at scrape time.
     pub fn watch_rooms(&self, rooms: Arc<Rooms>) -> Result<(), prometheus::Error> {
         self.registry.register(Box::new(RoomGauges::new(rooms)?))
@@ -208,6 +237,66 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// One route's metrics, looked up once: recording a request is then an
+/// index and an atomic add rather than hashing label values.
+pub struct RouteMetrics {
+    route: String,
+    upstream: String,
+    requests: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    requests_by_status: Box<[OnceLock<IntCounter>]>,
+    upstream_by_status: Box<[OnceLock<IntCounter>]>,
+    /// Whole request time.
+    pub duration: Histogram,
+    /// Time to the upstream's response header.
+    pub latency: Histogram,
+}
+
+/// HTTP status codes have three digits.
+const STATUSES: usize = 1000;
+
+fn by_status(
+    cells: &[OnceLock<IntCounter>],
+    status: u16,
+    make: impl FnOnce(&str) -> IntCounter,
+) -> &IntCounter {
+    let i = usize::from(status).min(STATUSES - 1);
+    cells[i].get_or_init(|| make(&i.to_string()))
+}
+
+impl RouteMetrics {
+    /// The counter of responses with this status.
+    pub fn request(&self, status: u16) -> &IntCounter {
+        by_status(&self.requests_by_status, status, |s| {
+            self.requests.with_label_values(&[&self.route, s])
+        })
+    }
+
+    /// The counter of upstream responses with this status.
+    pub fn upstream_response(&self, status: u16) -> &IntCounter {
+        by_status(&self.upstream_by_status, status, |s| {
+            self.upstream_responses
+                .with_label_values(&[&self.route, &self.upstream, s])
+        })
+    }
+}
+
+/// One room's request metrics, looked up once.
+pub struct RoomMetrics {
+    /// Requests let in.
+    pub admitted: IntCounter,
+    /// Requests that waited.
+    pub queued: IntCounter,
+    /// Turned away: no slot.
+    pub rejected_full: IntCounter,
+    /// Turned away: the store failed.
+    pub rejected_store: IntCounter,
+    /// Let through while the store failed.
+    pub store_open: IntCounter,
+    /// Time waited for a slot.
+    pub slot_wait: Histogram,
 }
 
 /// Room gauges read at scrape time.

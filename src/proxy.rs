@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use http::HeaderValue;
 use http::header::{AUTHORIZATION, HOST, RETRY_AFTER, SET_COOKIE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -23,7 +24,7 @@ use crate::config::OnStoreError;
 use crate::gate::{Decision, Gate, PASS_COOKIE, PassSource, TICKET_COOKIE, Visit, Visitor};
 use crate::leases::{NoSlot, SharedPermit};
 use crate::lifecycle::{InFlight, Lifecycle};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RoomMetrics, RouteMetrics};
 use crate::page::PageState;
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms};
@@ -46,6 +47,11 @@ pub struct Proxy {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) gate: Option<Arc<Gate>>,
     pub(crate) jwts: Arc<Vec<AppJwt>>,
+    /// Metric handles per route (by route index), and for unrouted requests.
+    pub(crate) route_metrics: Vec<RouteMetrics>,
+    pub(crate) unrouted_metrics: RouteMetrics,
+    /// Metric handles per room (by room index).
+    pub(crate) room_metrics: Vec<RoomMetrics>,
 }
 
 /// A request slot, counted here or across instances.
@@ -115,7 +121,12 @@ impl Proxy {
 
     /// Takes a slot in a `requests` room, waiting in line up to the room's
     /// `max_wait`; the reply is the 503 to send when none came free.
-    async fn take_slot(&self, room: &Room, ctx: &mut Ctx) -> Result<(), Reply> {
+    async fn take_slot(
+        &self,
+        room: &Room,
+        metrics: &RoomMetrics,
+        ctx: &mut Ctx,
+    ) -> Result<(), Reply> {
         let name = room.name();
         let start = Instant::now();
         let wait = room.max_wait();
@@ -124,7 +135,7 @@ impl Proxy {
                 Some(p) => Ok(Held::Local(p)),
                 None if wait.is_zero() => Err(NoSlot::Full),
                 None => {
-                    self.metrics.queued.with_label_values(&[name]).inc();
+                    metrics.queued.inc();
                     slots
                         .acquire(wait)
                         .await
@@ -136,10 +147,7 @@ impl Proxy {
             Kind::Sessions(_) => return Ok(()),
         };
         let waited = start.elapsed();
-        self.metrics
-            .slot_wait
-            .with_label_values(&[name])
-            .observe(waited.as_secs_f64());
+        metrics.slot_wait.observe(waited.as_secs_f64());
         ctx.slot_wait = Some(waited);
         let retry = match room.kind() {
             Kind::Requests(slots) => slots.retry_after(),
@@ -148,24 +156,20 @@ impl Proxy {
         };
         match held {
             Ok(held) => {
-                self.metrics.admitted.with_label_values(&[name]).inc();
+                metrics.admitted.inc();
                 ctx.permit = Some(held);
                 Ok(())
             }
             Err(NoSlot::Store(e)) if room.on_store_error() == OnStoreError::Open => {
                 tracing::warn!(room = name, error = %e, "store unavailable; letting the request through (on_store_error = open)");
-                self.metrics.store_open.with_label_values(&[name]).inc();
+                metrics.store_open.inc();
                 Ok(())
             }
             Err(reason) => {
-                let label = match reason {
-                    NoSlot::Full => "full",
-                    NoSlot::Store(_) => "store_unavailable",
-                };
-                self.metrics
-                    .rejected
-                    .with_label_values(&[name, label])
-                    .inc();
+                match reason {
+                    NoSlot::Full => metrics.rejected_full.inc(),
+                    NoSlot::Store(_) => metrics.rejected_store.inc(),
+                }
                 Err(queue_required(name, retry))
             }
         }
@@ -178,7 +182,8 @@ impl Proxy {
         session: &Session,
         ctx: &mut Ctx,
     ) -> Option<(Reply, Outcome)> {
-        let room = self.room_of_route(route)?;
+        let room_index = self.router.get(route)?.room?;
+        let room = self.rooms.get(room_index)?;
         let req = session.req_header();
         let visitor = Visitor { req, ip: ctx.ip };
         let facts = bypass::Visitor {
@@ -195,7 +200,7 @@ impl Proxy {
         }
         match room.kind() {
             Kind::Requests(_) | Kind::SharedRequests(_) => self
-                .take_slot(room, ctx)
+                .take_slot(room, self.room_metrics.get(room_index)?, ctx)
                 .await
                 .err()
                 .map(|reply| (reply, Outcome::QueueRequired)),
@@ -245,6 +250,33 @@ fn queue_required(room: &str, retry: Duration) -> Reply {
         },
     )
     .header(RETRY_AFTER, retry_ms.div_ceil(1000).max(1).to_string())
+}
+
+/// A client address as a header value; IPv4 is written without the
+/// formatting machinery, as it is on every forwarded request.
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("-"));
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// The request's host: the `Host` header, or the authority of an absolute URI.
@@ -343,34 +375,42 @@ impl ProxyHttp for Proxy {
         for name in reserved {
             upstream_request.remove_header(&name);
         }
-        if let Some(host) = ctx
+        let rewritten_host = ctx
             .route
             .and_then(|r| self.upstream_of_route(r))
-            .and_then(|u| u.host_header())
-        {
+            .and_then(|u| u.host_header());
+        if let Some(host) = rewritten_host {
+            // The client's Host is replaced: keep it where the app can see it.
+            if let Some(original) = session.req_header().headers.get(HOST).cloned() {
+                upstream_request.insert_header("x-forwarded-host", original)?;
+            }
             upstream_request.insert_header(HOST, host)?;
         }
         if let Some(ip) = peer_ip(session) {
             let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),
-                None => ip.to_string(),
+                Some(prior) => HeaderValue::try_from(format!(
+                    "{}, {ip}",
+                    String::from_utf8_lossy(prior.as_bytes())
+                )),
+                None => Ok(ip_header(ip)),
             };
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+            if let Ok(value) = forwarded_for {
+                upstream_request.insert_header("x-forwarded-for", value)?;
+            }
         }
         let proto = if ctx.secure { "https" } else { "http" };
         upstream_request.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
-            upstream_request.insert_header("x-forwarded-host", host)?;
-        }
         if let Some(visit) = &ctx.visit {
             if let Some(utm) = &visit.session.utm {
                 for (name, value) in utm.headers() {
                     upstream_request.insert_header(name, value)?;
                 }
             }
-            upstream_request
-                .insert_header("x-anteroom-wait-ms", visit.session.wait_ms.to_string())?;
-            upstream_request.insert_header("x-anteroom-pass", visit.pass.as_str())?;
+            upstream_request.insert_header(
+                "x-anteroom-wait-ms",
+                HeaderValue::from(visit.session.wait_ms),
+            )?;
+            upstream_request.insert_header("x-anteroom-pass", visit.pass.clone())?;
             if visit.source == Some(PassSource::Authorization) {
                 upstream_request.remove_header(&AUTHORIZATION);
             }
@@ -399,11 +439,10 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        // Only an upstream response can carry the command; it never reaches the client.
         let release = upstream_response
-            .headers
-            .get(COMMAND_HEADER)
+            .remove_header(COMMAND_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"release"));
-        upstream_response.remove_header(COMMAND_HEADER);
         let (Some(visit), Some(route), Some(gate)) = (&ctx.visit, ctx.route, &self.gate) else {
             return Ok(());
         };
@@ -492,24 +531,15 @@ impl ProxyHttp for Proxy {
         let room_name = room.map_or("-", |r| r.name());
         let duration = ctx.started.elapsed();
 
-        let status_label = status.to_string();
-        self.metrics
-            .requests
-            .with_label_values(&[route_name, &status_label])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route_name])
-            .observe(duration.as_secs_f64());
+        let metrics = ctx
+            .route
+            .and_then(|r| self.route_metrics.get(r))
+            .unwrap_or(&self.unrouted_metrics);
+        metrics.request(status).inc();
+        metrics.duration.observe(duration.as_secs_f64());
         if let Some((upstream_status, latency)) = ctx.upstream_response {
-            self.metrics
-                .upstream_responses
-                .with_label_values(&[route_name, upstream_name, &upstream_status.to_string()])
-                .inc();
-            self.metrics
-                .upstream_latency
-                .with_label_values(&[route_name, upstream_name])
-                .observe(latency.as_secs_f64());
+            metrics.upstream_response(upstream_status).inc();
+            metrics.latency.observe(latency.as_secs_f64());
         }
 
         let req = session.req_header();
@@ -566,5 +596,25 @@ impl ProxyHttp for Proxy {
             error = error.map(|e| e.to_string()),
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_header;
+
+    #[test]
+    fn client_addresses_as_header_values() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.0.100",
+            "::1",
+            "2001:db8::7",
+        ] {
+            assert_eq!(ip_header(ip.parse().unwrap()), ip);
+        }
     }
 }

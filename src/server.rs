@@ -145,8 +145,22 @@ impl App {
         server.bootstrap();
 
         let resolver = Resolver::new(&upstreams);
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| {
+                let upstream = config
+                    .upstreams
+                    .get(r.upstream)
+                    .map_or("-", |u| u.name.as_str());
+                metrics.route(&r.name, upstream)
+            })
+            .collect();
         let proxy = Proxy {
             server: s.clone(),
+            route_metrics,
+            unrouted_metrics: metrics.route("-", "-"),
+            room_metrics: config.rooms.iter().map(|r| metrics.room(&r.name)).collect(),
             router: Router::new(config.routes.clone()),
             rooms: Arc::clone(&rooms),
             upstreams,
@@ -420,10 +434,12 @@ impl BackgroundService for Drain {
         tokio::select! {
             _ = drained => {
                 tracing::info!("all in-flight requests finished; exiting");
+                crate::logging::flush();
                 std::process::exit(0);
             }
             _ = second => {
                 tracing::warn!(in_flight = self.lifecycle.in_flight(), "second signal: exiting now");
+                crate::logging::flush();
                 std::process::exit(130);
             }
         }

@@ -4,8 +4,8 @@
 //! Both carry only what is needed (room, an opaque id, lane, times), never
 //! personal data. Signing costs one RSA private-key operation, so a token is
 //! signed once and renewed only past half its lifetime; verification results
-//! are remembered (bounded, keyed by the token's SHA-256, until `exp`), so a
-//! token seen before costs a hash and a lookup, not an RSA verify.
+//! are remembered (bounded, keyed by a keyed 128-bit hash of the token, until
+//! `exp`), so a token seen before costs a hash and a lookup, not an RSA verify.
 //!
 //! Verification accepts RS256 only, from a known `kid`, with a valid
 //! signature, `exp`, `nbf`, `iss`, the expected room as `aud` and the expected
@@ -17,12 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
+use http::HeaderValue;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use quick_cache::sync::Cache;
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
@@ -178,8 +179,8 @@ fn thumbprint(public: &RsaPublicKey) -> String {
         be64(public.e()),
         be64(public.n())
     );
-    B64.encode(ring::digest::digest(
-        &ring::digest::SHA256,
+    B64.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         canonical.as_bytes(),
     ))
 }
@@ -278,9 +279,52 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Cache keys for tokens: SipHash-1-3 with 128-bit output under a random
+/// per-process key, a PRF, so nobody can make a forged token share the key
+/// of a valid one (and it is several times cheaper than SHA-256).
+pub struct Fingerprints {
+    k0: u64,
+    k1: u64,
+}
+
+impl Fingerprints {
+    /// New random keys.
+    pub fn new() -> Fingerprints {
+        Fingerprints {
+            k0: rand::random(),
+            k1: rand::random(),
+        }
+    }
+
+    /// The cache key of a token.
+    pub fn of(&self, token: &str) -> u128 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(token.as_bytes());
+        siphasher::sip128::Hasher128::finish128(&h).as_u128()
+    }
+}
+
+impl Default for Fingerprints {
+    fn default() -> Self {
+        Fingerprints::new()
+    }
+}
+
+/// A verified token: its claims, and for a pass the header value that
+/// carries it upstream, made once rather than on every request (tickets,
+/// which are many, do not keep a copy).
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// What it says.
+    pub claims: Arc<Claims>,
+    /// A pass, ready to send as a header.
+    pub value: Option<HeaderValue>,
+}
+
 #[derive(Clone)]
 enum Verified {
-    Valid(Arc<Claims>),
+    Valid(Token),
     Invalid,
 }
 
@@ -289,10 +333,11 @@ pub struct Tokens {
     issuer: String,
     signer: SigningKey,
     header_b64: String,
-    rng: ring::rand::SystemRandom,
+    rng: aws_lc_rs::rand::SystemRandom,
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
-    cache: Cache<[u8; 32], Verified>,
+    fingerprints: Fingerprints,
+    cache: Cache<u128, Verified>,
     jwks: Bytes,
 }
 
@@ -328,9 +373,10 @@ impl Tokens {
             issuer: issuer.to_owned(),
             signer,
             header_b64,
-            rng: ring::rand::SystemRandom::new(),
+            rng: aws_lc_rs::rand::SystemRandom::new(),
             keys,
             validation,
+            fingerprints: Fingerprints::new(),
             cache: Cache::new(cache_size),
             jwks: Bytes::from(serde_json::json!({ "keys": jwk }).to_string()),
         }
@@ -367,7 +413,7 @@ impl Tokens {
     pub fn sign(&self, claims: &Claims) -> String {
         let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
         let message = format!("{}.{payload}", self.header_b64);
-        let mut signature = vec![0; self.signer.pair.public().modulus_len()];
+        let mut signature = vec![0; self.signer.pair.public_modulus_len()];
         match self.signer.pair.sign(
             &RSA_PKCS1_SHA256,
             &self.rng,
@@ -375,36 +421,40 @@ impl Tokens {
             &mut signature,
         ) {
             Ok(()) => format!("{message}.{}", B64.encode(signature)),
-            // ring fails only when the system RNG does; such a token never verifies.
+            // Signing fails only when the system RNG does; such a token never verifies.
             Err(_) => message,
         }
     }
 
-    /// The token's claims if it is a valid, unexpired `kind` token for `room`.
-    pub fn verify(&self, token: &str, kind: Kind, room: &str) -> Option<Arc<Claims>> {
+    /// The token if it is a valid, unexpired `kind` token for `room`.
+    pub fn verify(&self, token: &str, kind: Kind, room: &str) -> Option<Token> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return None;
         }
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
+        let key = self.fingerprints.of(token);
         let verified = match self.cache.get(&key) {
             Some(v) => v,
             None => {
                 let v = match self.decode::<Claims>(token) {
-                    Some(c) => Verified::Valid(Arc::new(c)),
+                    Some(c) => Verified::Valid(Token {
+                        value: (c.kind == Kind::Pass)
+                            .then(|| HeaderValue::from_str(token).ok())
+                            .flatten(),
+                        claims: Arc::new(c),
+                    }),
                     None => Verified::Invalid,
                 };
                 self.cache.insert(key, v.clone());
                 v
             }
         };
-        let Verified::Valid(claims) = verified else {
+        let Verified::Valid(token) = verified else {
             return None;
         };
+        let claims = &token.claims;
         let now = now_secs();
         let fresh = claims.exp + LEEWAY_SECS > now && claims.nbf <= now + LEEWAY_SECS;
-        (fresh && claims.kind == kind && claims.aud == room).then_some(claims)
+        (fresh && claims.kind == kind && claims.aud == room).then_some(token)
     }
 
     fn decode<T: DeserializeOwned>(&self, token: &str) -> Option<T> {
@@ -420,10 +470,8 @@ impl Tokens {
 
     /// Forgets a token (its session was released), so this instance stops honouring it at once.
     pub fn forget(&self, token: &str) {
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        self.cache.insert(key, Verified::Invalid);
+        self.cache
+            .insert(self.fingerprints.of(token), Verified::Invalid);
     }
 }
 
@@ -454,7 +502,8 @@ mod tests {
         );
         let token = t.sign(&claims);
         let got = t.verify(&token, Kind::Pass, "web").unwrap();
-        assert_eq!(*got, claims);
+        assert_eq!(*got.claims, claims);
+        assert_eq!(got.value.unwrap(), token.as_str());
         // Second time from the cache.
         assert!(t.verify(&token, Kind::Pass, "web").is_some());
         assert!(t.verify(&token, Kind::Ticket, "web").is_none());

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -62,15 +63,18 @@ class Procs:
         if cpu is not None and self.pin:
             cmd = ["taskset", "-c", cpu] + cmd
         out = open(log, "wb") if log else subprocess.DEVNULL
-        p = subprocess.Popen(cmd, stdout=out, stderr=out if log else subprocess.DEVNULL)
+        # A session of its own: stopping the group also stops nginx's workers.
+        p = subprocess.Popen(cmd, stdout=out, stderr=out if log else subprocess.DEVNULL, start_new_session=True)
         self.children.append((name, p))
         return p
 
     def stop_all(self):
         for _, p in reversed(self.children):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
 
 
 def rss_kb(pid):

@@ -6,6 +6,10 @@
 #![allow(missing_docs)]
 
 use async_trait::async_trait;
+
+/// The same allocator as anteroom, so the comparison is about the proxy logic.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
