@@ -197,12 +197,12 @@ impl Gate {
         let header = req
             .headers
             .get(PASS_HEADER)
-            .and_then(|v| v.to_str().ok())
+            .and_then(cookies::header_text)
             .map(|t| (t, PassSource::Header));
         let bearer = req
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .and_then(cookies::header_text)
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| (t.trim(), PassSource::Authorization));
         header
@@ -220,7 +220,10 @@ impl Gate {
 
     /// The visitor's valid ticket for this room, if any.
     pub fn find_ticket(&self, room: &str, req: &RequestHeader) -> Option<(String, Arc<Claims>)> {
-        let header = req.headers.get(TICKET_HEADER).and_then(|v| v.to_str().ok());
+        let header = req
+            .headers
+            .get(TICKET_HEADER)
+            .and_then(cookies::header_text);
         header
             .into_iter()
             .chain(cookies::values(req, TICKET_COOKIE))

@@ -57,6 +57,8 @@ pub struct Upstream {
     template: HttpPeer,
     addrs: RwLock<Arc<[SocketAddr]>>,
     next: AtomicUsize,
+    /// The host is a name, re-resolved in the background.
+    dns: bool,
 }
 
 impl Upstream {
@@ -84,12 +86,16 @@ impl Upstream {
             template,
             addrs: RwLock::new(addrs.into()),
             next: AtomicUsize::new(0),
+            dns: cfg.host.parse::<std::net::IpAddr>().is_err(),
         })
     }
 
     /// The peer for one request; several addresses are used in turn.
     pub fn peer(&self) -> Box<HttpPeer> {
         let mut peer = self.template.clone();
+        if !self.needs_dns() {
+            return Box::new(peer);
+        }
         let addrs = Arc::clone(&self.addrs.read());
         if addrs.len() > 1 {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
@@ -109,7 +115,7 @@ impl Upstream {
     }
 
     fn needs_dns(&self) -> bool {
-        self.config.host.parse::<std::net::IpAddr>().is_err()
+        self.dns
     }
 
     async fn refresh(&self) {

@@ -1,9 +1,12 @@
 //! The floor anteroom is measured against: a minimal Pingora 0.9 passthrough
-//! proxy (one `HttpPeer` per request, default settings), built from the same
-//! Pingora version as anteroom.
+//! proxy (one `HttpPeer` per request), built from the same Pingora version as
+//! anteroom, with the same upstream timeouts as anteroom's defaults (a timer
+//! per read and write is part of any proxy one would deploy).
 //!
 //! usage: plain-pingora LISTEN UPSTREAM THREADS
 #![allow(missing_docs)]
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -23,7 +26,14 @@ impl ProxyHttp for Passthrough {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(Duration::from_secs(5));
+        o.total_connection_timeout = Some(Duration::from_secs(5));
+        o.read_timeout = Some(Duration::from_secs(60));
+        o.write_timeout = Some(Duration::from_secs(60));
+        o.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
     }
 }
 
