@@ -38,6 +38,7 @@ fn load_harness_smoke_run() {
         "| queued: waiting page | anteroom (memory) |",
         "| status poll, 1000 queued | anteroom (redis) |",
         "| arrival flood: new visitor, signed ticket | anteroom (memory) |",
+        "| anteroom, sessions room with pass |",
     ] {
         assert!(
             summary.contains(row),

@@ -99,8 +99,8 @@ class Wrk:
         self.pin = pin
         self.raw = raw
 
-    def run(self, label, url, headers=()):
-        cmd = ["wrk", "-t1", f"-c{self.args.connections}", f"-d{self.args.duration}s", "--latency"]
+    def run(self, label, url, headers=(), connections=None):
+        cmd = ["wrk", "-t1", f"-c{connections or self.args.connections}", f"-d{self.args.duration}s", "--latency"]
         for h in headers:
             cmd += ["-H", h]
         cmd.append(url)
@@ -356,9 +356,22 @@ def main():
                 if store == "redis" and poll["requests"]:
                     extra.setdefault("redis round trips per poll", []).append((redis_calls(ports["redis"], "evalsha") - before) / poll["requests"])
 
+        # Added latency: one connection, one request at a time, so nothing
+        # queues and the latency is each proxy's own per-request time.
+        def latency_round(r):
+            for target, port, path, headers in [
+                ("nginx", ports["nginx"], "/", []),
+                ("plain pingora", ports["plain"], "/", []),
+                ("anteroom, no room", ports["ant"], "/", []),
+                ("anteroom, requests room", ports["ant"], "/req/x", []),
+                ("anteroom, sessions room with pass", ports["ant"], "/web/x", [f"X-Anteroom-Pass: {pass_mem}"]),
+            ]:
+                record(LATENCY, target, wrk.run(f"round {r}: {target}, 1 connection", url(port, path), headers, connections=1))
+
         for r in range(1, args.rounds + 1):
             proxy_round(r)
             anteroom_round(r, levels[0])
+            latency_round(r)
 
         # Longer lines: status polls and memory.
         rss = {0: rss_start}
@@ -393,6 +406,9 @@ def main():
     report(args, results, extra, pin, use_redis)
 
 
+LATENCY = "latency, 1 connection"
+
+
 def report(args, results, extra, pin, use_redis):
     plain = [r["rps"] for r in results.get(("forward, no room", "plain pingora"), [])]
     nginx = [r["rps"] for r in results.get(("forward, no room", "nginx"), [])]
@@ -405,11 +421,29 @@ def report(args, results, extra, pin, use_redis):
         "|---|---|---|---|---|---|---|",
     ]
     for (scenario, target), runs in results.items():
+        if scenario == LATENCY:
+            continue
         rps = median([r["rps"] for r in runs])
         lines.append(
             f"| {scenario} | {target} | {rps:,.0f} | {median([r['p50'] for r in runs]):.3f} | "
             f"{median([r['p99'] for r in runs]):.3f} | {rps / plain_med:.2f} | {rps / nginx_med:.2f} |"
         )
+    latency = {target: runs for (scenario, target), runs in results.items() if scenario == LATENCY}
+    if latency:
+        base = median([r["p99"] for r in latency.get("plain pingora", [])])
+        lines += [
+            "",
+            f"{LATENCY} (wrk -t1 -c1: no queueing, each proxy's own time per request):",
+            "",
+            "| target | requests/s | p50 µs | p99 µs | p99 vs plain Pingora, µs |",
+            "|---|---|---|---|---|",
+        ]
+        for target, runs in latency.items():
+            p99 = median([r["p99"] for r in runs])
+            lines.append(
+                f"| {target} | {median([r['rps'] for r in runs]):,.0f} | {median([r['p50'] for r in runs]) * 1000:.0f} | "
+                f"{p99 * 1000:.0f} | {(p99 - base) * 1000:+.0f} |"
+            )
     rss = extra.get("rss_kb", {})
     lines.append("")
     for level, kb in sorted(rss.items()):
