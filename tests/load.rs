@@ -39,6 +39,7 @@ fn load_harness_smoke_run() {
         "| status poll, 1000 queued | anteroom (redis) |",
         "| arrival flood: new visitor, signed ticket | anteroom (memory) |",
         "| anteroom, sessions room with pass |",
+        "| forward, the pass scenario's request | plain pingora |",
     ] {
         assert!(
             summary.contains(row),
