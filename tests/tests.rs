@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod cluster;
 mod config;
+mod demo;
 mod forwarding;
 mod load;
 mod request_rooms;

@@ -1,0 +1,75 @@
+//! `anteroom demo` as a newcomer starts it (the real binary): it says where
+//! to go, its room of 2 queues the third visitor, and lets them in by itself
+//! when one of the first two leaves.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Visitor, client, eventually, free_port};
+
+/// The demo process, stopped when the test ends however it ends.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn demo_queues_the_third_visitor_and_lets_them_in() {
+    let (public, admin, upstream) = (free_port(), free_port(), free_port());
+    let stdout = tempfile::NamedTempFile::new().unwrap();
+    let _demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_anteroom"))
+            .args(["demo", "--port", &public.to_string()])
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--upstream-port", &upstream.to_string()])
+            .stdout(stdout.reopen().unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let banner = eventually(Duration::from_secs(15), || {
+        let printed = std::fs::read_to_string(stdout.path()).unwrap_or_default();
+        async move { printed.contains("Try:").then_some(printed) }
+    })
+    .await;
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{public}/")),
+        "{banner}"
+    );
+    assert!(banner.contains("ephemeral key"), "{banner}");
+    eventually(Duration::from_secs(10), || async {
+        client()
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+
+    let base = format!("http://127.0.0.1:{public}");
+    let mut visitors: Vec<Visitor> = (0..3).map(|_| Visitor::new(base.clone())).collect();
+    for v in &mut visitors[..2] {
+        let (status, _) = v.get("/?utm_source=demo").await;
+        assert_eq!(status, 200);
+        assert!(v.admitted());
+    }
+    let (status, body) = visitors[2].get("/").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["code"], "QUEUE_REQUIRED");
+    assert_eq!(body["position"], 1);
+
+    visitors[0].leave().await;
+    let status = visitors[2].poll_until(|s| s["state"] == "admitted").await;
+    assert_eq!(status["room"], "web");
+    let (status, _) = visitors[2].get("/").await;
+    assert_eq!(status, 200);
+    // Still two in the room: a newcomer waits.
+    let (status, _) = Visitor::new(base).get("/").await;
+    assert_eq!(status, 503);
+}
