@@ -49,6 +49,10 @@ async fn in_flight_request_finishes(signal: Signal) {
     assert_eq!(request.await.unwrap().unwrap(), 200);
     let status = binary.wait_exit().await;
     assert!(status.success(), "{status}");
+    // Every line reaches the log, including those written while exiting.
+    let log = binary.log();
+    assert!(log.contains("all in-flight requests finished"), "{log}");
+    assert!(!log.contains("Unable to write"), "{log}");
     // Gone: nothing listens any more.
     assert!(
         tokio::net::TcpStream::connect(("127.0.0.1", binary.public))
@@ -115,6 +119,28 @@ async fn access_log_is_one_json_line_per_request() {
     assert!(line["slot_wait_ms"].as_f64().is_some());
     // Query strings can carry API keys: they never reach the log.
     assert!(!binary.log().contains("SECRET-API-KEY"));
+}
+
+#[tokio::test]
+async fn text_log_into_a_file_has_no_colour_codes() {
+    let upstream = TestUpstream::start().await;
+    let binary = Process::start_logging("1s", "text", &request_room(&upstream)).await;
+    let resp = client()
+        .get(format!("http://127.0.0.1:{}/echo", binary.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let log = eventually(Duration::from_secs(5), || {
+        let log = binary.log();
+        async move { log.contains("anteroom::access").then_some(log) }
+    })
+    .await;
+    assert!(log.contains("status=200"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file: {log:?}"
+    );
 }
 
 #[tokio::test]

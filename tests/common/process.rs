@@ -21,6 +21,11 @@ impl Process {
     /// Runs the binary with JSON logs: the `[server]`, `[admin]` and `[log]`
     /// tables are made here, `rest` follows them.
     pub async fn start(grace: &str, rest: &str) -> Process {
+        Process::start_logging(grace, "json", rest).await
+    }
+
+    /// Runs the binary with logs in `format` ("text" or "json").
+    pub async fn start_logging(grace: &str, format: &str, rest: &str) -> Process {
         let (public, admin) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("anteroom.toml");
@@ -28,7 +33,7 @@ impl Process {
             &path,
             format!(
                 "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 1\ngrace_period = \"{grace}\"\n\
-                 [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"json\"\nlevel = \"info\"\n{rest}\n"
+                 [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"{format}\"\nlevel = \"info\"\n{rest}\n"
             ),
         )
         .unwrap();
