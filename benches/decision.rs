@@ -127,30 +127,31 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn admitted_with_cached_pass(c: &mut Criterion) {
-    let rt = runtime();
-    let s = setup(10);
+/// Admits a first visitor to the room "web"; the request carrying their pass.
+fn pass_request(rt: &tokio::runtime::Runtime, s: &Setup) -> RequestHeader {
+    let empty = RequestHeader::build("GET", b"/", None).unwrap();
+    let Decision::Admit(visit) = rt.block_on(decide(s, &empty)) else {
+        panic!("not admitted")
+    };
+    request("x-anteroom-pass", visit.pass.to_str().unwrap())
+}
+
+/// The gate's decision on a request to the room "web".
+async fn decide(s: &Setup, req: &RequestHeader) -> Decision {
     let room = s.rooms.by_name("web").unwrap();
     let Kind::Sessions(w) = room.kind() else {
         unreachable!()
     };
-    let empty = RequestHeader::build("GET", b"/", None).unwrap();
-    let visitor = Visitor {
-        req: &empty,
-        ip: None,
-    };
-    let Decision::Admit(visit) = rt.block_on(s.gate.decide(room, w, &visitor)) else {
-        panic!("not admitted")
-    };
-    let req = request("x-anteroom-pass", visit.pass.to_str().unwrap());
+    s.gate.decide(room, w, &Visitor { req, ip: None }).await
+}
+
+fn admitted_with_cached_pass(c: &mut Criterion) {
+    let rt = runtime();
+    let s = setup(10);
+    let req = pass_request(&rt, &s);
     c.bench_function("gate/admitted_cached_pass", |b| {
-        b.to_async(&rt).iter(|| async {
-            let visitor = Visitor {
-                req: &req,
-                ip: None,
-            };
-            black_box(s.gate.decide(room, w, &visitor).await)
-        })
+        b.to_async(&rt)
+            .iter(|| async { black_box(decide(&s, &req).await) })
     });
 }
 
@@ -355,31 +356,11 @@ fn on_redis(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("redis");
     let s = setup_on(10, Some(redis.1));
-    let room = s.rooms.by_name("web").unwrap();
-    let Kind::Sessions(w) = room.kind() else {
-        unreachable!()
-    };
     rt.block_on(s.store.prepare()).unwrap();
-    let empty = RequestHeader::build("GET", b"/", None).unwrap();
-    let Decision::Admit(visit) = rt.block_on(s.gate.decide(
-        room,
-        w,
-        &Visitor {
-            req: &empty,
-            ip: None,
-        },
-    )) else {
-        panic!("not admitted")
-    };
-    let req = request("x-anteroom-pass", visit.pass.to_str().unwrap());
+    let req = pass_request(&rt, &s);
     group.bench_function("gate/admitted_cached_pass", |b| {
-        b.to_async(&rt).iter(|| async {
-            let visitor = Visitor {
-                req: &req,
-                ip: None,
-            };
-            black_box(s.gate.decide(room, w, &visitor).await)
-        })
+        b.to_async(&rt)
+            .iter(|| async { black_box(decide(&s, &req).await) })
     });
     for queued in [1_000u64, 100_000] {
         let s = setup_on(1, Some(redis.1));

@@ -89,7 +89,7 @@ impl AppJwt {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return false;
         }
-        let key = self.fingerprints.of(token);
+        let key = self.fingerprints.of(token.as_bytes());
         let exp = self.cache.get(&key).unwrap_or_else(|| {
             let exp = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
                 .ok()

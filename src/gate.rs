@@ -211,10 +211,7 @@ impl Gate {
             .chain(bearer)
             .find_map(|(token, source)| {
                 let verified = self.tokens.verify(token, Kind::Pass, room)?;
-                let value = verified
-                    .value
-                    .or_else(|| HeaderValue::from_str(token).ok())?;
-                Some((value, verified.claims, source))
+                Some((verified.value?, verified.claims, source))
             })
     }
 
@@ -492,7 +489,7 @@ impl Gate {
         how: &'static str,
     ) {
         self.seen.remove(&session.0);
-        self.tokens.forget(pass.to_str().unwrap_or_default());
+        self.tokens.forget(pass.as_bytes());
         match self.store.release(room, session).await {
             Ok(Some(info)) => {
                 self.metrics.released.with_label_values(&[room, how]).inc();
@@ -519,7 +516,7 @@ impl Gate {
         let Some(verified) = self.tokens.verify(ticket, Kind::Ticket, room) else {
             return false;
         };
-        self.tokens.forget(ticket);
+        self.tokens.forget(ticket.as_bytes());
         self.store
             .leave(room, &verified.claims.sub)
             .await

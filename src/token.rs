@@ -297,10 +297,10 @@ impl Fingerprints {
     }
 
     /// The cache key of a token.
-    pub fn of(&self, token: &str) -> u128 {
+    pub fn of(&self, token: &[u8]) -> u128 {
         use std::hash::Hasher;
         let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.k0, self.k1);
-        h.write(token.as_bytes());
+        h.write(token);
         siphasher::sip128::Hasher128::finish128(&h).as_u128()
     }
 }
@@ -431,7 +431,7 @@ impl Tokens {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return None;
         }
-        let key = self.fingerprints.of(token);
+        let key = self.fingerprints.of(token.as_bytes());
         let verified = match self.cache.get(&key) {
             Some(v) => v,
             None => {
@@ -469,7 +469,7 @@ impl Tokens {
     }
 
     /// Forgets a token (its session was released), so this instance stops honouring it at once.
-    pub fn forget(&self, token: &str) {
+    pub fn forget(&self, token: &[u8]) {
         self.cache
             .insert(self.fingerprints.of(token), Verified::Invalid);
     }
@@ -508,7 +508,7 @@ mod tests {
         assert!(t.verify(&token, Kind::Pass, "web").is_some());
         assert!(t.verify(&token, Kind::Ticket, "web").is_none());
         assert!(t.verify(&token, Kind::Pass, "other").is_none());
-        t.forget(&token);
+        t.forget(token.as_bytes());
         assert!(t.verify(&token, Kind::Pass, "web").is_none());
     }
 

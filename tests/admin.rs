@@ -1,7 +1,7 @@
 //! The admin listener: metrics in Prometheus format, health, readiness,
 //! bearer token, live room changes; and none of it on the public listener.
 
-use crate::common::{TestProxy, TestUpstream, client};
+use crate::common::{TestProxy, TestUpstream, client, get_text};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -154,14 +154,7 @@ async fn admin_paths_are_not_served_on_the_public_listener() {
     let upstream = TestUpstream::start().await;
     let proxy = proxy_with_token(&upstream).await;
     for path in ["/metrics", "/admin/rooms"] {
-        let body = client()
-            .get(proxy.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(proxy.url(path)).await;
         assert_eq!(body, format!("upstream saw {path}"));
     }
 }

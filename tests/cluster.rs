@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::common::process::Process;
 use crate::common::redis::RedisServer;
-use crate::common::{TestUpstream, Visitor, client, eventually, keys};
+use crate::common::{TestUpstream, Visitor, client, eventually, get_json, get_text, keys};
 
 /// The same file for every instance: a shared store, the shared signing key.
 fn shared(upstream: &TestUpstream, redis: &RedisServer, rooms_and_routes: &str) -> String {
@@ -99,14 +99,7 @@ async fn three_instances_never_admit_more_than_capacity() {
         "one line: every place given once"
     );
     for instance in &instances {
-        let c: serde_json::Value = client()
-            .get(instance.url("/__anteroom/capacity?room=web"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let c = get_json(instance.url("/__anteroom/capacity?room=web")).await;
         assert_eq!(c["inUse"], 10);
         assert_eq!(c["waiting"], 190);
     }
@@ -178,14 +171,7 @@ room = "llm"
     let usage = |i: &Process| {
         let url = i.url("/__anteroom/capacity?room=llm");
         async move {
-            let c: serde_json::Value = client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let c = get_json(url).await;
             c["inUse"].as_u64().unwrap()
         }
     };
@@ -315,27 +301,13 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
             .unwrap()
             .contains(r#"data-state="unavailable""#)
     );
-    let ready: serde_json::Value = client()
-        .get(instances[0].admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(instances[0].admin_url("/readyz")).await;
     assert_eq!(
         ready["ready"], true,
         "a store outage does not take the instance out of rotation"
     );
     assert_eq!(ready["store"]["up"], false);
-    let metrics = client()
-        .get(instances[1].admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(instances[1].admin_url("/metrics")).await;
     assert!(
         metrics.contains("anteroom_store_errors_total{op=\"arrive\"}"),
         "{metrics}"
@@ -376,14 +348,7 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
         answers.len() <= 4,
         "service came back within a few requests: {answers:?}"
     );
-    let ready: serde_json::Value = client()
-        .get(instances[0].admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(instances[0].admin_url("/readyz")).await;
     assert_eq!(ready["store"]["up"], true);
 }
 
@@ -411,14 +376,7 @@ async fn open_policy_lets_newcomers_through_while_redis_is_down() {
         200,
         "open: let through while the store is down"
     );
-    let metrics = client()
-        .get(instance.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(instance.admin_url("/metrics")).await;
     assert!(
         metrics.contains(r#"anteroom_store_open_admissions_total{room="web"} 1"#),
         "{metrics}"
@@ -460,14 +418,7 @@ address = "{addr}"
     let (status, body) = instance.visitor().get("/echo").await;
     assert_eq!(status, 503);
     assert_eq!(body["position"], 1, "queued through Redis over TLS");
-    let ready: serde_json::Value = client()
-        .get(instance.admin_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(instance.admin_url("/readyz")).await;
     assert_eq!(ready["store"]["up"], true);
     assert!(
         !instance.log().contains("s3cret-for-anteroom-tests"),

@@ -9,7 +9,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::common::{Backend, TestProxy, TestUpstream, client, keys, waiting_room_config};
+use crate::common::{
+    Backend, TestProxy, TestUpstream, client, get_json, keys, waiting_room_config,
+};
 
 fn private_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&std::fs::read(&keys().private).unwrap()).unwrap()
@@ -42,14 +44,7 @@ async fn forged_expired_and_malformed_tokens_are_never_admitted() {
     let mut inside = proxy.visitor();
     assert_eq!(inside.get("/echo").await.0, 200);
     let real = inside.pass.clone().unwrap();
-    let jwks: Value = client()
-        .get(proxy.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = get_json(proxy.url("/.well-known/jwks.json")).await;
     let kid = kid(&jwks);
     let (header_b64, payload_b64, _) = {
         let mut parts = real.split('.');

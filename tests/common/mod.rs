@@ -165,6 +165,30 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET url` as JSON.
+pub async fn get_json(url: String) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `GET url` as text.
+pub async fn get_text(url: String) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 struct TestSignal(Mutex<Option<oneshot::Receiver<()>>>);
 
 #[async_trait]
@@ -256,14 +280,7 @@ impl TestProxy {
 
     /// `/__anteroom/capacity` of a room.
     pub async fn capacity(&self, room: &str) -> serde_json::Value {
-        client()
-            .get(self.url(&format!("/__anteroom/capacity?room={room}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(self.url(&format!("/__anteroom/capacity?room={room}"))).await
     }
 
     /// A new visitor with no tokens.
@@ -273,14 +290,7 @@ impl TestProxy {
 
     /// `GET /admin/rooms/{name}` (no admin token in tests).
     pub async fn admin_room(&self, room: &str) -> serde_json::Value {
-        client()
-            .get(self.admin_url(&format!("/admin/rooms/{room}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(self.admin_url(&format!("/admin/rooms/{room}"))).await
     }
 
     /// `PATCH /admin/rooms/{name}`.
@@ -297,14 +307,7 @@ impl TestProxy {
 
     /// The text of `/metrics`.
     pub async fn metrics(&self) -> String {
-        client()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(self.admin_url("/metrics")).await
     }
 
     /// Waits until a room has no slot in use and nobody waiting.
