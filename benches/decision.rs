@@ -127,6 +127,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A status poll carrying a ticket with this id in the room "web".
+fn ticket_request(s: &Setup, ticket: String) -> RequestHeader {
+    let claims = s.gate.tokens.claims(
+        TokenKind::Ticket,
+        "web",
+        ticket,
+        Some("normal"),
+        Duration::from_secs(1800),
+    );
+    request("x-anteroom-ticket", &s.gate.tokens.sign(&claims))
+}
+
 /// Admits a first visitor to the room "web"; the request carrying their pass.
 fn pass_request(rt: &tokio::runtime::Runtime, s: &Setup) -> RequestHeader {
     let empty = RequestHeader::build("GET", b"/", None).unwrap();
@@ -177,14 +189,7 @@ fn status_poll(c: &mut Criterion) {
             }
         });
         let place = middle.unwrap();
-        let claims = s.gate.tokens.claims(
-            TokenKind::Ticket,
-            "web",
-            place.ticket.clone(),
-            Some("normal"),
-            Duration::from_secs(1800),
-        );
-        let req = request("x-anteroom-ticket", &s.gate.tokens.sign(&claims));
+        let req = ticket_request(&s, place.ticket.clone());
         group.bench_with_input(BenchmarkId::new("gate", queued), &queued, |b, _| {
             b.to_async(&rt)
                 .iter(|| async { black_box(s.gate.status(room, w, &req).await) })
@@ -393,15 +398,7 @@ fn on_redis(c: &mut Criterion) {
             "redis/memory: {} bytes per queued visitor ({queued} queued)",
             used(&redis).saturating_sub(before) / queued
         );
-        let place = middle.unwrap();
-        let claims = s.gate.tokens.claims(
-            TokenKind::Ticket,
-            "web",
-            place.ticket.clone(),
-            Some("normal"),
-            Duration::from_secs(1800),
-        );
-        let req = request("x-anteroom-ticket", &s.gate.tokens.sign(&claims));
+        let req = ticket_request(&s, middle.unwrap().ticket);
         group.bench_with_input(
             BenchmarkId::new("status_poll/gate", queued),
             &queued,
