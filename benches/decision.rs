@@ -66,7 +66,7 @@ room = "web"
         key.display()
     );
     let config = Config::from_toml(&text, Path::new("bench.toml")).unwrap();
-    let rooms = Arc::new(Rooms::new(&config.rooms, None).unwrap());
+    let rooms = Arc::new(Rooms::new(&config.rooms, &[], None));
     let metrics = Metrics::register().unwrap();
     let specs: Vec<_> = rooms.iter().filter_map(|r| r.spec()).collect();
     let store: Arc<dyn Store> = match redis {

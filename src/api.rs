@@ -176,6 +176,12 @@ fn status_url(room: &Room, req: &RequestHeader) -> String {
     )
 }
 
+fn accept_language(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+}
+
 /// What a visitor who must wait is told.
 pub(crate) fn waiting(
     room: &Room,
@@ -191,14 +197,14 @@ pub(crate) fn waiting(
             _ => PageState::Queued,
         };
         let url = status_url(room, req);
-        let html = w.template.render(&PageView {
+        let html = w.page.template.render(&PageView {
             room: room.name(),
             state,
             place: Some(&wt.place),
             poll: w.config.poll_interval,
             status_url: &url,
             ticket: &wt.ticket,
-            language: client::language(w.config.language, req),
+            language: w.page.language_for(accept_language(req)),
         });
         Reply::new(w.config.queue_status, "text/html; charset=utf-8", html)
     } else {
@@ -222,14 +228,14 @@ pub(crate) fn closed(room: &Room, w: &WaitingRoom, state: PageState, req: &Reque
         _ => ("QUEUE_REQUIRED", poll_ms(w).div_ceil(1000).max(1)),
     };
     let reply = if client::wants_html(req) {
-        let html = w.template.render(&PageView {
+        let html = w.page.template.render(&PageView {
             room: room.name(),
             state,
             place: None,
             poll: w.config.poll_interval,
             status_url: "",
             ticket: "",
-            language: client::language(w.config.language, req),
+            language: w.page.language_for(accept_language(req)),
         });
         Reply::new(503, "text/html; charset=utf-8", html)
     } else {

@@ -30,7 +30,7 @@ pub struct AppJwt {
 
 impl AppJwt {
     /// The key that verifies `alg` tokens, from a PEM file.
-    pub fn decoding_key(alg: Algorithm, path: &Path) -> Result<DecodingKey, String> {
+    fn decoding_key(alg: Algorithm, path: &Path) -> Result<DecodingKey, String> {
         use Algorithm::*;
         let pem =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

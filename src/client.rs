@@ -1,13 +1,13 @@
 //! Facts about the client that sent a request: its address (trusting
 //! `X-Forwarded-For` only from configured proxies), whether it connected
-//! securely, whether it is a browser navigating, and its language.
+//! securely, and whether it is a browser navigating.
 
 use std::net::IpAddr;
 
-use http::header::{ACCEPT, ACCEPT_LANGUAGE};
+use http::header::ACCEPT;
 use pingora::http::RequestHeader;
 
-use crate::config::{self, Language};
+use crate::config;
 
 /// The client's address: the connecting peer, or, when that peer is a
 /// trusted proxy, the last address in `X-Forwarded-For` that is not.
@@ -59,43 +59,6 @@ pub fn wants_html(req: &RequestHeader) -> bool {
             .is_some_and(|accept| accept.contains("text/html"))
 }
 
-/// The page language: configured, or the first of German or English the
-/// browser lists in `Accept-Language` (English otherwise).
-pub fn language(configured: Language, req: &RequestHeader) -> Language {
-    if configured != Language::Auto {
-        return configured;
-    }
-    let header = req
-        .headers
-        .get(ACCEPT_LANGUAGE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let mut best = (Language::En, -1.0f32);
-    for part in header.split(',') {
-        let mut pieces = part.split(';');
-        let tag = pieces
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        let q = pieces
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .and_then(|q| q.parse::<f32>().ok())
-            .unwrap_or(1.0);
-        let lang = if tag == "de" || tag.starts_with("de-") {
-            Language::De
-        } else if tag == "en" || tag.starts_with("en-") {
-            Language::En
-        } else {
-            continue;
-        };
-        if q > best.1 {
-            best = (lang, q);
-        }
-    }
-    best.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,29 +96,6 @@ mod tests {
         assert_eq!(
             ip(&server(&["10.0.0.0/8"]), Some(peer), &spoofed),
             Some("5.6.7.8".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn language_from_accept_language() {
-        assert_eq!(
-            language(
-                Language::Auto,
-                &req(&[("accept-language", "de-DE,de;q=0.9,en;q=0.8")])
-            ),
-            Language::De
-        );
-        assert_eq!(
-            language(
-                Language::Auto,
-                &req(&[("accept-language", "fr, en;q=0.5, de;q=0.4")])
-            ),
-            Language::En
-        );
-        assert_eq!(language(Language::Auto, &req(&[])), Language::En);
-        assert_eq!(
-            language(Language::De, &req(&[("accept-language", "en")])),
-            Language::De
         );
     }
 

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod assets;
 pub mod attribution;
 pub mod bypass;
 pub mod client;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anteroom::assets::Assets;
 use anteroom::config::Config;
 use anteroom::server::{App, Exit};
 use anteroom::{demo, logging};
@@ -88,6 +89,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check { config } => {
             let c = Config::load(&config)?;
+            Assets::load(&c)?;
             println!(
                 "{}: ok ({} upstreams, {} rooms, {} routes)",
                 config.display(),

@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::leases::SharedSlots;
-use crate::page::Template;
+use crate::page::Page;
 use crate::slots::{Slots, Usage};
 use crate::store::{Leases, RoomSpec, Snapshot, Wait};
 
@@ -35,7 +35,7 @@ pub struct WaitingRoom {
     /// Settings from the file.
     pub config: config::Sessions,
     /// The waiting page.
-    pub template: Template,
+    pub page: Page,
     snapshot: RwLock<Snapshot>,
 }
 
@@ -58,8 +58,8 @@ impl WaitingRoom {
 
 impl Room {
     /// A room with all its slots free; `requests` rooms count in the store
-    /// when one is shared. Fails if the operator's page template is invalid.
-    pub fn new(config: config::Room, leases: Option<&Arc<dyn Leases>>) -> Result<Room, String> {
+    /// when one is shared. A sessions room shows `page` (the built-in one if none).
+    pub fn new(config: config::Room, page: Option<Page>, leases: Option<&Arc<dyn Leases>>) -> Room {
         let kind = match &config.sessions {
             None => match leases {
                 Some(store) => Kind::SharedRequests(SharedSlots::new(
@@ -70,14 +70,14 @@ impl Room {
                 None => Kind::Requests(Slots::new(config.capacity)),
             },
             Some(s) => {
-                let template = match &s.page_template {
-                    Some(path) => Template::load(path)?,
-                    None => Template::built_in(),
-                };
+                let page = page.unwrap_or_else(|| Page {
+                    template: crate::page::Template::built_in(),
+                    language: None,
+                });
                 let spec = RoomSpec::from_config(&config.name, config.capacity, s);
                 Kind::Sessions(Box::new(WaitingRoom {
                     config: s.clone(),
-                    template,
+                    page,
                     snapshot: RwLock::new(Snapshot {
                         settings: spec.settings,
                         sessions: 0,
@@ -91,7 +91,7 @@ impl Room {
                 }))
             }
         };
-        Ok(Room { config, kind })
+        Room { config, kind }
     }
 
     /// The room's name.
@@ -155,14 +155,20 @@ impl Room {
 pub struct Rooms(Vec<Room>);
 
 impl Rooms {
-    /// Rooms from validated config; `leases` is the shared store, if any.
-    pub fn new(rooms: &[config::Room], leases: Option<&Arc<dyn Leases>>) -> Result<Rooms, String> {
-        rooms
-            .iter()
-            .cloned()
-            .map(|r| Room::new(r, leases))
-            .collect::<Result<_, _>>()
-            .map(Rooms)
+    /// Rooms from validated config and their pages (by index, as `Assets`
+    /// loads them); `leases` is the shared store, if any.
+    pub fn new(
+        rooms: &[config::Room],
+        pages: &[Option<Page>],
+        leases: Option<&Arc<dyn Leases>>,
+    ) -> Rooms {
+        Rooms(
+            rooms
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Room::new(r.clone(), pages.get(i).cloned().flatten(), leases))
+                .collect(),
+        )
     }
 
     /// The room at a config index.

@@ -14,8 +14,8 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::Admin;
-use crate::bypass::AppJwt;
-use crate::config::{Backend, Config};
+use crate::assets::Assets;
+use crate::config::{Backend, Config, ConfigError};
 use crate::gate::Gate;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -25,7 +25,6 @@ use crate::route::Router;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Leases, Observed, RoomSpec, Store};
-use crate::token::{KeyError, SigningKey, Tokens, VerifyKey};
 use crate::upstream::{Resolver, Upstream, UpstreamError};
 
 /// Why the server could not be started.
@@ -55,10 +54,10 @@ pub enum StartError {
     /// Metrics could not be registered (a bug, not a config problem).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// A token key could not be loaded.
-    #[error("tokens: {0}")]
-    Key(#[from] KeyError),
-    /// A waiting-page template or app-token key was refused.
+    /// A file the config names holds something unusable (a key, a template).
+    #[error(transparent)]
+    Assets(#[from] ConfigError),
+    /// The store could not be set up.
     #[error("{0}")]
     Setup(String),
 }
@@ -85,6 +84,7 @@ impl App {
     /// Builds everything the config describes. Blocking: it binds-checks the
     /// listeners and resolves upstream names, so call it before running.
     pub fn build(config: &Config, exit: Exit) -> Result<App, StartError> {
+        let assets = Assets::load(config)?;
         check_bindable(config)?;
         // rustls needs one process-wide provider; the Redis client's TLS uses it too.
         pingora::tls::install_default_crypto_provider();
@@ -96,38 +96,19 @@ impl App {
         let metrics = Metrics::register()?;
         let lifecycle = Lifecycle::new();
         let (store, leases) = open_store(config, &metrics)?;
-        let rooms =
-            Arc::new(Rooms::new(&config.rooms, leases.as_ref()).map_err(StartError::Setup)?);
+        let rooms = Arc::new(Rooms::new(&config.rooms, &assets.pages, leases.as_ref()));
         metrics.watch_rooms(Arc::clone(&rooms))?;
-        let jwts = Arc::new(
-            config
-                .jwts
-                .iter()
-                .map(|j| {
-                    AppJwt::new(j).map_err(|e| StartError::Setup(format!("jwt {:?}: {e}", j.name)))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        );
-        let gate = match &config.tokens {
-            Some(t) => {
-                let signer = SigningKey::load(&t.signing_key)?.with_kid(t.signing_kid.clone());
-                let verify = t
-                    .verify_keys
-                    .iter()
-                    .map(|(path, kid)| VerifyKey::load(path, kid.as_deref()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let tokens = Arc::new(Tokens::new(&t.issuer, signer, verify, t.cache_size));
-                Some(Arc::new(Gate::new(
-                    tokens,
-                    Arc::clone(&store),
-                    Arc::clone(&jwts),
-                    config,
-                    metrics.clone(),
-                    config.store.touch_interval,
-                )))
-            }
-            None => None,
-        };
+        let jwts = assets.jwts;
+        let gate = assets.tokens.map(|tokens| {
+            Arc::new(Gate::new(
+                tokens,
+                Arc::clone(&store),
+                Arc::clone(&jwts),
+                config,
+                metrics.clone(),
+                config.store.touch_interval,
+            ))
+        });
 
         let s = &config.server;
         let conf = ServerConf {

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use anteroom::assets::Assets;
 use anteroom::config::{Config, ConfigError};
 
 #[test]
@@ -33,8 +34,10 @@ path_prefix = "/"
 upstream = "app"
 "#;
 
+/// What `anteroom check` says of a config: its values, then the files it names.
 fn problems(text: &str) -> String {
-    match Config::from_toml(text, Path::new("bad.toml")) {
+    let checked = Config::from_toml(text, Path::new("bad.toml")).and_then(|c| Assets::load(&c));
+    match checked {
         Ok(_) => panic!("config was accepted:\n{text}"),
         Err(e) => {
             let msg = e.to_string();
@@ -190,6 +193,19 @@ fn a_broken_page_template_is_refused_by_check() {
     let msg = problems(&text);
     assert!(
         msg.contains("room[0].page_template") && msg.contains("positon"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_unknown_page_language_is_refused_with_its_key() {
+    let key = crate::common::keys().private.display().to_string();
+    let text = format!(
+        "[tokens]\nsigning_key = \"{key}\"\n{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nlanguage = \"xx\"\n"
+    );
+    let msg = problems(&text);
+    assert!(
+        msg.contains("room[0].language") && msg.contains("\"xx\" is not a page language"),
         "{msg}"
     );
 }

@@ -12,10 +12,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Paths anteroom reserves for itself on the public listener: answered by
+/// anteroom, never proxied, so no route may use them.
+pub const RESERVED_PREFIX: &str = "/__anteroom/";
+
 /// A configuration that has passed validation: every reference resolves,
-/// every number is in range, every duration parsed.
+/// every number is in range, every duration parsed, every file it names is
+/// readable. What is in those files is loaded once, by `assets`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from, for messages about what it refers to.
+    pub origin: PathBuf,
     /// Public listeners and process settings.
     pub server: Server,
     /// The operator's listener.
@@ -230,8 +237,9 @@ pub struct Sessions {
     pub avg_session: Duration,
     /// Operator's waiting-page template.
     pub page_template: Option<PathBuf>,
-    /// Waiting-page language.
-    pub language: Language,
+    /// A fixed waiting-page language (a code such as `en`); `None` picks one
+    /// from the browser's `Accept-Language`.
+    pub language: Option<String>,
     /// Path of the pass and ticket cookies.
     pub cookie_path: String,
     /// Visitors in the priority lane.
@@ -281,17 +289,6 @@ impl State {
             _ => None,
         }
     }
-}
-
-/// Language of the built-in pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Language {
-    /// From the browser's `Accept-Language`.
-    Auto,
-    /// English.
-    En,
-    /// German.
-    De,
 }
 
 /// Picks visitors out by path, client network or a verified app token.
@@ -516,7 +513,7 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        validate::validate(file).map_err(|problems| ConfigError::Invalid {
+        validate::validate(file, origin).map_err(|problems| ConfigError::Invalid {
             path: origin.to_owned(),
             problems,
         })

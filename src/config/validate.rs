@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
@@ -10,12 +10,10 @@ use super::file::{
     UpstreamFile, VerifyKeyFile,
 };
 use super::{
-    Admin, Attribution, Backend, Config, Conversion, HostHeader, Jwt, JwtKey, JwtSource, Language,
-    Log, LogFormat, OnStoreError, Problem, RedisConfig, Room, RoomMode, Route, Rules, Secret,
-    Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
+    Admin, Attribution, Backend, Config, Conversion, HostHeader, Jwt, JwtKey, JwtSource, Log,
+    LogFormat, OnStoreError, Problem, RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules,
+    Secret, Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
 };
-
-const RESERVED_PREFIX: &str = "/__anteroom/";
 const MAX_CAPACITY: i64 = 10_000_000;
 const MAX_THREADS: i64 = 1024;
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
@@ -101,9 +99,44 @@ impl Problems {
         }
         PathBuf::from(path)
     }
+
+    /// A secret kept in a file of its own (`token_file`, `password_file`,
+    /// `secret_file`), without the line end an editor adds.
+    fn secret_file(&mut self, key: &str, path: &str) -> Option<String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) => {
+                self.add(key, format!("cannot read {path:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A value given inline or in a file, not both.
+    fn inline_or_file<'a>(
+        &mut self,
+        key: &'a str,
+        inline: Option<&String>,
+        file: Option<&String>,
+        file_key: &'a str,
+    ) -> Option<String> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                let last = |k: &'a str| k.rsplit('.').next().unwrap_or(k);
+                self.add(
+                    key,
+                    format!("give either {} or {}, not both", last(key), last(file_key)),
+                );
+                None
+            }
+            (Some(value), None) => Some(value.clone()),
+            (None, Some(path)) => self.secret_file(file_key, path),
+            (None, None) => None,
+        }
+    }
 }
 
-pub(super) fn validate(file: File) -> Result<Config, Vec<Problem>> {
+pub(super) fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
 
     let server = server(&mut p, &file);
@@ -162,6 +195,7 @@ pub(super) fn validate(file: File) -> Result<Config, Vec<Problem>> {
 
     if p.0.is_empty() {
         Ok(Config {
+            origin: origin.to_owned(),
             server,
             admin,
             log,
@@ -265,21 +299,12 @@ fn admin(p: &mut Problems, file: &File) -> Admin {
             a.listen.as_deref().unwrap_or("127.0.0.1:9090"),
         )
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-    let token = match (&a.token, &a.token_file) {
-        (Some(_), Some(_)) => {
-            p.add("admin.token", "give either token or token_file, not both");
-            None
-        }
-        (Some(t), None) => Some(t.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(t) => Some(t.trim().to_owned()),
-            Err(e) => {
-                p.add("admin.token_file", format!("cannot read {path:?}: {e}"));
-                None
-            }
-        },
-        (None, None) => None,
-    };
+    let token = p.inline_or_file(
+        "admin.token",
+        a.token.as_ref(),
+        a.token_file.as_ref(),
+        "admin.token_file",
+    );
     if let Some(t) = &token {
         let key = if a.token.is_some() {
             "admin.token"
@@ -629,16 +654,23 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             State::Active
         }
     };
-    let language = match r.language.as_deref().unwrap_or("auto") {
-        "auto" => Language::Auto,
-        "en" => Language::En,
-        "de" => Language::De,
-        other => {
+    // Which languages the page speaks is the page's business (`assets`
+    // checks it); here only the shape of a language code.
+    let language = match r.language.as_deref() {
+        None | Some("auto") => None,
+        Some(code)
+            if !code.is_empty()
+                && code.len() <= 8
+                && code.bytes().all(|b| b.is_ascii_lowercase()) =>
+        {
+            Some(code.to_owned())
+        }
+        Some(other) => {
             p.add(
                 format!("{key}.language"),
-                format!("{other:?} is not a page language: use \"auto\", \"en\" or \"de\""),
+                format!("{other:?} is not a language code: use \"auto\" or a code such as \"en\""),
             );
-            Language::Auto
+            None
         }
     };
     let cookie_path = r.cookie_path.clone().unwrap_or_else(|| "/".to_owned());
@@ -648,16 +680,10 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             format!("{cookie_path:?} must start with '/' and contain no ';', ',' or spaces"),
         );
     }
-    let page_template = r.page_template.as_deref().map(|f| {
-        let field = format!("{key}.page_template");
-        let path = p.readable_file(&field, f);
-        if path.exists() {
-            if let Err(e) = crate::page::Template::load(&path) {
-                p.add(field, e);
-            }
-        }
-        path
-    });
+    let page_template = r
+        .page_template
+        .as_deref()
+        .map(|f| p.readable_file(&format!("{key}.page_template"), f));
     let priority_weight = r
         .priority_weight
         .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))
@@ -762,11 +788,6 @@ fn tokens(p: &mut Problems, t: &TokensFile) -> Tokens {
         p.add("tokens.issuer", "must not be empty");
     }
     let signing_key = p.readable_file("tokens.signing_key", &t.signing_key);
-    if signing_key.exists() {
-        if let Err(e) = crate::token::SigningKey::load(&signing_key) {
-            p.add("tokens.signing_key", e.to_string());
-        }
-    }
     let verify_keys = t
         .verify_keys
         .iter()
@@ -777,13 +798,7 @@ fn tokens(p: &mut Problems, t: &TokensFile) -> Tokens {
                 VerifyKeyFile::Path(f) => (f.as_str(), None),
                 VerifyKeyFile::WithKid(t) => (t.file.as_str(), Some(t.kid.clone())),
             };
-            let path = p.readable_file(&key, file);
-            if path.exists() {
-                if let Err(e) = crate::token::VerifyKey::load(&path, kid.as_deref()) {
-                    p.add(key, e.to_string());
-                }
-            }
-            (path, kid)
+            (p.readable_file(&key, file), kid)
         })
         .collect();
     if let Some(kid) = &t.signing_kid {
@@ -847,27 +862,12 @@ fn jwt(p: &mut Problems, i: usize, j: &JwtFile) -> Option<Jwt> {
             format!("{:?} is not a JWT algorithm: use HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA", j.algorithm),
         );
     }
-    let secret = match (&j.secret, &j.secret_file) {
-        (Some(s), None) => Some(s.clone()),
-        (None, Some(f)) => match std::fs::read_to_string(f) {
-            Ok(s) => Some(s.trim().to_owned()),
-            Err(e) => {
-                p.add(
-                    format!("{key}.secret_file"),
-                    format!("cannot read {f:?}: {e}"),
-                );
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            p.add(
-                format!("{key}.secret"),
-                "give either secret or secret_file, not both",
-            );
-            None
-        }
-        (None, None) => None,
-    };
+    let secret = p.inline_or_file(
+        &format!("{key}.secret"),
+        j.secret.as_ref(),
+        j.secret_file.as_ref(),
+        &format!("{key}.secret_file"),
+    );
     let jwt_key = match (algorithm?, secret, &j.public_key) {
         (HS256 | HS384 | HS512, Some(secret), None) => {
             if secret.len() < 32 {
@@ -885,15 +885,9 @@ fn jwt(p: &mut Problems, i: usize, j: &JwtFile) -> Option<Jwt> {
             );
             None
         }
-        (alg, None, Some(path)) => {
-            let path = p.readable_file(&format!("{key}.public_key"), path);
-            if path.exists() {
-                if let Err(e) = crate::bypass::AppJwt::decoding_key(alg, &path) {
-                    p.add(format!("{key}.public_key"), e);
-                }
-            }
-            Some(JwtKey::PublicKey(path))
-        }
+        (_, None, Some(path)) => Some(JwtKey::PublicKey(
+            p.readable_file(&format!("{key}.public_key"), path),
+        )),
         (_, _, _) => {
             p.add(
                 format!("{key}.public_key"),
@@ -995,24 +989,14 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
             );
         }
     }
-    let password = match (&s.password, &s.password_file) {
-        (Some(_), Some(_)) => {
-            p.add(
-                "store.password",
-                "give either password or password_file, not both",
-            );
-            None
-        }
-        (Some(pw), None) => Some(Secret(pw.clone())),
-        (None, Some(f)) => match std::fs::read_to_string(f) {
-            Ok(pw) => Some(Secret(pw.trim().to_owned())),
-            Err(e) => {
-                p.add("store.password_file", format!("cannot read {f:?}: {e}"));
-                None
-            }
-        },
-        (None, None) => None,
-    };
+    let password = p
+        .inline_or_file(
+            "store.password",
+            s.password.as_ref(),
+            s.password_file.as_ref(),
+            "store.password_file",
+        )
+        .map(Secret);
     let key_prefix = s
         .key_prefix
         .clone()

@@ -8,11 +8,82 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Language;
 use crate::store::Place;
 
 /// The built-in template.
 pub const BUILT_IN: &str = include_str!("waiting.html");
+
+/// A language the built-in pages speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// English, also the fallback.
+    En,
+    /// German.
+    De,
+}
+
+impl Language {
+    /// Every language, the fallback first.
+    pub const ALL: [Language; 2] = [Language::En, Language::De];
+
+    /// The language's code, as in `Accept-Language` and the config.
+    pub fn code(self) -> &'static str {
+        self.texts().lang
+    }
+
+    /// The language with this code (`room.language`).
+    pub fn parse(code: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|l| l.code() == code)
+    }
+
+    /// The language the browser prefers among ours (by `q`), English otherwise.
+    pub fn negotiate(accept_language: Option<&str>) -> Language {
+        let mut best = (Language::En, -1.0f32);
+        for part in accept_language.unwrap_or_default().split(',') {
+            let mut pieces = part.split(';');
+            let tag = pieces.next().unwrap_or_default().trim();
+            let primary = tag.split('-').next().unwrap_or_default();
+            let Some(lang) = Language::ALL
+                .into_iter()
+                .find(|l| primary.eq_ignore_ascii_case(l.code()))
+            else {
+                continue;
+            };
+            let q = pieces
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if q > best.1 {
+                best = (lang, q);
+            }
+        }
+        best.0
+    }
+
+    fn texts(self) -> &'static Texts {
+        match self {
+            Language::En => &EN,
+            Language::De => &DE,
+        }
+    }
+}
+
+/// A sessions room's page: its template and, when fixed, its language.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The template.
+    pub template: Template,
+    /// The configured language; `None` follows each browser's.
+    pub language: Option<Language>,
+}
+
+impl Page {
+    /// The language to show a visitor whose browser sent this `Accept-Language`.
+    pub fn language_for(&self, accept_language: Option<&str>) -> Language {
+        self.language
+            .unwrap_or_else(|| Language::negotiate(accept_language))
+    }
+}
 
 /// What the page shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,10 +322,7 @@ impl Template {
 
     /// The page for one visitor.
     pub fn render(&self, view: &PageView<'_>) -> String {
-        let t = match view.language {
-            Language::De => &DE,
-            Language::En | Language::Auto => &EN,
-        };
+        let t = view.language.texts();
         let (heading, message) = match view.state {
             PageState::Queued => (t.queued_heading, t.queued),
             PageState::Paused => (t.queued_heading, t.paused),
@@ -363,6 +431,22 @@ mod tests {
             language: Language::En,
         };
         assert_eq!(t.render(&view), "&lt;script&gt;&quot;");
+    }
+
+    #[test]
+    fn language_from_accept_language() {
+        let pick = |h| Language::negotiate(Some(h));
+        assert_eq!(pick("de-DE,de;q=0.9,en;q=0.8"), Language::De);
+        assert_eq!(pick("fr, en;q=0.5, de;q=0.4"), Language::En);
+        assert_eq!(pick("DE"), Language::De);
+        assert_eq!(Language::negotiate(None), Language::En);
+        let fixed = Page {
+            template: Template::built_in(),
+            language: Some(Language::De),
+        };
+        assert_eq!(fixed.language_for(Some("en")), Language::De);
+        assert_eq!(Language::parse("de"), Some(Language::De));
+        assert_eq!(Language::parse("xx"), None);
     }
 
     #[test]
