@@ -19,10 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anteroom::assets::Assets;
 use anteroom::config::{Config, RedisConfig};
-use anteroom::gate::{Decision, Gate, Visitor};
+use anteroom::events::VisitorEvents;
+use anteroom::facts::Facts;
+use anteroom::gate::{Decision, Gate};
 use anteroom::metrics::Metrics;
-use anteroom::room::{Kind, Rooms};
+use anteroom::room::{Kind, RoomMetrics, Rooms};
 use anteroom::slots::Slots;
 use anteroom::store::memory::{MemoryStore, RoomState};
 use anteroom::store::redis::RedisStore;
@@ -50,6 +53,7 @@ fn setup_on(capacity: u32, redis: Option<u16>) -> Setup {
         r#"
 [tokens]
 signing_key = "{}"
+cache_size = 1000000
 [store]
 touch_interval = "1h"
 [[upstream]]
@@ -66,8 +70,15 @@ room = "web"
         key.display()
     );
     let config = Config::from_toml(&text, Path::new("bench.toml")).unwrap();
-    let rooms = Arc::new(Rooms::new(&config.rooms, &[], None));
-    let metrics = Metrics::register().unwrap();
+    let assets = Assets::load(&config).unwrap();
+    let metrics = Metrics::new().unwrap();
+    let room_metrics = RoomMetrics::register(metrics.registry()).unwrap();
+    let rooms = Arc::new(Rooms::new(
+        &config.rooms,
+        &assets.pages,
+        None,
+        &room_metrics,
+    ));
     let specs: Vec<_> = rooms.iter().filter_map(|r| r.spec()).collect();
     let store: Arc<dyn Store> = match redis {
         None => Arc::new(MemoryStore::new(&specs)),
@@ -91,19 +102,13 @@ room = "web"
             .unwrap(),
         ),
     };
-    let tokens = Arc::new(Tokens::new(
-        "anteroom",
-        SigningKey::load(&key).unwrap(),
-        Vec::new(),
-        1_000_000,
-    ));
     let gate = Gate::new(
-        tokens,
+        assets.tokens.clone().unwrap(),
+        config.tokens.as_ref().unwrap(),
         store.clone(),
-        Arc::new(Vec::new()),
-        &config,
-        metrics,
-        Duration::from_secs(3600),
+        assets.jwts.clone(),
+        VisitorEvents::register(metrics.registry(), &config.attribution).unwrap(),
+        config.store.touch_interval,
     );
     Setup {
         gate,
@@ -154,7 +159,14 @@ async fn decide(s: &Setup, req: &RequestHeader) -> Decision {
     let Kind::Sessions(w) = room.kind() else {
         unreachable!()
     };
-    s.gate.decide(room, w, &Visitor { req, ip: None }).await
+    let facts = Facts {
+        req,
+        path: req.uri.path(),
+        host: None,
+        ip: None,
+        secure: false,
+    };
+    s.gate.decide(room, w, &facts).await
 }
 
 fn admitted_with_cached_pass(c: &mut Criterion) {

@@ -13,10 +13,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
 
-use crate::api::Capacity;
 use crate::config::{Secret, State};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::replies::Capacity;
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms};
 use crate::store::{Lane, SettingsPatch, Store};
@@ -218,7 +218,8 @@ impl Admin {
         Reply::json(200, &RoomView::of(room))
     }
 
-    /// Fresh numbers from the store for a room whose state lives there.
+    /// Fresh numbers from the store for a room whose state lives there
+    /// (as last seen when the store does not answer).
     async fn refresh(&self, room: &Room) {
         match room.kind() {
             Kind::Sessions(w) => {
@@ -226,10 +227,9 @@ impl Admin {
                     w.observe(snapshot);
                 }
             }
-            Kind::SharedRequests(slots) => {
+            Kind::Requests(slots) => {
                 let _ = slots.refresh().await;
             }
-            Kind::Requests(_) => {}
         }
     }
 
@@ -267,9 +267,7 @@ impl Admin {
             );
         }
         match room.kind() {
-            Kind::Requests(_) | Kind::SharedRequests(_)
-                if state.is_some() || patch.admit_rate.is_some() =>
-            {
+            Kind::Requests(_) if state.is_some() || patch.admit_rate.is_some() => {
                 return Reply::error(
                     400,
                     "BAD_REQUEST",
@@ -277,11 +275,6 @@ impl Admin {
                 );
             }
             Kind::Requests(slots) => {
-                if let Some(capacity) = patch.capacity {
-                    slots.set_capacity(capacity);
-                }
-            }
-            Kind::SharedRequests(slots) => {
                 if let Some(capacity) = patch.capacity {
                     if let Err(e) = slots.set_capacity(capacity).await {
                         return Reply::error(503, "STORE_UNAVAILABLE", e.to_string());

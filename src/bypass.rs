@@ -4,7 +4,6 @@
 //! A logged-in user is recognised by the app's own JWT, verified with its
 //! key, algorithm, `iss` and `aud`; the mere presence of a cookie never counts.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -13,6 +12,7 @@ use quick_cache::sync::Cache;
 
 use crate::config::{Jwt, JwtKey, JwtSource, Rules};
 use crate::cookies;
+use crate::facts::Facts;
 use crate::token::{Fingerprints, MAX_TOKEN_LEN, now_secs};
 
 /// Verified app tokens remembered per verifier.
@@ -102,30 +102,20 @@ impl AppJwt {
     }
 }
 
-/// What a rule looks at.
-pub struct Visitor<'a> {
-    /// Request path.
-    pub path: &'a str,
-    /// Client address.
-    pub ip: Option<IpAddr>,
-    /// The request.
-    pub req: &'a RequestHeader,
-}
-
-/// Whether the visitor matches any part of the rule.
-pub fn matches(rules: &Rules, visitor: &Visitor<'_>, jwts: &[AppJwt]) -> bool {
+/// Whether the request matches any part of the rule.
+pub fn matches(rules: &Rules, facts: &Facts<'_>, jwts: &[AppJwt]) -> bool {
     if rules.is_empty() {
         return false;
     }
     rules
         .paths
         .iter()
-        .any(|p| visitor.path.starts_with(p.as_str()))
-        || visitor
+        .any(|p| facts.path.starts_with(p.as_str()))
+        || facts
             .ip
             .is_some_and(|ip| rules.cidrs.iter().any(|net| net.contains(&ip)))
         || rules
             .jwt
             .and_then(|i| jwts.get(i))
-            .is_some_and(|jwt| jwt.matches(visitor.req))
+            .is_some_and(|jwt| jwt.matches(facts.req))
 }

@@ -6,7 +6,6 @@
 //! and, at most once per `touch_interval`, a store touch), then a valid
 //! ticket (a waiting visitor's heartbeat), then a new arrival.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,12 +14,13 @@ use http::HeaderValue;
 use pingora::http::RequestHeader;
 use quick_cache::sync::Cache;
 
-use crate::attribution::{self, Labels, Utm};
+use crate::attribution::Utm;
 use crate::bypass::{self, AppJwt};
 use crate::config::{self, OnStoreError, State};
 use crate::cookies;
-use crate::metrics::Metrics;
-use crate::room::{Room, WaitingRoom};
+use crate::events::VisitorEvents;
+use crate::facts::Facts;
+use crate::room::{Room, Rooms, WaitingRoom};
 use crate::store::{
     Arrival, Lane, Place, Polled, SessionId, SessionInfo, Store, StoreError, now_millis,
 };
@@ -59,8 +59,6 @@ pub struct Visit {
     pub set_pass: bool,
     /// Whether a ticket cookie should be cleared (just admitted from the line).
     pub clear_ticket: bool,
-    /// Admitted on this very request.
-    pub admitted_now: bool,
 }
 
 /// A visitor who has to wait.
@@ -112,12 +110,16 @@ struct Seen {
     touched: AtomicU64,
 }
 
-/// Facts about a request the gate decides on.
-pub struct Visitor<'a> {
-    /// The request.
-    pub req: &'a RequestHeader,
-    /// The client's address.
-    pub ip: Option<IpAddr>,
+/// Where a visitor stands, by the tokens they hold.
+enum Standing {
+    /// A valid pass of a live session, or a ticket whose turn came.
+    Admitted(Box<Visit>),
+    /// A valid ticket with a place in line.
+    Queued(Box<Waiting>),
+    /// No valid token with a place or a session behind it.
+    Unknown,
+    /// The store could not say.
+    Unavailable(StoreError),
 }
 
 /// Decides admissions for every sessions room.
@@ -126,36 +128,30 @@ pub struct Gate {
     pub tokens: Arc<Tokens>,
     store: Arc<dyn Store>,
     jwts: Arc<Vec<AppJwt>>,
-    labels: Labels,
-    metrics: Metrics,
+    events: VisitorEvents,
     ticket_ttl: Duration,
     touch_interval: Duration,
     seen: Cache<u128, Arc<Seen>>,
 }
 
 impl Gate {
-    /// A gate over a store.
+    /// A gate over a store, signing with `tokens` as `[tokens]` says.
     pub fn new(
         tokens: Arc<Tokens>,
+        settings: &config::Tokens,
         store: Arc<dyn Store>,
         jwts: Arc<Vec<AppJwt>>,
-        config: &config::Config,
-        metrics: Metrics,
+        events: VisitorEvents,
         touch_interval: Duration,
     ) -> Gate {
-        let cache_size = config.tokens.as_ref().map_or(100_000, |t| t.cache_size);
         Gate {
             tokens,
             store,
             jwts,
-            labels: Labels::new(&config.attribution),
-            metrics,
-            ticket_ttl: config
-                .tokens
-                .as_ref()
-                .map_or(Duration::from_secs(1800), |t| t.ticket_ttl),
+            events,
+            ticket_ttl: settings.ticket_ttl,
             touch_interval,
-            seen: Cache::new(cache_size),
+            seen: Cache::new(settings.cache_size),
         }
     }
 
@@ -169,18 +165,13 @@ impl Gate {
         self.ticket_ttl
     }
 
-    /// Campaign labels for metrics.
-    pub fn labels(&self) -> &Labels {
-        &self.labels
+    /// Where the visitor events go.
+    pub fn events(&self) -> &VisitorEvents {
+        &self.events
     }
 
-    fn lane(&self, w: &WaitingRoom, visitor: &Visitor<'_>) -> Lane {
-        let facts = bypass::Visitor {
-            path: visitor.req.uri.path(),
-            ip: visitor.ip,
-            req: visitor.req,
-        };
-        if bypass::matches(&w.config.priority, &facts, &self.jwts) {
+    fn lane(&self, w: &WaitingRoom, facts: &Facts<'_>) -> Lane {
+        if bypass::matches(&w.config.priority, facts, &self.jwts) {
             Lane::Priority
         } else {
             Lane::Normal
@@ -285,45 +276,32 @@ impl Gate {
         HeaderValue::try_from(self.tokens.sign(&claims)).unwrap_or(HeaderValue::from_static(""))
     }
 
+    /// A visitor the store has just admitted, at once or from the line.
     fn admitted(
         &self,
         room: &Room,
         w: &WaitingRoom,
         session: SessionInfo,
         from_line: bool,
-    ) -> Decision {
-        let lane = if from_line { "queue" } else { "direct" };
-        self.metrics
-            .admissions
-            .with_label_values(&[room.name(), lane])
-            .inc();
-        if from_line {
-            self.metrics
-                .queue_wait
-                .with_label_values(&[room.name()])
-                .observe(session.wait_ms as f64 / 1000.0);
-        }
-        tracing::info!(
-            target: "anteroom::visitor",
-            event = "admitted",
-            room = room.name(),
-            session = %session.id,
-            wait_ms = session.wait_ms,
-            utm_source = attribution::source(session.utm.as_deref()),
-            utm_campaign = attribution::campaign(session.utm.as_deref()),
-        );
+    ) -> Box<Visit> {
+        self.events.admitted(room.name(), &session, from_line);
         let pass = self.issue_pass(room, w, &session);
-        Decision::Admit(Box::new(Visit {
+        Box::new(Visit {
             session,
             pass,
             source: None,
             set_pass: true,
             clear_ticket: from_line,
-            admitted_now: true,
-        }))
+        })
     }
 
-    fn waiting(&self, room: &Room, place: Place, ticket: Option<(String, &Claims)>) -> Decision {
+    /// A visitor in line, with their ticket (renewed past half its life).
+    fn waiting(
+        &self,
+        room: &Room,
+        place: Place,
+        ticket: Option<(String, &Claims)>,
+    ) -> Box<Waiting> {
         let (ticket, set_ticket) = match ticket {
             Some((token, claims)) if !claims.needs_renewal(now_secs()) => (token, false),
             _ => {
@@ -337,20 +315,18 @@ impl Gate {
                 (self.tokens.sign(&claims), true)
             }
         };
-        Decision::Wait(Box::new(Waiting {
+        Box::new(Waiting {
             place,
             ticket,
             set_ticket,
-        }))
+        })
     }
 
-    /// Decides a request to a sessions room.
-    pub async fn decide(&self, room: &Room, w: &WaitingRoom, visitor: &Visitor<'_>) -> Decision {
-        if w.state() == State::Maintenance {
-            return Decision::Maintenance;
-        }
+    /// Where the holder of these tokens stands: a pass first (renewed past
+    /// half its life), then a ticket (a heartbeat that may be their turn).
+    async fn standing(&self, room: &Room, w: &WaitingRoom, req: &RequestHeader) -> Standing {
         let name = room.name();
-        if let Some((token, claims, source)) = self.find_pass(name, visitor.req) {
+        if let Some((token, claims, source)) = self.find_pass(name, req) {
             if let Some(session) = self.session(name, &claims).await {
                 let renew = claims.needs_renewal(now_secs());
                 let pass = if renew {
@@ -358,67 +334,74 @@ impl Gate {
                 } else {
                     token
                 };
-                return Decision::Admit(Box::new(Visit {
+                return Standing::Admitted(Box::new(Visit {
                     session,
                     pass,
                     source: Some(source),
                     set_pass: renew,
                     clear_ticket: false,
-                    admitted_now: false,
                 }));
             }
         }
-        if let Some((token, claims)) = self.find_ticket(name, visitor.req) {
-            match self.store.poll(name, &claims.sub).await {
-                Ok(Polled::Admitted(session)) => return self.admitted(room, w, session, true),
-                Ok(Polled::Queued(place)) => {
-                    return self.waiting(room, place, Some((token, &claims)));
-                }
-                Ok(Polled::Expired) => {}
-                Err(e) => return self.unavailable(room, &e),
+        let Some((token, claims)) = self.find_ticket(name, req) else {
+            return Standing::Unknown;
+        };
+        match self.store.poll(name, &claims.sub).await {
+            Ok(Polled::Admitted(session)) => {
+                Standing::Admitted(self.admitted(room, w, session, true))
             }
+            Ok(Polled::Queued(place)) => {
+                Standing::Queued(self.waiting(room, place, Some((token, &claims))))
+            }
+            Ok(Polled::Expired) => Standing::Unknown,
+            Err(e) => Standing::Unavailable(e),
         }
-        self.arrive(room, w, visitor).await
     }
 
-    async fn arrive(&self, room: &Room, w: &WaitingRoom, visitor: &Visitor<'_>) -> Decision {
+    /// Decides a request to a sessions room.
+    pub async fn decide(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Decision {
+        if w.state() == State::Maintenance {
+            return Decision::Maintenance;
+        }
+        match self.standing(room, w, facts.req).await {
+            Standing::Admitted(visit) => Decision::Admit(visit),
+            Standing::Queued(waiting) => Decision::Wait(waiting),
+            Standing::Unavailable(e) => self.unavailable(room, &e),
+            Standing::Unknown => self.arrive(room, w, facts).await,
+        }
+    }
+
+    /// `GET /__anteroom/status`: like `decide`, but never joins the line.
+    pub async fn status(&self, room: &Room, w: &WaitingRoom, req: &RequestHeader) -> Status {
+        if w.state() == State::Maintenance {
+            return Status::Maintenance;
+        }
+        match self.standing(room, w, req).await {
+            Standing::Admitted(visit) => Status::Admitted(visit),
+            Standing::Queued(waiting) => Status::Queued(waiting),
+            Standing::Unknown => Status::Expired,
+            Standing::Unavailable(e) => {
+                tracing::warn!(room = room.name(), error = %e, "store unavailable for a status poll");
+                Status::Unavailable
+            }
+        }
+    }
+
+    async fn arrive(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Decision {
         let name = room.name();
-        let lane = self.lane(w, visitor);
-        let utm = Utm::from_query(visitor.req.uri.query());
-        let source = attribution::source(utm.as_deref()).map(str::to_owned);
-        let campaign = attribution::campaign(utm.as_deref()).map(str::to_owned);
-        self.metrics
-            .arrivals
-            .with_label_values(&[name, lane.as_str()])
-            .inc();
-        tracing::info!(
-            target: "anteroom::visitor",
-            event = "arrived",
-            room = name,
-            lane = lane.as_str(),
-            utm_source = source.as_deref(),
-            utm_campaign = campaign.as_deref(),
-        );
-        match self.store.arrive(name, lane, utm).await {
-            Ok(Arrival::Admitted(session)) => self.admitted(room, w, session, false),
+        let lane = self.lane(w, facts);
+        let utm = Utm::from_query(facts.query());
+        self.events.arrived(name, lane, utm.as_deref());
+        match self.store.arrive(name, lane, utm.clone()).await {
+            Ok(Arrival::Admitted(session)) => {
+                Decision::Admit(self.admitted(room, w, session, false))
+            }
             Ok(Arrival::Queued(place)) => {
-                tracing::info!(
-                    target: "anteroom::visitor",
-                    event = "queued",
-                    room = name,
-                    lane = lane.as_str(),
-                    position = place.position(),
-                    wait_ms = place.wait.ms,
-                    utm_source = source.as_deref(),
-                    utm_campaign = campaign.as_deref(),
-                );
-                self.waiting(room, place, None)
+                self.events.queued(name, &place, utm.as_deref());
+                Decision::Wait(self.waiting(room, place, None))
             }
             Ok(Arrival::Full) => {
-                self.metrics
-                    .rejected
-                    .with_label_values(&[name, "queue_full"])
-                    .inc();
+                room.counters().rejected_queue_full.inc();
                 Decision::Full
             }
             Ok(Arrival::Maintenance) => Decision::Maintenance,
@@ -430,53 +413,12 @@ impl Gate {
         let name = room.name();
         if room.on_store_error() == OnStoreError::Open {
             tracing::warn!(room = name, error = %e, "store unavailable; letting the visitor through (on_store_error = open)");
-            self.metrics.store_open.with_label_values(&[name]).inc();
+            room.counters().store_open.inc();
             return Decision::Open;
         }
         tracing::warn!(room = name, error = %e, "store unavailable; asking new visitors to wait");
-        self.metrics
-            .rejected
-            .with_label_values(&[name, "store_unavailable"])
-            .inc();
+        room.counters().rejected_store.inc();
         Decision::Unavailable
-    }
-
-    /// `GET /__anteroom/status`: like `decide`, but never joins the line.
-    pub async fn status(&self, room: &Room, w: &WaitingRoom, req: &RequestHeader) -> Status {
-        if w.state() == State::Maintenance {
-            return Status::Maintenance;
-        }
-        let name = room.name();
-        if let Some((token, claims, source)) = self.find_pass(name, req) {
-            if let Some(session) = self.session(name, &claims).await {
-                return Status::Admitted(Box::new(Visit {
-                    session,
-                    pass: token,
-                    source: Some(source),
-                    set_pass: false,
-                    clear_ticket: false,
-                    admitted_now: false,
-                }));
-            }
-        }
-        let Some((token, claims)) = self.find_ticket(name, req) else {
-            return Status::Expired;
-        };
-        match self.store.poll(name, &claims.sub).await {
-            Ok(Polled::Admitted(session)) => match self.admitted(room, w, session, true) {
-                Decision::Admit(v) => Status::Admitted(v),
-                _ => Status::Unavailable,
-            },
-            Ok(Polled::Queued(place)) => match self.waiting(room, place, Some((token, &claims))) {
-                Decision::Wait(wt) => Status::Queued(wt),
-                _ => Status::Unavailable,
-            },
-            Ok(Polled::Expired) => Status::Expired,
-            Err(e) => {
-                tracing::warn!(room = name, error = %e, "store unavailable for a status poll");
-                Status::Unavailable
-            }
-        }
     }
 
     /// Ends an admitted visitor's session at once (`/__anteroom/leave` or the
@@ -491,19 +433,7 @@ impl Gate {
         self.seen.remove(&session.0);
         self.tokens.forget(pass.as_bytes());
         match self.store.release(room, session).await {
-            Ok(Some(info)) => {
-                self.metrics.released.with_label_values(&[room, how]).inc();
-                tracing::info!(
-                    target: "anteroom::visitor",
-                    event = "released",
-                    room,
-                    session = %session,
-                    how,
-                    visit_ms = now_millis().saturating_sub(info.admitted_at),
-                    utm_source = attribution::source(info.utm.as_deref()),
-                    utm_campaign = attribution::campaign(info.utm.as_deref()),
-                );
-            }
+            Ok(Some(info)) => self.events.released(room, &info, how, now_millis()),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(room, error = %e, "could not release a session; it lapses with its pass")
@@ -524,27 +454,20 @@ impl Gate {
     }
 
     /// Sweeps every sessions room and refreshes their local numbers.
-    pub async fn sweep(&self, rooms: &crate::room::Rooms) {
+    pub async fn sweep(&self, rooms: &Rooms) {
         for (room, w) in rooms.waiting_rooms() {
             let name = room.name();
             match self.store.sweep(name).await {
                 Ok(swept) => {
                     for s in &swept.sessions_expired {
                         self.seen.remove(&s.id.0);
-                        let utm = s.utm.as_deref();
-                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "session", session = %s.id, utm_source = attribution::source(utm), utm_campaign = attribution::campaign(utm));
+                        self.events.session_expired(name, s);
                     }
                     for utm in &swept.tickets_expired {
-                        let utm = utm.as_deref();
-                        tracing::info!(target: "anteroom::visitor", event = "expired", room = name, kind = "ticket", utm_source = attribution::source(utm), utm_campaign = attribution::campaign(utm));
+                        self.events.ticket_expired(name, utm.as_deref());
                     }
-                    let m = &self.metrics.expirations;
-                    m.with_label_values(&[name, "session"])
-                        .inc_by(swept.sessions_expired.len() as u64);
-                    m.with_label_values(&[name, "ticket"])
-                        .inc_by(swept.tickets_expired.len() as u64);
-                    m.with_label_values(&[name, "reservation"])
-                        .inc_by(u64::from(swept.reservations_lapsed));
+                    self.events
+                        .reservations_lapsed(name, swept.reservations_lapsed);
                 }
                 Err(e) => tracing::warn!(room = name, error = %e, "sweep failed"),
             }

@@ -66,6 +66,17 @@ impl Reply {
         self
     }
 
+    /// Adds a header once per value (`Set-Cookie`s, say).
+    pub fn headers<V: AsRef<str>>(
+        self,
+        name: HeaderName,
+        values: impl IntoIterator<Item = V>,
+    ) -> Reply {
+        values
+            .into_iter()
+            .fold(self, |reply, value| reply.header(name.clone(), value))
+    }
+
     /// The status code.
     pub fn status(&self) -> u16 {
         self.status

@@ -1,30 +1,38 @@
 //! Rooms: a named capacity shared by the routes that refer to it. A
-//! `requests` room counts requests in flight with local slots; a `sessions`
-//! room is a waiting room whose state lives in the store.
+//! `requests` room counts requests in flight with slots; a `sessions` room is
+//! a waiting room whose state lives in the store. The room's counters and
+//! gauges live here too, for both kinds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
-use crate::leases::SharedSlots;
-use crate::page::Page;
-use crate::slots::{Slots, Usage};
+use crate::metrics;
+use crate::page::{Page, Template};
+use crate::queue::Lane;
+use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
 use crate::store::{Leases, RoomSpec, Snapshot, Wait};
+
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// One room and its live state.
 pub struct Room {
     config: config::Room,
     kind: Kind,
+    counters: RoomCounters,
 }
 
 /// What a room limits.
 pub enum Kind {
-    /// Requests in flight, counted by this instance.
-    Requests(Arc<Slots>),
-    /// Requests in flight, counted across instances by the store.
-    SharedRequests(Arc<SharedSlots>),
+    /// Requests in flight.
+    Requests(RequestSlots),
     /// Admitted visitors, with a waiting room.
     Sessions(Box<WaitingRoom>),
 }
@@ -54,30 +62,122 @@ impl WaitingRoom {
     pub fn state(&self) -> State {
         self.snapshot.read().settings.state
     }
+
+    /// Whether an admitted visitor's request, answered with `status`, is
+    /// what this room counts as a conversion.
+    pub fn converts(&self, method: &http::Method, path: &str, status: u16) -> bool {
+        self.config.conversion.as_ref().is_some_and(|c| {
+            *method == c.method && path.starts_with(&c.path_prefix) && (200..300).contains(&status)
+        })
+    }
+}
+
+/// The counter families of every room, registered once.
+pub struct RoomMetrics {
+    admitted: IntCounterVec,
+    queued: IntCounterVec,
+    rejected: IntCounterVec,
+    slot_wait: HistogramVec,
+    store_open: IntCounterVec,
+}
+
+/// One room's counters, looked up once.
+pub struct RoomCounters {
+    /// Requests let in.
+    pub admitted: IntCounter,
+    /// Requests that found the room full and waited.
+    pub queued: IntCounter,
+    /// Turned away: no slot.
+    pub rejected_full: IntCounter,
+    /// Turned away: the line is at `max_queue`.
+    pub rejected_queue_full: IntCounter,
+    /// Turned away: the store failed.
+    pub rejected_store: IntCounter,
+    /// Let through while the store failed (`on_store_error = "open"`).
+    pub store_open: IntCounter,
+    /// Time waited for a slot.
+    pub slot_wait: Histogram,
+}
+
+impl RoomMetrics {
+    /// Registers the room counter families.
+    pub fn register(registry: &Registry) -> Result<RoomMetrics, prometheus::Error> {
+        Ok(RoomMetrics {
+            admitted: metrics::counter(
+                registry,
+                "room_admitted_total",
+                "Requests let into a room.",
+                &["room"],
+            )?,
+            queued: metrics::counter(
+                registry,
+                "room_queued_total",
+                "Requests that found their room full and waited in line.",
+                &["room"],
+            )?,
+            rejected: metrics::counter(
+                registry,
+                "room_rejected_total",
+                "Requests turned away with 503 QUEUE_REQUIRED, by reason.",
+                &["room", "reason"],
+            )?,
+            slot_wait: metrics::histogram(
+                registry,
+                "room_slot_wait_seconds",
+                "Time requests spent waiting for a slot.",
+                &["room"],
+                WAIT_BUCKETS,
+            )?,
+            store_open: metrics::counter(
+                registry,
+                "store_open_admissions_total",
+                "Requests let through unguarded while the store failed (on_store_error = open).",
+                &["room"],
+            )?,
+        })
+    }
+
+    fn room(&self, room: &str) -> RoomCounters {
+        RoomCounters {
+            admitted: self.admitted.with_label_values(&[room]),
+            queued: self.queued.with_label_values(&[room]),
+            rejected_full: self.rejected.with_label_values(&[room, "full"]),
+            rejected_queue_full: self.rejected.with_label_values(&[room, "queue_full"]),
+            rejected_store: self
+                .rejected
+                .with_label_values(&[room, "store_unavailable"]),
+            store_open: self.store_open.with_label_values(&[room]),
+            slot_wait: self.slot_wait.with_label_values(&[room]),
+        }
+    }
 }
 
 impl Room {
     /// A room with all its slots free; `requests` rooms count in the store
     /// when one is shared. A sessions room shows `page` (the built-in one if none).
-    pub fn new(config: config::Room, page: Option<Page>, leases: Option<&Arc<dyn Leases>>) -> Room {
+    pub fn new(
+        config: config::Room,
+        page: Option<Page>,
+        leases: Option<&Arc<dyn Leases>>,
+        metrics: &RoomMetrics,
+    ) -> Room {
         let kind = match &config.sessions {
-            None => match leases {
-                Some(store) => Kind::SharedRequests(SharedSlots::new(
+            None => Kind::Requests(match leases {
+                Some(store) => RequestSlots::Shared(SharedSlots::new(
                     &config.name,
                     config.capacity,
                     Arc::clone(store),
                 )),
-                None => Kind::Requests(Slots::new(config.capacity)),
-            },
+                None => RequestSlots::Local(Slots::new(config.capacity)),
+            }),
             Some(s) => {
-                let page = page.unwrap_or_else(|| Page {
-                    template: crate::page::Template::built_in(),
-                    language: None,
-                });
                 let spec = RoomSpec::from_config(&config.name, config.capacity, s);
                 Kind::Sessions(Box::new(WaitingRoom {
                     config: s.clone(),
-                    page,
+                    page: page.unwrap_or_else(|| Page {
+                        template: Template::built_in(),
+                        language: None,
+                    }),
                     snapshot: RwLock::new(Snapshot {
                         settings: spec.settings,
                         sessions: 0,
@@ -91,7 +191,12 @@ impl Room {
                 }))
             }
         };
-        Room { config, kind }
+        let counters = metrics.room(&config.name);
+        Room {
+            config,
+            kind,
+            counters,
+        }
     }
 
     /// The room's name.
@@ -124,6 +229,11 @@ impl Room {
         &self.kind
     }
 
+    /// The room's counters.
+    pub fn counters(&self) -> &RoomCounters {
+        &self.counters
+    }
+
     /// The store's view of a sessions room.
     pub fn spec(&self) -> Option<RoomSpec> {
         let s = self.config.sessions.as_ref()?;
@@ -138,7 +248,6 @@ impl Room {
     pub fn usage(&self) -> Usage {
         match &self.kind {
             Kind::Requests(slots) => slots.usage(),
-            Kind::SharedRequests(slots) => slots.usage(),
             Kind::Sessions(w) => {
                 let s = w.snapshot();
                 Usage {
@@ -161,12 +270,16 @@ impl Rooms {
         rooms: &[config::Room],
         pages: &[Option<Page>],
         leases: Option<&Arc<dyn Leases>>,
+        metrics: &RoomMetrics,
     ) -> Rooms {
         Rooms(
             rooms
                 .iter()
                 .enumerate()
-                .map(|(i, r)| Room::new(r.clone(), pages.get(i).cloned().flatten(), leases))
+                .map(|(i, r)| {
+                    let page = pages.get(i).cloned().flatten();
+                    Room::new(r.clone(), page, leases, metrics)
+                })
                 .collect(),
         )
     }
@@ -190,15 +303,93 @@ impl Rooms {
     pub fn waiting_rooms(&self) -> impl Iterator<Item = (&Room, &WaitingRoom)> {
         self.0.iter().filter_map(|r| match &r.kind {
             Kind::Sessions(w) => Some((r, &**w)),
-            Kind::Requests(_) | Kind::SharedRequests(_) => None,
+            Kind::Requests(_) => None,
         })
     }
 
     /// Every room whose request slots are shared through the store.
     pub fn shared_slots(&self) -> impl Iterator<Item = &Arc<SharedSlots>> {
         self.0.iter().filter_map(|r| match &r.kind {
-            Kind::SharedRequests(s) => Some(s),
+            Kind::Requests(RequestSlots::Shared(s)) => Some(s),
             _ => None,
         })
+    }
+
+    /// Adds the rooms' gauges (capacity, use, line), read at scrape time so
+    /// that keeping them costs the request path nothing.
+    pub fn register_gauges(self: &Arc<Self>, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(RoomGauges::new(Arc::clone(self))?))
+    }
+}
+
+/// Room gauges read at scrape time.
+struct RoomGauges {
+    rooms: Arc<Rooms>,
+    capacity: IntGaugeVec,
+    in_use: IntGaugeVec,
+    waiting: IntGaugeVec,
+    queue_length: IntGaugeVec,
+}
+
+impl RoomGauges {
+    fn new(rooms: Arc<Rooms>) -> Result<RoomGauges, prometheus::Error> {
+        let gauge =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["room", "mode"]);
+        Ok(RoomGauges {
+            rooms,
+            capacity: gauge("room_capacity", "Configured capacity of the room.")?,
+            in_use: gauge("room_in_use", "Slots of the room in use now.")?,
+            waiting: gauge("room_waiting", "Requests or visitors waiting in line now.")?,
+            queue_length: IntGaugeVec::new(
+                Opts::new(
+                    "room_queue_length",
+                    "Visitors waiting in a sessions room, by lane.",
+                ),
+                &["room", "lane"],
+            )?,
+        })
+    }
+
+    fn gauges(&self) -> [&IntGaugeVec; 4] {
+        [
+            &self.capacity,
+            &self.in_use,
+            &self.waiting,
+            &self.queue_length,
+        ]
+    }
+}
+
+impl Collector for RoomGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauges().into_iter().flat_map(|g| g.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        for room in self.rooms.iter() {
+            let usage = room.usage();
+            let labels = [room.name(), room.mode().as_str()];
+            self.capacity
+                .with_label_values(&labels)
+                .set(i64::from(usage.capacity));
+            self.in_use
+                .with_label_values(&labels)
+                .set(i64::from(usage.in_use));
+            self.waiting
+                .with_label_values(&labels)
+                .set(i64::from(usage.waiting));
+        }
+        for (room, w) in self.rooms.waiting_rooms() {
+            let waiting = w.snapshot().waiting;
+            for lane in Lane::ALL {
+                self.queue_length
+                    .with_label_values(&[room.name(), lane.as_str()])
+                    .set(i64::from(waiting[lane as usize]));
+            }
+        }
+        self.gauges()
+            .into_iter()
+            .flat_map(|g| g.collect())
+            .collect()
     }
 }

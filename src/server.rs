@@ -1,30 +1,34 @@
-//! Assembles a Pingora server from a validated config: the proxy on the public
-//! listeners, the admin app on its own, and the background tasks; and runs it
-//! with anteroom's shutdown behaviour.
+//! Assembles a Pingora server from a validated config: the proxy on the
+//! public listeners, the admin app on its own, and the background tasks;
+//! and runs it with anteroom's shutdown behaviour.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::{BackgroundService, background_service};
+use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tokio::signal::unix::{SignalKind, signal};
+use prometheus::Registry;
 
 use crate::admin::Admin;
 use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError};
+use crate::events::VisitorEvents;
 use crate::gate::Gate;
+use crate::keeper::Keeper;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::room::Rooms;
+use crate::room::{RoomMetrics, Rooms};
 use crate::route::Router;
+use crate::shutdown::{Drain, Signals};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Leases, Observed, RoomSpec, Store};
+use crate::store::{Leases, Observed, RoomSpec, Store, StoreMetrics};
+use crate::traffic::TrafficMetrics;
 use crate::upstream::{Resolver, Upstream, UpstreamError};
 
 /// Why the server could not be started.
@@ -59,7 +63,7 @@ pub enum StartError {
     Assets(#[from] ConfigError),
     /// The store could not be set up.
     #[error("{0}")]
-    Setup(String),
+    Store(String),
 }
 
 /// How the process ends after a shutdown signal.
@@ -80,139 +84,52 @@ pub struct App {
     grace_period: Duration,
 }
 
+/// What the services share.
+struct Parts {
+    metrics: Metrics,
+    lifecycle: Arc<Lifecycle>,
+    store: Arc<dyn Store>,
+    rooms: Arc<Rooms>,
+    gate: Option<Arc<Gate>>,
+    assets: Assets,
+}
+
 impl App {
-    /// Builds everything the config describes. Blocking: it binds-checks the
-    /// listeners and resolves upstream names, so call it before running.
+    /// Builds everything the config describes. Blocking: it loads the files
+    /// the config names, checks the listeners can be bound and resolves
+    /// upstream names, so call it before running.
     pub fn build(config: &Config, exit: Exit) -> Result<App, StartError> {
         let assets = Assets::load(config)?;
         check_bindable(config)?;
         // rustls needs one process-wide provider; the Redis client's TLS uses it too.
         pingora::tls::install_default_crypto_provider();
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Upstream::build(u).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let metrics = Metrics::register()?;
-        let lifecycle = Lifecycle::new();
-        let (store, leases) = open_store(config, &metrics)?;
-        let rooms = Arc::new(Rooms::new(&config.rooms, &assets.pages, leases.as_ref()));
-        metrics.watch_rooms(Arc::clone(&rooms))?;
-        let jwts = assets.jwts;
-        let gate = assets.tokens.map(|tokens| {
-            Arc::new(Gate::new(
-                tokens,
-                Arc::clone(&store),
-                Arc::clone(&jwts),
-                config,
-                metrics.clone(),
-                config.store.touch_interval,
-            ))
-        });
+        let parts = Parts::new(config, assets)?;
 
-        let s = &config.server;
-        let conf = ServerConf {
-            threads: s.threads,
-            work_stealing: s.work_stealing,
-            upstream_keepalive_pool_size: s.upstream_keepalive_pool,
-            // Pingora counts whole seconds; round up so the grace is never shorter.
-            grace_period_seconds: Some(
-                s.grace_period.as_secs() + u64::from(s.grace_period.subsec_nanos() > 0),
-            ),
-            graceful_shutdown_timeout_seconds: Some(1),
-            ..ServerConf::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let mut server = Server::new_with_opt_and_conf(None, server_conf(&config.server));
         server.bootstrap();
-
-        let resolver = Resolver::new(&upstreams);
-        let route_metrics = config
-            .routes
-            .iter()
-            .map(|r| {
-                let upstream = config
-                    .upstreams
-                    .get(r.upstream)
-                    .map_or("-", |u| u.name.as_str());
-                metrics.route(&r.name, upstream)
-            })
-            .collect();
-        let proxy = Proxy {
-            server: s.clone(),
-            route_metrics,
-            unrouted_metrics: metrics.route("-", "-"),
-            room_metrics: config.rooms.iter().map(|r| metrics.room(&r.name)).collect(),
-            router: Router::new(config.routes.clone()),
-            rooms: Arc::clone(&rooms),
-            upstreams,
-            metrics: metrics.clone(),
-            lifecycle: Arc::clone(&lifecycle),
-            gate: gate.clone(),
-            jwts,
-        };
-        let mut public =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "anteroom");
-        for addr in &s.listen {
-            public.add_tcp(&addr.to_string());
-        }
-        for tls in &s.tls {
-            public
-                .add_tls(
-                    &tls.listen.to_string(),
-                    &tls.cert.to_string_lossy(),
-                    &tls.key.to_string_lossy(),
-                )
-                .map_err(|e| StartError::Tls {
-                    addr: tls.listen,
-                    reason: e.to_string(),
-                })?;
-        }
+        let (public, resolver) = public_service(&server, config, &parts)?;
         server.add_service(public);
-
-        let mut admin = Service::new(
-            "anteroom admin".to_owned(),
-            Admin {
-                token: config.admin.token.clone(),
-                metrics,
-                rooms: Arc::clone(&rooms),
-                store: Arc::clone(&store),
-                lifecycle: Arc::clone(&lifecycle),
-                listeners: s
-                    .listen
-                    .iter()
-                    .copied()
-                    .chain(s.tls.iter().map(|t| t.listen))
-                    .collect(),
-            },
-        );
-        admin.threads = Some(1);
-        admin.add_tcp(&config.admin.listen.to_string());
-        server.add_service(admin);
-
+        server.add_service(admin_service(config, &parts));
         if let Some(resolver) = resolver {
             server.add_service(background_service("resolver", resolver));
         }
-        server.add_service(background_service(
-            "store keeper",
-            Keeper {
-                store,
-                gate,
-                rooms,
-                sweep_interval: config.store.sweep_interval,
-            },
-        ));
+        let keeper = Keeper {
+            store: Arc::clone(&parts.store),
+            gate: parts.gate.clone(),
+            rooms: Arc::clone(&parts.rooms),
+            sweep_interval: config.store.sweep_interval,
+        };
+        server.add_service(background_service("store keeper", keeper));
         if exit == Exit::WhenDrained {
-            server.add_service(background_service(
-                "drain",
-                Drain {
-                    lifecycle: Arc::clone(&lifecycle),
-                },
-            ));
+            let drain = Drain {
+                lifecycle: Arc::clone(&parts.lifecycle),
+            };
+            server.add_service(background_service("drain", drain));
         }
         Ok(App {
             server,
-            lifecycle,
-            grace_period: s.grace_period,
+            lifecycle: parts.lifecycle,
+            grace_period: config.server.grace_period,
         })
     }
 
@@ -232,6 +149,136 @@ impl App {
             shutdown_signal: shutdown,
         });
     }
+}
+
+impl Parts {
+    fn new(config: &Config, assets: Assets) -> Result<Parts, StartError> {
+        let metrics = Metrics::new()?;
+        let registry = metrics.registry();
+        let (store, leases) = open_store(config, registry)?;
+        let room_metrics = RoomMetrics::register(registry)?;
+        let rooms = Arc::new(Rooms::new(
+            &config.rooms,
+            &assets.pages,
+            leases.as_ref(),
+            &room_metrics,
+        ));
+        rooms.register_gauges(registry)?;
+        let gate = match (&assets.tokens, &config.tokens) {
+            (Some(tokens), Some(settings)) => Some(Arc::new(Gate::new(
+                Arc::clone(tokens),
+                settings,
+                Arc::clone(&store),
+                Arc::clone(&assets.jwts),
+                VisitorEvents::register(registry, &config.attribution)?,
+                config.store.touch_interval,
+            ))),
+            _ => None,
+        };
+        Ok(Parts {
+            metrics,
+            lifecycle: Lifecycle::new(),
+            store,
+            rooms,
+            gate,
+            assets,
+        })
+    }
+}
+
+fn server_conf(s: &crate::config::Server) -> ServerConf {
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool,
+        // Pingora counts whole seconds; round up so the grace is never shorter.
+        grace_period_seconds: Some(
+            s.grace_period.as_secs() + u64::from(s.grace_period.subsec_nanos() > 0),
+        ),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
+/// The proxy on the public listeners, and the resolver that keeps its
+/// upstreams' addresses fresh (when any is given by name).
+fn public_service(
+    server: &Server,
+    config: &Config,
+    parts: &Parts,
+) -> Result<(Service<HttpProxy<Proxy>>, Option<Resolver>), StartError> {
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(|u| Upstream::build(u).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resolver = Resolver::new(&upstreams);
+    let traffic = TrafficMetrics::register(parts.metrics.registry())?;
+    let route_metrics = config
+        .routes
+        .iter()
+        .map(|r| {
+            let upstream = config
+                .upstreams
+                .get(r.upstream)
+                .map_or("-", |u| u.name.as_str());
+            traffic.route(&r.name, upstream)
+        })
+        .collect();
+    let proxy = Proxy {
+        server: config.server.clone(),
+        router: Router::new(config.routes.clone()),
+        rooms: Arc::clone(&parts.rooms),
+        upstreams,
+        lifecycle: Arc::clone(&parts.lifecycle),
+        gate: parts.gate.clone(),
+        jwts: Arc::clone(&parts.assets.jwts),
+        route_metrics,
+        unrouted_metrics: traffic.route("-", "-"),
+    };
+    let mut public =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "anteroom");
+    let s = &config.server;
+    for addr in &s.listen {
+        public.add_tcp(&addr.to_string());
+    }
+    for tls in &s.tls {
+        public
+            .add_tls(
+                &tls.listen.to_string(),
+                &tls.cert.to_string_lossy(),
+                &tls.key.to_string_lossy(),
+            )
+            .map_err(|e| StartError::Tls {
+                addr: tls.listen,
+                reason: e.to_string(),
+            })?;
+    }
+    Ok((public, resolver))
+}
+
+/// The admin app, on its own listener with one thread.
+fn admin_service(config: &Config, parts: &Parts) -> Service<Admin> {
+    let s = &config.server;
+    let mut admin = Service::new(
+        "anteroom admin".to_owned(),
+        Admin {
+            token: config.admin.token.clone(),
+            metrics: parts.metrics.clone(),
+            rooms: Arc::clone(&parts.rooms),
+            store: Arc::clone(&parts.store),
+            lifecycle: Arc::clone(&parts.lifecycle),
+            listeners: s
+                .listen
+                .iter()
+                .copied()
+                .chain(s.tls.iter().map(|t| t.listen))
+                .collect(),
+        },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin
 }
 
 /// Refuses to start on an address that is taken, with the config key in the
@@ -264,45 +311,11 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// SIGTERM and SIGINT drain gracefully (a container stop and a Ctrl-C both
-/// let in-flight requests finish); SIGQUIT hands the sockets to a new process.
-struct Signals {
-    lifecycle: Arc<Lifecycle>,
-    grace_period: Duration,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let kinds = [
-            SignalKind::terminate(),
-            SignalKind::interrupt(),
-            SignalKind::quit(),
-        ];
-        let [Ok(mut term), Ok(mut int), Ok(mut quit)] = kinds.map(signal) else {
-            tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
-            return std::future::pending().await;
-        };
-        let (name, kind) = tokio::select! {
-            _ = term.recv() => ("SIGTERM", ShutdownSignal::GracefulTerminate),
-            _ = int.recv() => ("SIGINT", ShutdownSignal::GracefulTerminate),
-            _ = quit.recv() => ("SIGQUIT", ShutdownSignal::GracefulUpgrade),
-        };
-        self.lifecycle.start_draining();
-        tracing::info!(
-            signal = name,
-            in_flight = self.lifecycle.in_flight(),
-            grace_period = %humantime::format_duration(self.grace_period),
-            "shutting down: no new connections; in-flight requests may finish"
-        );
-        kind
-    }
-}
-
 /// The store, as a shared `Store` and, for a shared store, as request-slot `Leases`.
 type Stores = (Arc<dyn Store>, Option<Arc<dyn Leases>>);
 
-fn open_store(config: &Config, metrics: &Metrics) -> Result<Stores, StartError> {
+fn open_store(config: &Config, registry: &Registry) -> Result<Stores, StartError> {
+    let metrics = StoreMetrics::register(registry)?;
     let specs: Vec<RoomSpec> = config
         .rooms
         .iter()
@@ -313,7 +326,7 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Stores, StartError> 
         .collect();
     Ok(match &config.store.backend {
         Backend::Memory => (
-            Arc::new(Observed::new(MemoryStore::new(&specs), metrics.clone())),
+            Arc::new(Observed::new(MemoryStore::new(&specs), metrics)),
             None,
         ),
         Backend::Redis(redis) => {
@@ -324,105 +337,9 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Stores, StartError> 
                 .map(|r| (r.name.clone(), r.capacity))
                 .collect();
             let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)
-                .map_err(|e| StartError::Setup(e.to_string()))?;
-            let shared = Arc::new(Observed::new(store, metrics.clone()));
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            let shared = Arc::new(Observed::new(store, metrics));
             (shared.clone(), Some(shared))
         }
     })
-}
-
-/// Off the request path: sets the store's rooms up, expires lapsed sessions
-/// and silent tickets, offers freed slots to the line and refreshes each
-/// waiting room's numbers (every `sweep_interval`); renews this instance's
-/// request-slot leases (every third of a lease).
-struct Keeper {
-    store: Arc<dyn Store>,
-    gate: Option<Arc<Gate>>,
-    rooms: Arc<Rooms>,
-    sweep_interval: Duration,
-}
-
-impl Keeper {
-    async fn renew(&self) {
-        for slots in self.rooms.shared_slots() {
-            if let Err(e) = slots.renew().await {
-                tracing::warn!(error = %e, "could not renew request-slot leases");
-            }
-            let _ = slots.refresh().await;
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Keeper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut prepared = false;
-        let mut sweep = tokio::time::interval(self.sweep_interval);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let lease = self.rooms.shared_slots().next().map(|s| s.lease() / 3);
-        let mut renew = tokio::time::interval(lease.unwrap_or(Duration::from_secs(3600)));
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = sweep.tick() => {
-                    if !prepared {
-                        match self.store.prepare().await {
-                            Ok(()) => prepared = true,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "store not ready; retrying");
-                                continue;
-                            }
-                        }
-                    }
-                    if let Some(gate) = &self.gate {
-                        gate.sweep(&self.rooms).await;
-                    }
-                }
-                _ = renew.tick(), if lease.is_some() => self.renew().await,
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
-/// Ends the process as soon as the last in-flight request is done, instead of
-/// always sleeping the whole grace period; a second signal ends it at once.
-struct Drain {
-    lifecycle: Arc<Lifecycle>,
-}
-
-#[async_trait]
-impl BackgroundService for Drain {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
-            return;
-        }
-        let mut again = [SignalKind::terminate(), SignalKind::interrupt()].map(signal);
-        let second = async {
-            match &mut again {
-                [Ok(term), Ok(int)] => {
-                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                }
-                _ => std::future::pending().await,
-            }
-        };
-        let drained = async {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            while self.lifecycle.in_flight() > 0 {
-                tick.tick().await;
-            }
-        };
-        tokio::select! {
-            _ = drained => {
-                tracing::info!("all in-flight requests finished; exiting");
-                crate::logging::flush();
-                std::process::exit(0);
-            }
-            _ = second => {
-                tracing::warn!(in_flight = self.lifecycle.in_flight(), "second signal: exiting now");
-                crate::logging::flush();
-                std::process::exit(130);
-            }
-        }
-    }
 }

@@ -182,7 +182,21 @@ async fn visitor_lifecycle_is_logged_with_its_campaign() {
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .filter(|v| v["target"] == "anteroom::visitor")
                 .collect();
-            (events.len() >= 6).then_some(events)
+            // Some lines are written after the response that caused them.
+            let expected = [
+                ("arrived", "meta"),
+                ("admitted", "meta"),
+                ("converted", "meta"),
+                ("released", "meta"),
+                ("queued", "newsletter"),
+                ("admitted", "newsletter"),
+            ];
+            let complete = expected.iter().all(|(event, source)| {
+                events
+                    .iter()
+                    .any(|e| e["event"] == *event && e["utm_source"] == *source)
+            });
+            complete.then_some(events)
         }
     })
     .await;

@@ -591,6 +591,10 @@ impl Store for MemoryStore {
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
         Ok(self.room(room)?.lock().update(now_millis(), patch))
     }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
 
 use crate::attribution::Utm;
 use crate::config::{self, State};
+use crate::metrics;
 pub use crate::queue::{Lane, Millis};
+
+const STORE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Milliseconds since the UNIX epoch, now.
 pub fn now_millis() -> Millis {
@@ -304,9 +310,7 @@ pub trait Store: Send + Sync {
     }
 
     /// Name for readiness and metrics.
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
+    fn backend(&self) -> &'static str;
 }
 
 /// Request slots shared by every instance: leases that an instance renews
@@ -328,21 +332,49 @@ pub trait Leases: Send + Sync {
     fn lease(&self) -> std::time::Duration;
 }
 
+/// The store's metric families.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    errors: IntCounterVec,
+    latency: HistogramVec,
+    up: IntGauge,
+}
+
+impl StoreMetrics {
+    /// Registers the store's families.
+    pub fn register(registry: &Registry) -> Result<StoreMetrics, prometheus::Error> {
+        let up = IntGauge::new("store_up", "1 when the last store operation succeeded.")?;
+        up.set(1);
+        registry.register(Box::new(up.clone()))?;
+        Ok(StoreMetrics {
+            errors: metrics::counter(
+                registry,
+                "store_errors_total",
+                "Store operations that failed or timed out, by operation.",
+                &["op"],
+            )?,
+            latency: metrics::histogram(
+                registry,
+                "store_operation_seconds",
+                "Time per store operation, by operation.",
+                &["op"],
+                STORE_BUCKETS,
+            )?,
+            up,
+        })
+    }
+}
+
 /// A store with its latency, errors and health recorded in metrics.
 pub struct Observed<S> {
     inner: S,
-    metrics: crate::metrics::Metrics,
+    metrics: StoreMetrics,
 }
 
 impl<S> Observed<S> {
     /// Wraps a store.
-    pub fn new(inner: S, metrics: crate::metrics::Metrics) -> Observed<S> {
+    pub fn new(inner: S, metrics: StoreMetrics) -> Observed<S> {
         Observed { inner, metrics }
-    }
-
-    /// The wrapped store.
-    pub fn inner(&self) -> &S {
-        &self.inner
     }
 
     async fn record<T>(
@@ -353,13 +385,13 @@ impl<S> Observed<S> {
         let start = std::time::Instant::now();
         let result = f.await;
         self.metrics
-            .store_latency
+            .latency
             .with_label_values(&[op])
             .observe(start.elapsed().as_secs_f64());
         if result.is_err() {
-            self.metrics.store_errors.with_label_values(&[op]).inc();
+            self.metrics.errors.with_label_values(&[op]).inc();
         }
-        self.metrics.store_up.set(i64::from(result.is_ok()));
+        self.metrics.up.set(i64::from(result.is_ok()));
         result
     }
 }

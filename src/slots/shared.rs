@@ -15,22 +15,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::slots::Usage;
+use super::{HoldTime, NoSlot, Usage};
 use crate::store::{Leases, StoreError};
 
 /// How often the head of the local line asks the store again.
 const RETRY: Duration = Duration::from_millis(20);
-
-/// Why no slot was taken.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum NoSlot {
-    /// Every slot is in use (and none freed within `max_wait`).
-    #[error("no free slot")]
-    Full,
-    /// The store did not answer.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// The shared slots of one room, as seen by this instance.
 pub struct SharedSlots {
@@ -46,7 +35,7 @@ pub struct SharedSlots {
     freed: Notify,
     /// Capacity and use across instances, as last read.
     usage: Mutex<Usage>,
-    avg_hold_us: AtomicU64,
+    hold: HoldTime,
 }
 
 impl SharedSlots {
@@ -66,7 +55,7 @@ impl SharedSlots {
                 in_use: 0,
                 waiting: 0,
             }),
-            avg_hold_us: AtomicU64::new(0),
+            hold: HoldTime::default(),
         })
     }
 
@@ -90,13 +79,17 @@ impl SharedSlots {
         }
     }
 
-    /// Takes a slot, waiting in this instance's line up to `max_wait`.
-    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<SharedPermit, NoSlot> {
-        if self.waiting.load(Ordering::SeqCst) == 0 {
-            if let Some(permit) = self.try_take().await? {
-                return Ok(permit);
-            }
+    /// A free slot now, if none of this instance's requests is waiting for one.
+    pub async fn try_acquire(self: &Arc<Self>) -> Result<Option<SharedPermit>, StoreError> {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            return Ok(None);
         }
+        self.try_take().await
+    }
+
+    /// Takes a slot after `try_acquire` found none, waiting in this
+    /// instance's line up to `max_wait`.
+    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<SharedPermit, NoSlot> {
         if max_wait.is_zero() {
             return Err(NoSlot::Full);
         }
@@ -147,13 +140,9 @@ impl SharedSlots {
         Ok(())
     }
 
-    /// How long a newcomer should wait: about one average hold (1 s before data).
-    pub fn retry_after(&self) -> Duration {
-        match self.avg_hold_us.load(Ordering::Relaxed) {
-            0 => Duration::from_secs(1),
-            us => Duration::from_micros(us)
-                .clamp(Duration::from_millis(100), Duration::from_secs(300)),
-        }
+    /// How long slots are held.
+    pub fn hold_time(&self) -> &HoldTime {
+        &self.hold
     }
 
     /// How long a lease lasts without renewal.
@@ -177,20 +166,20 @@ pub struct SharedPermit {
     since: Instant,
 }
 
+impl std::fmt::Debug for SharedPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPermit")
+            .field("room", &self.slots.room)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
 impl Drop for SharedPermit {
     fn drop(&mut self) {
         let slots = Arc::clone(&self.slots);
         let id = std::mem::take(&mut self.id);
-        let held = u64::try_from(self.since.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let avg = slots.avg_hold_us.load(Ordering::Relaxed);
-        let next = if avg == 0 {
-            held
-        } else {
-            avg - avg / 8 + held / 8
-        };
-        slots.avg_hold_us.store(next.max(1), Ordering::Relaxed);
+        slots.hold.record(self.since.elapsed());
         slots.held.lock().remove(&id);
         // Returned in the background; if that fails the lease lapses on its own.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

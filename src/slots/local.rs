@@ -1,5 +1,6 @@
-//! Request slots: how many requests of a room are in flight, never more than
-//! its capacity, with a first-come-first-served line for those allowed to wait.
+//! Request slots counted by this instance: how many requests of a room are
+//! in flight, never more than its capacity, with a first-come-first-served
+//! line for those allowed to wait.
 //!
 //! Taking and returning a slot is a compare-and-swap on one counter while
 //! nobody waits. Only when requests are waiting does a release take the line's
@@ -13,11 +14,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+
+use super::{HoldTime, Usage};
 
 /// The slots of one room.
 #[derive(Debug)]
@@ -27,8 +30,7 @@ pub struct Slots {
     /// Entries in `line`, readable without its lock.
     waiting: AtomicU32,
     line: Mutex<Line>,
-    /// Moving average of how long a slot is held, in microseconds (0: no data yet).
-    avg_hold_us: AtomicU64,
+    hold: HoldTime,
 }
 
 #[derive(Debug, Default)]
@@ -42,24 +44,6 @@ struct Line {
 #[error("no free slot")]
 pub struct Full;
 
-/// A snapshot for the capacity endpoint, metrics and Retry-After.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// Configured capacity.
-    pub capacity: u32,
-    /// Slots held now.
-    pub in_use: u32,
-    /// Requests waiting in line.
-    pub waiting: u32,
-}
-
-impl Usage {
-    /// Free slots (0 when capacity was lowered below the slots in use).
-    pub fn available(&self) -> u32 {
-        self.capacity.saturating_sub(self.in_use)
-    }
-}
-
 impl Slots {
     /// Slots for a room of this capacity.
     pub fn new(capacity: u32) -> Arc<Slots> {
@@ -68,7 +52,7 @@ impl Slots {
             in_use: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
             line: Mutex::new(Line::default()),
-            avg_hold_us: AtomicU64::new(0),
+            hold: HoldTime::default(),
         })
     }
 
@@ -139,18 +123,9 @@ impl Slots {
         }
     }
 
-    /// How long a newcomer should wait before trying again: the time for one
-    /// slot to free up for each round of `capacity` requests ahead of it,
-    /// from the measured average hold time (one second before there is data).
-    pub fn retry_after(&self) -> Duration {
-        let usage = self.usage();
-        let hold_us = match self.avg_hold_us.load(SeqCst) {
-            0 => 1_000_000,
-            us => us,
-        };
-        let rounds = u64::from(usage.waiting / usage.capacity.max(1)) + 1;
-        Duration::from_micros(hold_us.saturating_mul(rounds))
-            .clamp(Duration::from_millis(100), Duration::from_secs(300))
+    /// How long slots are held.
+    pub fn hold_time(&self) -> &HoldTime {
+        &self.hold
     }
 
     fn try_take(&self) -> bool {
@@ -161,7 +136,7 @@ impl Slots {
     }
 
     fn release(self: &Arc<Self>, held: Duration) {
-        self.record_hold(held);
+        self.hold.record(held);
         if self.waiting.load(SeqCst) > 0 && self.hand_over() {
             return;
         }
@@ -203,19 +178,6 @@ impl Slots {
                 self.in_use.fetch_sub(1, SeqCst);
             }
         }
-    }
-
-    /// Exponential moving average, weight 1/8; a lost update under a race only
-    /// makes the estimate slightly older.
-    fn record_hold(&self, held: Duration) {
-        let sample = u64::try_from(held.as_micros()).unwrap_or(u64::MAX).max(1);
-        let avg = self.avg_hold_us.load(SeqCst);
-        let next = if avg == 0 {
-            sample
-        } else {
-            avg - avg / 8 + sample / 8
-        };
-        self.avg_hold_us.store(next.max(1), SeqCst);
     }
 }
 

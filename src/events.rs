@@ -1,0 +1,214 @@
+//! A visitor's journey through a sessions room: arrived, queued, admitted,
+//! converted, released, expired. Every event is written here, once: one
+//! `anteroom::visitor` log line and its counters.
+
+use prometheus::{HistogramVec, IntCounterVec, Registry};
+
+use crate::attribution::{Labels, Utm};
+use crate::config::Attribution;
+use crate::metrics;
+use crate::queue::Lane;
+use crate::store::{Place, SessionId, SessionInfo};
+
+const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// Where visitor events go.
+pub struct VisitorEvents {
+    labels: Labels,
+    arrivals: IntCounterVec,
+    admissions: IntCounterVec,
+    released: IntCounterVec,
+    expirations: IntCounterVec,
+    queue_wait: HistogramVec,
+    conversions: IntCounterVec,
+}
+
+/// The fields of one event line; absent ones are left out of the line.
+#[derive(Default)]
+struct Line<'a> {
+    lane: Option<&'static str>,
+    session: Option<SessionId>,
+    position: Option<u32>,
+    wait_ms: Option<u64>,
+    visit_ms: Option<u64>,
+    how: Option<&'static str>,
+    kind: Option<&'static str>,
+    utm: Option<&'a Utm>,
+}
+
+fn write(event: &'static str, room: &str, line: Line<'_>) {
+    let utm = line.utm;
+    tracing::info!(
+        target: "anteroom::visitor",
+        event,
+        room,
+        lane = line.lane,
+        kind = line.kind,
+        session = line.session.map(tracing::field::display),
+        position = line.position,
+        wait_ms = line.wait_ms,
+        visit_ms = line.visit_ms,
+        how = line.how,
+        utm_source = utm.and_then(|u| u.source.as_deref()),
+        utm_medium = utm.and_then(|u| u.medium.as_deref()),
+        utm_campaign = utm.and_then(|u| u.campaign.as_deref()),
+    );
+}
+
+impl VisitorEvents {
+    /// Registers the visitor counters; campaigns are counted by the names
+    /// `[attribution]` lists.
+    pub fn register(
+        registry: &Registry,
+        attribution: &Attribution,
+    ) -> Result<VisitorEvents, prometheus::Error> {
+        Ok(VisitorEvents {
+            labels: Labels::new(attribution),
+            arrivals: metrics::counter(
+                registry,
+                "visitors_arrived_total",
+                "New visitors at a sessions room, by lane.",
+                &["room", "lane"],
+            )?,
+            admissions: metrics::counter(
+                registry,
+                "visitors_admitted_total",
+                "Visitors admitted to a sessions room, at once (direct) or from the line (queue).",
+                &["room", "how"],
+            )?,
+            released: metrics::counter(
+                registry,
+                "visitors_released_total",
+                "Sessions ended by the visitor (leave) or the app (command).",
+                &["room", "how"],
+            )?,
+            expirations: metrics::counter(
+                registry,
+                "visitors_expired_total",
+                "Sessions, tickets and reservations that lapsed.",
+                &["room", "kind"],
+            )?,
+            queue_wait: metrics::histogram(
+                registry,
+                "visitors_queue_wait_seconds",
+                "Time from joining the line to admission.",
+                &["room"],
+                QUEUE_WAIT_BUCKETS,
+            )?,
+            conversions: metrics::counter(
+                registry,
+                "visitors_converted_total",
+                "Conversions, by campaign (values outside [attribution] count as other).",
+                &["room", "utm_source", "utm_campaign"],
+            )?,
+        })
+    }
+
+    /// A new visitor at the room.
+    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Utm>) {
+        self.arrivals
+            .with_label_values(&[room, lane.as_str()])
+            .inc();
+        let line = Line {
+            lane: Some(lane.as_str()),
+            utm,
+            ..Line::default()
+        };
+        write("arrived", room, line);
+    }
+
+    /// A new visitor joined the line.
+    pub fn queued(&self, room: &str, place: &Place, utm: Option<&Utm>) {
+        let line = Line {
+            lane: Some(place.lane.as_str()),
+            position: Some(place.position()),
+            wait_ms: Some(place.wait.ms),
+            utm,
+            ..Line::default()
+        };
+        write("queued", room, line);
+    }
+
+    /// A visitor was let in, at once or from the line.
+    pub fn admitted(&self, room: &str, session: &SessionInfo, from_line: bool) {
+        let how = if from_line { "queue" } else { "direct" };
+        self.admissions.with_label_values(&[room, how]).inc();
+        if from_line {
+            self.queue_wait
+                .with_label_values(&[room])
+                .observe(session.wait_ms as f64 / 1000.0);
+        }
+        let line = Line {
+            session: Some(session.id),
+            wait_ms: Some(session.wait_ms),
+            utm: session.utm.as_deref(),
+            ..Line::default()
+        };
+        write("admitted", room, line);
+    }
+
+    /// An admitted visitor did what the room counts as a conversion.
+    pub fn converted(&self, room: &str, session: &SessionInfo) {
+        let utm = session.utm.as_deref();
+        let (source, campaign) = self.labels.of(utm);
+        self.conversions
+            .with_label_values(&[room, source, campaign])
+            .inc();
+        let line = Line {
+            session: Some(session.id),
+            wait_ms: Some(session.wait_ms),
+            utm,
+            ..Line::default()
+        };
+        write("converted", room, line);
+    }
+
+    /// A session ended at once: the visitor left (`leave`) or the app said so (`command`).
+    pub fn released(&self, room: &str, session: &SessionInfo, how: &'static str, now_ms: u64) {
+        self.released.with_label_values(&[room, how]).inc();
+        let line = Line {
+            session: Some(session.id),
+            how: Some(how),
+            visit_ms: Some(now_ms.saturating_sub(session.admitted_at)),
+            utm: session.utm.as_deref(),
+            ..Line::default()
+        };
+        write("released", room, line);
+    }
+
+    /// A session's pass lapsed.
+    pub fn session_expired(&self, room: &str, session: &SessionInfo) {
+        self.expired(room, "session", Some(session.id), session.utm.as_deref());
+    }
+
+    /// A ticket was forgotten after `rejoin_grace` of silence.
+    pub fn ticket_expired(&self, room: &str, utm: Option<&Utm>) {
+        self.expired(room, "ticket", None, utm);
+    }
+
+    /// Reservations the head of the line did not claim in time.
+    pub fn reservations_lapsed(&self, room: &str, count: u32) {
+        self.expirations
+            .with_label_values(&[room, "reservation"])
+            .inc_by(u64::from(count));
+    }
+
+    fn expired(
+        &self,
+        room: &str,
+        kind: &'static str,
+        session: Option<SessionId>,
+        utm: Option<&Utm>,
+    ) {
+        self.expirations.with_label_values(&[room, kind]).inc();
+        let line = Line {
+            kind: Some(kind),
+            session,
+            utm,
+            ..Line::default()
+        };
+        write("expired", room, line);
+    }
+}

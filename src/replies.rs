@@ -1,0 +1,311 @@
+//! What a visitor is told when anteroom answers itself: the waiting page for
+//! a browser, `503 QUEUE_REQUIRED` JSON for everything else, the bodies of
+//! `/__anteroom/capacity` and `/__anteroom/status`, and the cookies that
+//! carry passes and tickets. Used by the proxy and the public API alike.
+
+use std::time::Duration;
+
+use http::header::{RETRY_AFTER, SET_COOKIE};
+use serde::Serialize;
+
+use crate::config::{RESERVED_PREFIX, State};
+use crate::cookies;
+use crate::facts::Facts;
+use crate::gate::{PASS_COOKIE, TICKET_COOKIE, Visit, Waiting};
+use crate::page::{PageState, PageView};
+use crate::respond::Reply;
+use crate::room::{Room, WaitingRoom};
+
+/// How long a full or closed room asks clients to stay away.
+const RETRY_CLOSED_SECS: u64 = 30;
+
+/// `GET /__anteroom/capacity?room=NAME`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity<'a> {
+    /// Room name.
+    pub room: &'a str,
+    /// Configured capacity.
+    pub capacity: u32,
+    /// Slots held now.
+    pub in_use: u32,
+    /// Slots free now.
+    pub available: u32,
+    /// Requests or visitors waiting in line.
+    pub waiting: u32,
+    /// The presenting visitor's place (with a ticket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// The presenting visitor's estimated wait (with a ticket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+impl<'a> Capacity<'a> {
+    /// The room's capacity as last seen.
+    pub fn of(room: &'a Room) -> Capacity<'a> {
+        let usage = room.usage();
+        Capacity {
+            room: room.name(),
+            capacity: usage.capacity,
+            in_use: usage.in_use,
+            available: usage.available(),
+            waiting: usage.waiting,
+            position: None,
+            wait_ms: None,
+        }
+    }
+}
+
+/// `GET /__anteroom/status` and the body of `QUEUE_REQUIRED`.
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    state: &'static str,
+    room: &'a str,
+    room_state: &'static str,
+    position: u32,
+    ahead: u32,
+    wait_ms: u64,
+    wait_known: bool,
+    poll_after_ms: u64,
+    queue_length: u32,
+    available: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticket: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect: Option<String>,
+}
+
+impl<'a> StatusBody<'a> {
+    /// A status without a place: `expired`, `maintenance`, `unavailable`.
+    pub fn plain(room: &'a Room, w: &WaitingRoom, state: &'static str) -> StatusBody<'a> {
+        StatusBody {
+            state,
+            room: room.name(),
+            room_state: w.state().as_str(),
+            poll_after_ms: poll_ms(w),
+            ..StatusBody::default()
+        }
+    }
+
+    /// A visitor in line.
+    pub fn queued(room: &'a Room, w: &WaitingRoom, wt: &'a Waiting) -> StatusBody<'a> {
+        let p = &wt.place;
+        StatusBody {
+            state: "queued",
+            room: room.name(),
+            room_state: p.state.as_str(),
+            position: p.position(),
+            ahead: p.ahead,
+            wait_ms: p.wait.ms,
+            wait_known: p.wait.known,
+            poll_after_ms: poll_ms(w),
+            queue_length: p.queue_length,
+            available: p.available,
+            ticket: Some(&wt.ticket),
+            ..StatusBody::default()
+        }
+    }
+
+    /// A visitor let in, sent on to `redirect`.
+    pub fn admitted(
+        room: &'a Room,
+        w: &WaitingRoom,
+        visit: &'a Visit,
+        redirect: String,
+    ) -> StatusBody<'a> {
+        StatusBody {
+            wait_ms: visit.session.wait_ms,
+            pass: visit.pass.to_str().ok(),
+            redirect: Some(redirect),
+            ..StatusBody::plain(room, w, "admitted")
+        }
+    }
+}
+
+fn poll_ms(w: &WaitingRoom) -> u64 {
+    u64::try_from(w.config.poll_interval.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whole seconds for `Retry-After`, at least 1.
+fn retry_secs(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
+/// Cookie settings of one sessions room for one request.
+pub struct CookieJar<'a> {
+    w: &'a WaitingRoom,
+    ticket_ttl: Duration,
+    secure: bool,
+}
+
+impl<'a> CookieJar<'a> {
+    /// The cookies of a room for a client that did (or did not) come over TLS.
+    pub fn new(w: &'a WaitingRoom, ticket_ttl: Duration, secure: bool) -> CookieJar<'a> {
+        CookieJar {
+            w,
+            ticket_ttl,
+            secure,
+        }
+    }
+
+    fn path(&self) -> &str {
+        &self.w.config.cookie_path
+    }
+
+    /// `Set-Cookie` for a pass.
+    pub fn pass(&self, token: &http::HeaderValue) -> String {
+        let token = token.to_str().unwrap_or_default();
+        let max_age = self.w.config.session_ttl.as_secs().max(1);
+        cookies::set(PASS_COOKIE, token, self.path(), max_age, self.secure)
+    }
+
+    /// `Set-Cookie` for a ticket.
+    pub fn ticket(&self, token: &str) -> String {
+        let max_age = self.ticket_ttl.as_secs().max(1);
+        cookies::set(TICKET_COOKIE, token, self.path(), max_age, self.secure)
+    }
+
+    /// `Set-Cookie` that deletes a cookie.
+    pub fn clear(&self, name: &str) -> String {
+        cookies::clear(name, self.path(), self.secure)
+    }
+
+    /// The cookie a waiting visitor's answer carries: their ticket, when new or renewed.
+    pub fn for_waiting(&self, wt: &Waiting) -> Option<String> {
+        wt.set_ticket.then(|| self.ticket(&wt.ticket))
+    }
+
+    /// The cookies an admitted visitor's answer carries: a new or renewed
+    /// pass (or, when the session just ended, none), and no more ticket
+    /// once they came in from the line.
+    pub fn for_visit(&self, visit: &Visit, ended: bool) -> impl Iterator<Item = String> {
+        let pass = if ended {
+            Some(self.clear(PASS_COOKIE))
+        } else {
+            visit.set_pass.then(|| self.pass(&visit.pass))
+        };
+        let ticket = visit.clear_ticket.then(|| self.clear(TICKET_COOKIE));
+        pass.into_iter().chain(ticket)
+    }
+}
+
+/// The request's path and query, percent-encoded for a `return=` parameter.
+fn return_param(facts: &Facts<'_>) -> String {
+    let target = facts.req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    form_urlencoded::byte_serialize(target.as_bytes()).collect()
+}
+
+/// A same-site path to send a visitor back to; anything else becomes `/`.
+pub fn safe_return(value: Option<&str>) -> String {
+    match value {
+        Some(v) if v.starts_with('/') && !v.starts_with("//") && !v.contains('\\') => v.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+/// `503 QUEUE_REQUIRED` from a full `requests` room, to be retried after `retry`.
+pub fn queue_required(room: &str, retry: Duration) -> Reply {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body<'a> {
+        code: &'static str,
+        room: &'a str,
+        retry_after_ms: u64,
+        message: &'static str,
+    }
+    let retry_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+    Reply::json(
+        503,
+        &Body {
+            code: "QUEUE_REQUIRED",
+            room,
+            retry_after_ms: retry_ms,
+            message: "The room is at capacity. Retry after the given time.",
+        },
+    )
+    .header(RETRY_AFTER, retry_secs(retry_ms).to_string())
+}
+
+/// What a visitor who must wait is told: the waiting page, or
+/// `QUEUE_REQUIRED` JSON with their ticket.
+pub fn waiting(
+    room: &Room,
+    w: &WaitingRoom,
+    wt: &Waiting,
+    facts: &Facts<'_>,
+    jar: &CookieJar<'_>,
+) -> Reply {
+    let reply = if facts.wants_html() {
+        let state = match wt.place.state {
+            State::Paused => PageState::Paused,
+            _ => PageState::Queued,
+        };
+        let url = format!(
+            "{RESERVED_PREFIX}status?room={}&return={}",
+            room.name(),
+            return_param(facts)
+        );
+        let html = w.page.template.render(&PageView {
+            room: room.name(),
+            state,
+            place: Some(&wt.place),
+            poll: w.config.poll_interval,
+            status_url: &url,
+            ticket: &wt.ticket,
+            language: w.page.language_for(facts.accept_language()),
+        });
+        Reply::new(w.config.queue_status, "text/html; charset=utf-8", html)
+    } else {
+        let mut body = StatusBody::queued(room, w, wt);
+        body.code = Some("QUEUE_REQUIRED");
+        Reply::json(503, &body).header(RETRY_AFTER, retry_secs(poll_ms(w)).to_string())
+    };
+    reply.headers(SET_COOKIE, jar.for_waiting(wt))
+}
+
+/// What a visitor is told when the room cannot queue them: full line,
+/// maintenance, or the store is unavailable.
+pub fn closed(room: &Room, w: &WaitingRoom, state: PageState, facts: &Facts<'_>) -> Reply {
+    let (code, state_name, retry) = match state {
+        PageState::Full => ("QUEUE_FULL", "full", RETRY_CLOSED_SECS),
+        PageState::Maintenance => ("MAINTENANCE", "maintenance", RETRY_CLOSED_SECS),
+        _ => ("QUEUE_REQUIRED", "unavailable", retry_secs(poll_ms(w))),
+    };
+    let reply = if facts.wants_html() {
+        let html = w.page.template.render(&PageView {
+            room: room.name(),
+            state,
+            place: None,
+            poll: w.config.poll_interval,
+            status_url: "",
+            ticket: "",
+            language: w.page.language_for(facts.accept_language()),
+        });
+        Reply::new(503, "text/html; charset=utf-8", html)
+    } else {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            code: &'static str,
+            room: &'a str,
+            state: &'static str,
+            retry_after_ms: u64,
+        }
+        Reply::json(
+            503,
+            &Body {
+                code,
+                room: room.name(),
+                state: state_name,
+                retry_after_ms: retry * 1000,
+            },
+        )
+    };
+    reply.header(RETRY_AFTER, retry.to_string())
+}

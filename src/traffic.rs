@@ -1,0 +1,114 @@
+//! Per-route traffic metrics, recorded once per request in the proxy's
+//! `logging` phase: responses by status, upstream responses and latency,
+//! whole-request duration.
+
+use std::sync::OnceLock;
+
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
+
+use crate::metrics;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// HTTP status codes have three digits.
+const STATUSES: usize = 1000;
+
+/// The traffic families, registered once.
+pub struct TrafficMetrics {
+    requests: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    upstream_latency: HistogramVec,
+    request_duration: HistogramVec,
+}
+
+impl TrafficMetrics {
+    /// Registers the traffic families.
+    pub fn register(registry: &Registry) -> Result<TrafficMetrics, prometheus::Error> {
+        Ok(TrafficMetrics {
+            requests: metrics::counter(
+                registry,
+                "requests_total",
+                "Responses sent, by route and status, including anteroom's own.",
+                &["route", "status"],
+            )?,
+            upstream_responses: metrics::counter(
+                registry,
+                "upstream_responses_total",
+                "Responses received from upstreams, by route, upstream and status.",
+                &["route", "upstream", "status"],
+            )?,
+            upstream_latency: metrics::histogram(
+                registry,
+                "upstream_response_seconds",
+                "Time from sending a request upstream to receiving its response header.",
+                &["route", "upstream"],
+                LATENCY_BUCKETS,
+            )?,
+            request_duration: metrics::histogram(
+                registry,
+                "request_duration_seconds",
+                "Whole request time as seen by anteroom, by route.",
+                &["route"],
+                LATENCY_BUCKETS,
+            )?,
+        })
+    }
+
+    /// The handles of one route (`-` for requests no route matched).
+    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+        let cells = || (0..STATUSES).map(|_| OnceLock::new()).collect::<Box<[_]>>();
+        RouteMetrics {
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+            requests: self.requests.clone(),
+            upstream_responses: self.upstream_responses.clone(),
+            requests_by_status: cells(),
+            upstream_by_status: cells(),
+            duration: self.request_duration.with_label_values(&[route]),
+            latency: self.upstream_latency.with_label_values(&[route, upstream]),
+        }
+    }
+}
+
+/// One route's metrics, looked up once: recording a request is then an
+/// index and an atomic add rather than hashing label values.
+pub struct RouteMetrics {
+    route: String,
+    upstream: String,
+    requests: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    requests_by_status: Box<[OnceLock<IntCounter>]>,
+    upstream_by_status: Box<[OnceLock<IntCounter>]>,
+    /// Whole request time.
+    pub duration: Histogram,
+    /// Time to the upstream's response header.
+    pub latency: Histogram,
+}
+
+fn by_status(
+    cells: &[OnceLock<IntCounter>],
+    status: u16,
+    make: impl FnOnce(&str) -> IntCounter,
+) -> &IntCounter {
+    let i = usize::from(status).min(STATUSES - 1);
+    cells[i].get_or_init(|| make(&i.to_string()))
+}
+
+impl RouteMetrics {
+    /// The counter of responses with this status.
+    pub fn request(&self, status: u16) -> &IntCounter {
+        by_status(&self.requests_by_status, status, |s| {
+            self.requests.with_label_values(&[&self.route, s])
+        })
+    }
+
+    /// The counter of upstream responses with this status.
+    pub fn upstream_response(&self, status: u16) -> &IntCounter {
+        by_status(&self.upstream_by_status, status, |s| {
+            self.upstream_responses
+                .with_label_values(&[&self.route, &self.upstream, s])
+        })
+    }
+}
