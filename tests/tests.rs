@@ -12,5 +12,6 @@ mod demo;
 mod forwarding;
 mod load;
 mod request_rooms;
+mod store;
 mod tokens;
 mod waiting_room;

@@ -26,7 +26,10 @@ use super::{
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
+/// The first lines of every script: the server's clock and the step's deadline.
+const CLOCK: &str = include_str!("lua/clock.lua");
+/// A waiting room's keys, settings and rules, shared by its scripts.
+const ROOM: &str = include_str!("lua/room.lua");
 /// Items per kind a sweep script handles before yielding to other commands.
 const SWEEP_LIMIT: usize = 5_000;
 /// Slack for the error of the clock comparison.
@@ -34,8 +37,9 @@ const CLOCK_MARGIN: Duration = Duration::from_millis(20);
 /// How often the clocks are compared again.
 const CLOCK_RESYNC_MS: u64 = 10_000;
 
-fn with_prelude(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+/// A waiting-room step.
+fn room_script(body: &str) -> Script {
+    Script::new(&format!("{CLOCK}\n{ROOM}\n{body}"))
 }
 
 struct Scripts {
@@ -55,17 +59,17 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            init: with_prelude(include_str!("lua/init.lua")),
-            arrive: with_prelude(include_str!("lua/arrive.lua")),
-            poll: with_prelude(include_str!("lua/poll.lua")),
-            touch: with_prelude(include_str!("lua/touch.lua")),
-            release: with_prelude(include_str!("lua/release.lua")),
-            leave: with_prelude(include_str!("lua/leave.lua")),
-            sweep: with_prelude(include_str!("lua/sweep.lua")),
-            snapshot: with_prelude(include_str!("lua/snapshot.lua")),
-            update: with_prelude(include_str!("lua/update.lua")),
-            fill: with_prelude(include_str!("lua/fill.lua")),
-            lease: Script::new(include_str!("lua/lease.lua")),
+            init: room_script(include_str!("lua/init.lua")),
+            arrive: room_script(include_str!("lua/arrive.lua")),
+            poll: room_script(include_str!("lua/poll.lua")),
+            touch: room_script(include_str!("lua/touch.lua")),
+            release: room_script(include_str!("lua/release.lua")),
+            leave: room_script(include_str!("lua/leave.lua")),
+            sweep: room_script(include_str!("lua/sweep.lua")),
+            snapshot: room_script(include_str!("lua/snapshot.lua")),
+            update: room_script(include_str!("lua/update.lua")),
+            fill: room_script(include_str!("lua/fill.lua")),
+            lease: Script::new(&format!("{CLOCK}\n{}", include_str!("lua/lease.lua"))),
         }
     }
 }

@@ -1,5 +1,5 @@
--- Request slots as leases. KEYS[1] settings (hash, field capacity), KEYS[2]
--- leases by expiry (zset). ARGV[1]: the deadline (as in prelude.lua);
+-- Request slots as leases, after clock.lua. KEYS[1] settings (hash, field
+-- capacity), KEYS[2] leases by expiry (zset). ARGV[1]: the deadline;
 -- ARGV[2]: op; the rest depends on it.
 --   init    cfg capacity keep_ms  -> 1  (the deadline first, always)
 --   acquire id lease_ms           -> 1 taken, 0 full
@@ -7,12 +7,6 @@
 --   renew   lease_ms id...        -> renewed count
 --   usage                         -> {capacity, in use}
 --   capacity n                    -> 1
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local deadline = tonumber(ARGV[1]) or 0
-if deadline > 0 and now > deadline then
-  return redis.error_reply('LATE the instance stopped waiting for this step')
-end
 local op = ARGV[2]
 if op == 'init' then
   if redis.call('HGET', KEYS[1], 'cfg') ~= ARGV[3] then
@@ -23,10 +17,10 @@ if op == 'init' then
 end
 local capacity = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '')
 if capacity == nil then return redis.error_reply('NOINIT room') end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', NOW)
 if op == 'acquire' then
   if redis.call('ZCARD', KEYS[2]) >= capacity then return 0 end
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+  redis.call('ZADD', KEYS[2], NOW + tonumber(ARGV[4]), ARGV[3])
   redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
   return 1
 elseif op == 'release' then
@@ -35,7 +29,7 @@ elseif op == 'release' then
 elseif op == 'renew' then
   local args = { 'XX', 'CH' }
   for i = 4, #ARGV do
-    args[#args + 1] = now + tonumber(ARGV[3])
+    args[#args + 1] = NOW + tonumber(ARGV[3])
     args[#args + 1] = ARGV[i]
   end
   local renewed = 0

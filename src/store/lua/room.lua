@@ -9,21 +9,12 @@
 -- KEYS[5]  live tickets, normal lane         KEYS[11] reservations by deadline (zset)
 -- KEYS[6]  eligible tickets, priority lane
 -- Lane 0 is priority, 1 normal; a ticket is "<lane>:<seq>", its id "<epoch>.<lane>.<seq>".
--- ARGV[1] is the moment (server clock, ms) the instance stops waiting for the
--- answer; a step that starts later is refused, so a step the instance gave up
--- on (Redis was frozen or slow) never takes effect behind its back.
+-- It runs after clock.lua (NOW, and the deadline in ARGV[1]).
 local K_S, K_SS, K_SD = KEYS[1], KEYS[2], KEYS[3]
 local K_L = { KEYS[4], KEYS[5] }
 local K_E = { KEYS[6], KEYS[7] }
 local K_SEEN, K_T, K_RV, K_RQ = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local TAU = 60000
-
-local clock = redis.call('TIME')
-local NOW = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local DEADLINE = tonumber(ARGV[1]) or 0
-if DEADLINE > 0 and NOW > DEADLINE then
-  return redis.error_reply('LATE the instance stopped waiting for this step')
-end
 
 local S = {}
 do

@@ -1,0 +1,538 @@
+//! The store conformance suite: the rules of a waiting room, checked against
+//! `dyn Store` on every backend (the memory store, and the Redis store on a
+//! redis-server this suite starts). A new backend is added to `backends!`
+//! and must pass every scenario unchanged.
+//!
+//! The stores keep real time (Redis its own clock), so rooms here have short
+//! windows and the scenarios wait for the rule to take effect, with a
+//! deadline, rather than for a fixed time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anteroom::config::{RedisConfig, State};
+use anteroom::store::memory::MemoryStore;
+use anteroom::store::redis::RedisStore;
+use anteroom::store::{
+    Arrival, Lane, Place, Polled, RoomSpec, SessionInfo, Settings, SettingsPatch, Store,
+};
+
+use crate::common::eventually;
+use crate::common::redis::RedisServer;
+
+/// How long a rule may take to show.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A store under test, and what it needs to stay up.
+struct Subject {
+    store: Arc<dyn Store>,
+    _server: Option<RedisServer>,
+}
+
+/// The backends every scenario runs on.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Memory,
+    Redis,
+}
+
+impl Backend {
+    async fn open(self, specs: &[RoomSpec]) -> Subject {
+        match self {
+            Backend::Memory => Subject {
+                store: Arc::new(MemoryStore::new(specs)),
+                _server: None,
+            },
+            Backend::Redis => {
+                let server = RedisServer::start();
+                let config = RedisConfig {
+                    url: format!("redis://127.0.0.1:{}/0", server.port),
+                    username: None,
+                    password: None,
+                    key_prefix: "conformance".to_owned(),
+                    connections: 1,
+                    timeout: Duration::from_secs(2),
+                    connect_timeout: Duration::from_secs(2),
+                    lease: Duration::from_secs(10),
+                    ca_file: None,
+                };
+                let store =
+                    RedisStore::new(&config, specs, &[], Duration::from_millis(50)).unwrap();
+                store.prepare().await.unwrap();
+                Subject {
+                    store: Arc::new(store),
+                    _server: Some(server),
+                }
+            }
+        }
+    }
+}
+
+macro_rules! backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Redis).await;
+                }
+            )*
+        }
+    };
+}
+
+backends!(
+    admits_up_to_capacity_then_queues_in_order,
+    a_freed_slot_is_reserved_for_the_head,
+    no_show_loses_the_reservation_then_comes_back_first,
+    silent_tickets_stop_counting_and_are_forgotten,
+    sessions_slide_and_lapse,
+    session_max_caps_an_active_session,
+    a_lapsed_session_frees_its_slot_for_the_line,
+    wait_is_estimated_then_measured,
+    admission_rate_queues_even_with_free_slots,
+    priority_lane_is_served_by_its_weight,
+    paused_keeps_order_and_maintenance_refuses,
+    a_full_line_refuses_newcomers,
+    leaving_the_line_moves_everyone_up,
+    synthetic_visitors_join_the_back,
+    unknown_tickets_are_expired,
+    the_backend_names_itself,
+);
+
+/// A room "web" with generous windows; scenarios shorten the ones they test.
+fn spec(capacity: u32) -> RoomSpec {
+    RoomSpec {
+        name: "web".into(),
+        settings: Settings {
+            capacity,
+            state: State::Active,
+            admit_rate: 0.0,
+        },
+        session_ttl: Duration::from_secs(60),
+        session_max: None,
+        claim_window: Duration::from_secs(30),
+        heartbeat_timeout: Duration::from_secs(30),
+        rejoin_grace: Duration::from_secs(300),
+        avg_session: Duration::from_secs(60),
+        max_queue: 0,
+        priority_weight: 3,
+    }
+}
+
+async fn open(backend: Backend, spec: RoomSpec) -> Subject {
+    backend.open(&[spec]).await
+}
+
+async fn admitted(store: &dyn Store, lane: Lane) -> SessionInfo {
+    match store.arrive("web", lane, None).await.unwrap() {
+        Arrival::Admitted(s) => s,
+        other => panic!("expected admission, got {other:?}"),
+    }
+}
+
+async fn queued(store: &dyn Store, lane: Lane) -> Place {
+    match store.arrive("web", lane, None).await.unwrap() {
+        Arrival::Queued(p) => p,
+        other => panic!("expected a place in line, got {other:?}"),
+    }
+}
+
+async fn poll(store: &dyn Store, ticket: &str) -> Polled {
+    store.poll("web", ticket).await.unwrap()
+}
+
+async fn position(store: &dyn Store, ticket: &str) -> u32 {
+    match poll(store, ticket).await {
+        Polled::Queued(p) => p.position(),
+        other => panic!("expected a place in line, got {other:?}"),
+    }
+}
+
+/// Polls `ticket` until its turn comes.
+async fn until_admitted(store: &dyn Store, ticket: &str) -> SessionInfo {
+    eventually(DEADLINE, || async {
+        match poll(store, ticket).await {
+            Polled::Admitted(s) => Some(s),
+            _ => None,
+        }
+    })
+    .await
+}
+
+async fn admits_up_to_capacity_then_queues_in_order(backend: Backend) {
+    let s = open(backend, spec(2)).await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    assert_eq!((t1.position(), t2.position()), (1, 2));
+    assert_eq!(t2.queue_length, 2);
+    assert_eq!(t2.available, 0);
+    let snapshot = store.snapshot("web").await.unwrap();
+    assert_eq!((snapshot.sessions, snapshot.queue_length()), (2, 2));
+}
+
+async fn a_freed_slot_is_reserved_for_the_head(backend: Backend) {
+    let s = open(backend, spec(2)).await;
+    let store = &*s.store;
+    let a = admitted(store, Lane::Normal).await;
+    admitted(store, Lane::Normal).await;
+    let joined = Instant::now();
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    assert!(store.release("web", a.id).await.unwrap().is_some());
+    assert!(
+        store.release("web", a.id).await.unwrap().is_none(),
+        "released once"
+    );
+    // The slot waits for the head: the second in line polls in vain.
+    let Polled::Queued(p2) = poll(store, &t2.ticket).await else {
+        panic!("the second in line took the head's slot")
+    };
+    assert_eq!((p2.position(), p2.available), (2, 0));
+    let Polled::Admitted(s1) = poll(store, &t1.ticket).await else {
+        panic!("the head was not admitted")
+    };
+    // Whole milliseconds of the store's clock: at most one more than measured here.
+    assert!(u128::from(s1.wait_ms) <= joined.elapsed().as_millis() + 1);
+    assert_eq!(store.snapshot("web").await.unwrap().in_use(), 2);
+    assert_eq!(position(store, &t2.ticket).await, 1);
+    // An admitted ticket is spent.
+    assert_eq!(poll(store, &t1.ticket).await, Polled::Expired);
+}
+
+async fn no_show_loses_the_reservation_then_comes_back_first(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            claim_window: Duration::from_millis(300),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    let a = admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    store.release("web", a.id).await.unwrap();
+    // t1 does not come within the claim window: the slot passes to t2.
+    let s2 = until_admitted(store, &t2.ticket).await;
+    // t1 comes back: first in line again, and in at the next free slot.
+    assert_eq!(position(store, &t1.ticket).await, 1);
+    store.release("web", s2.id).await.unwrap();
+    until_admitted(store, &t1.ticket).await;
+}
+
+async fn silent_tickets_stop_counting_and_are_forgotten(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            heartbeat_timeout: Duration::from_millis(300),
+            rejoin_grace: Duration::from_millis(1500),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    // t2 keeps polling; t1 is silent: once stale it is ahead of nobody.
+    eventually(DEADLINE, || async {
+        store.sweep("web").await.unwrap();
+        (position(store, &t2.ticket).await == 1).then_some(())
+    })
+    .await;
+    // Back within the grace: its old place, ahead of t2 again.
+    assert_eq!(position(store, &t1.ticket).await, 1);
+    assert_eq!(position(store, &t2.ticket).await, 2);
+    // Silent past the grace: forgotten.
+    let forgotten = eventually(DEADLINE, || async {
+        poll(store, &t2.ticket).await;
+        let swept = store.sweep("web").await.unwrap();
+        (!swept.tickets_expired.is_empty()).then_some(swept.tickets_expired.len())
+    })
+    .await;
+    assert_eq!(forgotten, 1);
+    assert_eq!(poll(store, &t1.ticket).await, Polled::Expired);
+    assert_eq!(position(store, &t2.ticket).await, 1);
+}
+
+async fn sessions_slide_and_lapse(backend: Backend) {
+    let ttl = Duration::from_secs(1);
+    let s = open(
+        backend,
+        RoomSpec {
+            session_ttl: ttl,
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    let a = admitted(store, Lane::Normal).await;
+    // Requests keep the session alive well past one ttl.
+    let start = Instant::now();
+    while start.elapsed() < ttl * 2 {
+        assert!(
+            store.touch("web", a.id).await.unwrap().is_some(),
+            "lapsed while active"
+        );
+        tokio::time::sleep(ttl / 5).await;
+    }
+    // Silent: the sweeper ends it.
+    let expired = eventually(DEADLINE, || async {
+        let swept = store.sweep("web").await.unwrap();
+        (!swept.sessions_expired.is_empty()).then_some(swept.sessions_expired)
+    })
+    .await;
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, a.id);
+    assert!(store.touch("web", a.id).await.unwrap().is_none());
+    assert_eq!(store.snapshot("web").await.unwrap().in_use(), 0);
+}
+
+async fn session_max_caps_an_active_session(backend: Backend) {
+    let ttl = Duration::from_millis(600);
+    let s = open(
+        backend,
+        RoomSpec {
+            session_ttl: ttl,
+            session_max: Some(ttl * 3),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    let a = admitted(store, Lane::Normal).await;
+    let start = Instant::now();
+    // Touched all along, yet it ends: past session_max (so past several ttls).
+    eventually(DEADLINE, || async {
+        tokio::time::sleep(ttl / 6).await;
+        store
+            .touch("web", a.id)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        start.elapsed() > ttl,
+        "ended by session_max, not by silence"
+    );
+    assert_eq!(store.snapshot("web").await.unwrap().in_use(), 0);
+}
+
+async fn a_lapsed_session_frees_its_slot_for_the_line(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            session_ttl: Duration::from_millis(300),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    eventually(DEADLINE, || async {
+        store.sweep("web").await.unwrap();
+        matches!(poll(store, &t1.ticket).await, Polled::Admitted(_)).then_some(())
+    })
+    .await;
+}
+
+async fn wait_is_estimated_then_measured(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    let mut inside = admitted(store, Lane::Normal).await;
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tickets.push(queued(store, Lane::Normal).await.ticket);
+    }
+    // Before any admission from the line: place × avg_session / capacity.
+    let Polled::Queued(before) = poll(store, &tickets[9]).await else {
+        panic!()
+    };
+    assert!(!before.wait.known);
+    assert_eq!(before.wait.ms, 10 * 60_000);
+    // Five admissions from the line, one every ~300 ms.
+    for t in tickets.iter().take(5) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.release("web", inside.id).await.unwrap();
+        inside = until_admitted(store, t).await;
+    }
+    let Polled::Queued(after) = poll(store, &tickets[9]).await else {
+        panic!()
+    };
+    assert!(after.wait.known, "{after:?}");
+    assert_eq!(after.ahead, 4);
+    // Five turns at about three admissions a second.
+    assert!((300..=15_000).contains(&after.wait.ms), "{:?}", after.wait);
+}
+
+async fn admission_rate_queues_even_with_free_slots(backend: Backend) {
+    let s = open(backend, spec(100)).await;
+    let store = &*s.store;
+    let patch = SettingsPatch {
+        admit_rate: Some(1.0),
+        ..SettingsPatch::default()
+    };
+    store.update("web", patch).await.unwrap();
+    let mut admitted_now = 0;
+    let mut tickets = Vec::new();
+    for _ in 0..5 {
+        match store.arrive("web", Lane::Normal, None).await.unwrap() {
+            Arrival::Admitted(_) => admitted_now += 1,
+            Arrival::Queued(p) => {
+                assert!(p.available > 0, "queued by the rate, not for want of room");
+                tickets.push(p.ticket);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted_now, 1, "a second of burst at one a second");
+    // The next token goes to the head of the line, not to whoever asks.
+    until_admitted(store, &tickets[0]).await;
+    assert!(matches!(poll(store, &tickets[1]).await, Polled::Queued(_)));
+}
+
+async fn priority_lane_is_served_by_its_weight(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            priority_weight: 2,
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    let mut inside = admitted(store, Lane::Normal).await;
+    let n1 = queued(store, Lane::Normal).await;
+    let n2 = queued(store, Lane::Normal).await;
+    let p1 = queued(store, Lane::Priority).await;
+    let p2 = queued(store, Lane::Priority).await;
+    let p3 = queued(store, Lane::Priority).await;
+    assert_eq!(p1.position(), 1, "priority goes ahead");
+    // Two priority admissions per normal one while both lanes wait.
+    for next in [&p1, &p2, &n1, &p3, &n2] {
+        store.release("web", inside.id).await.unwrap();
+        for other in [&p1, &p2, &n1, &p3, &n2] {
+            if other.ticket != next.ticket {
+                assert!(
+                    !matches!(poll(store, &other.ticket).await, Polled::Admitted(_)),
+                    "{} admitted before {}",
+                    other.ticket,
+                    next.ticket
+                );
+            }
+        }
+        inside = until_admitted(store, &next.ticket).await;
+    }
+}
+
+async fn paused_keeps_order_and_maintenance_refuses(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    let state = |state| SettingsPatch {
+        state: Some(state),
+        ..SettingsPatch::default()
+    };
+    let paused = store.update("web", state(State::Paused)).await.unwrap();
+    assert_eq!(paused.settings.state, State::Paused);
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    assert!(matches!(poll(store, &t1.ticket).await, Polled::Queued(_)));
+    store.update("web", state(State::Active)).await.unwrap();
+    assert!(matches!(poll(store, &t1.ticket).await, Polled::Admitted(_)));
+    assert_eq!(position(store, &t2.ticket).await, 1);
+    store
+        .update("web", state(State::Maintenance))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.arrive("web", Lane::Normal, None).await.unwrap(),
+        Arrival::Maintenance
+    );
+}
+
+async fn a_full_line_refuses_newcomers(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            max_queue: 2,
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    queued(store, Lane::Normal).await;
+    queued(store, Lane::Normal).await;
+    assert_eq!(
+        store.arrive("web", Lane::Normal, None).await.unwrap(),
+        Arrival::Full
+    );
+}
+
+async fn leaving_the_line_moves_everyone_up(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    assert!(store.leave("web", &t1.ticket).await.unwrap());
+    assert!(!store.leave("web", &t1.ticket).await.unwrap(), "left once");
+    assert_eq!(poll(store, &t1.ticket).await, Polled::Expired);
+    assert_eq!(position(store, &t2.ticket).await, 1);
+}
+
+async fn synthetic_visitors_join_the_back(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    assert_eq!(store.fill("web", Lane::Normal, 5000).await.unwrap(), 5000);
+    assert_eq!(position(store, &t1.ticket).await, 1);
+    let last = queued(store, Lane::Normal).await;
+    assert_eq!(last.position(), 5002);
+    assert_eq!(store.snapshot("web").await.unwrap().queue_length(), 5002);
+}
+
+async fn unknown_tickets_are_expired(backend: Backend) {
+    let mut other = spec(1);
+    other.name = "other".into();
+    let s = backend.open(&[spec(1), other]).await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let t = queued(store, Lane::Normal).await;
+    // Another room's ticket means nothing here (each room has its own epoch).
+    assert_eq!(
+        store.poll("other", &t.ticket).await.unwrap(),
+        Polled::Expired
+    );
+    for garbage in ["", "x", "1.2", "zz.1.0", "0.9.0", "0.1.0.0", "0:0", "\u{0}"] {
+        assert_eq!(poll(store, garbage).await, Polled::Expired, "{garbage:?}");
+    }
+    assert!(store.poll("nope", &t.ticket).await.is_err(), "unknown room");
+}
+
+async fn the_backend_names_itself(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let expected = match backend {
+        Backend::Memory => "memory",
+        Backend::Redis => "redis",
+    };
+    assert_eq!(s.store.backend(), expected);
+    s.store.ping().await.unwrap();
+}
