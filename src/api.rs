@@ -213,3 +213,117 @@ impl Api<'_> {
         left("expired")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::{Decision, TICKET_HEADER};
+    use crate::testing::{Fixture, request};
+
+    fn fixture() -> Fixture {
+        Fixture::new(
+            "[[room]]\nname = \"web\"\nmode = \"sessions\"\ncapacity = 1\n[[room]]\nname = \"llm\"\nmode = \"requests\"\ncapacity = 3",
+            "room = \"web\"",
+        )
+    }
+
+    async fn handle(f: &Fixture, req: &pingora::http::RequestHeader) -> (u16, serde_json::Value) {
+        let api = Api {
+            rooms: &f.rooms,
+            gate: Some(&f.gate),
+        };
+        let reply = api.handle(&f.facts(req)).await;
+        let status = reply.status();
+        let body = reply.into_response().into_body();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[test]
+    fn it_serves_its_prefix_and_the_jwks_when_signing() {
+        assert!(serves("/__anteroom/status", false));
+        assert!(serves(JWKS_PATH, true));
+        assert!(!serves(JWKS_PATH, false));
+        assert!(!serves("/__anteroomx", true));
+    }
+
+    #[tokio::test]
+    async fn capacity_of_both_kinds_of_room() {
+        let f = fixture();
+        let (status, body) =
+            handle(&f, &request("GET", "/__anteroom/capacity?room=llm", &[])).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["capacity"], 3);
+        assert_eq!(body["available"], 3);
+        let (_, body) = handle(&f, &request("GET", "/__anteroom/capacity?room=web", &[])).await;
+        assert_eq!(
+            (body["capacity"].as_u64(), body["inUse"].as_u64()),
+            (Some(1), Some(0))
+        );
+        let (status, body) = handle(&f, &request("GET", "/__anteroom/capacity", &[])).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("ROOM_REQUIRED"))
+        );
+        let (status, _) = handle(&f, &request("GET", "/__anteroom/capacity?room=nope", &[])).await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn status_tells_a_ticket_holder_their_place() {
+        let f = fixture();
+        let (room, w) = f.waiting_room("web");
+        let anyone = request("GET", "/", &[]);
+        assert!(matches!(
+            f.gate.decide(room, w, &f.facts(&anyone)).await,
+            Decision::Admit(_)
+        ));
+        let Decision::Wait(wt) = f.gate.decide(room, w, &f.facts(&anyone)).await else {
+            panic!("not queued")
+        };
+        let poll = request(
+            "GET",
+            "/__anteroom/status?room=web",
+            &[(TICKET_HEADER, wt.ticket.as_str())],
+        );
+        let (status, body) = handle(&f, &poll).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["state"], "queued");
+        assert_eq!(body["position"], 1);
+        // The only waiting room needs no name; without a ticket the place is gone.
+        let (_, body) = handle(&f, &request("GET", "/__anteroom/status", &[])).await;
+        assert_eq!(body["state"], "expired");
+    }
+
+    #[tokio::test]
+    async fn methods_endpoints_and_redirects() {
+        let f = fixture();
+        let (status, _) = handle(&f, &request("POST", "/__anteroom/status", &[])).await;
+        assert_eq!(status, 405);
+        let (status, _) = handle(&f, &request("GET", "/__anteroom/leave", &[])).await;
+        assert_eq!(status, 405);
+        let (status, body) = handle(&f, &request("GET", "/__anteroom/nope", &[])).await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+        let (status, body) = handle(&f, &request("GET", JWKS_PATH, &[])).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["keys"][0]["alg"], "RS256");
+        let api = Api {
+            rooms: &f.rooms,
+            gate: Some(&f.gate),
+        };
+        for (back, location) in [
+            ("/shop?x=1", "/shop?x=1"),
+            ("//evil.example/", "/"),
+            ("https://evil.example/", "/"),
+        ] {
+            let target = format!(
+                "/__anteroom/leave?return={}",
+                form_urlencoded::byte_serialize(back.as_bytes()).collect::<String>()
+            );
+            let req = request("POST", &target, &[]);
+            let reply = api.handle(&f.facts(&req)).await;
+            assert_eq!(reply.status(), 303);
+            let response = reply.into_response();
+            assert_eq!(response.headers()[LOCATION], location, "{back}");
+        }
+    }
+}

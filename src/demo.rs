@@ -193,7 +193,8 @@ impl ServeHttp for ToyApp {
                     .headers
                     .iter()
                     .filter(|(k, _)| {
-                        k.as_str().starts_with("x-anteroom-") && k.as_str() != "x-anteroom-pass"
+                        k.as_str().starts_with("x-anteroom-")
+                            && k.as_str() != crate::gate::PASS_HEADER
                     })
                     .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
                     .collect();

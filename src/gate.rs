@@ -478,3 +478,177 @@ impl Gate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SettingsPatch;
+    use crate::testing::{Fixture, request};
+
+    fn room(capacity: u32) -> Fixture {
+        Fixture::new(
+            &format!(
+                "[[room]]\nname = \"web\"\nmode = \"sessions\"\ncapacity = {capacity}\n[room.priority]\npaths = [\"/vip\"]"
+            ),
+            "room = \"web\"",
+        )
+    }
+
+    async fn decide(f: &Fixture, req: &RequestHeader) -> Decision {
+        let (room, w) = f.waiting_room("web");
+        f.gate.decide(room, w, &f.facts(req)).await
+    }
+
+    fn admitted(d: Decision) -> Box<Visit> {
+        match d {
+            Decision::Admit(v) => v,
+            other => panic!("expected admission, got {other:?}"),
+        }
+    }
+
+    fn waiting(d: Decision) -> Box<Waiting> {
+        match d {
+            Decision::Wait(w) => w,
+            other => panic!("expected a place in line, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_gets_a_pass_and_comes_back_with_it() {
+        let f = room(1);
+        let first = admitted(decide(&f, &request("GET", "/?utm_source=meta", &[])).await);
+        assert!(first.set_pass && first.source.is_none() && !first.clear_ticket);
+        assert_eq!(
+            first.session.utm.as_ref().and_then(|u| u.source.as_deref()),
+            Some("meta")
+        );
+        let pass = first.pass.to_str().unwrap();
+        let cookie = format!("anteroom_pass={pass}");
+        let bearer = format!("Bearer {pass}");
+        for (header, source) in [
+            (PASS_HEADER, PassSource::Header),
+            ("cookie", PassSource::Cookie),
+            ("authorization", PassSource::Authorization),
+        ] {
+            let value = match source {
+                PassSource::Header => pass,
+                PassSource::Cookie => &cookie,
+                PassSource::Authorization => &bearer,
+            };
+            let again = admitted(decide(&f, &request("GET", "/", &[(header, value)])).await);
+            assert_eq!(again.session.id, first.session.id);
+            assert_eq!(again.source, Some(source));
+            assert!(!again.set_pass, "a fresh pass is not renewed");
+        }
+        assert_eq!(f.store.snapshot("web").await.unwrap().sessions, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_room_queues_and_a_ticket_keeps_the_place() {
+        let f = room(1);
+        admitted(decide(&f, &request("GET", "/", &[])).await);
+        let first = waiting(decide(&f, &request("GET", "/", &[])).await);
+        assert!(first.set_ticket);
+        assert_eq!(first.place.position(), 1);
+        let second = waiting(decide(&f, &request("GET", "/", &[])).await);
+        assert_eq!(second.place.position(), 2);
+        let again = waiting(
+            decide(
+                &f,
+                &request("GET", "/", &[(TICKET_HEADER, first.ticket.as_str())]),
+            )
+            .await,
+        );
+        assert_eq!(again.place.position(), 1, "a refresh keeps the place");
+        assert!(!again.set_ticket, "a fresh ticket is not renewed");
+        assert_eq!(f.store.snapshot("web").await.unwrap().queue_length(), 2);
+    }
+
+    #[tokio::test]
+    async fn forged_and_foreign_tokens_count_as_none() {
+        let f = room(1);
+        let inside = admitted(decide(&f, &request("GET", "/", &[])).await);
+        let pass = inside.pass.to_str().unwrap().to_owned();
+        // One character of the signature changed, well inside it.
+        let at = pass.len() - 20;
+        let flipped = if &pass[at..=at] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{flipped}{}", &pass[..at], &pass[at + 1..]);
+        let foreign = f.gate.tokens.sign(&f.gate.tokens.claims(
+            Kind::Pass,
+            "other",
+            inside.session.id.to_string(),
+            None,
+            Duration::from_secs(60),
+        ));
+        for token in [tampered.as_str(), foreign.as_str(), "garbage", ""] {
+            let d = decide(&f, &request("GET", "/", &[(PASS_HEADER, token)])).await;
+            let w = waiting(d);
+            assert!(w.set_ticket, "{token:?} was taken for a pass");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_priority_rule_picks_the_lane() {
+        let f = room(1);
+        admitted(decide(&f, &request("GET", "/", &[])).await);
+        let normal = waiting(decide(&f, &request("GET", "/", &[])).await);
+        let vip = waiting(decide(&f, &request("GET", "/vip/offer", &[])).await);
+        assert_eq!(normal.place.lane, Lane::Normal);
+        assert_eq!(vip.place.lane, Lane::Priority);
+        assert_eq!(vip.place.position(), 1, "ahead of the normal lane");
+    }
+
+    #[tokio::test]
+    async fn status_never_joins_the_line() {
+        let f = room(1);
+        let (room, w) = f.waiting_room("web");
+        let inside = admitted(decide(&f, &request("GET", "/", &[])).await);
+        assert!(matches!(
+            f.gate.status(room, w, &request("GET", "/", &[])).await,
+            Status::Expired
+        ));
+        assert_eq!(f.store.snapshot("web").await.unwrap().queue_length(), 0);
+        let queued = waiting(decide(&f, &request("GET", "/", &[])).await);
+        let with_ticket = request("GET", "/", &[(TICKET_HEADER, queued.ticket.as_str())]);
+        assert!(matches!(
+            f.gate.status(room, w, &with_ticket).await,
+            Status::Queued(_)
+        ));
+        // The visitor inside leaves: the next poll lets the waiting one in.
+        f.gate
+            .release("web", inside.session.id, &inside.pass, "leave")
+            .await;
+        let Status::Admitted(visit) = f.gate.status(room, w, &with_ticket).await else {
+            panic!("not admitted after the slot freed")
+        };
+        assert!(visit.set_pass && visit.clear_ticket);
+        // The released pass is no longer honoured.
+        let old = request("GET", "/", &[(PASS_HEADER, inside.pass.to_str().unwrap())]);
+        assert!(f.gate.find_pass("web", &old).is_none());
+    }
+
+    #[tokio::test]
+    async fn maintenance_and_a_full_line_are_told_apart() {
+        let f = Fixture::new(
+            "[[room]]\nname = \"web\"\nmode = \"sessions\"\ncapacity = 1\nmax_queue = 1",
+            "room = \"web\"",
+        );
+        admitted(decide(&f, &request("GET", "/", &[])).await);
+        waiting(decide(&f, &request("GET", "/", &[])).await);
+        assert!(matches!(
+            decide(&f, &request("GET", "/", &[])).await,
+            Decision::Full
+        ));
+        let (room, w) = f.waiting_room("web");
+        assert_eq!(room.counters().rejected_queue_full.get(), 1);
+        let patch = SettingsPatch {
+            state: Some(State::Maintenance),
+            ..SettingsPatch::default()
+        };
+        w.observe(f.store.update("web", patch).await.unwrap());
+        assert!(matches!(
+            decide(&f, &request("GET", "/", &[])).await,
+            Decision::Maintenance
+        ));
+    }
+}

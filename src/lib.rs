@@ -35,6 +35,8 @@ pub mod server;
 pub mod shutdown;
 pub mod slots;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod token;
 pub mod traffic;
 pub mod upstream;

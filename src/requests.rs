@@ -64,3 +64,69 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
     };
     Decided { admission, waited }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::room::Kind;
+    use crate::testing::Fixture;
+
+    fn room(capacity: u32, max_wait: &str) -> Fixture {
+        Fixture::new(
+            &format!(
+                "[[room]]\nname = \"llm\"\nmode = \"requests\"\ncapacity = {capacity}\nmax_wait = \"{max_wait}\""
+            ),
+            "room = \"llm\"",
+        )
+    }
+
+    async fn decide(f: &Fixture) -> Decided {
+        let room = f.rooms.by_name("llm").unwrap();
+        let Kind::Requests(slots) = room.kind() else {
+            panic!("not a requests room")
+        };
+        admit(room, slots).await
+    }
+
+    #[tokio::test]
+    async fn admits_up_to_capacity_then_refuses_with_a_retry() {
+        let f = room(2, "0s");
+        let a = decide(&f).await;
+        let b = decide(&f).await;
+        assert!(matches!(a.admission, Admission::Admitted(_)));
+        assert!(matches!(b.admission, Admission::Admitted(_)));
+        let Admission::Refused(retry) = decide(&f).await.admission else {
+            panic!("a third request got a slot of two")
+        };
+        assert!(retry >= Duration::from_millis(100));
+        let counters = f.rooms.by_name("llm").unwrap().counters();
+        assert_eq!(
+            (counters.admitted.get(), counters.rejected_full.get()),
+            (2, 1)
+        );
+        assert_eq!(counters.queued.get(), 0, "max_wait 0: nobody waits");
+        // A slot comes back when its request ends.
+        drop(a);
+        assert!(matches!(decide(&f).await.admission, Admission::Admitted(_)));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_slot_that_frees() {
+        let f = Arc::new(room(1, "10s"));
+        let held = decide(&f).await;
+        let waiter = {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move { decide(&f).await })
+        };
+        let room = f.rooms.by_name("llm").unwrap();
+        while room.usage().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let got = waiter.await.unwrap();
+        assert!(matches!(got.admission, Admission::Admitted(_)));
+        assert_eq!(room.counters().queued.get(), 1);
+    }
+}

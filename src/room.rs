@@ -393,3 +393,42 @@ impl Collector for RoomGauges {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::Fixture;
+
+    #[test]
+    fn conversions_follow_the_rule() {
+        let f = Fixture::new(
+            "[[room]]\nname = \"web\"\nmode = \"sessions\"\ncapacity = 1\n[room.conversion]\npath_prefix = \"/signup\"",
+            "room = \"web\"",
+        );
+        let (_, w) = f.waiting_room("web");
+        assert!(w.converts(&http::Method::POST, "/signup/done", 201));
+        assert!(
+            !w.converts(&http::Method::GET, "/signup", 200),
+            "POST by default"
+        );
+        assert!(!w.converts(&http::Method::POST, "/signup", 500));
+        assert!(!w.converts(&http::Method::POST, "/other", 200));
+    }
+
+    #[test]
+    fn gauges_and_counters_exist_for_every_room_from_the_start() {
+        let f = Fixture::new(
+            "[[room]]\nname = \"web\"\nmode = \"sessions\"\ncapacity = 4\n[[room]]\nname = \"llm\"\nmode = \"requests\"\ncapacity = 2",
+            "room = \"llm\"",
+        );
+        let text = String::from_utf8(f.metrics.render()).unwrap();
+        for line in [
+            r#"anteroom_room_capacity{mode="sessions",room="web"} 4"#,
+            r#"anteroom_room_capacity{mode="requests",room="llm"} 2"#,
+            r#"anteroom_room_queue_length{lane="priority",room="web"} 0"#,
+            r#"anteroom_room_rejected_total{reason="full",room="llm"} 0"#,
+            r#"anteroom_room_admitted_total{room="web"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ mod validate;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Paths anteroom reserves for itself on the public listener: answered by
@@ -494,28 +494,5 @@ impl fmt::Display for Problems<'_> {
             write!(f, "  - {p}")?;
         }
         Ok(())
-    }
-}
-
-impl Config {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text, path)
-    }
-
-    /// Parses and validates TOML text; `origin` names it in messages.
-    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let file: file::File = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        validate::validate(file, origin).map_err(|problems| ConfigError::Invalid {
-            path: origin.to_owned(),
-            problems,
-        })
     }
 }

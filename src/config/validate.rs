@@ -1,4 +1,5 @@
-//! Turns the file as written into a `Config`, collecting every problem.
+//! Turns the file as written into a `Config`, collecting every problem:
+//! `Config::load` and `Config::from_toml`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,9 +11,9 @@ use super::file::{
     UpstreamFile, VerifyKeyFile,
 };
 use super::{
-    Admin, Attribution, Backend, Config, Conversion, HostHeader, Jwt, JwtKey, JwtSource, Log,
-    LogFormat, OnStoreError, Problem, RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules,
-    Secret, Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
+    Admin, Attribution, Backend, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
+    JwtSource, Log, LogFormat, OnStoreError, Problem, RESERVED_PREFIX, RedisConfig, Room, RoomMode,
+    Route, Rules, Secret, Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
 };
 const MAX_CAPACITY: i64 = 10_000_000;
 const MAX_THREADS: i64 = 1024;
@@ -136,7 +137,30 @@ impl Problems {
     }
 }
 
-pub(super) fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in messages.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        validate(file, origin).map_err(|problems| ConfigError::Invalid {
+            path: origin.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
 
     let server = server(&mut p, &file);

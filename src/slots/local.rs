@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{HoldTime, Usage};
+use super::usage::{HoldTime, Usage};
 
 /// The slots of one room.
 #[derive(Debug)]

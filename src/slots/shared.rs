@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{HoldTime, NoSlot, Usage};
+use super::usage::{HoldTime, NoSlot, Usage};
 use crate::store::{Leases, StoreError};
 
 /// How often the head of the local line asks the store again.
