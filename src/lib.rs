@@ -1,11 +1,12 @@
 //! anteroom: a virtual waiting room in front of a web app or an LLM API,
 //! built on Pingora.
 //!
-//! The request path is `proxy` (Pingora glue) calling into plain modules:
-//! `route` picks the route, `slots` admits requests to `requests` rooms, and
-//! `gate` decides for `sessions` rooms over a `store` (the line itself is
-//! `queue`, tokens are `token`). `server` assembles the Pingora services from
-//! a validated `config`.
+//! The request path is `proxy` (Pingora glue) carrying out plain decisions
+//! made on a request's `facts`: `route` picks the route, `requests` admits
+//! requests to `requests` rooms through their `slots`, and `gate` decides
+//! for `sessions` rooms over a `store`; `replies` is what a waiting visitor
+//! is told. `server` assembles the Pingora services from a validated
+//! `config` and the `assets` it names. docs/architecture.md draws the layers.
 
 pub mod admin;
 pub mod api;

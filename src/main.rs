@@ -23,30 +23,25 @@ struct Cli {
     command: Command,
 }
 
+/// Where the configuration is.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        default_value = "conf/anteroom.toml",
+        env = "ANTEROOM_CONFIG"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Run {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            default_value = "conf/anteroom.toml",
-            env = "ANTEROOM_CONFIG"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigFile),
     /// Validate a configuration file and exit (non-zero if it has problems).
-    Check {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            default_value = "conf/anteroom.toml",
-            env = "ANTEROOM_CONFIG"
-        )]
-        config: PathBuf,
-    },
+    Check(ConfigFile),
     /// Write a new RSA key pair for signing passes and tickets.
     Keygen {
         /// Directory for anteroom.key.pem (mode 0600) and anteroom.pub.pem.
@@ -87,7 +82,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Check { config } => {
+        Command::Check(ConfigFile { config }) => {
             let c = Config::load(&config)?;
             Assets::load(&c)?;
             println!(
@@ -98,7 +93,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 c.routes.len()
             );
         }
-        Command::Run { config } => {
+        Command::Run(ConfigFile { config }) => {
             let c = Config::load(&config)?;
             logging::init(&c.log);
             App::build(&c, Exit::WhenDrained)

@@ -331,6 +331,17 @@ impl RedisStore {
         self.invoke(keys, script, args, room).await
     }
 
+    /// A step on one session (touch, release): its data, if it is still there.
+    async fn session_call(
+        &self,
+        room: &str,
+        script: &Script,
+        session: SessionId,
+    ) -> Result<Option<SessionInfo>, StoreError> {
+        let v = self.room_call(room, script, &[session.to_string()]).await?;
+        touched(session, &v)
+    }
+
     async fn lease_call(&self, room: &str, args: &[String]) -> Result<Value, StoreError> {
         let keys = &self
             .lease_rooms
@@ -591,10 +602,7 @@ impl Store for RedisStore {
         room: &str,
         session: SessionId,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        let v = self
-            .room_call(room, &self.scripts.touch, &[session.to_string()])
-            .await?;
-        touched(session, &v)
+        self.session_call(room, &self.scripts.touch, session).await
     }
 
     async fn release(
@@ -602,10 +610,8 @@ impl Store for RedisStore {
         room: &str,
         session: SessionId,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        let v = self
-            .room_call(room, &self.scripts.release, &[session.to_string()])
-            .await?;
-        touched(session, &v)
+        self.session_call(room, &self.scripts.release, session)
+            .await
     }
 
     async fn leave(&self, room: &str, ticket: &str) -> Result<bool, StoreError> {
