@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""User-space instructions per request of anteroom and plain Pingora, counted
+by callgrind: exact and repeatable whatever else the machine is doing, so a
+before/after comparison of two builds is not lost in the load benchmark's
+noise.
+
+For each scenario the proxy runs under `valgrind --tool=callgrind` with one
+worker thread, one keep-alive connection sends N requests, and the count is
+(instructions at 6,000 requests - instructions at 1,000) / 5,000: start-up
+and shutdown cancel out.
+
+  benches/load/instructions.py --bin-dir target/release [--bin-dir other/build ...]
+
+Needs valgrind and nginx (the upstream); benches/load/run.sh installs nginx.
+"""
+
+import argparse
+import glob
+import http.client as httpclient
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import anteroom_conf, free_port, http, nginx_conf, set_cookie, wait_port  # noqa: E402
+
+SCENARIOS = {
+    "forward, no room": ("/", []),
+    "admitted: requests room": ("/req/x", []),
+    "admitted: sessions room, valid pass": ("/web/x", ["pass"]),
+    "queued: status poll": ("/__anteroom/status?room=full", ["ticket"]),
+}
+
+
+def tokens(port):
+    """A pass for the room "web" and a ticket in the line of "full" (capacity 1)."""
+    _, h, _ = http("GET", f"http://127.0.0.1:{port}/web/x", {"Accept": "application/json"})
+    pass_ = set_cookie(h, "anteroom_pass")
+    http("GET", f"http://127.0.0.1:{port}/full/x", {"Accept": "application/json"})
+    _, _, body = http("GET", f"http://127.0.0.1:{port}/full/x", {"Accept": "application/json"})
+    return {"pass": pass_, "ticket": json.loads(body)["ticket"]}
+
+
+def count(cmd, port, path, needs, n, tmp):
+    """Instructions of one run: start-up, the tokens it needs, n requests, shutdown."""
+    out = f"{tmp}/callgrind.{n}.out"
+    for f in glob.glob(f"{out}*"):
+        os.remove(f)
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_port(port, timeout=120)
+        got = tokens(port) if needs else {}
+        headers = {}
+        if "pass" in needs:
+            headers["X-Anteroom-Pass"] = got["pass"]
+        if "ticket" in needs:
+            headers["X-Anteroom-Ticket"] = got["ticket"]
+        conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(n):
+            conn.request("GET", path, headers=headers)
+            conn.getresponse().read()
+        conn.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait()
+    total = 0
+    for f in glob.glob(f"{out}*"):
+        with open(f) as fh:
+            for line in fh:
+                m = re.match(r"(?:summary|totals): (\d+)", line)
+                if m:
+                    total = max(total, int(m.group(1)))
+    return total
+
+
+def per_request(cmd, port, path, needs, tmp):
+    low = count(cmd, port, path, needs, 1000, tmp)
+    high = count(cmd, port, path, needs, 6000, tmp)
+    return (high - low) / 5000
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bin-dir", action="append", required=True, help="a build to measure (repeatable)")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="anteroom-instructions-")
+    nginx = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
+    up = free_port()
+    nginx_conf(f"{tmp}/up.conf", tmp, up, 1)
+    upstream = subprocess.Popen([nginx, "-c", f"{tmp}/up.conf", "-g", "daemon off;"], start_new_session=True)
+    results = {}
+    try:
+        wait_port(up)
+        for bin_dir in args.bin_dir:
+            anteroom = os.path.join(bin_dir, "anteroom")
+            plain = os.path.join(bin_dir, "examples", "plain-pingora")
+            port, admin = free_port(), free_port()
+            subprocess.run([anteroom, "keygen", "--out", tmp, "--force"], check=True, capture_output=True)
+            anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", '[store]\nbackend = "memory"')
+            cmd = [anteroom, "run", "--config", f"{tmp}/ant.toml"]
+            row = {}
+            pport = free_port()
+            row["plain pingora, forward"] = per_request([plain, f"127.0.0.1:{pport}", f"127.0.0.1:{up}", "1"], pport, "/", [], tmp)
+            for name, (path, needs) in SCENARIOS.items():
+                row[name] = per_request(cmd, port, path, needs, tmp)
+                print(f"{bin_dir}: {name}: {row[name]:,.0f}", file=sys.stderr)
+            results[bin_dir] = row
+    finally:
+        os.killpg(upstream.pid, signal.SIGKILL)
+        upstream.wait()
+    names = ["plain pingora, forward"] + list(SCENARIOS)
+    print("| scenario | " + " | ".join(results) + " |")
+    print("|---|" + "---|" * len(results))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{results[b][name]:,.0f}" for b in results) + " |")
+
+
+if __name__ == "__main__":
+    main()
