@@ -147,35 +147,34 @@ fn ticket_request(s: &Setup, ticket: String) -> RequestHeader {
 /// Admits a first visitor to the room "web"; the request carrying their pass.
 fn pass_request(rt: &tokio::runtime::Runtime, s: &Setup) -> RequestHeader {
     let empty = RequestHeader::build("GET", b"/", None).unwrap();
-    let Decision::Admit(visit) = rt.block_on(decide(s, &empty)) else {
+    let Decision::Admit(visit) = rt.block_on(decide(s, &facts(&empty))) else {
         panic!("not admitted")
     };
     request("x-anteroom-pass", visit.pass.to_str().unwrap())
 }
 
 /// The gate's decision on a request to the room "web".
-async fn decide(s: &Setup, req: &RequestHeader) -> Decision {
+async fn decide(s: &Setup, facts: &Facts<'_>) -> Decision {
     let room = s.rooms.by_name("web").unwrap();
     let Kind::Sessions(w) = room.kind() else {
         unreachable!()
     };
-    let facts = Facts {
-        req,
-        path: req.uri.path(),
-        host: None,
-        ip: None,
-        secure: false,
-    };
-    s.gate.decide(room, w, &facts).await
+    s.gate.decide(room, w, facts).await
+}
+
+/// The facts of a request, read once as the proxy does before deciding.
+fn facts(req: &RequestHeader) -> Facts<'_> {
+    Facts::new(&Default::default(), req, None, false).unwrap()
 }
 
 fn admitted_with_cached_pass(c: &mut Criterion) {
     let rt = runtime();
     let s = setup(10);
     let req = pass_request(&rt, &s);
+    let facts = facts(&req);
     c.bench_function("gate/admitted_cached_pass", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(decide(&s, &req).await) })
+            .iter(|| async { black_box(decide(&s, &facts).await) })
     });
 }
 
@@ -306,6 +305,22 @@ fn tokens(c: &mut Criterion) {
     });
 }
 
+/// Reading a request's facts: its canonical path and host, the client.
+fn request_facts(c: &mut Criterion) {
+    let server = Default::default();
+    for (name, target) in [
+        ("plain", &b"/app/page/42?utm_source=meta"[..]),
+        ("rewritten", b"/app//./x/../page/%34%32?utm_source=meta"),
+    ] {
+        let mut req = RequestHeader::build("GET", target, None).unwrap();
+        req.insert_header("host", "shop.example.com").unwrap();
+        req.insert_header("accept", "text/html").unwrap();
+        c.bench_function(&format!("facts/{name}"), |b| {
+            b.iter(|| black_box(Facts::new(&server, &req, None, false).unwrap().rewritten))
+        });
+    }
+}
+
 fn slots(c: &mut Criterion) {
     let slots = Slots::new(100);
     c.bench_function("slots/acquire_release", |b| {
@@ -375,9 +390,10 @@ fn on_redis(c: &mut Criterion) {
     let s = setup_on(10, Some(redis.1));
     rt.block_on(s.store.prepare()).unwrap();
     let req = pass_request(&rt, &s);
+    let facts = facts(&req);
     group.bench_function("gate/admitted_cached_pass", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(decide(&s, &req).await) })
+            .iter(|| async { black_box(decide(&s, &facts).await) })
     });
     for queued in [1_000u64, 100_000] {
         let s = setup_on(1, Some(redis.1));
@@ -465,6 +481,7 @@ criterion_group!(
     status_poll,
     room_state_poll,
     tokens,
+    request_facts,
     slots,
     on_redis
 );

@@ -13,7 +13,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Secret, State};
+use crate::config::{MAX_ADMIT_RATE, MAX_CAPACITY, Secret, State};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::replies::Capacity;
@@ -242,8 +242,15 @@ impl Admin {
             Ok(p) => p,
             Err(e) => return Reply::error(400, "BAD_REQUEST", format!("Invalid JSON body: {e}")),
         };
-        if patch.capacity == Some(0) {
-            return Reply::error(400, "BAD_REQUEST", "capacity must be at least 1.");
+        if patch
+            .capacity
+            .is_some_and(|c| !(1..=MAX_CAPACITY).contains(&c))
+        {
+            return Reply::error(
+                400,
+                "BAD_REQUEST",
+                format!("capacity must be 1 to {MAX_CAPACITY}."),
+            );
         }
         let state = match patch.state.as_deref().map(|s| (s, State::parse(s))) {
             None => None,
@@ -258,12 +265,12 @@ impl Admin {
         };
         if patch
             .admit_rate
-            .is_some_and(|r| !r.is_finite() || !(0.0..=1_000_000.0).contains(&r))
+            .is_some_and(|r| !r.is_finite() || !(0.0..=MAX_ADMIT_RATE).contains(&r))
         {
             return Reply::error(
                 400,
                 "BAD_REQUEST",
-                "admit_rate must be between 0 (unlimited) and 1000000.",
+                format!("admit_rate must be between 0 (unlimited) and {MAX_ADMIT_RATE}."),
             );
         }
         match room.kind() {

@@ -32,7 +32,7 @@ pub struct Api<'a> {
 impl Api<'_> {
     /// Answers a request for a path it [`serves`].
     pub async fn handle(&self, facts: &Facts<'_>) -> Reply {
-        let path = facts.path;
+        let path = facts.path.as_ref();
         let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or_default();
         if path == JWKS_PATH || endpoint == "jwks.json" {
             return match self.gate {
@@ -41,7 +41,7 @@ impl Api<'_> {
                 None => Reply::error(404, "NOT_FOUND", "No keys are configured."),
             };
         }
-        let query = facts.query().unwrap_or_default();
+        let query = facts.query.unwrap_or_default();
         let param = |name: &str| {
             form_urlencoded::parse(query.as_bytes())
                 .find(|(k, _)| k == name)

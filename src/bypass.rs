@@ -13,7 +13,7 @@ use quick_cache::sync::Cache;
 use crate::config::{Jwt, JwtKey, JwtSource, Rules};
 use crate::cookies;
 use crate::facts::Facts;
-use crate::token::{Fingerprints, MAX_TOKEN_LEN, now_secs};
+use crate::token::{Fingerprints, MAX_TOKEN_LEN, now_secs, understood};
 
 /// Verified app tokens remembered per verifier.
 const CACHE_SIZE: usize = 50_000;
@@ -91,8 +91,12 @@ impl AppJwt {
         }
         let key = self.fingerprints.of(token.as_bytes());
         let exp = self.cache.get(&key).unwrap_or_else(|| {
-            let exp = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
-                .ok()
+            let exp = understood(token)
+                .then(|| {
+                    jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
+                        .ok()
+                })
+                .flatten()
                 .and_then(|d| d.claims.get("exp").and_then(serde_json::Value::as_u64))
                 .unwrap_or(0);
             self.cache.insert(key, exp);
@@ -118,4 +122,61 @@ pub fn matches(rules: &Rules, facts: &Facts<'_>, jwts: &[AppJwt]) -> bool {
             .jwt
             .and_then(|i| jwts.get(i))
             .is_some_and(|jwt| jwt.matches(facts.req))
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::hmac;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    use super::*;
+    use crate::config::Secret;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn hs256(header: serde_json::Value, claims: serde_json::Value) -> String {
+        let message = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+        let tag = hmac::sign(&key, message.as_bytes());
+        format!("{message}.{}", B64.encode(tag.as_ref()))
+    }
+
+    fn request_with(token: &str) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("cookie", format!("session={token}"))
+            .unwrap();
+        req
+    }
+
+    #[test]
+    fn an_app_token_asking_for_unknown_extensions_is_not_honoured() {
+        let jwt = AppJwt::new(&Jwt {
+            name: "app".into(),
+            source: JwtSource::Cookie("session".into()),
+            algorithm: Algorithm::HS256,
+            key: JwtKey::Secret(Secret::new(SECRET)),
+            issuer: None,
+            audience: None,
+        })
+        .unwrap();
+        let claims = serde_json::json!({"sub": "u1", "exp": now_secs() + 600});
+        let plain = hs256(
+            serde_json::json!({"alg": "HS256", "typ": "JWT"}),
+            claims.clone(),
+        );
+        assert!(jwt.matches(&request_with(&plain)));
+        let crit = hs256(
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["b64"], "b64": false}),
+            claims,
+        );
+        assert!(
+            !jwt.matches(&request_with(&crit)),
+            "a crit header was honoured"
+        );
+    }
 }

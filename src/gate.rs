@@ -390,7 +390,7 @@ impl Gate {
     async fn arrive(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Decision {
         let name = room.name();
         let lane = self.lane(w, facts);
-        let utm = Utm::from_query(facts.query());
+        let utm = Utm::from_query(facts.query);
         self.events.arrived(name, lane, utm.as_deref());
         match self.store.arrive(name, lane, utm.clone()).await {
             Ok(Arrival::Admitted(session)) => {

@@ -1,15 +1,19 @@
 //! Log output: `tracing` for anteroom's own lines, with Pingora's `log`
-//! records bridged in, as text or one JSON object per line.
+//! records bridged in (the routine ones that clients cause counted and
+//! demoted to debug), as text or one JSON object per line.
 //!
 //! Lines are written by a background thread, so a request never waits for a
 //! write to standard error; nothing is dropped (a full buffer makes the
 //! logger wait instead), and `flush` writes what is left before exiting.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_log::{AsLog, LogTracer};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::EitherWriter;
@@ -51,14 +55,96 @@ pub fn init(log: &Log) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(Output(writer));
-    // `try_init` also routes the `log` crate (Pingora) into tracing.
     let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => {
+            tracing::subscriber::set_global_default(builder.json().flatten_event(true).finish())
+        }
     };
     if installed.is_ok() {
         *WRITER.lock() = Some(guard);
+        // Pingora logs through the `log` crate: its records come into tracing here.
+        if log::set_boxed_logger(Box::new(Bridge(LogTracer::new()))).is_ok() {
+            log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+        }
     }
+}
+
+/// What clients cause all the time, and Pingora logs as errors: counted,
+/// and logged at debug, so that a scanner cannot flood the error log.
+pub struct Routine {
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
+    /// Clients that hung up (or were cut off) before their request was done.
+    pub client_disconnects: IntCounter,
+}
+
+/// The routine counters of this process (registered by `connections`).
+pub fn routine() -> &'static Routine {
+    static ROUTINE: OnceLock<Routine> = OnceLock::new();
+    ROUTINE.get_or_init(|| {
+        #[expect(clippy::expect_used, reason = "the names below are valid metric names")]
+        fn counter(name: &str, help: &str) -> IntCounter {
+            IntCounter::new(name, help).expect("a valid metric name")
+        }
+        Routine {
+            tls_handshake_failures: counter(
+                "tls_handshake_failures_total",
+                "TLS handshakes with clients that failed or timed out.",
+            ),
+            client_disconnects: counter(
+                "client_disconnects_total",
+                "Requests whose client hung up, or was cut off, before the request was done.",
+            ),
+        }
+    })
+}
+
+/// The `log` records Pingora writes for what clients cause every day.
+fn routine_kind(record: &log::Record<'_>) -> Option<&'static IntCounter> {
+    let target = record.target();
+    let (prefix, counter) = if target.starts_with("pingora_core::services::listening") {
+        ("Downstream handshake", &routine().tls_handshake_failures)
+    } else if target.starts_with("pingora_proxy") {
+        ("Fail to proxy: Downstream", &routine().client_disconnects)
+    } else {
+        return None;
+    };
+    let message = record.args().to_string();
+    message.starts_with(prefix).then_some(counter)
+}
+
+/// Routes Pingora's `log` records into tracing, routine ones demoted to debug.
+struct Bridge(LogTracer);
+
+impl log::Log for Bridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() > log::Level::Warn {
+            return self.0.log(record);
+        }
+        match routine_kind(record) {
+            None => self.0.log(record),
+            Some(counter) => {
+                counter.inc();
+                self.0.log(
+                    &log::Record::builder()
+                        .args(*record.args())
+                        .level(log::Level::Debug)
+                        .target(record.target())
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .build(),
+                );
+            }
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// Writes every buffered line out; call before the process exits.

@@ -18,8 +18,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::api::{self, Api};
 use crate::bypass::{self, AppJwt};
 use crate::config;
-use crate::facts::Facts;
-use crate::forward::Forward;
+use crate::connections;
+use crate::facts::{self, Facts};
+use crate::forward::Forwarding;
 use crate::gate::{Decision, Gate, Visit};
 use crate::lifecycle::{InFlight, Lifecycle};
 use crate::page::PageState;
@@ -58,8 +59,12 @@ pub struct Ctx {
     slot_wait: Option<Duration>,
     visit: Option<Box<Visit>>,
     bypassed: bool,
-    secure: bool,
+    /// The client anteroom decided on.
     ip: Option<IpAddr>,
+    /// How the request is forwarded, as its facts decided.
+    forwarding: Forwarding,
+    /// The canonical target, when it is not what the client sent.
+    target: Option<String>,
     upstream_sent: Option<Instant>,
     upstream_response: Option<(u16, Duration)>,
     outcome: Outcome,
@@ -70,6 +75,7 @@ pub struct Ctx {
 enum Outcome {
     Proxied,
     Api,
+    Refused,
     NoRoute,
     QueueRequired,
     Closed,
@@ -80,6 +86,7 @@ impl Outcome {
         match self {
             Outcome::Proxied => "proxied",
             Outcome::Api => "api",
+            Outcome::Refused => "refused",
             Outcome::NoRoute => "no_route",
             Outcome::QueueRequired => "queue_required",
             Outcome::Closed => "closed",
@@ -106,7 +113,7 @@ impl Proxy {
 
     /// anteroom's own answer to a request, or `None` to forward it.
     async fn answer(&self, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> {
-        if api::serves(facts.path, self.gate.is_some()) {
+        if api::serves(&facts.path, self.gate.is_some()) {
             ctx.outcome = Outcome::Api;
             let api = Api {
                 rooms: &self.rooms,
@@ -114,7 +121,7 @@ impl Proxy {
             };
             return Some(api.handle(facts).await);
         }
-        let Some(route) = self.router.find(facts.host, facts.path) else {
+        let Some(route) = self.router.find(facts.host_name(), &facts.path) else {
             ctx.outcome = Outcome::NoRoute;
             return Some(Reply::error(
                 404,
@@ -213,20 +220,48 @@ impl ProxyHttp for Proxy {
             slot_wait: None,
             visit: None,
             bypassed: false,
-            secure: false,
             ip: None,
+            forwarding: Forwarding::default(),
+            target: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        // The header is in: from here the body's pace is timed, and the idle
+        // time before the next request on this connection.
+        connections::request_read();
+        let s = &self.server;
+        session.set_read_timeout(Some(s.body_timeout));
+        session.set_total_drain_timeout(Some(s.body_timeout));
+        session.set_keepalive(Some(s.keepalive_timeout.as_secs().max(1)));
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let (peer, tls) = (peer_ip(session), is_tls(session));
-        let facts = Facts::new(&self.server, session.req_header(), peer, tls);
-        ctx.ip = facts.ip;
-        ctx.secure = facts.secure;
-        match self.answer(&facts, ctx).await {
+        let reply = match Facts::new(&self.server, session.req_header(), peer, tls) {
+            Ok(facts) => {
+                ctx.ip = facts.ip;
+                ctx.forwarding = Forwarding::of(&facts);
+                if facts.rewritten {
+                    ctx.target = Some(facts.target().into_owned());
+                }
+                self.answer(&facts, ctx).await
+            }
+            Err(refusal) => {
+                ctx.outcome = Outcome::Refused;
+                ctx.ip = peer;
+                Some(Reply::error(400, "BAD_REQUEST", refusal.to_string()))
+            }
+        };
+        match reply {
             Some(reply) => {
                 reply.send(session).await?;
                 Ok(true)
@@ -249,18 +284,16 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         let upstream = ctx.route.and_then(|r| self.upstream_of_route(r));
-        Forward {
-            host: upstream.and_then(|u| u.host_header()),
-            peer: peer_ip(session),
-            secure: ctx.secure,
-            visit: ctx.visit.as_deref(),
-        }
-        .apply(upstream_request)?;
+        ctx.forwarding.apply(
+            upstream_request,
+            upstream.and_then(|u| u.host_header()),
+            ctx.visit.as_deref(),
+        )?;
         // The upstream's time starts when the request is on its way.
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
@@ -299,7 +332,7 @@ impl ProxyHttp for Proxy {
             gate.release(room.name(), visit.session.id, &visit.pass, "command")
                 .await;
         }
-        let jar = CookieJar::new(w, gate.ticket_ttl(), ctx.secure);
+        let jar = CookieJar::new(w, gate.ticket_ttl(), ctx.forwarding.secure());
         for cookie in jar.for_visit(visit, release) {
             upstream_response.append_header(SET_COOKIE, cookie)?;
         }
@@ -361,6 +394,20 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         // The request is over: its slot goes back now, whatever happened.
         drop(ctx.slot.take());
+        connections::response_done();
+        if error.is_some_and(|e| {
+            e.esource() == &ErrorSource::Downstream
+                && matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed
+                        | ErrorType::ReadError
+                        | ErrorType::WriteError
+                        | ErrorType::ReadTimedout
+                        | ErrorType::WriteTimedout
+                )
+        }) {
+            crate::logging::routine().client_disconnects.inc();
+        }
 
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.and_then(|r| self.router.get(r));
@@ -380,10 +427,14 @@ impl ProxyHttp for Proxy {
         }
 
         let req = session.req_header();
+        let path = ctx.target.as_deref().map_or_else(
+            || req.uri.path(),
+            |t| t.split_once('?').map_or(t, |(p, _)| p),
+        );
         if let (Some(visit), Some(gate)) = (&ctx.visit, &self.gate) {
             let waiting_room = ctx.route.and_then(|r| self.waiting_room_of_route(r));
             if let Some((room, w)) = waiting_room {
-                if w.converts(&req.method, req.uri.path(), status) {
+                if w.converts(&req.method, path, status) {
                     gate.events().converted(room.name(), &visit.session);
                 }
             }
@@ -392,8 +443,8 @@ impl ProxyHttp for Proxy {
         tracing::info!(
             target: "anteroom::access",
             method = %req.method,
-            path = req.uri.path(),
-            host = crate::facts::request_host(req).unwrap_or("-"),
+            path,
+            host = facts::host_header(req).unwrap_or("-"),
             route = route.map_or("-", |r| r.name.as_str()),
             room = room.map_or("-", |r| r.name()),
             upstream = upstream.map_or("-", |u| u.config.name.as_str()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::header::{RETRY_AFTER, SET_COOKIE};
 use serde::Serialize;
 
+use crate::canonical::{self, PathPolicy};
 use crate::config::{RESERVED_PREFIX, State};
 use crate::cookies;
 use crate::facts::Facts;
@@ -195,16 +196,32 @@ impl<'a> CookieJar<'a> {
     }
 }
 
-/// The request's path and query, percent-encoded for a `return=` parameter.
+/// The request's canonical path and query, percent-encoded for a `return=` parameter.
 fn return_param(facts: &Facts<'_>) -> String {
-    let target = facts.req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    form_urlencoded::byte_serialize(target.as_bytes()).collect()
+    form_urlencoded::byte_serialize(facts.target().as_bytes()).collect()
 }
 
-/// A same-site path to send a visitor back to; anything else becomes `/`.
+/// A path of this site to send a visitor back to, in canonical form; `/`
+/// for anything else. Only a path that starts with a single `/` and holds no
+/// whitespace, control character or backslash qualifies: browsers drop tabs
+/// and newlines and read `\\` as `/`, so `/\t/evil.example` or `/\\evil.example`
+/// would be another site.
 pub fn safe_return(value: Option<&str>) -> String {
-    match value {
-        Some(v) if v.starts_with('/') && !v.starts_with("//") && !v.contains('\\') => v.to_owned(),
+    let Some(v) = value else {
+        return "/".to_owned();
+    };
+    let plain = v.starts_with('/')
+        && !v.starts_with("//")
+        && !v
+            .bytes()
+            .any(|b| b == b'\\' || b.is_ascii_whitespace() || b.is_ascii_control());
+    if !plain {
+        return "/".to_owned();
+    }
+    match canonical::target(v.as_bytes(), PathPolicy::Reject) {
+        Ok(target) if target.authority.is_none() && !target.path.starts_with("//") => {
+            target.origin_form()
+        }
         _ => "/".to_owned(),
     }
 }

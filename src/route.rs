@@ -14,10 +14,9 @@ impl Router {
         Router { routes }
     }
 
-    /// The index of the first route matching this host and path. `host` is
-    /// the request's `Host` (or `:authority`); its port and case are ignored.
+    /// The index of the first route matching this host and path, both in
+    /// canonical form (`canonical`: the host without port, in lower case).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(strip_port);
         self.routes
             .iter()
             .position(|r| path.starts_with(&r.path_prefix) && host_matches(r.host.as_deref(), host))
@@ -34,14 +33,6 @@ impl Router {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
 fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
     let Some(pattern) = pattern else {
         return true;
@@ -53,10 +44,10 @@ fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
         Some(suffix) => {
             let (host, suffix) = (host.as_bytes(), suffix.as_bytes());
             host.len() > suffix.len() + 1
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && &host[host.len() - suffix.len()..] == suffix
                 && host[host.len() - suffix.len() - 1] == b'.'
         }
-        None => host.eq_ignore_ascii_case(pattern),
+        None => host == pattern,
     }
 }
 
@@ -83,12 +74,12 @@ mod tests {
             route(None, "/api/gemini/"),
             route(None, "/"),
         ]);
-        assert_eq!(r.find(Some("API.example.com:8080"), "/v1/x"), Some(0));
+        assert_eq!(r.find(Some("api.example.com"), "/v1/x"), Some(0));
         assert_eq!(r.find(Some("api.example.com"), "/v2"), Some(1));
         assert_eq!(r.find(Some("www.example.com"), "/api/gemini/x"), Some(1));
         assert_eq!(r.find(Some("example.com"), "/api/gemini/x"), Some(2));
         assert_eq!(r.find(None, "/api/gemini"), Some(3));
-        assert_eq!(r.find(Some("[::1]:80"), "/"), Some(3));
+        assert_eq!(r.find(Some("[::1]"), "/"), Some(3));
     }
 
     #[test]

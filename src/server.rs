@@ -16,10 +16,12 @@ use prometheus::Registry;
 use crate::admin::Admin;
 use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError};
+use crate::connections::{ConnectionMetrics, Guard};
 use crate::events::VisitorEvents;
 use crate::gate::Gate;
 use crate::keeper::Keeper;
 use crate::lifecycle::Lifecycle;
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::room::{RoomMetrics, Rooms};
@@ -200,13 +202,16 @@ fn server_conf(s: &crate::config::Server) -> ServerConf {
     }
 }
 
-/// The proxy on the public listeners, and the resolver that keeps its
-/// upstreams' addresses fresh (when any is given by name).
+/// The public listeners' service: the proxy behind the connection limits.
+type PublicService = Service<Guard<HttpProxy<Proxy>>>;
+
+/// The proxy on the public listeners, behind the connection limits, and the
+/// resolver that keeps its upstreams' addresses fresh (when any is given by name).
 fn public_service(
     server: &Server,
     config: &Config,
     parts: &Parts,
-) -> Result<(Service<HttpProxy<Proxy>>, Option<Resolver>), StartError> {
+) -> Result<(PublicService, Option<Resolver>), StartError> {
     let upstreams = config
         .upstreams
         .iter()
@@ -236,9 +241,18 @@ fn public_service(
         route_metrics,
         unrouted_metrics: traffic.route("-", "-"),
     };
-    let mut public =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "anteroom");
     let s = &config.server;
+    let registry = parts.metrics.registry();
+    let routine = logging::routine();
+    registry.register(Box::new(routine.tls_handshake_failures.clone()))?;
+    registry.register(Box::new(routine.client_disconnects.clone()))?;
+    let guard = Guard::new(
+        pingora::proxy::http_proxy(&server.configuration, proxy),
+        s.header_timeout,
+        s.max_connections,
+        ConnectionMetrics::register(registry)?,
+    );
+    let mut public = Service::new("anteroom".to_owned(), guard);
     for addr in &s.listen {
         public.add_tcp(&addr.to_string());
     }

@@ -91,6 +91,7 @@ impl Fixture {
             Some("192.0.2.1".parse().unwrap()),
             false,
         )
+        .unwrap()
     }
 }
 

@@ -62,6 +62,11 @@ pub struct ServerFile {
     pub upstream_keepalive_pool: Option<i64>,
     pub work_stealing: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub path_policy: Option<String>,
+    pub header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_connections: Option<i64>,
 }
 
 /// `[[server.tls]]`: a public listener that terminates TLS.

@@ -16,6 +16,12 @@ use std::time::Duration;
 /// anteroom, never proxied, so no route may use them.
 pub const RESERVED_PREFIX: &str = "/__anteroom/";
 
+/// Largest capacity of a room, in the file and over the admin API.
+pub const MAX_CAPACITY: u32 = 10_000_000;
+
+/// Fastest admission rate, per second, in the file and over the admin API.
+pub const MAX_ADMIT_RATE: f64 = 1_000_000.0;
+
 /// A configuration that has passed validation: every reference resolves,
 /// every number is in range, every duration parsed, every file it names is
 /// readable. What is in those files is loaded once, by `assets`.
@@ -89,8 +95,20 @@ pub struct RedisConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// What happens to path forms that servers read differently (`%2F`, `\\`,
+/// `;`, `%25`, escapes that are not UTF-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathPolicy {
+    /// Refused with `400` (the default).
+    #[default]
+    Reject,
+    /// `%2F`, `%5C` and `\\` are slashes; `;` and `%25` stay as they are;
+    /// escapes need not be UTF-8.
+    Decode,
+}
+
 /// `[server]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Server {
     /// Plain-HTTP public listeners.
     pub listen: Vec<SocketAddr>,
@@ -106,6 +124,17 @@ pub struct Server {
     pub work_stealing: bool,
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front of anteroom).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Ambiguous path forms: refused or decoded.
+    pub path_policy: PathPolicy,
+    /// Longest time from a request's first byte (or a new connection) to its
+    /// last header byte.
+    pub header_timeout: Duration,
+    /// Longest silence of an idle keep-alive connection between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest silence while a request body is being received.
+    pub body_timeout: Duration,
+    /// Most open client connections (0: no limit).
+    pub max_connections: usize,
 }
 
 impl Server {

@@ -12,14 +12,23 @@ use super::file::{
 };
 use super::{
     Admin, Attribution, Backend, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
-    JwtSource, Log, LogFormat, OnStoreError, Problem, RESERVED_PREFIX, RedisConfig, Room, RoomMode,
-    Route, Rules, Secret, Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
+    JwtSource, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy, Problem,
+    RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State,
+    StoreConfig, TlsListener, Tokens, Upstream,
 };
-const MAX_CAPACITY: i64 = 10_000_000;
 const MAX_THREADS: i64 = 1024;
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
 const MIN_TOKEN_LEN: usize = 16;
 const MAX_ATTRIBUTION_VALUES: usize = 100;
+/// Longest duration any key takes: beyond it a value is surely a mistake,
+/// and arithmetic on it could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Largest file a key may name (keys, templates, CA bundles, secrets).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Largest configuration file.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Most open client connections a cap may allow.
+const MAX_CONNECTIONS: i64 = 10_000_000;
 
 /// Collects problems while the rest of the file is still checked.
 #[derive(Default)]
@@ -37,6 +46,16 @@ impl Problems {
         match value {
             None => default,
             Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.add(
+                        key,
+                        format!(
+                            "{text:?} is longer than {}d, the longest any duration may be",
+                            MAX_DURATION.as_secs() / 86_400
+                        ),
+                    );
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.add(
@@ -94,9 +113,11 @@ impl Problems {
         }
     }
 
+    /// A file the config names, which must be a regular file of at most
+    /// `MAX_FILE_BYTES` (a device such as `/dev/zero` would never end).
     fn readable_file(&mut self, key: &str, path: &str) -> PathBuf {
-        if let Err(e) = std::fs::metadata(path) {
-            self.add(key, format!("cannot read {path:?}: {e}"));
+        if let Err(message) = regular_file(Path::new(path), MAX_FILE_BYTES) {
+            self.add(key, message);
         }
         PathBuf::from(path)
     }
@@ -104,10 +125,13 @@ impl Problems {
     /// A secret kept in a file of its own (`token_file`, `password_file`,
     /// `secret_file`), without the line end an editor adds.
     fn secret_file(&mut self, key: &str, path: &str) -> Option<String> {
-        match std::fs::read_to_string(path) {
+        let read = regular_file(Path::new(path), MAX_FILE_BYTES).and_then(|()| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))
+        });
+        match read {
             Ok(text) => Some(text.trim().to_owned()),
-            Err(e) => {
-                self.add(key, format!("cannot read {path:?}: {e}"));
+            Err(message) => {
+                self.add(key, message);
                 None
             }
         }
@@ -137,13 +161,30 @@ impl Problems {
     }
 }
 
+/// Whether `path` is a regular file of at most `max` bytes; the message says why not.
+fn regular_file(path: &Path, max: u64) -> Result<(), String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) => Err(format!("cannot read \"{shown}\": {e}")),
+        Ok(m) if !m.is_file() => Err(format!("\"{shown}\" is not a regular file")),
+        Ok(m) if m.len() > max => Err(format!(
+            "\"{shown}\" is {} bytes; at most {max} are read",
+            m.len()
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        regular_file(path, MAX_CONFIG_BYTES)
+            .map_err(|message| read(std::io::Error::other(message)))?;
+        let text = std::fs::read_to_string(path).map_err(read)?;
         Config::from_toml(&text, path)
     }
 
@@ -278,6 +319,31 @@ fn server(p: &mut Problems, file: &File) -> Server {
         .upstream_keepalive_pool
         .and_then(|n| p.int_in("server.upstream_keepalive_pool", n, 0, 1_000_000))
         .map_or(128, |n| n as usize);
+    let path_policy = match s.path_policy.as_deref().unwrap_or("reject") {
+        "reject" => PathPolicy::Reject,
+        "decode" => PathPolicy::Decode,
+        other => {
+            p.add(
+                "server.path_policy",
+                format!("{other:?} is not a path policy: use \"reject\" (400 for ambiguous paths) or \"decode\""),
+            );
+            PathPolicy::Reject
+        }
+    };
+    let positive = |p: &mut Problems, key: &str, v: &Option<String>, default: u64| {
+        let d = p.duration(key, v.as_deref(), Duration::from_secs(default));
+        if d.is_zero() {
+            p.add(key, "must be longer than 0");
+        }
+        d
+    };
+    let header_timeout = positive(p, "server.header_timeout", &s.header_timeout, 10);
+    let keepalive_timeout = positive(p, "server.keepalive_timeout", &s.keepalive_timeout, 60);
+    let body_timeout = positive(p, "server.body_timeout", &s.body_timeout, 10);
+    let max_connections = s
+        .max_connections
+        .and_then(|n| p.int_in("server.max_connections", n, 0, MAX_CONNECTIONS))
+        .map_or(0, |n| n as usize);
     Server {
         listen,
         tls,
@@ -296,6 +362,11 @@ fn server(p: &mut Problems, file: &File) -> Server {
             .enumerate()
             .filter_map(|(i, c)| cidr(p, &format!("server.trusted_proxies[{i}]"), c))
             .collect(),
+        path_policy,
+        header_timeout,
+        keepalive_timeout,
+        body_timeout,
+        max_connections,
     }
 }
 
@@ -521,7 +592,12 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
             None
         }
     };
-    let capacity = p.int_in(&format!("{key}.capacity"), r.capacity, 1, MAX_CAPACITY);
+    let capacity = p.int_in(
+        &format!("{key}.capacity"),
+        r.capacity,
+        1,
+        i64::from(MAX_CAPACITY),
+    );
     let max_wait = p.duration(
         &format!("{key}.max_wait"),
         r.max_wait.as_deref(),
@@ -645,10 +721,12 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
         );
     }
     let admit_rate = r.admit_rate.unwrap_or(0.0);
-    if !admit_rate.is_finite() || !(0.0..=1_000_000.0).contains(&admit_rate) {
+    if !admit_rate.is_finite() || !(0.0..=MAX_ADMIT_RATE).contains(&admit_rate) {
         p.add(
             format!("{key}.admit_rate"),
-            format!("must be between 0 (unlimited) and 1000000 per second, got {admit_rate}"),
+            format!(
+                "must be between 0 (unlimited) and {MAX_ADMIT_RATE} per second, got {admit_rate}"
+            ),
         );
     }
     let max_queue = r

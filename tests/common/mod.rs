@@ -1,6 +1,7 @@
 //! Test harness: a real anteroom on ephemeral loopback ports in front of a
 //! real upstream, stopped deterministically on drop.
 
+pub mod nginx;
 pub mod process;
 pub mod redis;
 pub mod upstream;
@@ -70,6 +71,11 @@ pub fn waiting_room_config(
     room: &str,
     after: &str,
 ) -> String {
+    waiting_room_config_for(&upstream.addr.to_string(), backend, room, after)
+}
+
+/// `waiting_room_config` in front of the upstream at `address`.
+pub fn waiting_room_config_for(address: &str, backend: Backend, room: &str, after: &str) -> String {
     format!(
         r#"
 [tokens]
@@ -93,7 +99,7 @@ room = "web"
 "#,
         key = keys().private.display(),
         store = backend.store_toml(),
-        addr = upstream.addr,
+        addr = address,
     )
 }
 

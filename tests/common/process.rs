@@ -26,13 +26,22 @@ impl Process {
 
     /// Runs the binary with logs in `format` ("text" or "json").
     pub async fn start_logging(grace: &str, format: &str, rest: &str) -> Process {
+        Process::start_full(&format!("grace_period = \"{grace}\""), format, rest).await
+    }
+
+    /// Runs the binary with these keys in `[server]`, JSON logs.
+    pub async fn start_server(server_keys: &str, rest: &str) -> Process {
+        Process::start_full(server_keys, "json", rest).await
+    }
+
+    async fn start_full(server_keys: &str, format: &str, rest: &str) -> Process {
         let (public, admin) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("anteroom.toml");
         std::fs::write(
             &path,
             format!(
-                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 1\ngrace_period = \"{grace}\"\n\
+                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 1\n{server_keys}\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"{format}\"\nlevel = \"info\"\n{rest}\n"
             ),
         )

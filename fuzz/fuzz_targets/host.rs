@@ -1,0 +1,5 @@
+#![no_main]
+
+include!("../properties.rs");
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| host(data));
