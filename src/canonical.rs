@@ -125,16 +125,21 @@ fn split_absolute(raw: &[u8]) -> Result<(Option<&str>, &[u8]), Refusal> {
     Ok((Some(authority), path.as_bytes()))
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
+const UNRESERVED: u8 = 1;
+const PLAIN: u8 = 2;
 
-/// Characters a path may hold as they are (RFC 3986 `pchar` and `/`),
-/// `;` aside: it is the policy's.
-fn is_plain(b: u8) -> bool {
-    is_unreserved(b)
-        || matches!(
-            b,
+/// Byte classes: `UNRESERVED` (RFC 3986: letters, digits, `-._~`) and
+/// `PLAIN` (what a path may hold as it is: `pchar` and `/`, `;` aside, which
+/// is the policy's).
+static CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            class[b] = UNRESERVED | PLAIN;
+        } else if matches!(
+            c,
             b'!' | b'$'
                 | b'&'
                 | b'\''
@@ -147,7 +152,20 @@ fn is_plain(b: u8) -> bool {
                 | b':'
                 | b'@'
                 | b'/'
-        )
+        ) {
+            class[b] = PLAIN;
+        }
+        b += 1;
+    }
+    class
+};
+
+fn is_unreserved(b: u8) -> bool {
+    CLASS[usize::from(b)] & UNRESERVED != 0
+}
+
+fn is_plain(b: u8) -> bool {
+    CLASS[usize::from(b)] & PLAIN != 0
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -266,6 +284,8 @@ pub struct Host<'a> {
     pub name: Cow<'a, str>,
     /// The port, when one was given.
     pub port: Option<u16>,
+    /// The value was written in canonical form already.
+    pub unchanged: bool,
 }
 
 impl Host<'_> {
@@ -283,58 +303,73 @@ impl Host<'_> {
     }
 }
 
-/// The canonical form of a `Host` value or an authority.
+/// The canonical form of a `Host` value or an authority, read in one pass.
 pub fn host(raw: &str) -> Result<Host<'_>, Refusal> {
-    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
-        let (address, after) = rest.split_once(']').ok_or(Refusal::BadHost)?;
-        address
-            .parse::<std::net::Ipv6Addr>()
-            .map_err(|_| Refusal::BadHost)?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or(Refusal::BadHost)?),
-        };
-        (&raw[..address.len() + 2], port)
-    } else {
-        match raw.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (raw, None),
-        }
-    };
-    let port = match port {
-        None => None,
-        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(p.parse::<u16>().map_err(|_| Refusal::BadHost)?)
-        }
-        Some(_) => return Err(Refusal::BadHost),
-    };
-    if name.starts_with('[') {
-        return Ok(Host {
-            name: lowercase(name),
-            port,
-        });
+    if raw.starts_with('[') {
+        return bracketed(raw);
     }
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let labels_ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if !labels_ok {
+    let (name, port) = match raw.rfind(':') {
+        Some(i) => (&raw[..i], Some(port(&raw[i + 1..])?)),
+        None => (raw, None),
+    };
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > 253 {
+        return Err(Refusal::BadHost);
+    }
+    let (mut label, mut upper) = (0usize, false);
+    for &b in trimmed.as_bytes() {
+        match b {
+            b'.' if label == 0 => return Err(Refusal::BadHost),
+            b'.' => label = 0,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            b'A'..=b'Z' => {
+                upper = true;
+                label += 1;
+            }
+            _ => return Err(Refusal::BadHost),
+        }
+        if label > 63 {
+            return Err(Refusal::BadHost);
+        }
+    }
+    if label == 0 {
         return Err(Refusal::BadHost);
     }
     Ok(Host {
-        name: lowercase(name),
+        name: lowercase(trimmed, upper),
         port,
+        unchanged: !upper && trimmed.len() == name.len(),
     })
 }
 
-fn lowercase(name: &str) -> Cow<'_, str> {
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+fn port(text: &str) -> Result<u16, Refusal> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Refusal::BadHost);
+    }
+    text.parse().map_err(|_| Refusal::BadHost)
+}
+
+/// `[v6]` or `[v6]:port`.
+fn bracketed(raw: &str) -> Result<Host<'_>, Refusal> {
+    let end = raw.find(']').ok_or(Refusal::BadHost)?;
+    raw[1..end]
+        .parse::<std::net::Ipv6Addr>()
+        .map_err(|_| Refusal::BadHost)?;
+    let port = match &raw[end + 1..] {
+        "" => None,
+        p => Some(port(p.strip_prefix(':').ok_or(Refusal::BadHost)?)?),
+    };
+    let name = &raw[..=end];
+    let upper = name.bytes().any(|b| b.is_ascii_uppercase());
+    Ok(Host {
+        name: lowercase(name, upper),
+        port,
+        unchanged: !upper,
+    })
+}
+
+fn lowercase(name: &str, upper: bool) -> Cow<'_, str> {
+    if upper {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
@@ -502,6 +537,7 @@ mod tests {
         assert_eq!(h("[::1]:443").name, "[::1]");
         assert_eq!(h("10.0.0.1").name, "10.0.0.1");
         assert!(h("A.test.:80").same(&h("a.test:80")));
+        assert!(h("a.test:80").unchanged && !h("A.test").unchanged && !h("a.test.").unchanged);
         assert!(!h("a.test:80").same(&h("a.test:81")));
         for bad in [
             "",

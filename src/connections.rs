@@ -1,28 +1,33 @@
 //! Client connections: how many are open (a gauge, and an optional cap),
-//! and how long a request's header may take to arrive.
+//! how long a request's header may take to arrive, and how long a
+//! kept-alive connection may sit idle.
 //!
 //! Pingora times each read of a request header, not the whole header, so a
 //! client sending one byte every few seconds (slowloris) would hold its
-//! connection for ever. [`Guard`] wraps the proxy app: every connection's
-//! stream is read through a [`Clock`] that refuses reads once the header has
-//! taken longer than `header_timeout`, counted from the connection's start
-//! or from the first byte of the next request on a kept-alive connection.
-//! The proxy tells the clock when a header is complete (`request_read`) and
-//! when a response is done (`response_done`), through a task-local: an
-//! HTTP/1 connection's requests all run in its own task. HTTP/2 connections
-//! (which start with the preface) are left to their protocol's own limits.
+//! connection for ever; and timing each read costs a timer per read.
+//! Instead, [`Guard`] reads every connection's stream through a [`Clock`]:
+//! a phase and a deadline in coarse milliseconds, set with a few atomic
+//! stores per request. One background task, [`Sweeper`], looks at every
+//! clock twice a second and wakes the connections whose header (counted
+//! from the connection's start, or from the first byte of the next request)
+//! or whose idle time ran past its limit; their next read fails, and Pingora
+//! closes them. The proxy tells the clock when a header is complete
+//! (`request_read`) and a response done (`response_done`) through a
+//! task-local: an HTTP/1 connection's requests all run in its own task.
+//! HTTP/2 connections (which start with the preface) are left to their
+//! protocol's own limits.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 use pingora::apps::ServerApp;
-
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -30,11 +35,13 @@ use pingora::protocols::{
     Stream, TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// How often the deadlines are looked at: their precision.
+const TICK: Duration = Duration::from_millis(500);
 
 tokio::task_local! {
     static CONNECTION: Arc<Clock>;
@@ -70,27 +77,59 @@ impl ConnectionMetrics {
     }
 }
 
-/// The proxy app behind the connection limits.
-pub struct Guard<A> {
-    app: Arc<A>,
-    header_timeout: Duration,
-    max: usize,
-    open: AtomicUsize,
+/// What the guard, every clock and the sweeper share.
+struct Shared {
+    origin: Instant,
+    /// Milliseconds since `origin`, as of the sweeper's last tick.
+    now: AtomicU64,
+    header_ms: u64,
+    idle_ms: u64,
+    clocks: Mutex<Vec<Weak<Clock>>>,
     metrics: ConnectionMetrics,
 }
 
-impl<A> Guard<A> {
-    /// `app` with at most `max` open connections (0: no cap) and
-    /// `header_timeout` for every request header.
-    pub fn new(app: A, header_timeout: Duration, max: usize, metrics: ConnectionMetrics) -> Self {
-        Guard {
-            app: Arc::new(app),
-            header_timeout,
-            max,
-            open: AtomicUsize::new(0),
-            metrics,
-        }
+impl Shared {
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
     }
+}
+
+/// Limits on client connections.
+pub struct Limits {
+    /// The whole header of a request.
+    pub header_timeout: Duration,
+    /// A kept-alive connection between requests.
+    pub idle_timeout: Duration,
+    /// Open connections (0: no cap).
+    pub max: usize,
+}
+
+/// Makes the guard of the public app and the sweeper of its deadlines.
+pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Guard<A>, Sweeper) {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let shared = Arc::new(Shared {
+        origin: Instant::now(),
+        now: AtomicU64::new(0),
+        header_ms: ms(limits.header_timeout),
+        idle_ms: ms(limits.idle_timeout),
+        clocks: Mutex::new(Vec::new()),
+        metrics,
+    });
+    let guard = Guard {
+        app: Arc::new(app),
+        max: limits.max,
+        open: AtomicUsize::new(0),
+        shared: Arc::clone(&shared),
+    };
+    (guard, Sweeper(shared))
+}
+
+/// The proxy app behind the connection limits.
+pub struct Guard<A> {
+    app: Arc<A>,
+    max: usize,
+    open: AtomicUsize,
+    shared: Arc<Shared>,
 }
 
 /// Counts a connection as open until dropped.
@@ -110,32 +149,70 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let metrics = &self.shared.metrics;
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.metrics.open.inc();
-        let _open = Open(&self.open, &self.metrics.open);
+        metrics.open.inc();
+        let _open = Open(&self.open, &metrics.open);
         if self.max > 0 && open > self.max {
-            self.metrics.refused.inc();
+            metrics.refused.inc();
             return None;
         }
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let clock = Arc::new(Clock::new(self.header_timeout, !h2));
+        let clock = Arc::new(Clock::new(Arc::clone(&self.shared), !h2));
+        self.shared.clocks.lock().push(Arc::downgrade(&clock));
         let timed: Stream = Box::new(Timed {
             inner: stream,
             clock: Arc::clone(&clock),
-            sleep: None,
             first: true,
         });
-        let reused = CONNECTION
-            .scope(Arc::clone(&clock), self.app.process_new(timed, shutdown))
-            .await;
-        if clock.timed_out() {
-            self.metrics.header_timeouts.inc();
-        }
-        reused
+        CONNECTION
+            .scope(clock, self.app.process_new(timed, shutdown))
+            .await
     }
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+/// Expires the connections whose header or idle time ran out.
+pub struct Sweeper(Arc<Shared>);
+
+impl Sweeper {
+    fn sweep(&self) {
+        let shared = &self.0;
+        let now = u64::try_from(shared.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        shared.now.store(now, Ordering::Relaxed);
+        shared.clocks.lock().retain(|weak| {
+            let Some(clock) = weak.upgrade() else {
+                return false;
+            };
+            let phase = clock.phase();
+            if matches!(phase, Phase::Header | Phase::Idle)
+                && now >= clock.deadline.load(Ordering::Relaxed)
+            {
+                if phase == Phase::Header {
+                    shared.metrics.header_timeouts.inc();
+                }
+                clock.phase.store(Phase::Expired as u8, Ordering::Release);
+                clock.waker.wake();
+            }
+            true
+        });
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sweep(),
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
@@ -144,11 +221,11 @@ pub fn request_read() {
     let _ = CONNECTION.try_with(|c| c.set(Phase::Busy));
 }
 
-/// The response on this task's connection is done: the connection waits for
-/// the next request (for at most `server.keepalive_timeout`, which Pingora
-/// keeps), whose header is timed from its first byte.
+/// The response on this task's connection is done: the connection may wait
+/// for the next request for the idle timeout, whose header is timed from its
+/// first byte.
 pub fn response_done() {
-    let _ = CONNECTION.try_with(|c| c.set(Phase::Idle));
+    let _ = CONNECTION.try_with(|c| c.idle());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,36 +235,45 @@ enum Phase {
     Header = 0,
     /// A request is being handled (its body read, its response written).
     Busy = 1,
-    /// Between requests.
+    /// Between requests, against the deadline.
     Idle = 2,
     /// Not timed (HTTP/2).
     Off = 3,
-    /// The deadline passed.
-    TimedOut = 4,
+    /// A deadline passed: the connection is closed at its next read.
+    Expired = 4,
 }
 
-/// The header deadline of one connection.
-#[derive(Debug)]
+/// The deadlines of one connection.
 pub struct Clock {
-    origin: Instant,
-    header_timeout: Duration,
+    shared: Arc<Shared>,
     phase: AtomicU8,
-    /// When the current header must be complete, in nanoseconds after `origin`.
+    /// When the current phase ends, in the shared coarse milliseconds.
     deadline: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clock")
+            .field("phase", &self.phase())
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 impl Clock {
-    fn new(header_timeout: Duration, timed: bool) -> Clock {
-        let clock = Clock {
-            origin: Instant::now(),
-            header_timeout,
-            phase: AtomicU8::new(Phase::Off as u8),
-            deadline: AtomicU64::new(0),
+    fn new(shared: Arc<Shared>, timed: bool) -> Clock {
+        let (phase, deadline) = if timed {
+            (Phase::Header, shared.now().saturating_add(shared.header_ms))
+        } else {
+            (Phase::Off, u64::MAX)
         };
-        if timed {
-            clock.start_header();
+        Clock {
+            shared,
+            phase: AtomicU8::new(phase as u8),
+            deadline: AtomicU64::new(deadline),
+            waker: AtomicWaker::new(),
         }
-        clock
     }
 
     fn phase(&self) -> Phase {
@@ -195,43 +281,40 @@ impl Clock {
             0 => Phase::Header,
             1 => Phase::Busy,
             2 => Phase::Idle,
-            4 => Phase::TimedOut,
+            4 => Phase::Expired,
             _ => Phase::Off,
         }
     }
 
+    /// Moves to `phase`, unless the connection is untimed or already expired.
     fn set(&self, phase: Phase) {
-        // Once off or timed out, a connection stays so.
         let _ = self
             .phase
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                (p != Phase::Off as u8 && p != Phase::TimedOut as u8).then_some(phase as u8)
+                (p != Phase::Off as u8 && p != Phase::Expired as u8).then_some(phase as u8)
             });
     }
 
-    fn start_header(&self) {
-        let deadline = self.origin.elapsed() + self.header_timeout;
-        self.deadline.store(
-            u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Release,
-        );
-        self.phase.store(Phase::Header as u8, Ordering::Release);
+    /// Starts a timed phase now.
+    fn start(&self, phase: Phase) {
+        let limit = match phase {
+            Phase::Header => self.shared.header_ms,
+            _ => self.shared.idle_ms,
+        };
+        self.deadline
+            .store(self.shared.now().saturating_add(limit), Ordering::Relaxed);
+        self.set(phase);
     }
 
-    fn deadline(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.deadline.load(Ordering::Acquire))
-    }
-
-    fn timed_out(&self) -> bool {
-        self.phase() == Phase::TimedOut
+    fn idle(&self) {
+        self.start(Phase::Idle);
     }
 }
 
-/// A client stream read against its connection's header deadline.
+/// A client stream read against its connection's clock.
 struct Timed {
     inner: Stream,
     clock: Arc<Clock>,
-    sleep: Option<Pin<Box<Sleep>>>,
     first: bool,
 }
 
@@ -239,10 +322,6 @@ impl std::fmt::Debug for Timed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Timed").field("inner", &self.inner).finish()
     }
-}
-
-fn late() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "request header took too long")
 }
 
 impl AsyncRead for Timed {
@@ -253,38 +332,33 @@ impl AsyncRead for Timed {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let phase = this.clock.phase();
-        if phase == Phase::TimedOut {
-            return Poll::Ready(Err(late()));
+        if phase == Phase::Expired {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection ran out of time",
+            )));
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let got = &buf.filled()[before..];
         match read {
-            Poll::Ready(Ok(())) if !got.is_empty() => {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let got = &buf.filled()[before..];
                 if std::mem::take(&mut this.first)
                     && got.starts_with(&H2_PREFACE[..got.len().min(H2_PREFACE.len())])
                 {
-                    this.clock.set(Phase::Off);
+                    this.clock.phase.store(Phase::Off as u8, Ordering::Release);
                 } else if phase == Phase::Idle {
-                    this.clock.start_header();
+                    this.clock.start(Phase::Header);
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if phase == Phase::Header => {
-                let deadline = tokio::time::Instant::from_std(this.clock.deadline());
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if sleep.deadline() != deadline {
-                    sleep.as_mut().reset(deadline);
+            Poll::Pending if matches!(phase, Phase::Header | Phase::Idle) => {
+                this.clock.waker.register(cx.waker());
+                // Expired between the check above and the registration.
+                if this.clock.phase() == Phase::Expired {
+                    cx.waker().wake_by_ref();
                 }
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.clock.set(Phase::TimedOut);
-                        Poll::Ready(Err(late()))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
+                Poll::Pending
             }
             other => other,
         }

@@ -37,6 +37,9 @@ pub struct Facts<'a> {
     pub forwarded_for: Vec<IpAddr>,
     /// The target is not what the client sent: it is forwarded rewritten.
     pub rewritten: bool,
+    /// The `Host` header is not the canonical host (or is missing): it is
+    /// forwarded rewritten.
+    pub host_rewritten: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -53,7 +56,7 @@ impl<'a> Facts<'a> {
             authority,
         } = canonical::target(req.raw_path(), server.path_policy)?;
         let rewritten = authority.is_some() || matches!(path, Cow::Owned(_));
-        let host = request_host(req, authority)?;
+        let (host, host_rewritten) = request_host(req, authority)?;
         let (ip, forwarded_for) = client(server, peer, req);
         Ok(Facts {
             req,
@@ -65,6 +68,7 @@ impl<'a> Facts<'a> {
             secure: is_secure(server, peer, tls, req),
             forwarded_for,
             rewritten,
+            host_rewritten,
         })
     }
 
@@ -103,11 +107,12 @@ impl<'a> Facts<'a> {
 }
 
 /// The request's host: its one `Host` header, or the authority of an
-/// absolute-form target; both must name the same host.
+/// absolute-form target; both must name the same host. True when the
+/// forwarded `Host` must be written (not canonical as sent, or missing).
 fn request_host<'a>(
     req: &'a RequestHeader,
     authority: Option<&'a str>,
-) -> Result<Option<Host<'a>>, Refusal> {
+) -> Result<(Option<Host<'a>>, bool), Refusal> {
     let mut hosts = req.headers.get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -123,7 +128,14 @@ fn request_host<'a>(
     let authority = authority.map(canonical::host).transpose()?;
     match (header, authority) {
         (Some(h), Some(a)) if !h.same(&a) => Err(Refusal::AmbiguousHost),
-        (h, a) => Ok(h.or(a)),
+        (Some(h), _) => {
+            let rewrite = !h.unchanged;
+            Ok((Some(h), rewrite))
+        }
+        (None, a) => {
+            let rewrite = a.is_some();
+            Ok((a, rewrite))
+        }
     }
 }
 

@@ -49,13 +49,11 @@ impl Forwarding {
             .rewritten
             .then(|| facts.target().parse::<Uri>().ok())
             .flatten();
-        let host = facts.host.as_ref().and_then(|h| {
-            let canonical = h.header();
-            let sent = facts.req.headers.get(HOST).map(|v| v.as_bytes());
-            (sent != Some(canonical.as_bytes()))
-                .then(|| HeaderValue::from_str(&canonical).ok())
-                .flatten()
-        });
+        let host = facts
+            .host
+            .as_ref()
+            .filter(|_| facts.host_rewritten)
+            .and_then(|h| HeaderValue::from_str(&h.header()).ok());
         Forwarding {
             target,
             host,

@@ -234,13 +234,12 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         _ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        // The header is in: from here the body's pace is timed, and the idle
-        // time before the next request on this connection.
+        // The header is in: from here the body's pace is timed (the idle
+        // time after the response is the connection clock's).
         connections::request_read();
         let s = &self.server;
         session.set_read_timeout(Some(s.body_timeout));
         session.set_total_drain_timeout(Some(s.body_timeout));
-        session.set_keepalive(Some(s.keepalive_timeout.as_secs().max(1)));
         Ok(())
     }
 

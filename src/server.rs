@@ -16,7 +16,7 @@ use prometheus::Registry;
 use crate::admin::Admin;
 use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError};
-use crate::connections::{ConnectionMetrics, Guard};
+use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
 use crate::events::VisitorEvents;
 use crate::gate::Gate;
 use crate::keeper::Keeper;
@@ -109,8 +109,9 @@ impl App {
 
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config.server));
         server.bootstrap();
-        let (public, resolver) = public_service(&server, config, &parts)?;
+        let (public, sweeper, resolver) = public_service(&server, config, &parts)?;
         server.add_service(public);
+        server.add_service(background_service("connection deadlines", sweeper));
         server.add_service(admin_service(config, &parts));
         if let Some(resolver) = resolver {
             server.add_service(background_service("resolver", resolver));
@@ -205,13 +206,14 @@ fn server_conf(s: &crate::config::Server) -> ServerConf {
 /// The public listeners' service: the proxy behind the connection limits.
 type PublicService = Service<Guard<HttpProxy<Proxy>>>;
 
-/// The proxy on the public listeners, behind the connection limits, and the
-/// resolver that keeps its upstreams' addresses fresh (when any is given by name).
+/// The proxy on the public listeners, behind the connection limits; the
+/// sweeper of their deadlines; and the resolver that keeps the upstreams'
+/// addresses fresh (when any is given by name).
 fn public_service(
     server: &Server,
     config: &Config,
     parts: &Parts,
-) -> Result<(PublicService, Option<Resolver>), StartError> {
+) -> Result<(PublicService, Sweeper, Option<Resolver>), StartError> {
     let upstreams = config
         .upstreams
         .iter()
@@ -246,10 +248,13 @@ fn public_service(
     let routine = logging::routine();
     registry.register(Box::new(routine.tls_handshake_failures.clone()))?;
     registry.register(Box::new(routine.client_disconnects.clone()))?;
-    let guard = Guard::new(
+    let (guard, sweeper) = connections::guard(
         pingora::proxy::http_proxy(&server.configuration, proxy),
-        s.header_timeout,
-        s.max_connections,
+        Limits {
+            header_timeout: s.header_timeout,
+            idle_timeout: s.keepalive_timeout,
+            max: s.max_connections,
+        },
         ConnectionMetrics::register(registry)?,
     );
     let mut public = Service::new("anteroom".to_owned(), guard);
@@ -268,7 +273,7 @@ fn public_service(
                 reason: e.to_string(),
             })?;
     }
-    Ok((public, resolver))
+    Ok((public, sweeper, resolver))
 }
 
 /// The admin app, on its own listener with one thread.
