@@ -195,6 +195,19 @@ impl VisitorEvents {
             .inc_by(u64::from(count));
     }
 
+    /// Places of visitors who never came back with their token (clients
+    /// that keep none): counted, not logged one by one, as a flood makes many.
+    pub fn unconfirmed_lapsed(&self, room: &str, sessions: u32, tickets: u32) {
+        for (kind, count) in [
+            ("unconfirmed_session", sessions),
+            ("unconfirmed_ticket", tickets),
+        ] {
+            self.expirations
+                .with_label_values(&[room, kind])
+                .inc_by(u64::from(count));
+        }
+    }
+
     fn expired(
         &self,
         room: &str,

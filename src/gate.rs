@@ -468,6 +468,11 @@ impl Gate {
                     }
                     self.events
                         .reservations_lapsed(name, swept.reservations_lapsed);
+                    self.events.unconfirmed_lapsed(
+                        name,
+                        swept.unconfirmed_sessions,
+                        swept.unconfirmed_tickets,
+                    );
                 }
                 Err(e) => tracing::warn!(room = name, error = %e, "sweep failed"),
             }
@@ -550,17 +555,15 @@ mod tests {
         let first = waiting(decide(&f, &request("GET", "/", &[])).await);
         assert!(first.set_ticket);
         assert_eq!(first.place.position(), 1);
-        let second = waiting(decide(&f, &request("GET", "/", &[])).await);
-        assert_eq!(second.place.position(), 2);
-        let again = waiting(
-            decide(
-                &f,
-                &request("GET", "/", &[(TICKET_HEADER, first.ticket.as_str())]),
-            )
-            .await,
-        );
+        let with_first = request("GET", "/", &[(TICKET_HEADER, first.ticket.as_str())]);
+        // Back with the ticket: it counts now, and keeps its place.
+        let again = waiting(decide(&f, &with_first).await);
         assert_eq!(again.place.position(), 1, "a refresh keeps the place");
         assert!(!again.set_ticket, "a fresh ticket is not renewed");
+        let second = waiting(decide(&f, &request("GET", "/", &[])).await);
+        assert_eq!(second.place.position(), 2);
+        let with_second = request("GET", "/", &[(TICKET_HEADER, second.ticket.as_str())]);
+        waiting(decide(&f, &with_second).await);
         assert_eq!(f.store.snapshot("web").await.unwrap().queue_length(), 2);
     }
 
@@ -634,7 +637,9 @@ mod tests {
             "room = \"web\"",
         );
         admitted(decide(&f, &request("GET", "/", &[])).await);
-        waiting(decide(&f, &request("GET", "/", &[])).await);
+        let queued = waiting(decide(&f, &request("GET", "/", &[])).await);
+        let back = request("GET", "/", &[(TICKET_HEADER, queued.ticket.as_str())]);
+        waiting(decide(&f, &back).await);
         assert!(matches!(
             decide(&f, &request("GET", "/", &[])).await,
             Decision::Full

@@ -51,6 +51,10 @@ impl Lane {
 /// Where a ticket stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TicketState {
+    /// Handed out, but its holder has not come back with it yet: ahead of
+    /// nobody and offered nothing, so that clients that keep no tokens (bots)
+    /// take no place. Its first poll makes it `Waiting`, at its arrival's place.
+    Unconfirmed,
     /// In line and heard from recently.
     Waiting,
     /// Not heard from for a while: keeps its place for a comeback, but is
@@ -173,8 +177,9 @@ impl LaneQueue {
         self.base + self.tickets.len() as u64
     }
 
-    /// Adds a waiting ticket at the back; returns its sequence number.
-    pub fn push(&mut self, now: Millis, utm: Option<Arc<Utm>>) -> u64 {
+    /// Adds a ticket at the back, waiting (`Waiting`) or not yet confirmed
+    /// (`Unconfirmed`); returns its sequence number.
+    pub fn push(&mut self, now: Millis, utm: Option<Arc<Utm>>, state: TicketState) -> u64 {
         let seq = self.next_seq();
         self.tickets.push_back(Ticket {
             joined: now,
@@ -183,7 +188,7 @@ impl LaneQueue {
             state: TicketState::Gone,
             utm,
         });
-        self.set_state(seq, TicketState::Waiting);
+        self.set_state(seq, state);
         seq
     }
 
@@ -394,7 +399,9 @@ mod tests {
     #[test]
     fn positions_count_live_tickets_only() {
         let mut q = LaneQueue::default();
-        let seqs: Vec<u64> = (0..5).map(|i| q.push(i, None)).collect();
+        let seqs: Vec<u64> = (0..5)
+            .map(|i| q.push(i, None, TicketState::Waiting))
+            .collect();
         assert_eq!(q.live_before(seqs[4]), 4);
         q.set_state(seqs[1], TicketState::Stale);
         assert_eq!(q.live_before(seqs[4]), 3);
@@ -419,7 +426,7 @@ mod tests {
         let mut q = LaneQueue::default();
         let mut next_gone = 0;
         for round in 0..20_000u64 {
-            q.push(round, None);
+            q.push(round, None, TicketState::Waiting);
             if round % 3 == 0 {
                 q.set_state(next_gone, TicketState::Gone);
                 next_gone += 1;
@@ -436,8 +443,9 @@ mod tests {
     fn weighting_never_starves_the_normal_lane() {
         let mut q = Queue::new(2);
         for i in 0..10 {
-            q.lane_mut(Lane::Priority).push(i, None);
-            q.lane_mut(Lane::Normal).push(i, None);
+            q.lane_mut(Lane::Priority)
+                .push(i, None, TicketState::Waiting);
+            q.lane_mut(Lane::Normal).push(i, None, TicketState::Waiting);
         }
         let mut order = Vec::new();
         for _ in 0..6 {
@@ -458,10 +466,11 @@ mod tests {
     fn ahead_includes_the_other_lane_by_weight() {
         let mut q = Queue::new(3);
         for i in 0..10 {
-            q.lane_mut(Lane::Priority).push(i, None);
+            q.lane_mut(Lane::Priority)
+                .push(i, None, TicketState::Waiting);
         }
-        let n0 = q.lane_mut(Lane::Normal).push(0, None);
-        let n1 = q.lane_mut(Lane::Normal).push(1, None);
+        let n0 = q.lane_mut(Lane::Normal).push(0, None, TicketState::Waiting);
+        let n1 = q.lane_mut(Lane::Normal).push(1, None, TicketState::Waiting);
         // First normal: served after 3 priority; second after 6.
         assert_eq!(q.ahead(Lane::Normal, n0), 3);
         assert_eq!(q.ahead(Lane::Normal, n1), 1 + 6);

@@ -1,16 +1,20 @@
-//! Passes and tickets: RS256 JWTs that anteroom signs and verifies.
+//! Passes and tickets: JWTs that anteroom signs and verifies.
 //!
-//! A *ticket* is a visitor's place in line; a *pass* says they were admitted.
-//! Both carry only what is needed (room, an opaque id, lane, times), never
-//! personal data. Signing costs one RSA private-key operation, so a token is
-//! signed once and renewed only past half its lifetime; verification results
-//! are remembered (bounded, keyed by a keyed 128-bit hash of the token, until
-//! `exp`), so a token seen before costs a hash and a lookup, not an RSA verify.
+//! A *pass* says a visitor was admitted: RS256, so that apps can verify it
+//! with the JWKS. A *ticket* is a visitor's place in line, only ever read by
+//! anteroom itself: HS256 under a key every instance derives from the signing
+//! key (HKDF-SHA256 over its private key; no new secret to distribute), so
+//! that a new visitor costs a MAC, not an RSA signature (ADR 0006). Both carry
+//! only what is needed (room, an opaque id, lane, times), never personal data.
+//! Tokens are renewed only past half their lifetime; verification results are
+//! remembered (bounded, keyed by a keyed 128-bit hash of the token, until
+//! `exp`), so a token seen before costs a hash and a lookup.
 //!
-//! Verification accepts RS256 only, from a known `kid`, with a valid
-//! signature, `exp`, `nbf`, `iss`, the expected room as `aud` and the expected
-//! kind; anything else (`alg: none`, HS256 keyed with the public key, unknown
-//! kid, tampered payload, garbage) is treated as no token at all.
+//! Verification pins the algorithm to the kind (RS256 passes, HS256 tickets),
+//! the key to a known `kid`, and checks the signature, `exp`, `nbf`, `iss`,
+//! the expected room as `aud` and the kind; anything else (`alg: none`, a
+//! ticket's algorithm on a pass, an unknown kid, a tampered payload, garbage,
+//! a `crit` header) is treated as no token at all.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use aws_lc_rs::{hkdf, hmac};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
@@ -30,7 +35,6 @@ use rsa::pkcs8::{
 };
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Tokens longer than this are refused before any parsing.
@@ -76,11 +80,39 @@ fn invalid(path: &Path, reason: impl Into<String>) -> KeyError {
     }
 }
 
-/// The private key that signs new tokens.
+/// The private key that signs new passes, and the ticket key derived from it.
 pub struct SigningKey {
     kid: String,
     pair: RsaKeyPair,
     public: RsaPublicKey,
+    ticket: TicketKey,
+}
+
+/// The HMAC key of tickets, derived from an RSA private key: every instance
+/// with the same signing key has the same ticket key, and it rotates with it.
+#[derive(Clone)]
+struct TicketKey {
+    kid: String,
+    key: [u8; 32],
+}
+
+impl TicketKey {
+    /// HKDF-SHA256 over the private key's PKCS#8 encoding.
+    fn derive(private: &RsaPrivateKey) -> Result<TicketKey, String> {
+        let der = private.to_pkcs8_der().map_err(|e| e.to_string())?;
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"anteroom ticket key v1");
+        let prk = salt.extract(der.as_bytes());
+        let okm = prk
+            .expand(&[b"ticket"], hkdf::HKDF_SHA256)
+            .map_err(|_| "cannot derive the ticket key".to_owned())?;
+        let mut key = [0u8; 32];
+        okm.fill(&mut key)
+            .map_err(|_| "cannot derive the ticket key".to_owned())?;
+        // The kid names the key without revealing it.
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key);
+        let kid = format!("t-{}", &B64.encode(digest.as_ref())[..16]);
+        Ok(TicketKey { kid, key })
+    }
 }
 
 impl SigningKey {
@@ -114,6 +146,7 @@ impl SigningKey {
             kid: thumbprint(&public),
             pair,
             public,
+            ticket: TicketKey::derive(&key)?,
         })
     }
 
@@ -131,20 +164,41 @@ impl SigningKey {
     }
 }
 
-/// A public key that still verifies tokens (an older signing key, during rotation).
+/// A key that still verifies tokens (an older signing key, during rotation):
+/// its public key verifies passes; given as the private key, it also
+/// verifies the tickets it signed.
 pub struct VerifyKey {
     kid: String,
     public: RsaPublicKey,
+    ticket: Option<TicketKey>,
 }
 
 impl VerifyKey {
-    /// Loads an RSA public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY` PEM).
-    /// Its kid is `kid`, or the RFC 7638 thumbprint as the signer derives it.
+    /// Loads an RSA public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`
+    /// PEM), or a private key (PKCS#8 or PKCS#1), which also verifies its
+    /// tickets. Its kid is `kid`, or the RFC 7638 thumbprint as the signer
+    /// derives it.
     pub fn load(path: &Path, kid: Option<&str>) -> Result<VerifyKey, KeyError> {
         let pem = read(path)?;
-        let public = RsaPublicKey::from_public_key_pem(&pem)
-            .or_else(|_| RsaPublicKey::from_pkcs1_pem(&pem))
-            .map_err(|_| invalid(path, "not an RSA public key in PEM (SPKI or PKCS#1)"))?;
+        let private = RsaPrivateKey::from_pkcs8_pem(&pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+            .ok();
+        let public = match &private {
+            Some(key) => key.to_public_key(),
+            None => RsaPublicKey::from_public_key_pem(&pem)
+                .or_else(|_| RsaPublicKey::from_pkcs1_pem(&pem))
+                .map_err(|_| {
+                    invalid(
+                        path,
+                        "not an RSA key in PEM (public: SPKI or PKCS#1; private: PKCS#8 or PKCS#1)",
+                    )
+                })?,
+        };
+        let ticket = private
+            .as_ref()
+            .map(TicketKey::derive)
+            .transpose()
+            .map_err(|reason| invalid(path, reason))?;
         if public.size() * 8 < MIN_KEY_BITS {
             return Err(invalid(
                 path,
@@ -157,6 +211,7 @@ impl VerifyKey {
         Ok(VerifyKey {
             kid: kid.map_or_else(|| thumbprint(&public), str::to_owned),
             public,
+            ticket,
         })
     }
 }
@@ -349,9 +404,13 @@ pub struct Tokens {
     issuer: String,
     signer: SigningKey,
     header_b64: String,
+    ticket_header_b64: String,
+    ticket_signer: hmac::Key,
     rng: aws_lc_rs::rand::SystemRandom,
     keys: HashMap<String, DecodingKey>,
+    ticket_keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    ticket_validation: Validation,
     fingerprints: Fingerprints,
     cache: Cache<u128, Verified>,
     jwks: Bytes,
@@ -367,6 +426,14 @@ impl Tokens {
     ) -> Tokens {
         let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": signer.kid});
         let header_b64 = B64.encode(header.to_string());
+        let ticket_header =
+            serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": signer.ticket.kid});
+        let ticket_header_b64 = B64.encode(ticket_header.to_string());
+        let ticket_signer = hmac::Key::new(hmac::HMAC_SHA256, &signer.ticket.key);
+        let ticket_keys: HashMap<String, DecodingKey> = std::iter::once(signer.ticket.clone())
+            .chain(verify.iter().filter_map(|k| k.ticket.clone()))
+            .map(|t| (t.kid, DecodingKey::from_secret(&t.key)))
+            .collect();
         let mut jwk = Vec::new();
         let mut keys = HashMap::new();
         let all = std::iter::once((signer.kid.clone(), signer.public.clone()))
@@ -385,13 +452,19 @@ impl Tokens {
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        let mut ticket_validation = validation.clone();
+        ticket_validation.algorithms = vec![Algorithm::HS256];
         Tokens {
             issuer: issuer.to_owned(),
             signer,
             header_b64,
+            ticket_header_b64,
+            ticket_signer,
             rng: aws_lc_rs::rand::SystemRandom::new(),
             keys,
+            ticket_keys,
             validation,
+            ticket_validation,
             fingerprints: Fingerprints::new(),
             cache: Cache::new(cache_size),
             jwks: Bytes::from(serde_json::json!({ "keys": jwk }).to_string()),
@@ -425,9 +498,15 @@ impl Tokens {
         }
     }
 
-    /// Signs claims into a compact JWS (one RSA signature).
+    /// Signs claims into a compact JWS: a pass with one RSA signature, a
+    /// ticket with one HMAC.
     pub fn sign(&self, claims: &Claims) -> String {
         let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        if claims.kind == Kind::Ticket {
+            let message = format!("{}.{payload}", self.ticket_header_b64);
+            let tag = hmac::sign(&self.ticket_signer, message.as_bytes());
+            return format!("{message}.{}", B64.encode(tag.as_ref()));
+        }
         let message = format!("{}.{payload}", self.header_b64);
         let mut signature = vec![0; self.signer.pair.public_modulus_len()];
         match self.signer.pair.sign(
@@ -451,7 +530,7 @@ impl Tokens {
         let verified = match self.cache.get(&key) {
             Some(v) => v,
             None => {
-                let v = match self.decode::<Claims>(token) {
+                let v = match self.decode(token) {
                     Some(c) => Verified::Valid(Token {
                         value: (c.kind == Kind::Pass)
                             .then(|| HeaderValue::from_str(token).ok())
@@ -473,15 +552,27 @@ impl Tokens {
         (fresh && claims.kind == kind && claims.aud == room).then_some(token)
     }
 
-    fn decode<T: DeserializeOwned>(&self, token: &str) -> Option<T> {
+    /// The claims of a token whose algorithm is its kind's: RS256 for a
+    /// pass, HS256 for a ticket.
+    fn decode(&self, token: &str) -> Option<Claims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if header.alg != Algorithm::RS256 || !understood(token) {
+        if !understood(token) {
             return None;
         }
-        let key = self.keys.get(header.kid.as_deref()?)?;
-        jsonwebtoken::decode::<T>(token, key, &self.validation)
-            .ok()
-            .map(|data| data.claims)
+        let kid = header.kid.as_deref()?;
+        let (key, validation, kind) = match header.alg {
+            Algorithm::RS256 => (self.keys.get(kid)?, &self.validation, Kind::Pass),
+            Algorithm::HS256 => (
+                self.ticket_keys.get(kid)?,
+                &self.ticket_validation,
+                Kind::Ticket,
+            ),
+            _ => return None,
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .ok()?
+            .claims;
+        (claims.kind == kind).then_some(claims)
     }
 
     /// Forgets a token (its session was released), so this instance stops honouring it at once.
@@ -558,6 +649,78 @@ mod tests {
             !understood("%%%.x.y"),
             "a header that is not base64url JSON"
         );
+    }
+
+    #[test]
+    fn tickets_are_macs_and_passes_signatures_and_neither_is_the_other() {
+        let t = tokens();
+        let ticket = t.sign(&t.claims(
+            Kind::Ticket,
+            "web",
+            "ab.1.2".into(),
+            Some("normal"),
+            Duration::from_secs(60),
+        ));
+        let pass = t.sign(&t.claims(Kind::Pass, "web", "s".into(), None, Duration::from_secs(60)));
+        assert_eq!(
+            jsonwebtoken::decode_header(&ticket).unwrap().alg,
+            Algorithm::HS256
+        );
+        assert_eq!(
+            jsonwebtoken::decode_header(&pass).unwrap().alg,
+            Algorithm::RS256
+        );
+        assert!(t.verify(&ticket, Kind::Ticket, "web").is_some());
+        assert!(t.verify(&ticket, Kind::Pass, "web").is_none());
+        assert!(t.verify(&pass, Kind::Ticket, "web").is_none());
+        // A pass's claims under the ticket key: an HMAC may not make a pass.
+        let payload = pass.split('.').nth(1).unwrap();
+        let message = format!("{}.{payload}", t.ticket_header_b64);
+        let tag = hmac::sign(&t.ticket_signer, message.as_bytes());
+        let forged = format!("{message}.{}", B64.encode(tag.as_ref()));
+        assert!(t.verify(&forged, Kind::Pass, "web").is_none());
+        // Another signing key derives another ticket key.
+        let other = Tokens::new(
+            "anteroom",
+            SigningKey::generate(2048).unwrap().0,
+            Vec::new(),
+            16,
+        );
+        assert!(other.verify(&ticket, Kind::Ticket, "web").is_none());
+    }
+
+    #[test]
+    fn an_old_private_key_keeps_its_tickets_valid_through_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_private, old_public, _) = keygen(dir.path(), 2048, false).unwrap();
+        let old = Tokens::new(
+            "anteroom",
+            SigningKey::load(&old_private).unwrap(),
+            Vec::new(),
+            16,
+        );
+        let ticket = old.sign(&old.claims(
+            Kind::Ticket,
+            "web",
+            "x".into(),
+            None,
+            Duration::from_secs(60),
+        ));
+        let new_signer = || SigningKey::from_rsa(test_key().clone()).unwrap();
+        let with_public = Tokens::new(
+            "anteroom",
+            new_signer(),
+            vec![VerifyKey::load(&old_public, None).unwrap()],
+            16,
+        );
+        assert!(with_public.verify(&ticket, Kind::Ticket, "web").is_none());
+        let with_private = Tokens::new(
+            "anteroom",
+            new_signer(),
+            vec![VerifyKey::load(&old_private, None).unwrap()],
+            16,
+        );
+        assert!(with_private.verify(&ticket, Kind::Ticket, "web").is_some());
     }
 
     #[test]

@@ -105,6 +105,10 @@ backends!(
     leaving_the_line_moves_everyone_up,
     synthetic_visitors_join_the_back,
     unknown_tickets_are_expired,
+    a_ticket_counts_from_its_first_poll_at_its_arrival_place,
+    unconfirmed_tickets_are_offered_nothing_and_forgotten,
+    a_place_let_in_at_once_waits_for_the_visitor_to_come_back,
+    a_flood_of_unconfirmed_tickets_leaves_the_estimate_alone,
     the_backend_names_itself,
 );
 
@@ -120,6 +124,7 @@ fn spec(capacity: u32) -> RoomSpec {
         session_ttl: Duration::from_secs(60),
         session_max: None,
         claim_window: Duration::from_secs(30),
+        confirm_window: Duration::from_secs(60),
         heartbeat_timeout: Duration::from_secs(30),
         rejoin_grace: Duration::from_secs(300),
         avg_session: Duration::from_secs(60),
@@ -139,9 +144,19 @@ async fn admitted(store: &dyn Store, lane: Lane) -> SessionInfo {
     }
 }
 
-async fn queued(store: &dyn Store, lane: Lane) -> Place {
+/// A new visitor with a ticket that they have not come back with yet.
+async fn arrives_queued(store: &dyn Store, lane: Lane) -> Place {
     match store.arrive("web", lane, None).await.unwrap() {
         Arrival::Queued(p) => p,
+        other => panic!("expected a place in line, got {other:?}"),
+    }
+}
+
+/// A new visitor in line who keeps their ticket: it counts from their first poll.
+async fn queued(store: &dyn Store, lane: Lane) -> Place {
+    let place = arrives_queued(store, lane).await;
+    match poll(store, &place.ticket).await {
+        Polled::Queued(p) => p,
         other => panic!("expected a place in line, got {other:?}"),
     }
 }
@@ -338,12 +353,14 @@ async fn a_lapsed_session_frees_its_slot_for_the_line(backend: Backend) {
         backend,
         RoomSpec {
             session_ttl: Duration::from_millis(300),
+            confirm_window: Duration::from_millis(300),
             ..spec(1)
         },
     )
     .await;
     let store = &*s.store;
-    admitted(store, Lane::Normal).await;
+    let inside = admitted(store, Lane::Normal).await;
+    store.touch("web", inside.id).await.unwrap();
     let t1 = queued(store, Lane::Normal).await;
     eventually(DEADLINE, || async {
         store.sweep("web").await.unwrap();
@@ -525,6 +542,107 @@ async fn unknown_tickets_are_expired(backend: Backend) {
         assert_eq!(poll(store, garbage).await, Polled::Expired, "{garbage:?}");
     }
     assert!(store.poll("nope", &t.ticket).await.is_err(), "unknown room");
+}
+
+async fn a_ticket_counts_from_its_first_poll_at_its_arrival_place(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let bot = arrives_queued(store, Lane::Normal).await;
+    let slow = arrives_queued(store, Lane::Normal).await;
+    let quick = queued(store, Lane::Normal).await;
+    // Tickets nobody came back with are ahead of nobody and not in the line's length.
+    assert_eq!(quick.position(), 1);
+    assert_eq!(quick.queue_length, 1);
+    assert_eq!(store.snapshot("web").await.unwrap().queue_length(), 1);
+    // Coming back confirms a ticket at the place its arrival gave it.
+    assert_eq!(position(store, &slow.ticket).await, 1);
+    assert_eq!(position(store, &quick.ticket).await, 2);
+    assert_eq!(store.snapshot("web").await.unwrap().queue_length(), 2);
+    let _ = bot;
+}
+
+async fn unconfirmed_tickets_are_offered_nothing_and_forgotten(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            confirm_window: Duration::from_millis(400),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    let inside = admitted(store, Lane::Normal).await;
+    store.touch("web", inside.id).await.unwrap();
+    let bots: Vec<Place> =
+        futures_util::future::join_all((0..50).map(|_| arrives_queued(store, Lane::Normal))).await;
+    let person = queued(store, Lane::Normal).await;
+    assert_eq!(person.position(), 1, "fifty bots ahead of nobody");
+    // The freed slot goes to the person, not to the bots who came first.
+    store.release("web", inside.id).await.unwrap();
+    until_admitted(store, &person.ticket).await;
+    // Never confirmed: forgotten after the confirm window (without a poll,
+    // which would confirm them).
+    let forgotten = std::sync::atomic::AtomicU32::new(0);
+    eventually(DEADLINE, || async {
+        let swept = store.sweep("web").await.unwrap();
+        let total = forgotten.fetch_add(
+            swept.unconfirmed_tickets,
+            std::sync::atomic::Ordering::Relaxed,
+        ) + swept.unconfirmed_tickets;
+        (total >= 50).then_some(())
+    })
+    .await;
+    for bot in &bots {
+        assert_eq!(poll(store, &bot.ticket).await, Polled::Expired);
+    }
+}
+
+async fn a_place_let_in_at_once_waits_for_the_visitor_to_come_back(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            confirm_window: Duration::from_millis(400),
+            ..spec(2)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    let keeps = admitted(store, Lane::Normal).await;
+    let bot = admitted(store, Lane::Normal).await;
+    // The visitor who keeps the pass comes back with it: the place is theirs.
+    assert!(store.touch("web", keeps.id).await.unwrap().is_some());
+    let lapsed = eventually(DEADLINE, || async {
+        let swept = store.sweep("web").await.unwrap();
+        (swept.unconfirmed_sessions > 0).then_some(swept)
+    })
+    .await;
+    assert_eq!(lapsed.unconfirmed_sessions, 1);
+    assert!(
+        lapsed.sessions_expired.is_empty(),
+        "a bot's place is no visit"
+    );
+    assert!(store.touch("web", bot.id).await.unwrap().is_none());
+    assert!(store.touch("web", keeps.id).await.unwrap().is_some());
+    assert_eq!(store.snapshot("web").await.unwrap().sessions, 1);
+}
+
+async fn a_flood_of_unconfirmed_tickets_leaves_the_estimate_alone(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    admitted(store, Lane::Normal).await;
+    let early = queued(store, Lane::Normal).await;
+    for _ in 0..500 {
+        arrives_queued(store, Lane::Normal).await;
+    }
+    let Polled::Queued(after) = poll(store, &early.ticket).await else {
+        panic!()
+    };
+    assert_eq!(after.position(), 1);
+    assert_eq!(after.queue_length, 1);
+    assert_eq!(after.wait, early.wait);
+    let snapshot = store.snapshot("web").await.unwrap();
+    assert_eq!(snapshot.queue_length(), 1);
 }
 
 async fn the_backend_names_itself(backend: Backend) {

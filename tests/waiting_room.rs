@@ -241,6 +241,10 @@ async fn refresh_keeps_the_position(backend: Backend) {
     assert!(!set_cookie.contains("Secure"), "not over TLS: {set_cookie}");
     let html = first.text().await.unwrap();
     assert!(html.contains(r#"id="position">1<"#), "{html}");
+    // The browser comes back with its ticket (its page polls, or refreshes).
+    page(Some(format!("anteroom_ticket={ticket}")))
+        .await
+        .unwrap();
 
     let other = page(None).await.unwrap().text().await.unwrap();
     assert!(other.contains(r#"id="position">2<"#));
@@ -359,17 +363,17 @@ async fn concurrent_arrivals_never_exceed_capacity(backend: Backend) {
     let arrivals = (0..100).map(|_| {
         let mut v = proxy.visitor();
         async move {
-            let (status, body) = v.get("/echo").await;
-            (status.as_u16(), body)
+            let (status, _) = v.get("/echo").await;
+            (status.as_u16(), v)
         }
     });
-    let results = join_all(arrivals).await;
+    let mut results = join_all(arrivals).await;
     let admitted = results.iter().filter(|(s, _)| *s == 200).count();
-    let queued: Vec<u64> = results
-        .iter()
-        .filter(|(s, _)| *s == 503)
-        .map(|(_, b)| b["position"].as_u64().unwrap())
-        .collect();
+    // Once every ticket counts (each came back with it), the places by arrival.
+    let mut queued: Vec<u64> = Vec::new();
+    for (_, v) in results.iter_mut().filter(|(s, _)| *s == 503) {
+        queued.push(v.poll().await["position"].as_u64().unwrap());
+    }
     assert_eq!(admitted, 10);
     assert_eq!(queued.len(), 90);
     let mut positions = queued.clone();
@@ -606,6 +610,29 @@ async fn full_queue_is_refused(backend: Backend) {
     );
 }
 
+/// A browser that keeps its ticket: the waiting page, then a refresh with the ticket.
+async fn page_kept(
+    proxy: &TestProxy,
+    path: &str,
+    lang: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let request = |cookie: Option<String>| {
+        let mut req = client()
+            .get(proxy.url(path))
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("accept-language", lang);
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        req.send()
+    };
+    let first = request(None).await?;
+    match crate::common::visitor::set_cookie(&first, "anteroom_ticket") {
+        Some(ticket) => request(Some(format!("anteroom_ticket={ticket}"))).await,
+        None => Ok(first),
+    }
+}
+
 async fn waiting_page_in_english_and_german(backend: Backend) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
@@ -617,13 +644,7 @@ async fn waiting_page_in_english_and_german(backend: Backend) {
     .await;
     let _inside = admit(&proxy, 1).await;
     let _first = proxy.visitor().get("/echo").await;
-    let page = |lang: &'static str| {
-        client()
-            .get(proxy.url("/shop/?utm_source=meta"))
-            .header("accept", "text/html,application/xhtml+xml")
-            .header("accept-language", lang)
-            .send()
-    };
+    let page = |lang: &'static str| page_kept(&proxy, "/shop/?utm_source=meta", lang);
     let de = page("de-DE,de;q=0.9,en;q=0.5").await.unwrap();
     assert_eq!(de.status(), 200);
     assert_eq!(de.headers()["content-type"], "text/html; charset=utf-8");

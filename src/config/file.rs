@@ -129,6 +129,7 @@ pub struct RoomFile {
     pub heartbeat_timeout: Option<String>,
     pub rejoin_grace: Option<String>,
     pub claim_window: Option<String>,
+    pub confirm_window: Option<String>,
     pub queue_status: Option<i64>,
     pub state: Option<String>,
     pub avg_session: Option<String>,

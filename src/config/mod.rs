@@ -258,6 +258,10 @@ pub struct Sessions {
     pub rejoin_grace: Duration,
     /// How long a slot stays reserved for the visitor at the head of the line.
     pub claim_window: Duration,
+    /// How long a new visitor's place waits for them to come back with
+    /// their ticket, or their pass (at most `session_ttl`): clients that keep
+    /// no tokens take no place.
+    pub confirm_window: Duration,
     /// Status of the waiting page.
     pub queue_status: u16,
     /// Initial admission state.

@@ -643,6 +643,7 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
                 ("heartbeat_timeout", r.heartbeat_timeout.is_some()),
                 ("rejoin_grace", r.rejoin_grace.is_some()),
                 ("claim_window", r.claim_window.is_some()),
+                ("confirm_window", r.confirm_window.is_some()),
                 ("queue_status", r.queue_status.is_some()),
                 ("state", r.state.is_some()),
                 ("avg_session", r.avg_session.is_some()),
@@ -718,6 +719,18 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
         p.add(
             format!("{key}.claim_window"),
             "must be at least poll_interval, or a visitor who polls on time can miss their turn",
+        );
+    }
+    let confirm_window = d(
+        p,
+        "confirm_window",
+        &r.confirm_window,
+        (poll_interval * 2).max(Duration::from_secs(30)),
+    );
+    if confirm_window < poll_interval * 2 {
+        p.add(
+            format!("{key}.confirm_window"),
+            "must be at least twice poll_interval, or a waiting page's first poll can come too late",
         );
     }
     let admit_rate = r.admit_rate.unwrap_or(0.0);
@@ -819,6 +832,7 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
         heartbeat_timeout,
         rejoin_grace,
         claim_window,
+        confirm_window,
         queue_status,
         state,
         avg_session: d(p, "avg_session", &r.avg_session, session_ttl),

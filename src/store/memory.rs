@@ -32,6 +32,9 @@ struct Session {
     last_seen: Millis,
     wait_ms: u64,
     utm: Option<Arc<Utm>>,
+    /// The visitor came back with their pass (or came in from the line):
+    /// until then the place lapses after `confirm_window`.
+    confirmed: bool,
 }
 
 /// Admissions per millisecond: an exponentially weighted average (time
@@ -206,7 +209,15 @@ impl RoomState {
         }
     }
 
-    fn admit(&mut self, now: Millis, wait_ms: u64, utm: Option<Arc<Utm>>) -> SessionInfo {
+    /// A new session: confirmed when the visitor came from the line (they
+    /// kept their ticket), unconfirmed when they were let in at once.
+    fn admit(
+        &mut self,
+        now: Millis,
+        wait_ms: u64,
+        utm: Option<Arc<Utm>>,
+        confirmed: bool,
+    ) -> SessionInfo {
         let id = SessionId::random();
         self.sessions.insert(
             id.0,
@@ -215,9 +226,13 @@ impl RoomState {
                 last_seen: now,
                 wait_ms,
                 utm: utm.clone(),
+                confirmed,
             },
         );
-        self.admissions.record(now);
+        // The line's pace counts visitors who are really there.
+        if confirmed {
+            self.admissions.record(now);
+        }
         SessionInfo {
             id,
             admitted_at: now,
@@ -228,11 +243,13 @@ impl RoomState {
 
     fn end_session(&mut self, id: u128, now: Millis) -> Option<SessionInfo> {
         let s = self.sessions.remove(&id)?;
-        let visit = now.saturating_sub(s.admitted_at) as f64;
-        self.avg_visit_ms = Some(match self.avg_visit_ms {
-            None => visit,
-            Some(avg) => avg + (visit - avg) / 8.0,
-        });
+        if s.confirmed {
+            let visit = now.saturating_sub(s.admitted_at) as f64;
+            self.avg_visit_ms = Some(match self.avg_visit_ms {
+                None => visit,
+                Some(avg) => avg + (visit - avg) / 8.0,
+            });
+        }
         Some(SessionInfo {
             id: SessionId(id),
             admitted_at: s.admitted_at,
@@ -242,7 +259,12 @@ impl RoomState {
     }
 
     fn session_lapsed(&self, s: &Session, now: Millis) -> bool {
-        let ttl = self.spec.session_ttl.as_millis() as u64;
+        let ttl = if s.confirmed {
+            self.spec.session_ttl
+        } else {
+            self.spec.confirm_window.min(self.spec.session_ttl)
+        }
+        .as_millis() as u64;
         let max = self.spec.session_max.map(|d| d.as_millis() as u64);
         now >= s.last_seen + ttl || max.is_some_and(|m| now >= s.admitted_at + m)
     }
@@ -296,7 +318,7 @@ impl RoomState {
         self.reserved.remove(&(lane, seq))?;
         let ticket = self.queue.lane(lane).get(seq)?.clone();
         self.queue.lane_mut(lane).set_state(seq, TicketState::Gone);
-        Some(self.admit(now, now.saturating_sub(ticket.joined), ticket.utm))
+        Some(self.admit(now, now.saturating_sub(ticket.joined), ticket.utm, true))
     }
 
     /// See [`Store::arrive`].
@@ -310,14 +332,17 @@ impl RoomState {
                     && self.free() > 0
                     && self.bucket.take(now, self.settings.admit_rate) =>
             {
-                return Arrival::Admitted(self.admit(now, 0, utm));
+                return Arrival::Admitted(self.admit(now, 0, utm, false));
             }
             _ => {}
         }
         if self.spec.max_queue > 0 && self.queue.live() >= self.spec.max_queue {
             return Arrival::Full;
         }
-        let seq = self.queue.lane_mut(lane).push(now, utm);
+        let seq = self
+            .queue
+            .lane_mut(lane)
+            .push(now, utm, TicketState::Unconfirmed);
         let ahead = self.queue.ahead(lane, seq);
         if let Some(t) = self.queue.lane_mut(lane).get_mut(seq) {
             t.ahead_at_join = ahead;
@@ -340,7 +365,8 @@ impl RoomState {
         };
         match state {
             TicketState::Gone => return Polled::Expired,
-            TicketState::Stale => self
+            // Back with the ticket: confirmed, or back from a silence, at its place.
+            TicketState::Unconfirmed | TicketState::Stale => self
                 .queue
                 .lane_mut(lane)
                 .set_state(seq, TicketState::Waiting),
@@ -369,6 +395,10 @@ impl RoomState {
         }
         let s = self.sessions.get_mut(&id.0)?;
         s.last_seen = now;
+        if !s.confirmed {
+            s.confirmed = true;
+            self.admissions.record(now);
+        }
         Some(SessionInfo {
             id,
             admitted_at: s.admitted_at,
@@ -413,8 +443,13 @@ impl RoomState {
             .map(|(id, _)| *id)
             .collect();
         for id in lapsed {
+            let confirmed = self.sessions.get(&id).is_some_and(|s| s.confirmed);
             if let Some(info) = self.end_session(id, now) {
-                out.sessions_expired.push(info);
+                if confirmed {
+                    out.sessions_expired.push(info);
+                } else {
+                    out.unconfirmed_sessions += 1;
+                }
             }
         }
     }
@@ -425,6 +460,7 @@ impl RoomState {
     pub fn sweep_tickets(&mut self, now: Millis, lane: Lane, out: &mut Swept) -> bool {
         let stale_after = self.spec.heartbeat_timeout.as_millis() as u64;
         let forget_after = self.spec.rejoin_grace.as_millis() as u64;
+        let unconfirmed_after = self.spec.confirm_window.as_millis() as u64;
         let from = self.sweep_from[lane as usize];
         let mut changes = Vec::new();
         let mut last = None;
@@ -432,6 +468,10 @@ impl RoomState {
             last = Some(seq);
             let silent = now.saturating_sub(t.last_seen);
             match t.state {
+                TicketState::Unconfirmed if silent >= unconfirmed_after => {
+                    changes.push((seq, TicketState::Gone));
+                    out.unconfirmed_tickets += 1;
+                }
                 TicketState::Waiting | TicketState::Stale if silent >= forget_after => {
                     changes.push((seq, TicketState::Gone));
                     out.tickets_expired.push(t.utm.clone());
@@ -466,7 +506,9 @@ impl RoomState {
     /// See [`Store::fill`].
     pub fn fill(&mut self, now: Millis, lane: Lane, count: u32) -> u32 {
         for _ in 0..count {
-            self.queue.lane_mut(lane).push(now, None);
+            self.queue
+                .lane_mut(lane)
+                .push(now, None, TicketState::Waiting);
         }
         self.promote(now);
         count

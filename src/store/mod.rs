@@ -90,6 +90,9 @@ pub struct RoomSpec {
     pub session_max: Option<Duration>,
     /// How long a reservation waits to be claimed.
     pub claim_window: Duration,
+    /// How long a new visitor's place (a session let in at once, or a
+    /// ticket) waits for them to come back with their token.
+    pub confirm_window: Duration,
     /// Silence after which a ticket is ahead of nobody.
     pub heartbeat_timeout: Duration,
     /// Silence after which a ticket is forgotten.
@@ -115,6 +118,7 @@ impl RoomSpec {
             session_ttl: s.session_ttl,
             session_max: s.session_max,
             claim_window: s.claim_window,
+            confirm_window: s.confirm_window,
             heartbeat_timeout: s.heartbeat_timeout,
             rejoin_grace: s.rejoin_grace,
             avg_session: s.avg_session,
@@ -239,6 +243,10 @@ pub struct Swept {
     pub tickets_expired: Vec<Option<Arc<Utm>>>,
     /// Reservations that went unclaimed.
     pub reservations_lapsed: u32,
+    /// Sessions let in at once whose visitor never came back with the pass.
+    pub unconfirmed_sessions: u32,
+    /// Tickets whose holder never came back with them.
+    pub unconfirmed_tickets: u32,
 }
 
 /// A store that could not answer.

@@ -76,7 +76,7 @@ impl Scripts {
 
 /// A sessions room's keys and how to set it up.
 struct RoomKeys {
-    keys: [String; 11],
+    keys: [String; 12],
     spec: RoomSpec,
 }
 
@@ -163,7 +163,7 @@ impl RedisStore {
             .map(|spec| {
                 let b = base(prefix, &spec.name);
                 let keys = [
-                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq",
+                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u",
                 ]
                 .map(|k| format!("{b}:{k}"));
                 (
@@ -381,6 +381,7 @@ impl RedisStore {
                 s.max_queue.to_string(),
                 s.priority_weight.to_string(),
                 ms(keep).to_string(),
+                ms(s.confirm_window).to_string(),
             ];
             let mut args = vec![fields.join("|")];
             args.extend(fields);
@@ -667,6 +668,8 @@ impl Store for RedisStore {
                 .unwrap_or_default();
             out.tickets_expired
                 .extend(tickets.iter().map(|u| utm_of(Some(u))));
+            out.unconfirmed_sessions += u32_of(items.get(4))?;
+            out.unconfirmed_tickets += u32_of(items.get(5))?;
             if !more {
                 break;
             }

@@ -95,10 +95,18 @@ impl Visitor {
         (status, body)
     }
 
-    /// A request to the app through anteroom.
+    /// A request to the app through anteroom. Like a client that keeps its
+    /// tokens (a waiting page, an API client), it comes back at once with a
+    /// ticket it was just given, which makes the ticket count.
     pub async fn get(&mut self, path: &str) -> (StatusCode, Value) {
+        let before = self.ticket.clone();
         let resp = self.request(Method::GET, path).send().await.unwrap();
-        self.absorb(resp).await
+        let answer = self.absorb(resp).await;
+        if self.ticket.is_some() && self.ticket != before {
+            self.poll().await;
+            self.last = answer.1.clone();
+        }
+        answer
     }
 
     /// `GET /__anteroom/status`.

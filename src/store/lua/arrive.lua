@@ -8,7 +8,7 @@ if STATE == 'maintenance' then
 end
 if STATE == 'active' and redis.call('ZCARD', K_E[1]) + redis.call('ZCARD', K_E[2]) == 0
     and redis.call('HLEN', K_RV) == 0 and free() > 0 and bucket_take() then
-  local r = admit(id, 0, utm)
+  local r = admit(id, 0, utm, false)
   save()
   return r
 end
@@ -19,13 +19,11 @@ end
 local counter = 'seq' .. lane
 local seq = int(num(counter))
 set(counter, num(counter) + 1)
-redis.call('ZADD', K_L[lane + 1], seq, seq)
-redis.call('ZADD', K_E[lane + 1], seq, seq)
+-- Not in line yet: the ticket counts from its holder's first poll, at this place.
 local tkey = lane .. ':' .. seq
-redis.call('ZADD', K_SEEN, NOW, tkey)
+redis.call('ZADD', K_U, NOW, tkey)
 redis.call('HSET', K_T, tkey, cjson.encode({ j = NOW, a = ahead(lane, seq), u = utm }))
 promote()
-local r
-if redis.call('HEXISTS', K_RV, tkey) == 1 then r = claim(lane, seq, id) else r = place(lane, seq) end
+local r = place(lane, seq)
 save()
 return r

@@ -7,6 +7,8 @@ if lane == nil or redis.call('HEXISTS', K_T, lane .. ':' .. seq) == 0 then
   return { 'expired' }
 end
 local tkey = lane .. ':' .. seq
+-- Back with the ticket: confirmed (first time), or back after a silence.
+redis.call('ZREM', K_U, tkey)
 redis.call('ZADD', K_SEEN, NOW, tkey)
 if not redis.call('ZSCORE', K_L[lane + 1], seq) then
   -- Back after a silence: the original place, which is the front if it has passed.

@@ -7,13 +7,13 @@
 -- KEYS[3]  session data (hash)               KEYS[9]  ticket data (hash)
 -- KEYS[4]  live tickets, priority lane       KEYS[10] reservations: ticket -> claim deadline (hash)
 -- KEYS[5]  live tickets, normal lane         KEYS[11] reservations by deadline (zset)
--- KEYS[6]  eligible tickets, priority lane
+-- KEYS[6]  eligible tickets, priority lane     KEYS[12] unconfirmed tickets by arrival (zset)
 -- Lane 0 is priority, 1 normal; a ticket is "<lane>:<seq>", its id "<epoch>.<lane>.<seq>".
 -- It runs after clock.lua (NOW, and the deadline in ARGV[1]).
 local K_S, K_SS, K_SD = KEYS[1], KEYS[2], KEYS[3]
 local K_L = { KEYS[4], KEYS[5] }
 local K_E = { KEYS[6], KEYS[7] }
-local K_SEEN, K_T, K_RV, K_RQ = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_SEEN, K_T, K_RV, K_RQ, K_U = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local TAU = 60000
 
 local S = {}
@@ -45,6 +45,7 @@ local function int(n) return string.format('%.0f', n) end
 local CAP, RATE = num('capacity'), num('admit_rate')
 local TTL, MAXS, CLAIM = num('ttl_ms'), num('max_ms'), num('claim_ms')
 local HB, GRACE, AVG = num('hb_ms'), num('grace_ms'), num('avg_ms')
+local CONFIRM = num('confirm_ms')
 local MAXQ, WEIGHT = num('max_queue'), math.max(1, num('weight'))
 local STATE = S.state
 
@@ -103,7 +104,8 @@ local function wait(ahead)
 end
 
 local function ahead(lane, seq)
-  local same = redis.call('ZRANK', K_L[lane + 1], seq) or 0
+  -- Live tickets before this one: it need not be live itself (unconfirmed).
+  local same = redis.call('ZCOUNT', K_L[lane + 1], '-inf', '(' .. seq)
   if lane == 1 then
     return same + math.min(redis.call('ZCARD', K_L[1]), WEIGHT * (same + 1))
   end
@@ -125,6 +127,7 @@ end
 local function forget(lane, seq)
   local tkey = lane .. ':' .. seq
   make_stale(lane, seq)
+  redis.call('ZREM', K_U, tkey)
   redis.call('ZREM', K_SEEN, tkey)
   redis.call('HDEL', K_T, tkey)
   redis.call('HDEL', K_RV, tkey)
@@ -172,12 +175,18 @@ local function promote()
   end
 end
 
-local function admit(id, wait_ms, utm)
+-- A new session: confirmed when the visitor came from the line (they kept
+-- their ticket); one let in at once holds its place for CONFIRM until the
+-- visitor comes back with the pass. Only confirmed ones set the line's pace.
+local function admit(id, wait_ms, utm, confirmed)
   local deadline = NOW + TTL
+  if not confirmed then deadline = NOW + math.min(CONFIRM, TTL) end
   if MAXS > 0 then deadline = math.min(deadline, NOW + MAXS) end
   redis.call('ZADD', K_SS, deadline, id)
-  redis.call('HSET', K_SD, id, cjson.encode({ a = NOW, w = wait_ms, u = utm }))
-  rate_record()
+  local c = 0
+  if confirmed then c = 1 end
+  redis.call('HSET', K_SD, id, cjson.encode({ a = NOW, w = wait_ms, u = utm, c = c }))
+  if confirmed then rate_record() end
   return { 'admitted', id, int(NOW), int(wait_ms), utm }
 end
 
@@ -187,10 +196,12 @@ local function end_session(id)
   redis.call('HDEL', K_SD, id)
   if not raw then return nil end
   local data = cjson.decode(raw)
-  local visit = NOW - data.a
-  local avg = visit
-  if S.visit_avg then avg = tonumber(S.visit_avg) + (visit - tonumber(S.visit_avg)) / 8 end
-  set('visit_avg', avg)
+  if data.c ~= 0 then
+    local visit = NOW - data.a
+    local avg = visit
+    if S.visit_avg then avg = tonumber(S.visit_avg) + (visit - tonumber(S.visit_avg)) / 8 end
+    set('visit_avg', avg)
+  end
   return data
 end
 
@@ -199,7 +210,7 @@ local function claim(lane, seq, id)
   local tkey = lane .. ':' .. seq
   local data = cjson.decode(redis.call('HGET', K_T, tkey))
   forget(lane, seq)
-  return admit(id, NOW - data.j, data.u)
+  return admit(id, NOW - data.j, data.u, true)
 end
 
 local function place(lane, seq)

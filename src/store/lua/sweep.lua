@@ -1,7 +1,7 @@
 -- ARGV (after the deadline): most items per kind, this instance's name, lock duration (ms).
 -- One instance sweeps a room at a time; the others skip until the lock lapses.
 -- Returns: lapsed reservations, more-to-do flag, expired sessions (id, data
--- pairs), expired tickets' campaigns.
+-- pairs), expired tickets' campaigns, unconfirmed sessions and tickets lapsed.
 if uninitialised() then return redis.error_reply('NOINIT room') end
 local limit, owner, lock_ms = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 if num('sweep_until') > NOW and S.sweep_owner ~= owner then return { 'skipped' } end
@@ -11,13 +11,27 @@ local more = 0
 local lapsed = lapse()
 
 local sessions = {}
+local unconfirmed_sessions = 0
 local due = redis.call('ZRANGEBYSCORE', K_SS, '-inf', NOW, 'LIMIT', 0, limit)
 for _, id in ipairs(due) do
   local data = end_session(id)
-  sessions[#sessions + 1] = id
-  sessions[#sessions + 1] = data and data.u or ''
+  if data and data.c == 0 then
+    unconfirmed_sessions = unconfirmed_sessions + 1
+  else
+    sessions[#sessions + 1] = id
+    sessions[#sessions + 1] = data and data.u or ''
+  end
 end
 if #due >= limit then more = 1 end
+
+local unconfirmed_tickets = 0
+local never = redis.call('ZRANGEBYSCORE', K_U, '-inf', NOW - CONFIRM, 'LIMIT', 0, limit)
+for _, tkey in ipairs(never) do
+  redis.call('ZREM', K_U, tkey)
+  redis.call('HDEL', K_T, tkey)
+  unconfirmed_tickets = unconfirmed_tickets + 1
+end
+if #never >= limit then more = 1 end
 
 local tickets = {}
 local gone = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', NOW - GRACE, 'LIMIT', 0, limit)
@@ -48,4 +62,4 @@ end
 promote()
 save()
 keep_all()
-return { lapsed, more, sessions, tickets }
+return { lapsed, more, sessions, tickets, unconfirmed_sessions, unconfirmed_tickets }

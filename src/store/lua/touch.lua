@@ -12,6 +12,13 @@ end
 local raw = redis.call('HGET', K_SD, id)
 if not raw then return nil end
 local data = cjson.decode(raw)
+if data.c == 0 then
+  -- The visitor came back with the pass: the place is theirs for the session.
+  data.c = 1
+  redis.call('HSET', K_SD, id, cjson.encode(data))
+  rate_record()
+  save()
+end
 local next_deadline = NOW + TTL
 if MAXS > 0 then next_deadline = math.min(next_deadline, data.a + MAXS) end
 redis.call('ZADD', K_SS, 'XX', next_deadline, id)
