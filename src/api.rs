@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::config::RESERVED_PREFIX;
 use crate::facts::Facts;
 use crate::gate::{Gate, PASS_COOKIE, Status, TICKET_COOKIE};
+use crate::page::PageState;
 use crate::replies::{self, Capacity, CookieJar, StatusBody};
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms, WaitingRoom};
@@ -50,10 +51,11 @@ impl Api<'_> {
         let method = &facts.req.method;
         let get_only = method == http::Method::GET || method == http::Method::HEAD;
         match endpoint {
-            "capacity" | "status" if !get_only => {
+            "capacity" | "status" | "confirm" if !get_only => {
                 Reply::error(405, "METHOD_NOT_ALLOWED", "Use GET.").header(ALLOW, "GET, HEAD")
             }
             "capacity" => self.capacity(facts, param("room").as_deref()).await,
+            "confirm" => self.confirm(facts, param("room").as_deref()).await,
             "status" => {
                 self.status(facts, param("room").as_deref(), param("return").as_deref())
                     .await
@@ -161,12 +163,26 @@ impl Api<'_> {
         Reply::json(200, &body)
     }
 
+    /// `GET /__anteroom/confirm?room=NAME`, which a browser let in at once
+    /// fetches by itself (`Link: rel=preload` on its first answer) with its
+    /// pass cookie: the place is theirs from now, not only after their next
+    /// click. Always `204`, so that it tells nobody anything.
+    async fn confirm(&self, facts: &Facts<'_>, name: Option<&str>) -> Reply {
+        if let Ok((gate, room, _)) = self.waiting_room(facts, name) {
+            gate.confirm(room.name(), facts.req).await;
+        }
+        Reply::new(204, "text/plain; charset=utf-8", "")
+    }
+
     async fn status(&self, facts: &Facts<'_>, name: Option<&str>, back: Option<&str>) -> Reply {
         let (gate, room, w) = match self.waiting_room(facts, name) {
             Ok(found) => found,
             Err(reply) => return reply,
         };
         let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
+        if facts.wants_html() {
+            return self.status_page(gate, room, w, facts, back, &jar).await;
+        }
         match gate.status(room, w, facts.req).await {
             Status::Admitted(visit) => {
                 let body = StatusBody::admitted(room, w, &visit, replies::safe_return(back));
@@ -177,6 +193,44 @@ impl Api<'_> {
             Status::Expired => Reply::json(200, &StatusBody::plain(room, w, "expired")),
             Status::Maintenance => Reply::json(200, &StatusBody::plain(room, w, "maintenance")),
             Status::Unavailable => Reply::json(200, &StatusBody::plain(room, w, "unavailable")),
+        }
+    }
+
+    /// The status as a browser navigating to it sees it (the waiting page's
+    /// refresh without JavaScript): in when admitted, the waiting page while
+    /// queued, and, when the browser came without its ticket cookie, a page
+    /// that says cookies are needed instead of another turn in line.
+    async fn status_page(
+        &self,
+        gate: &Gate,
+        room: &Room,
+        w: &WaitingRoom,
+        facts: &Facts<'_>,
+        back: Option<&str>,
+        jar: &CookieJar<'_>,
+    ) -> Reply {
+        let back = replies::safe_return(back);
+        if gate.find_ticket(room.name(), facts.req).is_none()
+            && gate.find_pass(room.name(), facts.req).is_none()
+        {
+            let sent_cookies = facts.req.headers.contains_key(http::header::COOKIE);
+            return if sent_cookies {
+                // Its ticket expired: back to the page, which lines it up again.
+                Reply::new(303, "text/plain; charset=utf-8", "").header(LOCATION, back)
+            } else {
+                replies::no_cookies(room, w, facts)
+            };
+        }
+        match gate.status(room, w, facts.req).await {
+            Status::Admitted(visit) => Reply::new(303, "text/plain; charset=utf-8", "")
+                .header(LOCATION, back)
+                .headers(SET_COOKIE, jar.for_visit(&visit, false)),
+            Status::Queued(wt) => replies::waiting(room, w, &wt, facts, jar, &back),
+            Status::Expired => {
+                Reply::new(303, "text/plain; charset=utf-8", "").header(LOCATION, back)
+            }
+            Status::Maintenance => replies::closed(room, w, PageState::Maintenance, facts),
+            Status::Unavailable => replies::closed(room, w, PageState::Unavailable, facts),
         }
     }
 

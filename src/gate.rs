@@ -61,6 +61,14 @@ pub struct Visit {
     pub clear_ticket: bool,
 }
 
+impl Visit {
+    /// Let in on this very request, on arrival (not from the line): the
+    /// place waits for the visitor to come back with the pass.
+    pub fn on_arrival(&self) -> bool {
+        self.source.is_none() && !self.clear_ticket
+    }
+}
+
 /// A visitor who has to wait.
 #[derive(Debug, Clone)]
 pub struct Waiting {
@@ -419,6 +427,14 @@ impl Gate {
         tracing::warn!(room = name, error = %e, "store unavailable; asking new visitors to wait");
         room.counters().rejected_store.inc();
         Decision::Unavailable
+    }
+
+    /// The visitor came back with their pass (a browser's preload of the
+    /// confirm endpoint): their place is confirmed in the store.
+    pub async fn confirm(&self, room: &str, req: &RequestHeader) {
+        if let Some((_, claims, _)) = self.find_pass(room, req) {
+            self.session(room, &claims).await;
+        }
     }
 
     /// Ends an admitted visitor's session at once (`/__anteroom/leave` or the

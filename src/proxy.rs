@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::header::SET_COOKIE;
+use http::header::{LINK, SET_COOKIE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -65,6 +65,8 @@ pub struct Ctx {
     forwarding: Forwarding,
     /// The canonical target, when it is not what the client sent.
     target: Option<String>,
+    /// A browser let in on arrival: its answer asks it to confirm its place.
+    confirm: bool,
     upstream_sent: Option<Instant>,
     upstream_response: Option<(u16, Duration)>,
     outcome: Outcome,
@@ -171,12 +173,16 @@ impl Proxy {
                 let closed = |state| replies::closed(room, w, state, facts);
                 match gate.decide(room, w, facts).await {
                     Decision::Admit(visit) => {
+                        // The pass cookie reaches the confirm endpoint only from the root.
+                        ctx.confirm =
+                            visit.on_arrival() && facts.wants_html() && w.config.cookie_path == "/";
                         ctx.visit = Some(visit);
                         None
                     }
                     Decision::Wait(waiting) => {
                         let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
-                        let reply = replies::waiting(room, w, &waiting, facts, &jar);
+                        let back = facts.target();
+                        let reply = replies::waiting(room, w, &waiting, facts, &jar, &back);
                         Some((reply, Outcome::QueueRequired))
                     }
                     Decision::Full => Some((closed(PageState::Full), Outcome::Closed)),
@@ -223,6 +229,7 @@ impl ProxyHttp for Proxy {
             ip: None,
             forwarding: Forwarding::default(),
             target: None,
+            confirm: false,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -334,6 +341,11 @@ impl ProxyHttp for Proxy {
         let jar = CookieJar::new(w, gate.ticket_ttl(), ctx.forwarding.secure());
         for cookie in jar.for_visit(visit, release) {
             upstream_response.append_header(SET_COOKIE, cookie)?;
+        }
+        if ctx.confirm && !release {
+            // The browser fetches it at once, with the pass cookie just set:
+            // its place is confirmed without waiting for its next click.
+            upstream_response.append_header(LINK, replies::confirm_link(room))?;
         }
         Ok(())
     }

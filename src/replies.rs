@@ -196,11 +196,6 @@ impl<'a> CookieJar<'a> {
     }
 }
 
-/// The request's canonical path and query, percent-encoded for a `return=` parameter.
-fn return_param(facts: &Facts<'_>) -> String {
-    form_urlencoded::byte_serialize(facts.target().as_bytes()).collect()
-}
-
 /// A path of this site to send a visitor back to, in canonical form; `/`
 /// for anything else. Only a path that starts with a single `/` and holds no
 /// whitespace, control character or backslash qualifies: browsers drop tabs
@@ -249,7 +244,8 @@ pub fn queue_required(room: &str, retry: Duration) -> Reply {
     .header(RETRY_AFTER, retry_secs(retry_ms).to_string())
 }
 
-/// What a visitor who must wait is told: the waiting page, or
+/// What a visitor who must wait is told: the waiting page (which goes on
+/// to `back`, a path of this site, once they are admitted), or
 /// `QUEUE_REQUIRED` JSON with their ticket.
 pub fn waiting(
     room: &Room,
@@ -257,17 +253,15 @@ pub fn waiting(
     wt: &Waiting,
     facts: &Facts<'_>,
     jar: &CookieJar<'_>,
+    back: &str,
 ) -> Reply {
     let reply = if facts.wants_html() {
         let state = match wt.place.state {
             State::Paused => PageState::Paused,
             _ => PageState::Queued,
         };
-        let url = format!(
-            "{RESERVED_PREFIX}status?room={}&return={}",
-            room.name(),
-            return_param(facts)
-        );
+        let back: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
+        let url = format!("{RESERVED_PREFIX}status?room={}&return={back}", room.name());
         let html = w.page.template.render(&PageView {
             room: room.name(),
             state,
@@ -284,6 +278,29 @@ pub fn waiting(
         Reply::json(503, &body).header(RETRY_AFTER, retry_secs(poll_ms(w)).to_string())
     };
     reply.headers(SET_COOKIE, jar.for_waiting(wt))
+}
+
+/// `Link` that has a browser let in on arrival confirm its place at once.
+pub fn confirm_link(room: &Room) -> String {
+    format!(
+        "<{RESERVED_PREFIX}confirm?room={}>; rel=preload; as=fetch",
+        room.name()
+    )
+}
+
+/// The page for a browser whose status poll came without the ticket it was
+/// given (it keeps no cookies): it says so, and does not reload itself.
+pub fn no_cookies(room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Reply {
+    let html = w.page.template.render(&PageView {
+        room: room.name(),
+        state: PageState::NoCookies,
+        place: None,
+        poll: w.config.poll_interval,
+        status_url: "",
+        ticket: "",
+        language: w.page.language_for(facts.accept_language()),
+    });
+    Reply::new(200, "text/html; charset=utf-8", html)
 }
 
 /// What a visitor is told when the room cannot queue them: full line,

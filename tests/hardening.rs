@@ -301,6 +301,15 @@ async fn connections_beyond_the_cap_are_closed_and_counted() {
         ),
     )
     .await;
+    // The harness's own readiness probes are gone first.
+    eventually(Duration::from_secs(10), || async {
+        proxy
+            .metrics()
+            .await
+            .contains("anteroom_connections_open 0")
+            .then_some(())
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();

@@ -658,7 +658,8 @@ async fn waiting_page_in_english_and_german(backend: Backend) {
         // 2 × session_ttl (5 min) / capacity 1
         r#"id="wait">etwa 10 Minuten<"#,
         r#"aria-valuenow="0""#,
-        r#"<meta http-equiv="refresh" content="5">"#,
+        // Without JavaScript it reloads at the status endpoint, which knows what to do.
+        r#"<meta http-equiv="refresh" content="5;url=/__anteroom/status?room=web&amp;return=%2Fshop%2F%3Futm_source%3Dmeta">"#,
     ] {
         assert!(de.contains(needle), "German page lacks {needle:?}:\n{de}");
     }

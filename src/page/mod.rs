@@ -98,6 +98,8 @@ pub enum PageState {
     Maintenance,
     /// The waiting room cannot take new visitors for a moment (store down).
     Unavailable,
+    /// The browser does not send the waiting room's cookie back.
+    NoCookies,
 }
 
 impl PageState {
@@ -108,6 +110,7 @@ impl PageState {
             PageState::Full => "full",
             PageState::Maintenance => "maintenance",
             PageState::Unavailable => "unavailable",
+            PageState::NoCookies => "no_cookies",
         }
     }
 }
@@ -152,6 +155,8 @@ struct Texts {
     minutes: &'static str,
     retry: &'static str,
     admitted: &'static str,
+    no_cookies_heading: &'static str,
+    no_cookies: &'static str,
 }
 
 const EN: Texts = Texts {
@@ -174,6 +179,8 @@ const EN: Texts = Texts {
     minutes: "minutes",
     retry: "Connection problem. Trying again shortly…",
     admitted: "It is your turn. Continuing…",
+    no_cookies_heading: "Cookies are needed",
+    no_cookies: "Your browser does not keep this site's cookies, so the waiting room cannot keep your place. Allow cookies for this site, then reload the page.",
 };
 
 const DE: Texts = Texts {
@@ -196,6 +203,8 @@ const DE: Texts = Texts {
     minutes: "Minuten",
     retry: "Verbindungsproblem. Neuer Versuch in Kürze…",
     admitted: "Sie sind dran. Weiter geht es…",
+    no_cookies_heading: "Cookies werden benötigt",
+    no_cookies: "Ihr Browser behält die Cookies dieser Seite nicht, daher kann der Warteraum Ihren Platz nicht halten. Erlauben Sie Cookies für diese Seite und laden Sie sie dann neu.",
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +221,7 @@ enum Var {
     WaitMs,
     PollMs,
     PollSeconds,
+    Refresh,
     StatusUrl,
     Ticket,
     TTitle,
@@ -227,6 +237,8 @@ enum Var {
     TRetry,
     TAdmitted,
     TPaused,
+    TNoCookies,
+    TNoCookiesHeading,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -242,6 +254,7 @@ const VARS: &[(&str, Var)] = &[
     ("wait_ms", Var::WaitMs),
     ("poll_ms", Var::PollMs),
     ("poll_seconds", Var::PollSeconds),
+    ("refresh", Var::Refresh),
     ("status_url", Var::StatusUrl),
     ("ticket", Var::Ticket),
     ("t_title", Var::TTitle),
@@ -257,6 +270,8 @@ const VARS: &[(&str, Var)] = &[
     ("t_retry", Var::TRetry),
     ("t_admitted", Var::TAdmitted),
     ("t_paused", Var::TPaused),
+    ("t_no_cookies", Var::TNoCookies),
+    ("t_no_cookies_heading", Var::TNoCookiesHeading),
 ];
 
 /// The placeholder names a template may use.
@@ -329,6 +344,7 @@ impl Template {
             PageState::Full => (t.full_heading, t.full),
             PageState::Maintenance => (t.maintenance_heading, t.maintenance),
             PageState::Unavailable => (t.queued_heading, t.unavailable),
+            PageState::NoCookies => (t.no_cookies_heading, t.no_cookies),
         };
         let place = view.place;
         let ahead = place.map_or(0, |p| p.ahead);
@@ -355,6 +371,14 @@ impl Template {
                     Var::WaitMs => wait_ms.to_string().into(),
                     Var::PollMs => view.poll.as_millis().to_string().into(),
                     Var::PollSeconds => view.poll.as_secs().max(1).to_string().into(),
+                    // Without JavaScript the page asks again by reloading, at
+                    // the status endpoint when it has one (it answers a
+                    // browser that keeps no cookies without another reload).
+                    Var::Refresh => match (view.state, view.status_url) {
+                        (PageState::NoCookies, _) => "".into(),
+                        (_, "") => view.poll.as_secs().max(1).to_string().into(),
+                        (_, url) => format!("{};url={url}", view.poll.as_secs().max(1)).into(),
+                    },
                     Var::StatusUrl => view.status_url.into(),
                     Var::Ticket => view.ticket.into(),
                     Var::TTitle => t.title.into(),
@@ -370,6 +394,8 @@ impl Template {
                     Var::TRetry => t.retry.into(),
                     Var::TAdmitted => t.admitted.into(),
                     Var::TPaused => t.paused.into(),
+                    Var::TNoCookies => t.no_cookies.into(),
+                    Var::TNoCookiesHeading => t.no_cookies_heading.into(),
                 },
             };
             escape_into(&mut out, &value);
