@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anteroom::assets::Assets;
+use anteroom::challenge;
+use anteroom::clients::ClientLimits;
 use anteroom::config::{Config, RedisConfig};
 use anteroom::events::VisitorEvents;
 use anteroom::facts::Facts;
@@ -29,7 +31,7 @@ use anteroom::room::{Kind, RoomMetrics, Rooms};
 use anteroom::slots::Slots;
 use anteroom::store::memory::{MemoryStore, RoomState};
 use anteroom::store::redis::RedisStore;
-use anteroom::store::{Arrival, Lane, Store};
+use anteroom::store::{Arrival, Newcomer, Store};
 use anteroom::token::{Kind as TokenKind, SigningKey, Tokens};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pingora::http::RequestHeader;
@@ -63,6 +65,9 @@ address = "127.0.0.1:3000"
 name = "web"
 mode = "sessions"
 capacity = {capacity}
+# One ticket polled a million times: the limiter is measured on its own (clients/*).
+[room.limits]
+polls_per_minute = 0
 [[route]]
 upstream = "app"
 room = "web"
@@ -191,7 +196,7 @@ fn status_poll(c: &mut Criterion) {
         rt.block_on(async {
             for i in 0..=queued {
                 if let Arrival::Queued(place) =
-                    s.store.arrive("web", Lane::Normal, None).await.unwrap()
+                    s.store.arrive("web", &Newcomer::default()).await.unwrap()
                 {
                     if i == queued / 2 {
                         middle = Some(place);
@@ -203,11 +208,12 @@ fn status_poll(c: &mut Criterion) {
         let req = ticket_request(&s, place.ticket.clone());
         group.bench_with_input(BenchmarkId::new("gate", queued), &queued, |b, _| {
             b.to_async(&rt)
-                .iter(|| async { black_box(s.gate.status(room, w, &req).await) })
+                .iter(|| async { black_box(s.gate.status(room, w, &facts(&req)).await) })
         });
         group.bench_with_input(BenchmarkId::new("store", queued), &queued, |b, _| {
-            b.to_async(&rt)
-                .iter(|| async { black_box(s.store.poll("web", &place.ticket).await.unwrap()) })
+            b.to_async(&rt).iter(|| async {
+                black_box(s.store.poll("web", &place.ticket, true).await.unwrap())
+            })
         });
     }
     group.finish();
@@ -221,14 +227,14 @@ fn room_state_poll(c: &mut Criterion) {
         let mut room = RoomState::new(spec, 0);
         let mut ticket = String::new();
         for i in 0..=queued {
-            if let Arrival::Queued(place) = room.arrive(i, Lane::Normal, None) {
+            if let Arrival::Queued(place) = room.arrive(i, &Newcomer::default()) {
                 if i == queued / 2 {
                     ticket = place.ticket;
                 }
             }
         }
         group.bench_with_input(BenchmarkId::from_parameter(queued), &queued, |b, _| {
-            b.iter(|| black_box(room.poll(queued + 1, &ticket)))
+            b.iter(|| black_box(room.poll(queued + 1, &ticket, true)))
         });
     }
     group.finish();
@@ -390,10 +396,10 @@ fn on_redis(c: &mut Criterion) {
     let s = setup_on(10, Some(redis.1));
     rt.block_on(s.store.prepare()).unwrap();
     let req = pass_request(&rt, &s);
-    let facts = facts(&req);
+    let pass = facts(&req);
     group.bench_function("gate/admitted_cached_pass", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(decide(&s, &facts).await) })
+            .iter(|| async { black_box(decide(&s, &pass).await) })
     });
     for queued in [1_000u64, 100_000] {
         let s = setup_on(1, Some(redis.1));
@@ -414,7 +420,7 @@ fn on_redis(c: &mut Criterion) {
             s.store.prepare().await.unwrap();
             for i in 0..=queued {
                 if let Arrival::Queued(place) =
-                    s.store.arrive("web", Lane::Normal, None).await.unwrap()
+                    s.store.arrive("web", &Newcomer::default()).await.unwrap()
                 {
                     if i == queued / 2 {
                         middle = Some(place);
@@ -432,14 +438,14 @@ fn on_redis(c: &mut Criterion) {
             &queued,
             |b, _| {
                 b.to_async(&rt)
-                    .iter(|| async { black_box(s.gate.status(room, w, &req).await) })
+                    .iter(|| async { black_box(s.gate.status(room, w, &facts(&req)).await) })
             },
         );
         if queued == 1_000 {
             redis.command(&["CONFIG", "RESETSTAT"]);
             rt.block_on(async {
                 for _ in 0..1000 {
-                    s.gate.status(room, w, &req).await;
+                    s.gate.status(room, w, &facts(&req)).await;
                 }
             });
             let stats = redis.command(&["INFO", "commandstats"]);
@@ -475,8 +481,60 @@ fn on_redis(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the flood defences cost per request: a new visitor at a full room
+/// (a fresh ticket), the per-client limiters, a proof-of-work check.
+fn floods(c: &mut Criterion) {
+    let rt = runtime();
+    let s = setup(1);
+    let empty = RequestHeader::build("GET", b"/", None).unwrap();
+    let first = facts(&empty);
+    rt.block_on(decide(&s, &first));
+    c.bench_function("gate/arrival_at_full_room", |b| {
+        b.to_async(&rt).iter(|| async {
+            let Decision::Wait(w) = decide(&s, &first).await else {
+                unreachable!()
+            };
+            black_box(w)
+        })
+    });
+    let limits = anteroom::config::Limits {
+        tickets_per_client: 0,
+        arrivals_per_minute: 10_000_000,
+        polls_per_minute: 10_000_000,
+        prefix_v4: 32,
+        prefix_v6: 64,
+    };
+    let clients = ClientLimits::new(limits);
+    let tickets: Vec<String> = (0..100_000).map(|i| format!("ab12cd.1.{i:x}")).collect();
+    let mut i = 0;
+    c.bench_function("clients/poll_limit", |b| {
+        b.iter(|| {
+            i = (i + 1) % tickets.len();
+            black_box(clients.poll(&tickets[i]).is_ok())
+        })
+    });
+    let networks: Vec<_> = (0..100_000u32)
+        .map(|i| anteroom::clients::network(std::net::Ipv4Addr::from(i).into(), &limits))
+        .collect();
+    c.bench_function("clients/arrival_limit", |b| {
+        b.iter(|| {
+            i = (i + 1) % networks.len();
+            black_box(clients.arrival(Some(&networks[i])).is_ok())
+        })
+    });
+    let seed = challenge::seed(&s.gate.tokens, "web", "ab12cd.1.1f");
+    let nonce = challenge::solve(&seed, 16);
+    c.bench_function("challenge/verify", |b| {
+        b.iter(|| {
+            let seed = challenge::seed(&s.gate.tokens, "web", black_box("ab12cd.1.1f"));
+            black_box(challenge::solves(&seed, &nonce, 16))
+        })
+    });
+}
+
 criterion_group!(
     benches,
+    floods,
     admitted_with_cached_pass,
     status_poll,
     room_state_poll,

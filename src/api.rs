@@ -125,9 +125,9 @@ impl Api<'_> {
             return Ok((gate, *room, *w));
         }
         all.into_iter()
-            .find(|(r, _)| {
-                gate.find_ticket(r.name(), facts.req).is_some()
-                    || gate.find_pass(r.name(), facts.req).is_some()
+            .find(|(r, w)| {
+                gate.find_ticket(r.name(), w, facts).is_some()
+                    || gate.find_pass(r.name(), w, facts).is_some()
             })
             .map(|(r, w)| (gate, r, w))
             .ok_or_else(|| self.room_required())
@@ -154,8 +154,8 @@ impl Api<'_> {
             w.observe(snapshot);
         }
         let mut body = Capacity::of(room);
-        if gate.find_ticket(name, facts.req).is_some() {
-            if let Status::Queued(wt) = gate.status(room, w, facts.req).await {
+        if gate.find_ticket(name, w, facts).is_some() {
+            if let Status::Queued(wt) = gate.status(room, w, facts).await {
                 body.position = Some(wt.place.position());
                 body.wait_ms = Some(wt.place.wait.ms);
             }
@@ -168,8 +168,8 @@ impl Api<'_> {
     /// pass cookie: the place is theirs from now, not only after their next
     /// click. Always `204`, so that it tells nobody anything.
     async fn confirm(&self, facts: &Facts<'_>, name: Option<&str>) -> Reply {
-        if let Ok((gate, room, _)) = self.waiting_room(facts, name) {
-            gate.confirm(room.name(), facts.req).await;
+        if let Ok((gate, room, w)) = self.waiting_room(facts, name) {
+            gate.confirm(room.name(), w, facts).await;
         }
         Reply::new(204, "text/plain; charset=utf-8", "")
     }
@@ -183,7 +183,7 @@ impl Api<'_> {
         if facts.wants_html() {
             return self.status_page(gate, room, w, facts, back, &jar).await;
         }
-        match gate.status(room, w, facts.req).await {
+        match gate.status(room, w, facts).await {
             Status::Admitted(visit) => {
                 let body = StatusBody::admitted(room, w, &visit, replies::safe_return(back));
                 Reply::json(200, &body).headers(SET_COOKIE, jar.for_visit(&visit, false))
@@ -191,6 +191,7 @@ impl Api<'_> {
             Status::Queued(wt) => Reply::json(200, &StatusBody::queued(room, w, &wt))
                 .headers(SET_COOKIE, jar.for_waiting(&wt)),
             Status::Expired => Reply::json(200, &StatusBody::plain(room, w, "expired")),
+            Status::Limited(limited) => replies::limited(room, w, &limited, facts),
             Status::Maintenance => Reply::json(200, &StatusBody::plain(room, w, "maintenance")),
             Status::Unavailable => Reply::json(200, &StatusBody::plain(room, w, "unavailable")),
         }
@@ -210,8 +211,8 @@ impl Api<'_> {
         jar: &CookieJar<'_>,
     ) -> Reply {
         let back = replies::safe_return(back);
-        if gate.find_ticket(room.name(), facts.req).is_none()
-            && gate.find_pass(room.name(), facts.req).is_none()
+        if gate.find_ticket(room.name(), w, facts).is_none()
+            && gate.find_pass(room.name(), w, facts).is_none()
         {
             let sent_cookies = facts.req.headers.contains_key(http::header::COOKIE);
             return if sent_cookies {
@@ -221,7 +222,7 @@ impl Api<'_> {
                 replies::no_cookies(room, w, facts)
             };
         }
-        match gate.status(room, w, facts.req).await {
+        match gate.status(room, w, facts).await {
             Status::Admitted(visit) => Reply::new(303, "text/plain; charset=utf-8", "")
                 .header(LOCATION, back)
                 .headers(SET_COOKIE, jar.for_visit(&visit, false)),
@@ -229,6 +230,7 @@ impl Api<'_> {
             Status::Expired => {
                 Reply::new(303, "text/plain; charset=utf-8", "").header(LOCATION, back)
             }
+            Status::Limited(limited) => replies::limited(room, w, &limited, facts),
             Status::Maintenance => replies::closed(room, w, PageState::Maintenance, facts),
             Status::Unavailable => replies::closed(room, w, PageState::Unavailable, facts),
         }
@@ -254,13 +256,13 @@ impl Api<'_> {
                 },
             )
         };
-        if let Some((token, claims, _)) = gate.find_pass(room.name(), facts.req) {
+        if let Some((token, claims, _)) = gate.find_pass(room.name(), w, facts) {
             if let Some(id) = SessionId::parse(&claims.sub) {
                 gate.release(room.name(), id, &token, "leave").await;
             }
             return left("released").header(SET_COOKIE, jar.clear(PASS_COOKIE));
         }
-        if let Some((token, _)) = gate.find_ticket(room.name(), facts.req) {
+        if let Some((token, _)) = gate.find_ticket(room.name(), w, facts) {
             gate.leave_line(room.name(), &token).await;
             return left("left").header(SET_COOKIE, jar.clear(TICKET_COOKIE));
         }

@@ -4,25 +4,29 @@
 //!
 //! Order of checks: a valid pass (admitted visitor: a cached signature check
 //! and, at most once per `touch_interval`, a store touch), then a valid
-//! ticket (a waiting visitor's heartbeat), then a new arrival.
+//! ticket (a waiting visitor's heartbeat, within `polls_per_minute`), then a
+//! new arrival (within `arrivals_per_minute` and `tickets_per_client`). A
+//! token bound to another client (`bind`) counts as none.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
-use pingora::http::RequestHeader;
+use http::header::USER_AGENT;
 use quick_cache::sync::Cache;
 
 use crate::attribution::Utm;
 use crate::bypass::{self, AppJwt};
-use crate::config::{self, OnStoreError, State};
+use crate::challenge;
+use crate::clients::{self, Limited};
+use crate::config::{self, Bind, OnStoreError, State};
 use crate::cookies;
 use crate::events::VisitorEvents;
 use crate::facts::Facts;
 use crate::room::{Room, Rooms, WaitingRoom};
 use crate::store::{
-    Arrival, Lane, Place, Polled, SessionId, SessionInfo, Store, StoreError, now_millis,
+    Arrival, Lane, Newcomer, Place, Polled, SessionId, SessionInfo, Store, StoreError, now_millis,
 };
 use crate::token::{Claims, Kind, Tokens, now_secs};
 
@@ -34,6 +38,10 @@ pub const TICKET_COOKIE: &str = "anteroom_ticket";
 pub const PASS_HEADER: &str = "x-anteroom-pass";
 /// Header an API client may send its ticket in.
 pub const TICKET_HEADER: &str = "x-anteroom-ticket";
+/// Header that makes an API client's arrival idempotent.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Longest `Idempotency-Key` taken (as Stripe's).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Where a visitor's pass came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +86,9 @@ pub struct Waiting {
     pub ticket: String,
     /// A new or renewed ticket to set as a cookie.
     pub set_ticket: bool,
+    /// The seed of the puzzle to solve before the place counts (a room
+    /// with `challenge = "pow"`, a ticket not yet confirmed).
+    pub challenge: Option<String>,
 }
 
 /// What to do with a request to a sessions room.
@@ -89,6 +100,10 @@ pub enum Decision {
     Wait(Box<Waiting>),
     /// The line is full.
     Full,
+    /// The client is over one of the room's per-client limits.
+    Limited(Limited),
+    /// The request cannot be decided as sent (a malformed `Idempotency-Key`).
+    BadRequest(&'static str),
     /// The room is closed for maintenance.
     Maintenance,
     /// The store cannot answer; new visitors are turned away (`on_store_error = "closed"`).
@@ -106,6 +121,8 @@ pub enum Status {
     Queued(Box<Waiting>),
     /// No valid place.
     Expired,
+    /// Polled too often (`polls_per_minute`); the place is kept.
+    Limited(Limited),
     /// Closed for maintenance.
     Maintenance,
     /// The store cannot answer.
@@ -126,6 +143,8 @@ enum Standing {
     Queued(Box<Waiting>),
     /// No valid token with a place or a session behind it.
     Unknown,
+    /// A ticket polled too often: not asked about, its place kept.
+    Limited(Limited),
     /// The store could not say.
     Unavailable(StoreError),
 }
@@ -186,12 +205,38 @@ impl Gate {
         }
     }
 
+    /// What this client's tokens are bound to in this room (`None`: the
+    /// room binds nothing).
+    fn binding(&self, w: &WaitingRoom, facts: &Facts<'_>) -> Option<String> {
+        if w.config.bind == Bind::None {
+            return None;
+        }
+        let user_agent = facts
+            .req
+            .headers
+            .get(USER_AGENT)
+            .map_or(&b""[..], |v| v.as_bytes());
+        let network = facts.ip.map(|ip| clients::network(ip, &w.config.limits));
+        clients::binding(&self.tokens, w.config.bind, user_agent, network.as_ref())
+    }
+
+    /// Whether a token may be used by this client: bound to it, or to
+    /// nobody (issued before the room bound tokens, or after it stopped).
+    fn bound(&self, w: &WaitingRoom, facts: &Facts<'_>, claims: &Claims) -> bool {
+        let Some(bnd) = &claims.bnd else {
+            return true;
+        };
+        self.binding(w, facts).is_none_or(|b| &b == bnd)
+    }
+
     /// The visitor's valid pass for this room, if any.
     pub fn find_pass(
         &self,
         room: &str,
-        req: &RequestHeader,
+        w: &WaitingRoom,
+        facts: &Facts<'_>,
     ) -> Option<(HeaderValue, Arc<Claims>, PassSource)> {
+        let req = facts.req;
         let cookies = cookies::values(req, PASS_COOKIE).map(|t| (t, PassSource::Cookie));
         let header = req
             .headers
@@ -210,12 +255,21 @@ impl Gate {
             .chain(bearer)
             .find_map(|(token, source)| {
                 let verified = self.tokens.verify(token, Kind::Pass, room)?;
+                if !self.bound(w, facts, &verified.claims) {
+                    return None;
+                }
                 Some((verified.value?, verified.claims, source))
             })
     }
 
     /// The visitor's valid ticket for this room, if any.
-    pub fn find_ticket(&self, room: &str, req: &RequestHeader) -> Option<(String, Arc<Claims>)> {
+    pub fn find_ticket(
+        &self,
+        room: &str,
+        w: &WaitingRoom,
+        facts: &Facts<'_>,
+    ) -> Option<(String, Arc<Claims>)> {
+        let req = facts.req;
         let header = req
             .headers
             .get(TICKET_HEADER)
@@ -225,6 +279,9 @@ impl Gate {
             .chain(cookies::values(req, TICKET_COOKIE))
             .find_map(|token| {
                 let verified = self.tokens.verify(token, Kind::Ticket, room)?;
+                if !self.bound(w, facts, &verified.claims) {
+                    return None;
+                }
                 Some((token.to_owned(), verified.claims))
             })
     }
@@ -270,30 +327,43 @@ impl Gate {
         }
     }
 
-    /// A pass for a session: valid `session_ttl` from now, never past `session_max`.
-    fn issue_pass(&self, room: &Room, w: &WaitingRoom, session: &SessionInfo) -> HeaderValue {
+    /// A pass for a session: valid `session_ttl` from now, never past
+    /// `session_max`, bound as the room binds.
+    fn issue_pass(
+        &self,
+        room: &Room,
+        w: &WaitingRoom,
+        session: &SessionInfo,
+        facts: &Facts<'_>,
+    ) -> HeaderValue {
         let mut ttl = w.config.session_ttl;
         if let Some(max) = w.config.session_max {
             let end = session.admitted_at + u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
             ttl = ttl.min(Duration::from_millis(end.saturating_sub(now_millis())));
         }
-        let claims = self
-            .tokens
-            .claims(Kind::Pass, room.name(), session.id.to_string(), None, ttl);
+        let mut claims =
+            self.tokens
+                .claims(Kind::Pass, room.name(), session.id.to_string(), None, ttl);
+        claims.bnd = self.binding(w, facts);
         // A signed token is base64url and dots: always a valid header value.
         HeaderValue::try_from(self.tokens.sign(&claims)).unwrap_or(HeaderValue::from_static(""))
     }
 
-    /// A visitor the store has just admitted, at once or from the line.
+    /// A visitor the store has just admitted, at once or from the line
+    /// (`again`: the same arrival repeated with its `Idempotency-Key`).
     fn admitted(
         &self,
         room: &Room,
         w: &WaitingRoom,
+        facts: &Facts<'_>,
         session: SessionInfo,
         from_line: bool,
+        again: bool,
     ) -> Box<Visit> {
-        self.events.admitted(room.name(), &session, from_line);
-        let pass = self.issue_pass(room, w, &session);
+        if !again {
+            self.events.admitted(room.name(), &session, from_line);
+        }
+        let pass = self.issue_pass(room, w, &session, facts);
         Box::new(Visit {
             session,
             pass,
@@ -303,42 +373,78 @@ impl Gate {
         })
     }
 
-    /// A visitor in line, with their ticket (renewed past half its life).
+    /// A visitor in line, with their ticket: the one they sent, renewed
+    /// past half its life; a new one dated by their arrival, so that the
+    /// same place asked for again gets the same token.
     fn waiting(
         &self,
         room: &Room,
+        w: &WaitingRoom,
+        facts: &Facts<'_>,
         place: Place,
         ticket: Option<(String, &Claims)>,
     ) -> Box<Waiting> {
+        let now = now_secs();
         let (ticket, set_ticket) = match ticket {
-            Some((token, claims)) if !claims.needs_renewal(now_secs()) => (token, false),
-            _ => {
-                let claims = self.tokens.claims(
+            Some((token, claims)) if !claims.needs_renewal(now) => (token, false),
+            renewed => {
+                let issued = if renewed.is_some() {
+                    now
+                } else {
+                    place.joined / 1000
+                };
+                let mut claims = self.tokens.claims_at(
                     Kind::Ticket,
                     room.name(),
                     place.ticket.clone(),
                     Some(place.lane.as_str()),
                     self.ticket_ttl,
+                    issued,
                 );
+                claims.bnd = self.binding(w, facts);
                 (self.tokens.sign(&claims), true)
             }
+        };
+        let challenge = match w.config.challenge {
+            Some(_) if !place.confirmed => {
+                Some(challenge::seed(&self.tokens, room.name(), &place.ticket))
+            }
+            _ => None,
         };
         Box::new(Waiting {
             place,
             ticket,
             set_ticket,
+            challenge,
         })
+    }
+
+    /// Whether this poll confirms its ticket: always, unless the room asks
+    /// for proof of work and the request carries no solution for this ticket.
+    fn confirms(&self, room: &str, w: &WaitingRoom, facts: &Facts<'_>, ticket: &str) -> bool {
+        let Some(pow) = w.config.challenge else {
+            return true;
+        };
+        facts
+            .req
+            .headers
+            .get(challenge::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|nonce| {
+                let seed = challenge::seed(&self.tokens, room, ticket);
+                challenge::solves(&seed, nonce.trim(), pow.difficulty)
+            })
     }
 
     /// Where the holder of these tokens stands: a pass first (renewed past
     /// half its life), then a ticket (a heartbeat that may be their turn).
-    async fn standing(&self, room: &Room, w: &WaitingRoom, req: &RequestHeader) -> Standing {
+    async fn standing(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Standing {
         let name = room.name();
-        if let Some((token, claims, source)) = self.find_pass(name, req) {
+        if let Some((token, claims, source)) = self.find_pass(name, w, facts) {
             if let Some(session) = self.session(name, &claims).await {
                 let renew = claims.needs_renewal(now_secs());
                 let pass = if renew {
-                    self.issue_pass(room, w, &session)
+                    self.issue_pass(room, w, &session, facts)
                 } else {
                     token
                 };
@@ -351,15 +457,20 @@ impl Gate {
                 }));
             }
         }
-        let Some((token, claims)) = self.find_ticket(name, req) else {
+        let Some((token, claims)) = self.find_ticket(name, w, facts) else {
             return Standing::Unknown;
         };
-        match self.store.poll(name, &claims.sub).await {
+        if let Err(limited) = w.limits.poll(&claims.sub) {
+            room.counters().limited(limited.limit).inc();
+            return Standing::Limited(limited);
+        }
+        let confirm = self.confirms(name, w, facts, &claims.sub);
+        match self.store.poll(name, &claims.sub, confirm).await {
             Ok(Polled::Admitted(session)) => {
-                Standing::Admitted(self.admitted(room, w, session, true))
+                Standing::Admitted(self.admitted(room, w, facts, session, true, false))
             }
             Ok(Polled::Queued(place)) => {
-                Standing::Queued(self.waiting(room, place, Some((token, &claims))))
+                Standing::Queued(self.waiting(room, w, facts, place, Some((token, &claims))))
             }
             Ok(Polled::Expired) => Standing::Unknown,
             Err(e) => Standing::Unavailable(e),
@@ -371,22 +482,24 @@ impl Gate {
         if w.state() == State::Maintenance {
             return Decision::Maintenance;
         }
-        match self.standing(room, w, facts.req).await {
+        match self.standing(room, w, facts).await {
             Standing::Admitted(visit) => Decision::Admit(visit),
             Standing::Queued(waiting) => Decision::Wait(waiting),
+            Standing::Limited(limited) => Decision::Limited(limited),
             Standing::Unavailable(e) => self.unavailable(room, &e),
             Standing::Unknown => self.arrive(room, w, facts).await,
         }
     }
 
     /// `GET /__anteroom/status`: like `decide`, but never joins the line.
-    pub async fn status(&self, room: &Room, w: &WaitingRoom, req: &RequestHeader) -> Status {
+    pub async fn status(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Status {
         if w.state() == State::Maintenance {
             return Status::Maintenance;
         }
-        match self.standing(room, w, req).await {
+        match self.standing(room, w, facts).await {
             Standing::Admitted(visit) => Status::Admitted(visit),
             Standing::Queued(waiting) => Status::Queued(waiting),
+            Standing::Limited(limited) => Status::Limited(limited),
             Standing::Unknown => Status::Expired,
             Standing::Unavailable(e) => {
                 tracing::warn!(room = room.name(), error = %e, "store unavailable for a status poll");
@@ -395,25 +508,80 @@ impl Gate {
         }
     }
 
+    /// The arrival's `Idempotency-Key` as the store keeps it (a digest):
+    /// `Err` when one was sent that is not 1 to 255 visible ASCII characters.
+    fn idempotency_key(
+        &self,
+        room: &str,
+        facts: &Facts<'_>,
+    ) -> Result<Option<String>, &'static str> {
+        let Some(value) = facts.req.headers.get(IDEMPOTENCY_HEADER) else {
+            return Ok(None);
+        };
+        let key = value.as_bytes();
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY
+            || !key.iter().all(u8::is_ascii_graphic)
+        {
+            return Err("Idempotency-Key must be 1 to 255 visible ASCII characters.");
+        }
+        Ok(Some(self.tokens.digest(&[b"idem", room.as_bytes(), key])))
+    }
+
     async fn arrive(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Decision {
         let name = room.name();
+        let key = match self.idempotency_key(name, facts) {
+            Ok(key) => key,
+            Err(message) => return Decision::BadRequest(message),
+        };
+        let limits = &w.config.limits;
+        let network = facts.ip.map(|ip| clients::network(ip, limits));
+        if let Err(limited) = w.limits.arrival(network.as_ref()) {
+            room.counters().limited(limited.limit).inc();
+            return Decision::Limited(limited);
+        }
         let lane = self.lane(w, facts);
         let utm = Utm::from_query(facts.query);
-        self.events.arrived(name, lane, utm.as_deref());
-        match self.store.arrive(name, lane, utm.clone()).await {
-            Ok(Arrival::Admitted(session)) => {
-                Decision::Admit(self.admitted(room, w, session, false))
+        let newcomer = Newcomer {
+            lane,
+            utm,
+            key,
+            network: network
+                .filter(|_| limits.tickets_per_client > 0)
+                .map(|net| clients::network_digest(&self.tokens, name, &net)),
+        };
+        let arrival = match self.store.arrive(name, &newcomer).await {
+            Ok(arrival) => arrival,
+            Err(e) => return self.unavailable(room, &e),
+        };
+        let utm = newcomer.utm.as_deref();
+        match arrival {
+            Arrival::Admitted(session) => {
+                self.events.arrived(name, lane, utm);
+                Decision::Admit(self.admitted(room, w, facts, session, false, false))
             }
-            Ok(Arrival::Queued(place)) => {
-                self.events.queued(name, &place, utm.as_deref());
-                Decision::Wait(self.waiting(room, place, None))
+            Arrival::AdmittedAgain(session) => {
+                Decision::Admit(self.admitted(room, w, facts, session, false, true))
             }
-            Ok(Arrival::Full) => {
+            Arrival::Queued(place) => {
+                self.events.arrived(name, lane, utm);
+                self.events.queued(name, &place, utm);
+                Decision::Wait(self.waiting(room, w, facts, place, None))
+            }
+            Arrival::QueuedAgain(place) => {
+                Decision::Wait(self.waiting(room, w, facts, place, None))
+            }
+            Arrival::Full => {
+                self.events.arrived(name, lane, utm);
                 room.counters().rejected_queue_full.inc();
                 Decision::Full
             }
-            Ok(Arrival::Maintenance) => Decision::Maintenance,
-            Err(e) => self.unavailable(room, &e),
+            Arrival::Limited => {
+                let limited = Limited::tickets();
+                room.counters().limited(limited.limit).inc();
+                Decision::Limited(limited)
+            }
+            Arrival::Maintenance => Decision::Maintenance,
         }
     }
 
@@ -431,8 +599,8 @@ impl Gate {
 
     /// The visitor came back with their pass (a browser's preload of the
     /// confirm endpoint): their place is confirmed in the store.
-    pub async fn confirm(&self, room: &str, req: &RequestHeader) {
-        if let Some((_, claims, _)) = self.find_pass(room, req) {
+    pub async fn confirm(&self, room: &str, w: &WaitingRoom, facts: &Facts<'_>) {
+        if let Some((_, claims, _)) = self.find_pass(room, w, facts) {
             self.session(room, &claims).await;
         }
     }
@@ -473,6 +641,7 @@ impl Gate {
     pub async fn sweep(&self, rooms: &Rooms) {
         for (room, w) in rooms.waiting_rooms() {
             let name = room.name();
+            w.limits.tidy();
             match self.store.sweep(name).await {
                 Ok(swept) => {
                     for s in &swept.sessions_expired {
@@ -515,7 +684,7 @@ mod tests {
         )
     }
 
-    async fn decide(f: &Fixture, req: &RequestHeader) -> Decision {
+    async fn decide(f: &Fixture, req: &pingora::http::RequestHeader) -> Decision {
         let (room, w) = f.waiting_room("web");
         f.gate.decide(room, w, &f.facts(req)).await
     }
@@ -623,27 +792,29 @@ mod tests {
         let (room, w) = f.waiting_room("web");
         let inside = admitted(decide(&f, &request("GET", "/", &[])).await);
         assert!(matches!(
-            f.gate.status(room, w, &request("GET", "/", &[])).await,
+            f.gate
+                .status(room, w, &f.facts(&request("GET", "/", &[])))
+                .await,
             Status::Expired
         ));
         assert_eq!(f.store.snapshot("web").await.unwrap().queue_length(), 0);
         let queued = waiting(decide(&f, &request("GET", "/", &[])).await);
         let with_ticket = request("GET", "/", &[(TICKET_HEADER, queued.ticket.as_str())]);
         assert!(matches!(
-            f.gate.status(room, w, &with_ticket).await,
+            f.gate.status(room, w, &f.facts(&with_ticket)).await,
             Status::Queued(_)
         ));
         // The visitor inside leaves: the next poll lets the waiting one in.
         f.gate
             .release("web", inside.session.id, &inside.pass, "leave")
             .await;
-        let Status::Admitted(visit) = f.gate.status(room, w, &with_ticket).await else {
+        let Status::Admitted(visit) = f.gate.status(room, w, &f.facts(&with_ticket)).await else {
             panic!("not admitted after the slot freed")
         };
         assert!(visit.set_pass && visit.clear_ticket);
         // The released pass is no longer honoured.
         let old = request("GET", "/", &[(PASS_HEADER, inside.pass.to_str().unwrap())]);
-        assert!(f.gate.find_pass("web", &old).is_none());
+        assert!(f.gate.find_pass("web", w, &f.facts(&old)).is_none());
     }
 
     #[tokio::test]

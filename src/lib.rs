@@ -14,6 +14,8 @@ pub mod assets;
 pub mod attribution;
 pub mod bypass;
 pub mod canonical;
+pub mod challenge;
+pub mod clients;
 pub mod config;
 pub mod connections;
 pub mod cookies;

@@ -81,6 +81,7 @@ enum Outcome {
     NoRoute,
     QueueRequired,
     Closed,
+    Limited,
 }
 
 impl Outcome {
@@ -92,6 +93,7 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::QueueRequired => "queue_required",
             Outcome::Closed => "closed",
+            Outcome::Limited => "limited",
         }
     }
 }
@@ -186,6 +188,12 @@ impl Proxy {
                         Some((reply, Outcome::QueueRequired))
                     }
                     Decision::Full => Some((closed(PageState::Full), Outcome::Closed)),
+                    Decision::Limited(limited) => {
+                        Some((replies::limited(room, w, &limited, facts), Outcome::Limited))
+                    }
+                    Decision::BadRequest(message) => {
+                        Some((Reply::error(400, "BAD_REQUEST", message), Outcome::Refused))
+                    }
                     Decision::Maintenance => {
                         Some((closed(PageState::Maintenance), Outcome::Closed))
                     }

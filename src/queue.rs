@@ -18,11 +18,12 @@ use crate::attribution::Utm;
 pub type Millis = u64;
 
 /// Which line a visitor waits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Lane {
     /// Served first, `weight` admissions per normal one while both wait.
     Priority = 0,
     /// Everyone else.
+    #[default]
     Normal = 1,
 }
 
@@ -88,6 +89,8 @@ pub struct Ticket {
     pub state: TicketState,
     /// The campaign its holder came from.
     pub utm: Option<Arc<Utm>>,
+    /// Its holder's client network, hashed.
+    pub network: Option<Arc<str>>,
 }
 
 /// Counts over positions `[0, n)` with O(log n) prefix sums and search.
@@ -179,7 +182,13 @@ impl LaneQueue {
 
     /// Adds a ticket at the back, waiting (`Waiting`) or not yet confirmed
     /// (`Unconfirmed`); returns its sequence number.
-    pub fn push(&mut self, now: Millis, utm: Option<Arc<Utm>>, state: TicketState) -> u64 {
+    pub fn push(
+        &mut self,
+        now: Millis,
+        utm: Option<Arc<Utm>>,
+        network: Option<Arc<str>>,
+        state: TicketState,
+    ) -> u64 {
         let seq = self.next_seq();
         self.tickets.push_back(Ticket {
             joined: now,
@@ -187,6 +196,7 @@ impl LaneQueue {
             ahead_at_join: 0,
             state: TicketState::Gone,
             utm,
+            network,
         });
         self.set_state(seq, state);
         seq
@@ -400,7 +410,7 @@ mod tests {
     fn positions_count_live_tickets_only() {
         let mut q = LaneQueue::default();
         let seqs: Vec<u64> = (0..5)
-            .map(|i| q.push(i, None, TicketState::Waiting))
+            .map(|i| q.push(i, None, None, TicketState::Waiting))
             .collect();
         assert_eq!(q.live_before(seqs[4]), 4);
         q.set_state(seqs[1], TicketState::Stale);
@@ -426,7 +436,7 @@ mod tests {
         let mut q = LaneQueue::default();
         let mut next_gone = 0;
         for round in 0..20_000u64 {
-            q.push(round, None, TicketState::Waiting);
+            q.push(round, None, None, TicketState::Waiting);
             if round % 3 == 0 {
                 q.set_state(next_gone, TicketState::Gone);
                 next_gone += 1;
@@ -444,8 +454,9 @@ mod tests {
         let mut q = Queue::new(2);
         for i in 0..10 {
             q.lane_mut(Lane::Priority)
-                .push(i, None, TicketState::Waiting);
-            q.lane_mut(Lane::Normal).push(i, None, TicketState::Waiting);
+                .push(i, None, None, TicketState::Waiting);
+            q.lane_mut(Lane::Normal)
+                .push(i, None, None, TicketState::Waiting);
         }
         let mut order = Vec::new();
         for _ in 0..6 {
@@ -467,10 +478,14 @@ mod tests {
         let mut q = Queue::new(3);
         for i in 0..10 {
             q.lane_mut(Lane::Priority)
-                .push(i, None, TicketState::Waiting);
+                .push(i, None, None, TicketState::Waiting);
         }
-        let n0 = q.lane_mut(Lane::Normal).push(0, None, TicketState::Waiting);
-        let n1 = q.lane_mut(Lane::Normal).push(1, None, TicketState::Waiting);
+        let n0 = q
+            .lane_mut(Lane::Normal)
+            .push(0, None, None, TicketState::Waiting);
+        let n1 = q
+            .lane_mut(Lane::Normal)
+            .push(1, None, None, TicketState::Waiting);
         // First normal: served after 3 priority; second after 6.
         assert_eq!(q.ahead(Lane::Normal, n0), 3);
         assert_eq!(q.ahead(Lane::Normal, n1), 1 + 6);

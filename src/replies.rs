@@ -9,6 +9,8 @@ use http::header::{RETRY_AFTER, SET_COOKIE};
 use serde::Serialize;
 
 use crate::canonical::{self, PathPolicy};
+use crate::challenge;
+use crate::clients::Limited;
 use crate::config::{RESERVED_PREFIX, State};
 use crate::cookies;
 use crate::facts::Facts;
@@ -80,6 +82,17 @@ pub struct StatusBody<'a> {
     pass: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redirect: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge: Option<Puzzle<'a>>,
+}
+
+/// The proof of work a waiting visitor is asked for (see `challenge`).
+#[derive(Debug, Serialize)]
+struct Puzzle<'a> {
+    algorithm: &'static str,
+    seed: &'a str,
+    difficulty: u8,
+    header: &'static str,
 }
 
 impl<'a> StatusBody<'a> {
@@ -109,6 +122,16 @@ impl<'a> StatusBody<'a> {
             queue_length: p.queue_length,
             available: p.available,
             ticket: Some(&wt.ticket),
+            challenge: wt
+                .challenge
+                .as_deref()
+                .zip(w.config.challenge)
+                .map(|(seed, pow)| Puzzle {
+                    algorithm: challenge::ALGORITHM,
+                    seed,
+                    difficulty: pow.difficulty,
+                    header: challenge::HEADER,
+                }),
             ..StatusBody::default()
         }
     }
@@ -269,6 +292,10 @@ pub fn waiting(
             poll: w.config.poll_interval,
             status_url: &url,
             ticket: &wt.ticket,
+            challenge: wt
+                .challenge
+                .as_deref()
+                .zip(w.config.challenge.map(|c| c.difficulty)),
             language: w.page.language_for(facts.accept_language()),
         });
         Reply::new(w.config.queue_status, "text/html; charset=utf-8", html)
@@ -298,9 +325,52 @@ pub fn no_cookies(room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Reply {
         poll: w.config.poll_interval,
         status_url: "",
         ticket: "",
+        challenge: None,
         language: w.page.language_for(facts.accept_language()),
     });
     Reply::new(200, "text/html; charset=utf-8", html)
+}
+
+/// `429 RATE_LIMITED` for a client over a per-client limit, to come back
+/// after `Retry-After`. A browser gets a page that tries again by itself;
+/// a waiting visitor's place is untouched (their poll was not counted).
+pub fn limited(room: &Room, w: &WaitingRoom, limited: &Limited, facts: &Facts<'_>) -> Reply {
+    let retry_ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX);
+    let retry = retry_secs(retry_ms);
+    let reply = if facts.wants_html() {
+        let html = w.page.template.render(&PageView {
+            room: room.name(),
+            state: PageState::Limited,
+            place: None,
+            poll: Duration::from_secs(retry),
+            status_url: "",
+            ticket: "",
+            challenge: None,
+            language: w.page.language_for(facts.accept_language()),
+        });
+        Reply::new(429, "text/html; charset=utf-8", html)
+    } else {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            code: &'static str,
+            room: &'a str,
+            limit: &'static str,
+            retry_after_ms: u64,
+            message: &'static str,
+        }
+        Reply::json(
+            429,
+            &Body {
+                code: "RATE_LIMITED",
+                room: room.name(),
+                limit: limited.limit.as_str(),
+                retry_after_ms: retry * 1000,
+                message: "Too many requests from this client. Retry after the given time.",
+            },
+        )
+    };
+    reply.header(RETRY_AFTER, retry.to_string())
 }
 
 /// What a visitor is told when the room cannot queue them: full line,
@@ -319,6 +389,7 @@ pub fn closed(room: &Room, w: &WaitingRoom, state: PageState, facts: &Facts<'_>)
             poll: w.config.poll_interval,
             status_url: "",
             ticket: "",
+            challenge: None,
             language: w.page.language_for(facts.accept_language()),
         });
         Reply::new(503, "text/html; charset=utf-8", html)

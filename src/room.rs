@@ -11,6 +11,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::metrics;
 use crate::page::{Page, Template};
@@ -44,6 +45,8 @@ pub struct WaitingRoom {
     pub config: config::Sessions,
     /// The waiting page.
     pub page: Page,
+    /// Arrivals per network and polls per ticket, counted here.
+    pub limits: ClientLimits,
     snapshot: RwLock<Snapshot>,
 }
 
@@ -79,6 +82,7 @@ pub struct RoomMetrics {
     rejected: IntCounterVec,
     slot_wait: HistogramVec,
     store_open: IntCounterVec,
+    limited: IntCounterVec,
 }
 
 /// One room's counters, looked up once.
@@ -97,6 +101,15 @@ pub struct RoomCounters {
     pub store_open: IntCounter,
     /// Time waited for a slot.
     pub slot_wait: Histogram,
+    /// Answered `429 RATE_LIMITED`, by limit (in `Limit::ALL` order).
+    limited: [IntCounter; 3],
+}
+
+impl RoomCounters {
+    /// Requests over a per-client limit.
+    pub fn limited(&self, limit: Limit) -> &IntCounter {
+        &self.limited[limit as usize]
+    }
 }
 
 impl RoomMetrics {
@@ -134,6 +147,12 @@ impl RoomMetrics {
                 "Requests let through unguarded while the store failed (on_store_error = open).",
                 &["room"],
             )?,
+            limited: metrics::counter(
+                registry,
+                "room_limited_total",
+                "Requests answered 429 RATE_LIMITED, by the per-client limit they were over.",
+                &["room", "limit"],
+            )?,
         })
     }
 
@@ -148,6 +167,7 @@ impl RoomMetrics {
                 .with_label_values(&[room, "store_unavailable"]),
             store_open: self.store_open.with_label_values(&[room]),
             slot_wait: self.slot_wait.with_label_values(&[room]),
+            limited: Limit::ALL.map(|l| self.limited.with_label_values(&[room, l.as_str()])),
         }
     }
 }
@@ -178,6 +198,7 @@ impl Room {
                         template: Template::built_in(),
                         language: None,
                     }),
+                    limits: ClientLimits::new(s.limits),
                     snapshot: RwLock::new(Snapshot {
                         settings: spec.settings,
                         sessions: 0,
@@ -427,6 +448,7 @@ mod tests {
             r#"anteroom_room_queue_length{lane="priority",room="web"} 0"#,
             r#"anteroom_room_rejected_total{reason="full",room="llm"} 0"#,
             r#"anteroom_room_admitted_total{room="web"} 0"#,
+            r#"anteroom_room_limited_total{limit="polls_per_minute",room="web"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -312,6 +312,10 @@ pub struct Claims {
     /// `normal` or `priority` (tickets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lane: Option<String>,
+    /// The client the token is bound to (a keyed digest of its user agent,
+    /// and network), when its room binds tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnd: Option<String>,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
     /// Not before.
@@ -485,16 +489,30 @@ impl Tokens {
         lane: Option<&str>,
         ttl: Duration,
     ) -> Claims {
-        let now = now_secs();
+        self.claims_at(kind, room, sub, lane, ttl, now_secs())
+    }
+
+    /// The claims of a token issued at `issued` (seconds): a ticket dated by
+    /// its arrival, so that asking for the same place again gives the same token.
+    pub fn claims_at(
+        &self,
+        kind: Kind,
+        room: &str,
+        sub: String,
+        lane: Option<&str>,
+        ttl: Duration,
+        issued: u64,
+    ) -> Claims {
         Claims {
             iss: self.issuer.clone(),
             aud: room.to_owned(),
             sub,
             kind,
             lane: lane.map(str::to_owned),
-            iat: now,
-            nbf: now.saturating_sub(1),
-            exp: now + ttl.as_secs().max(1),
+            bnd: None,
+            iat: issued,
+            nbf: issued.saturating_sub(1),
+            exp: issued + ttl.as_secs().max(1),
         }
     }
 
@@ -579,6 +597,23 @@ impl Tokens {
     pub fn forget(&self, token: &[u8]) {
         self.cache
             .insert(self.fingerprints.of(token), Verified::Invalid);
+    }
+
+    /// A keyed digest of `parts` (HMAC-SHA256 under the ticket key, 128 bits
+    /// in hex): every instance computes the same one, nobody else can. Names
+    /// an `Idempotency-Key` or a client network in the store without
+    /// keeping them, binds a token to its client, seals a challenge.
+    pub fn digest(&self, parts: &[&[u8]]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.ticket_signer);
+        for part in parts {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let tag = ctx.sign();
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -731,6 +766,7 @@ mod tests {
             sub: "s".into(),
             kind: Kind::Pass,
             lane: None,
+            bnd: None,
             iat: 100,
             nbf: 100,
             exp: 200,

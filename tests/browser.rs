@@ -7,18 +7,30 @@ use crate::common::{Backend, TestProxy, TestUpstream, waiting_room_config};
 
 #[tokio::test]
 async fn waiting_page_lets_visitors_in_by_itself() {
-    let upstream = TestUpstream::start().await;
-    let proxy = TestProxy::start(&waiting_room_config(
-        &upstream,
-        Backend::Memory,
+    browse(
         "capacity = 1\npoll_interval = \"500ms\"\nclaim_window = \"3s\"\nheartbeat_timeout = \"3s\"",
-        "",
-    ))
+        "tests/browser/waiting_page.mjs",
+    )
     .await;
+}
+
+#[tokio::test]
+async fn the_waiting_page_solves_the_proof_of_work() {
+    browse(
+        "capacity = 1\npoll_interval = \"500ms\"\nclaim_window = \"3s\"\nchallenge = \"pow\"\nchallenge_difficulty = 14",
+        "tests/browser/proof_of_work.mjs",
+    )
+    .await;
+}
+
+/// Runs a Playwright script against a room "web" with these keys.
+async fn browse(room: &str, script: &'static str) {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&waiting_room_config(&upstream, Backend::Memory, room, "")).await;
     let base = format!("http://{}", proxy.addr);
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .arg("tests/browser/waiting_page.mjs")
+            .arg(script)
             .arg(base)
             .output()
             .expect("node is needed: run ./scripts/setup")

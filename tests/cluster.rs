@@ -149,6 +149,39 @@ async fn admissions_follow_the_global_arrival_order() {
 }
 
 #[tokio::test]
+async fn the_same_idempotency_key_gets_the_same_ticket_from_every_instance() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let instances = three(&shared(&upstream, &redis, &web(1))).await;
+    let mut inside = instances[0].visitor();
+    assert_eq!(inside.get("/echo").await.0, 200);
+    let mut tickets = Vec::new();
+    for instance in instances.iter().chain(&instances[..1]) {
+        let resp = client()
+            .get(instance.url("/echo"))
+            .header("accept", "application/json")
+            .header("idempotency-key", "9f0c1e52-order-77")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        tickets.push(body["ticket"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        tickets.iter().all(|t| *t == tickets[0]),
+        "one key, one ticket: {tickets:?}"
+    );
+    let mut holder = Visitor::new(instances[2].base());
+    holder.ticket = Some(tickets[0].clone());
+    assert_eq!(holder.poll().await["position"], 1);
+    assert_eq!(
+        get_json(instances[1].url("/__anteroom/capacity?room=web")).await["waiting"],
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_killed_instance_gives_its_request_slots_back_within_the_lease() {
     let redis = RedisServer::start();
     let upstream = TestUpstream::start().await;

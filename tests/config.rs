@@ -95,6 +95,14 @@ upstream = "ap"
         ("store.url", format!("[store]\nurl = \"redis://127.0.0.1:6379\"\n{BASE}")),
         ("store.timeout", format!("[store]\nbackend = \"redis\"\ntimeout = \"0s\"\n{BASE}")),
         ("room[0].on_store_error", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\non_store_error = \"maybe\"\n")),
+        ("room[0].challenge", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nchallenge = \"captcha\"\n")),
+        ("room[0].challenge_difficulty", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nchallenge = \"pow\"\nchallenge_difficulty = 40\n")),
+        ("room[0].challenge_difficulty", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nchallenge_difficulty = 16\n")),
+        ("room[0].bind", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nbind = \"ip\"\n")),
+        ("room[0].limits.client_prefix_v4", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\nclient_prefix_v4 = 33\n")),
+        ("room[0].limits.polls_per_minute", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\npolls_per_minute = -1\n")),
+        ("room[0].limits", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\n[room.limits]\npolls_per_minute = 5\n")),
+        ("arrivals_per_hour", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\narrivals_per_hour = 5\n")),
     ];
     assert!(cases.len() >= 10);
     for (key, text) in cases {

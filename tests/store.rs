@@ -14,7 +14,7 @@ use anteroom::config::{RedisConfig, State};
 use anteroom::store::memory::MemoryStore;
 use anteroom::store::redis::RedisStore;
 use anteroom::store::{
-    Arrival, Lane, Place, Polled, RoomSpec, SessionInfo, Settings, SettingsPatch, Store,
+    Arrival, Lane, Newcomer, Place, Polled, RoomSpec, SessionInfo, Settings, SettingsPatch, Store,
 };
 
 use crate::common::eventually;
@@ -109,6 +109,9 @@ backends!(
     unconfirmed_tickets_are_offered_nothing_and_forgotten,
     a_place_let_in_at_once_waits_for_the_visitor_to_come_back,
     a_flood_of_unconfirmed_tickets_leaves_the_estimate_alone,
+    a_poll_that_does_not_confirm_leaves_the_ticket_uncounted,
+    the_same_idempotency_key_gets_the_same_place,
+    a_network_holds_at_most_its_tickets,
     the_backend_names_itself,
 );
 
@@ -130,7 +133,20 @@ fn spec(capacity: u32) -> RoomSpec {
         avg_session: Duration::from_secs(60),
         max_queue: 0,
         priority_weight: 3,
+        tickets_per_client: 0,
+        idempotency_ttl: Duration::from_secs(600),
     }
+}
+
+fn newcomer(lane: Lane) -> Newcomer {
+    Newcomer {
+        lane,
+        ..Newcomer::default()
+    }
+}
+
+async fn arrive(store: &dyn Store, newcomer: Newcomer) -> Arrival {
+    store.arrive("web", &newcomer).await.unwrap()
 }
 
 async fn open(backend: Backend, spec: RoomSpec) -> Subject {
@@ -138,7 +154,7 @@ async fn open(backend: Backend, spec: RoomSpec) -> Subject {
 }
 
 async fn admitted(store: &dyn Store, lane: Lane) -> SessionInfo {
-    match store.arrive("web", lane, None).await.unwrap() {
+    match arrive(store, newcomer(lane)).await {
         Arrival::Admitted(s) => s,
         other => panic!("expected admission, got {other:?}"),
     }
@@ -146,7 +162,7 @@ async fn admitted(store: &dyn Store, lane: Lane) -> SessionInfo {
 
 /// A new visitor with a ticket that they have not come back with yet.
 async fn arrives_queued(store: &dyn Store, lane: Lane) -> Place {
-    match store.arrive("web", lane, None).await.unwrap() {
+    match arrive(store, newcomer(lane)).await {
         Arrival::Queued(p) => p,
         other => panic!("expected a place in line, got {other:?}"),
     }
@@ -162,7 +178,7 @@ async fn queued(store: &dyn Store, lane: Lane) -> Place {
 }
 
 async fn poll(store: &dyn Store, ticket: &str) -> Polled {
-    store.poll("web", ticket).await.unwrap()
+    store.poll("web", ticket, true).await.unwrap()
 }
 
 async fn position(store: &dyn Store, ticket: &str) -> u32 {
@@ -409,7 +425,7 @@ async fn admission_rate_queues_even_with_free_slots(backend: Backend) {
     let mut admitted_now = 0;
     let mut tickets = Vec::new();
     for _ in 0..5 {
-        match store.arrive("web", Lane::Normal, None).await.unwrap() {
+        match arrive(store, newcomer(Lane::Normal)).await {
             Arrival::Admitted(_) => admitted_now += 1,
             Arrival::Queued(p) => {
                 assert!(p.available > 0, "queued by the rate, not for want of room");
@@ -478,7 +494,7 @@ async fn paused_keeps_order_and_maintenance_refuses(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(
-        store.arrive("web", Lane::Normal, None).await.unwrap(),
+        arrive(store, newcomer(Lane::Normal)).await,
         Arrival::Maintenance
     );
 }
@@ -496,10 +512,7 @@ async fn a_full_line_refuses_newcomers(backend: Backend) {
     admitted(store, Lane::Normal).await;
     queued(store, Lane::Normal).await;
     queued(store, Lane::Normal).await;
-    assert_eq!(
-        store.arrive("web", Lane::Normal, None).await.unwrap(),
-        Arrival::Full
-    );
+    assert_eq!(arrive(store, newcomer(Lane::Normal)).await, Arrival::Full);
 }
 
 async fn leaving_the_line_moves_everyone_up(backend: Backend) {
@@ -535,13 +548,16 @@ async fn unknown_tickets_are_expired(backend: Backend) {
     let t = queued(store, Lane::Normal).await;
     // Another room's ticket means nothing here (each room has its own epoch).
     assert_eq!(
-        store.poll("other", &t.ticket).await.unwrap(),
+        store.poll("other", &t.ticket, true).await.unwrap(),
         Polled::Expired
     );
     for garbage in ["", "x", "1.2", "zz.1.0", "0.9.0", "0.1.0.0", "0:0", "\u{0}"] {
         assert_eq!(poll(store, garbage).await, Polled::Expired, "{garbage:?}");
     }
-    assert!(store.poll("nope", &t.ticket).await.is_err(), "unknown room");
+    assert!(
+        store.poll("nope", &t.ticket, true).await.is_err(),
+        "unknown room"
+    );
 }
 
 async fn a_ticket_counts_from_its_first_poll_at_its_arrival_place(backend: Backend) {
@@ -643,6 +659,121 @@ async fn a_flood_of_unconfirmed_tickets_leaves_the_estimate_alone(backend: Backe
     assert_eq!(after.wait, early.wait);
     let snapshot = store.snapshot("web").await.unwrap();
     assert_eq!(snapshot.queue_length(), 1);
+}
+
+async fn a_poll_that_does_not_confirm_leaves_the_ticket_uncounted(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            confirm_window: Duration::from_millis(400),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    // Inside for good: it came back with its pass.
+    let inside = admitted(store, Lane::Normal).await;
+    store.touch("web", inside.id).await.unwrap();
+    let solver = arrives_queued(store, Lane::Normal).await;
+    let idler = arrives_queued(store, Lane::Normal).await;
+    assert!(!solver.confirmed && !idler.confirmed);
+    // Asked about without confirming (a challenge not solved): told, not counted.
+    let Polled::Queued(told) = store.poll("web", &idler.ticket, false).await.unwrap() else {
+        panic!("not told its place")
+    };
+    assert!(!told.confirmed);
+    assert_eq!(told.queue_length, 0);
+    let Polled::Queued(solved) = store.poll("web", &solver.ticket, true).await.unwrap() else {
+        panic!("not confirmed")
+    };
+    assert!(solved.confirmed);
+    assert_eq!((solved.position(), solved.queue_length), (1, 1));
+    // The one that never confirmed lapses with the confirm window, polls or not.
+    eventually(DEADLINE, || async {
+        store.sweep("web").await.unwrap();
+        let polled = store.poll("web", &idler.ticket, false).await.unwrap();
+        (polled == Polled::Expired).then_some(())
+    })
+    .await;
+    assert_eq!(position(store, &solver.ticket).await, 1);
+}
+
+async fn the_same_idempotency_key_gets_the_same_place(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    let keyed = |key: &str| Newcomer {
+        key: Some(key.to_owned()),
+        ..newcomer(Lane::Normal)
+    };
+    // Admitted at once: the same key is the same session.
+    let Arrival::Admitted(first) = arrive(store, keyed("a")).await else {
+        panic!("not admitted")
+    };
+    let Arrival::AdmittedAgain(again) = arrive(store, keyed("a")).await else {
+        panic!("the key made a second session")
+    };
+    assert_eq!(again.id, first.id);
+    assert_eq!(store.snapshot("web").await.unwrap().sessions, 1);
+    // In line: the same key is the same ticket, with the same arrival time.
+    let Arrival::Queued(place) = arrive(store, keyed("b")).await else {
+        panic!("not queued")
+    };
+    let Arrival::QueuedAgain(same) = arrive(store, keyed("b")).await else {
+        panic!("the key made a second ticket")
+    };
+    assert_eq!((&same.ticket, same.joined), (&place.ticket, place.joined));
+    let Arrival::Queued(other) = arrive(store, keyed("c")).await else {
+        panic!("not queued")
+    };
+    assert_ne!(other.ticket, place.ticket);
+    // Once the ticket has left the line, the key gets a new place.
+    assert!(store.leave("web", &place.ticket).await.unwrap());
+    let Arrival::Queued(fresh) = arrive(store, keyed("b")).await else {
+        panic!("a spent key was not given a new place")
+    };
+    assert_ne!(fresh.ticket, place.ticket);
+}
+
+async fn a_network_holds_at_most_its_tickets(backend: Backend) {
+    let s = open(
+        backend,
+        RoomSpec {
+            tickets_per_client: 2,
+            confirm_window: Duration::from_millis(400),
+            ..spec(1)
+        },
+    )
+    .await;
+    let store = &*s.store;
+    // Inside for good: it came back with its pass.
+    let inside = admitted(store, Lane::Normal).await;
+    store.touch("web", inside.id).await.unwrap();
+    let from = |net: &str| Newcomer {
+        network: Some(net.to_owned()),
+        ..newcomer(Lane::Normal)
+    };
+    let Arrival::Queued(kept) = arrive(store, from("a")).await else {
+        panic!("first ticket refused")
+    };
+    poll(store, &kept.ticket).await;
+    let Arrival::Queued(left) = arrive(store, from("a")).await else {
+        panic!("second ticket refused")
+    };
+    assert_eq!(arrive(store, from("a")).await, Arrival::Limited);
+    assert!(matches!(arrive(store, from("b")).await, Arrival::Queued(_)));
+    // A ticket that leaves gives the network its turn back.
+    assert!(store.leave("web", &left.ticket).await.unwrap());
+    let Arrival::Queued(_lapses) = arrive(store, from("a")).await else {
+        panic!("a freed turn was refused")
+    };
+    assert_eq!(arrive(store, from("a")).await, Arrival::Limited);
+    // So does one that lapses unconfirmed.
+    eventually(DEADLINE, || async {
+        store.sweep("web").await.unwrap();
+        matches!(arrive(store, from("a")).await, Arrival::Queued(_)).then_some(())
+    })
+    .await;
+    assert_eq!(position(store, &kept.ticket).await, 1);
 }
 
 async fn the_backend_names_itself(backend: Backend) {

@@ -10,6 +10,7 @@ mod canonical;
 mod cluster;
 mod config;
 mod demo;
+mod floods;
 mod forwarding;
 mod fuzz;
 mod hardening;

@@ -160,7 +160,18 @@ http {{
 """)
 
 
-def anteroom_conf(path, listen, admin, upstream, threads, key, level, store):
+def anteroom_conf(path, listen, admin, upstream, threads, key, level, store, anteroom=None):
+    """Writes a config for the benchmarks. The status-poll scenarios poll one
+    ticket as fast as wrk can, so the room "full" lifts `polls_per_minute`
+    (the limiter still runs); a binary from before `[room.limits]` (given as
+    `anteroom`, when comparing builds) gets the config without it."""
+    limits = '[room.limits]\npolls_per_minute = 10000000\n'
+    write_conf(path, listen, admin, upstream, threads, key, level, store, limits)
+    if anteroom and subprocess.run([anteroom, "check", "--config", path], capture_output=True).returncode != 0:
+        write_conf(path, listen, admin, upstream, threads, key, level, store, "")
+
+
+def write_conf(path, listen, admin, upstream, threads, key, level, store, limits):
     with open(path, "w") as f:
         f.write(f"""
 [server]
@@ -207,7 +218,7 @@ heartbeat_timeout = "2h"
 rejoin_grace = "3h"
 claim_window = "10s"
 cookie_path = "/full/"
-
+{limits}
 [[route]]
 path_prefix = "/req/"
 upstream = "app"
@@ -299,15 +310,15 @@ def main():
         subprocess.run([anteroom, "keygen", "--out", tmp], check=True, capture_output=True)
         key = f"{tmp}/anteroom.key.pem"
         memory_store = '[store]\nbackend = "memory"'
-        anteroom_conf(f"{tmp}/ant.toml", ports["ant"], ports["ant_admin"], ports["up"], t, key, "warn", memory_store)
-        anteroom_conf(f"{tmp}/log.toml", ports["log"], ports["log_admin"], ports["up"], t, key, "info", memory_store)
+        anteroom_conf(f"{tmp}/ant.toml", ports["ant"], ports["ant_admin"], ports["up"], t, key, "warn", memory_store, anteroom)
+        anteroom_conf(f"{tmp}/log.toml", ports["log"], ports["log_admin"], ports["up"], t, key, "info", memory_store, anteroom)
         ant = procs.start("anteroom", [anteroom, "run", "--config", f"{tmp}/ant.toml"], cpu="0")
         procs.start("anteroom-logs", [anteroom, "run", "--config", f"{tmp}/log.toml"], cpu="0", log=f"{tmp}/access.log")
         if use_redis:
             procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(ports["redis"]), "--save", "", "--appendonly", "no"], cpu="1")
             wait_port(ports["redis"])
             redis_store = f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{ports["redis"]}/0"\ntouch_interval = "5s"\ntimeout = "2s"'
-            anteroom_conf(f"{tmp}/red.toml", ports["red"], ports["red_admin"], ports["up"], t, key, "warn", redis_store)
+            anteroom_conf(f"{tmp}/red.toml", ports["red"], ports["red_admin"], ports["up"], t, key, "warn", redis_store, anteroom)
             procs.start("anteroom-redis", [anteroom, "run", "--config", f"{tmp}/red.toml"], cpu="0")
         for name in ["up", "nginx", "plain", "ant", "ant_admin", "log"] + (["red", "red_admin"] if use_redis else []):
             wait_port(ports[name])

@@ -105,7 +105,7 @@ def main():
             plain = os.path.join(bin_dir, "examples", "plain-pingora")
             port, admin = free_port(), free_port()
             subprocess.run([anteroom, "keygen", "--out", tmp, "--force"], check=True, capture_output=True)
-            anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", '[store]\nbackend = "memory"')
+            anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", '[store]\nbackend = "memory"', anteroom)
             cmd = [anteroom, "run", "--config", f"{tmp}/ant.toml"]
             row = {}
             pport = free_port()

@@ -141,6 +141,21 @@ pub struct RoomFile {
     pub priority: Option<RulesFile>,
     pub conversion: Option<ConversionFile>,
     pub on_store_error: Option<String>,
+    pub limits: Option<LimitsFile>,
+    pub challenge: Option<String>,
+    pub challenge_difficulty: Option<i64>,
+    pub bind: Option<String>,
+}
+
+/// `[room.limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub tickets_per_client: Option<i64>,
+    pub arrivals_per_minute: Option<i64>,
+    pub polls_per_minute: Option<i64>,
+    pub client_prefix_v4: Option<i64>,
+    pub client_prefix_v6: Option<i64>,
 }
 
 /// `[room.bypass]`, `[room.priority]`, `[route.bypass]`: which visitors a rule picks out.

@@ -244,6 +244,15 @@ pub struct Room {
 pub struct Sessions {
     /// A pass lapses this long after the visitor's last request.
     pub session_ttl: Duration,
+    /// A ticket's lifetime (`[tokens] ticket_ttl`): how long an
+    /// `Idempotency-Key` keeps giving the same place.
+    pub ticket_ttl: Duration,
+    /// Limits per client.
+    pub limits: Limits,
+    /// A hash puzzle new visitors solve before their ticket counts.
+    pub challenge: Option<ProofOfWork>,
+    /// What passes and tickets are bound to.
+    pub bind: Bind,
     /// A pass lapses this long after admission, however active the visitor.
     pub session_max: Option<Duration>,
     /// New admissions per second (0: unlimited).
@@ -281,6 +290,41 @@ pub struct Sessions {
     pub priority_weight: u32,
     /// Which request counts as a conversion.
     pub conversion: Option<Conversion>,
+}
+
+/// `[room.limits]`: what one client may do. 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Tickets one client network may hold at once.
+    pub tickets_per_client: u32,
+    /// New arrivals from one client network per minute.
+    pub arrivals_per_minute: u32,
+    /// Status polls per ticket per minute.
+    pub polls_per_minute: u32,
+    /// Prefix length that makes an IPv4 address a client network.
+    pub prefix_v4: u8,
+    /// Prefix length that makes an IPv6 address a client network.
+    pub prefix_v6: u8,
+}
+
+/// `challenge = "pow"`: a ticket counts once its holder found a nonce
+/// whose SHA-256 with the ticket's seed starts with `difficulty` zero bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProofOfWork {
+    /// Leading zero bits asked for: each one doubles the expected work.
+    pub difficulty: u8,
+}
+
+/// `bind`: what a pass or ticket is only valid with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bind {
+    /// Valid from anywhere (the default).
+    #[default]
+    None,
+    /// Only with the `User-Agent` it was issued to.
+    UserAgent,
+    /// Only with that `User-Agent`, from that client network.
+    UserAgentAndNetwork,
 }
 
 /// What a room does when its store cannot answer.

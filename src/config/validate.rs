@@ -7,18 +7,25 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    AttributionFile, File, JwtFile, RoomFile, RouteFile, RulesFile, StoreFile, TokensFile,
-    UpstreamFile, VerifyKeyFile,
+    AttributionFile, File, JwtFile, LimitsFile, RoomFile, RouteFile, RulesFile, StoreFile,
+    TokensFile, UpstreamFile, VerifyKeyFile,
 };
 use super::{
-    Admin, Attribution, Backend, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
-    JwtSource, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy, Problem,
-    RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State,
-    StoreConfig, TlsListener, Tokens, Upstream,
+    Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
+    JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy,
+    Problem, ProofOfWork, RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules, Secret,
+    Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
 };
 const MAX_THREADS: i64 = 1024;
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
 const MIN_TOKEN_LEN: usize = 16;
+/// How long a ticket lives unless `[tokens] ticket_ttl` says otherwise.
+const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(1800);
+/// Proof of work: 16 bits take a browser well under a second, 28 bits
+/// minutes; below 8 it stops nobody.
+const DEFAULT_POW_BITS: u8 = 16;
+const MIN_POW_BITS: i64 = 8;
+const MAX_POW_BITS: i64 = 28;
 const MAX_ATTRIBUTION_VALUES: usize = 100;
 /// Longest duration any key takes: beyond it a value is surely a mistake,
 /// and arithmetic on it could overflow.
@@ -235,6 +242,10 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     check_cookie_paths(&mut p, &rooms);
 
     let tokens = file.tokens.as_ref().map(|t| tokens(&mut p, t));
+    let mut rooms = rooms;
+    for s in rooms.iter_mut().filter_map(|r| r.sessions.as_mut()) {
+        s.ticket_ttl = tokens.as_ref().map_or(s.ticket_ttl, |t| t.ticket_ttl);
+    }
     if tokens.is_none() && rooms.iter().any(|r| r.sessions.is_some()) {
         p.add(
             "tokens.signing_key",
@@ -653,6 +664,10 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
                 ("priority_weight", r.priority_weight.is_some()),
                 ("priority", r.priority.is_some()),
                 ("conversion", r.conversion.is_some()),
+                ("limits", r.limits.is_some()),
+                ("challenge", r.challenge.is_some()),
+                ("challenge_difficulty", r.challenge_difficulty.is_some()),
+                ("bind", r.bind.is_some()),
             ];
             for (field, given) in sessions_only {
                 if given {
@@ -825,6 +840,10 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
     });
     Sessions {
         session_ttl,
+        ticket_ttl: DEFAULT_TICKET_TTL,
+        limits: limits(p, key, r.limits.as_ref()),
+        challenge: challenge(p, key, r),
+        bind: bind(p, key, r.bind.as_deref()),
         session_max,
         admit_rate,
         max_queue,
@@ -842,6 +861,82 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
         priority: rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts),
         priority_weight,
         conversion,
+    }
+}
+
+/// `[room.limits]`: off, but for status polls, unless set: per-network limits
+/// turn away everyone behind one carrier-grade NAT.
+fn limits(p: &mut Problems, key: &str, l: Option<&LimitsFile>) -> Limits {
+    let none = LimitsFile::default();
+    let l = l.unwrap_or(&none);
+    let count = |p: &mut Problems, field: &str, v: Option<i64>, default: u32| {
+        v.and_then(|n| p.int_in(&format!("{key}.limits.{field}"), n, 0, 10_000_000))
+            .map_or(default, |n| n as u32)
+    };
+    let prefix = |p: &mut Problems, field: &str, v: Option<i64>, max: u8| {
+        v.and_then(|n| p.int_in(&format!("{key}.limits.{field}"), n, 1, i64::from(max)))
+            .map_or(max, |n| n as u8)
+    };
+    Limits {
+        tickets_per_client: count(p, "tickets_per_client", l.tickets_per_client, 0),
+        arrivals_per_minute: count(p, "arrivals_per_minute", l.arrivals_per_minute, 0),
+        polls_per_minute: count(p, "polls_per_minute", l.polls_per_minute, 120),
+        prefix_v4: prefix(p, "client_prefix_v4", l.client_prefix_v4, 32),
+        prefix_v6: if l.client_prefix_v6.is_none() {
+            64
+        } else {
+            prefix(p, "client_prefix_v6", l.client_prefix_v6, 128)
+        },
+    }
+}
+
+/// `challenge` and `challenge_difficulty`.
+fn challenge(p: &mut Problems, key: &str, r: &RoomFile) -> Option<ProofOfWork> {
+    let difficulty = r.challenge_difficulty.and_then(|d| {
+        p.int_in(
+            &format!("{key}.challenge_difficulty"),
+            d,
+            MIN_POW_BITS,
+            MAX_POW_BITS,
+        )
+    });
+    match r.challenge.as_deref() {
+        None | Some("none") => {
+            if r.challenge_difficulty.is_some() {
+                p.add(
+                    format!("{key}.challenge_difficulty"),
+                    "only applies with challenge = \"pow\"",
+                );
+            }
+            None
+        }
+        Some("pow") => Some(ProofOfWork {
+            difficulty: difficulty.map_or(DEFAULT_POW_BITS, |d| d as u8),
+        }),
+        Some(other) => {
+            p.add(
+                format!("{key}.challenge"),
+                format!("{other:?} is not a challenge: use \"none\" or \"pow\""),
+            );
+            None
+        }
+    }
+}
+
+fn bind(p: &mut Problems, key: &str, v: Option<&str>) -> Bind {
+    match v {
+        None | Some("none") => Bind::None,
+        Some("user_agent") => Bind::UserAgent,
+        Some("user_agent_and_network") => Bind::UserAgentAndNetwork,
+        Some(other) => {
+            p.add(
+                format!("{key}.bind"),
+                format!(
+                    "{other:?} is not a binding: use \"none\", \"user_agent\" or \"user_agent_and_network\""
+                ),
+            );
+            Bind::None
+        }
     }
 }
 
@@ -928,7 +1023,7 @@ fn tokens(p: &mut Problems, t: &TokensFile) -> Tokens {
     let ticket_ttl = p.duration(
         "tokens.ticket_ttl",
         t.ticket_ttl.as_deref(),
-        Duration::from_secs(1800),
+        DEFAULT_TICKET_TTL,
     );
     if ticket_ttl < Duration::from_secs(60) {
         p.add("tokens.ticket_ttl", "must be at least 1m");

@@ -100,6 +100,8 @@ pub enum PageState {
     Unavailable,
     /// The browser does not send the waiting room's cookie back.
     NoCookies,
+    /// Over a per-client limit: the page tries again after `poll`.
+    Limited,
 }
 
 impl PageState {
@@ -111,6 +113,7 @@ impl PageState {
             PageState::Maintenance => "maintenance",
             PageState::Unavailable => "unavailable",
             PageState::NoCookies => "no_cookies",
+            PageState::Limited => "limited",
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct PageView<'a> {
     pub status_url: &'a str,
     /// The visitor's ticket, sent with each poll.
     pub ticket: &'a str,
+    /// The proof of work to do before the place counts: seed and difficulty.
+    pub challenge: Option<(&'a str, u8)>,
     /// Page language.
     pub language: Language,
 }
@@ -157,6 +162,9 @@ struct Texts {
     admitted: &'static str,
     no_cookies_heading: &'static str,
     no_cookies: &'static str,
+    limited_heading: &'static str,
+    limited: &'static str,
+    checking: &'static str,
 }
 
 const EN: Texts = Texts {
@@ -181,6 +189,9 @@ const EN: Texts = Texts {
     admitted: "It is your turn. Continuing…",
     no_cookies_heading: "Cookies are needed",
     no_cookies: "Your browser does not keep this site's cookies, so the waiting room cannot keep your place. Allow cookies for this site, then reload the page.",
+    limited_heading: "One moment, please",
+    limited: "Many requests are coming from your network right now. This page tries again by itself in a moment.",
+    checking: "Checking your browser before you join the line…",
 };
 
 const DE: Texts = Texts {
@@ -205,6 +216,9 @@ const DE: Texts = Texts {
     admitted: "Sie sind dran. Weiter geht es…",
     no_cookies_heading: "Cookies werden benötigt",
     no_cookies: "Ihr Browser behält die Cookies dieser Seite nicht, daher kann der Warteraum Ihren Platz nicht halten. Erlauben Sie Cookies für diese Seite und laden Sie sie dann neu.",
+    limited_heading: "Einen Moment bitte",
+    limited: "Aus Ihrem Netz kommen gerade sehr viele Anfragen. Diese Seite versucht es gleich von selbst erneut.",
+    checking: "Ihr Browser wird geprüft, bevor Sie sich anstellen…",
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +253,9 @@ enum Var {
     TPaused,
     TNoCookies,
     TNoCookiesHeading,
+    ChallengeSeed,
+    ChallengeDifficulty,
+    TChecking,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -272,6 +289,9 @@ const VARS: &[(&str, Var)] = &[
     ("t_paused", Var::TPaused),
     ("t_no_cookies", Var::TNoCookies),
     ("t_no_cookies_heading", Var::TNoCookiesHeading),
+    ("challenge_seed", Var::ChallengeSeed),
+    ("challenge_difficulty", Var::ChallengeDifficulty),
+    ("t_checking", Var::TChecking),
 ];
 
 /// The placeholder names a template may use.
@@ -345,6 +365,7 @@ impl Template {
             PageState::Maintenance => (t.maintenance_heading, t.maintenance),
             PageState::Unavailable => (t.queued_heading, t.unavailable),
             PageState::NoCookies => (t.no_cookies_heading, t.no_cookies),
+            PageState::Limited => (t.limited_heading, t.limited),
         };
         let place = view.place;
         let ahead = place.map_or(0, |p| p.ahead);
@@ -396,6 +417,11 @@ impl Template {
                     Var::TPaused => t.paused.into(),
                     Var::TNoCookies => t.no_cookies.into(),
                     Var::TNoCookiesHeading => t.no_cookies_heading.into(),
+                    Var::ChallengeSeed => view.challenge.map_or("", |c| c.0).into(),
+                    Var::ChallengeDifficulty => {
+                        view.challenge.map_or(0, |c| c.1).to_string().into()
+                    }
+                    Var::TChecking => t.checking.into(),
                 },
             };
             escape_into(&mut out, &value);
@@ -454,6 +480,7 @@ mod tests {
             poll: Duration::from_secs(5),
             status_url: "/",
             ticket: "<script>\"",
+            challenge: None,
             language: Language::En,
         };
         assert_eq!(t.render(&view), "&lt;script&gt;&quot;");
@@ -486,6 +513,8 @@ mod tests {
     fn progress_from_place() {
         let place = Place {
             ticket: "t".into(),
+            joined: 0,
+            confirmed: true,
             lane: Lane::Normal,
             ahead: 5,
             ahead_at_join: 20,
@@ -505,6 +534,7 @@ mod tests {
             poll: Duration::from_secs(5),
             status_url: "/",
             ticket: "",
+            challenge: None,
             language: Language::En,
         };
         assert_eq!(t.render(&view), "75|6");

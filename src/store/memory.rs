@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    Arrival, Lane, Millis, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
+    Arrival, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
     SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
@@ -106,6 +106,13 @@ impl Bucket {
     }
 }
 
+/// What an `Idempotency-Key` was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Given {
+    Ticket(Lane, u64),
+    Session(u128),
+}
+
 /// One room's state and the waiting room's rules.
 #[derive(Debug)]
 pub struct RoomState {
@@ -125,6 +132,10 @@ pub struct RoomState {
     avg_visit_ms: Option<f64>,
     /// Where the sweeper continues, per lane.
     sweep_from: [u64; 2],
+    /// Tickets held per client network (with `tickets_per_client`).
+    per_network: HashMap<Arc<str>, u32>,
+    /// `Idempotency-Key` → what it was given, until when.
+    idempotent: HashMap<String, (Given, Millis)>,
 }
 
 impl RoomState {
@@ -146,6 +157,8 @@ impl RoomState {
             admissions: Rate::default(),
             avg_visit_ms: None,
             sweep_from: [0, 0],
+            per_network: HashMap::new(),
+            idempotent: HashMap::new(),
         }
     }
 
@@ -193,19 +206,20 @@ impl RoomState {
 
     fn place(&self, lane: Lane, seq: u64, now: Millis) -> Place {
         let ahead = self.queue.ahead(lane, seq);
+        let ticket = self.queue.lane(lane).get(seq);
+        let joined = ticket.map_or(now, |t| t.joined);
+        let confirmed = ticket.is_some_and(|t| t.state != TicketState::Unconfirmed);
         Place {
             ticket: self.ticket_id(lane, seq),
+            joined,
             lane,
             ahead,
-            ahead_at_join: self
-                .queue
-                .lane(lane)
-                .get(seq)
-                .map_or(ahead, |t| t.ahead_at_join),
+            ahead_at_join: ticket.map_or(ahead, |t| t.ahead_at_join),
             queue_length: self.queue.live(),
             available: self.free(),
             wait: self.wait(ahead, now),
             state: self.settings.state,
+            confirmed,
         }
     }
 
@@ -317,32 +331,104 @@ impl RoomState {
     fn claim(&mut self, lane: Lane, seq: u64, now: Millis) -> Option<SessionInfo> {
         self.reserved.remove(&(lane, seq))?;
         let ticket = self.queue.lane(lane).get(seq)?.clone();
-        self.queue.lane_mut(lane).set_state(seq, TicketState::Gone);
+        self.forget_ticket(lane, seq);
         Some(self.admit(now, now.saturating_sub(ticket.joined), ticket.utm, true))
     }
 
-    /// See [`Store::arrive`].
-    pub fn arrive(&mut self, now: Millis, lane: Lane, utm: Option<Arc<Utm>>) -> Arrival {
-        self.lapse_reservations(now);
-        match self.settings.state {
-            State::Maintenance => return Arrival::Maintenance,
-            State::Active
-                if self.queue.eligible() == 0
-                    && self.reserved.is_empty()
-                    && self.free() > 0
-                    && self.bucket.take(now, self.settings.admit_rate) =>
-            {
-                return Arrival::Admitted(self.admit(now, 0, utm, false));
+    /// A ticket leaves the line for good (admitted, left or forgotten).
+    fn forget_ticket(&mut self, lane: Lane, seq: u64) {
+        let network = self
+            .queue
+            .lane(lane)
+            .get(seq)
+            .and_then(|t| t.network.clone());
+        if let Some(network) = network {
+            if let Some(held) = self.per_network.get_mut(&network) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    self.per_network.remove(&network);
+                }
             }
-            _ => {}
+        }
+        self.queue.lane_mut(lane).set_state(seq, TicketState::Gone);
+    }
+
+    /// What an `Idempotency-Key` was given, if it still holds.
+    fn given(&self, key: &str, now: Millis) -> Option<Arrival> {
+        let (given, until) = *self.idempotent.get(key)?;
+        if until <= now {
+            return None;
+        }
+        match given {
+            Given::Ticket(lane, seq) => {
+                let held = self
+                    .queue
+                    .lane(lane)
+                    .get(seq)
+                    .is_some_and(|t| t.state != TicketState::Gone);
+                held.then(|| Arrival::QueuedAgain(self.place(lane, seq, now)))
+            }
+            Given::Session(id) => self.sessions.get(&id).map(|s| {
+                Arrival::AdmittedAgain(SessionInfo {
+                    id: SessionId(id),
+                    admitted_at: s.admitted_at,
+                    wait_ms: s.wait_ms,
+                    utm: s.utm.clone(),
+                })
+            }),
+        }
+    }
+
+    /// See [`Store::arrive`].
+    pub fn arrive(&mut self, now: Millis, newcomer: &Newcomer) -> Arrival {
+        self.lapse_reservations(now);
+        if self.settings.state == State::Maintenance {
+            return Arrival::Maintenance;
+        }
+        if let Some(again) = newcomer.key.as_deref().and_then(|k| self.given(k, now)) {
+            return again;
+        }
+        let arrival = self.arrive_new(now, newcomer);
+        let given = match &arrival {
+            Arrival::Admitted(s) => Some(Given::Session(s.id.0)),
+            Arrival::Queued(p) => self
+                .parse_ticket(&p.ticket)
+                .map(|(l, s)| Given::Ticket(l, s)),
+            _ => None,
+        };
+        if let (Some(key), Some(given)) = (&newcomer.key, given) {
+            let until = now + self.spec.idempotency_ttl.as_millis() as u64;
+            self.idempotent.insert(key.clone(), (given, until));
+        }
+        arrival
+    }
+
+    fn arrive_new(&mut self, now: Millis, newcomer: &Newcomer) -> Arrival {
+        let (lane, utm) = (newcomer.lane, newcomer.utm.clone());
+        if self.settings.state == State::Active
+            && self.queue.eligible() == 0
+            && self.reserved.is_empty()
+            && self.free() > 0
+            && self.bucket.take(now, self.settings.admit_rate)
+        {
+            return Arrival::Admitted(self.admit(now, 0, utm, false));
         }
         if self.spec.max_queue > 0 && self.queue.live() >= self.spec.max_queue {
             return Arrival::Full;
         }
+        let network: Option<Arc<str>> = newcomer.network.as_deref().map(Arc::from);
+        if let Some(network) = &network {
+            let limit = self.spec.tickets_per_client;
+            let held = self.per_network.entry(Arc::clone(network)).or_default();
+            if limit > 0 && *held >= limit {
+                return Arrival::Limited;
+            }
+            *held += 1;
+        }
         let seq = self
             .queue
             .lane_mut(lane)
-            .push(now, utm, TicketState::Unconfirmed);
+            .push(now, utm, network, TicketState::Unconfirmed);
         let ahead = self.queue.ahead(lane, seq);
         if let Some(t) = self.queue.lane_mut(lane).get_mut(seq) {
             t.ahead_at_join = ahead;
@@ -355,16 +441,31 @@ impl RoomState {
     }
 
     /// See [`Store::poll`].
-    pub fn poll(&mut self, now: Millis, ticket: &str) -> Polled {
+    pub fn poll(&mut self, now: Millis, ticket: &str, confirm: bool) -> Polled {
         self.lapse_reservations(now);
         let Some((lane, seq)) = self.parse_ticket(ticket) else {
             return Polled::Expired;
         };
-        let Some(state) = self.queue.lane(lane).get(seq).map(|t| t.state) else {
+        let Some((state, seen)) = self
+            .queue
+            .lane(lane)
+            .get(seq)
+            .map(|t| (t.state, t.last_seen))
+        else {
             return Polled::Expired;
         };
+        let confirm_by = seen + self.spec.confirm_window.as_millis() as u64;
         match state {
             TicketState::Gone => return Polled::Expired,
+            // Too late to confirm, swept or not: a stale solution finds nothing.
+            TicketState::Unconfirmed if now >= confirm_by => {
+                self.forget_ticket(lane, seq);
+                return Polled::Expired;
+            }
+            // Not seen: it lapses at its deadline unless the challenge is solved.
+            TicketState::Unconfirmed if !confirm => {
+                return Polled::Queued(self.place(lane, seq, now));
+            }
             // Back with the ticket: confirmed, or back from a silence, at its place.
             TicketState::Unconfirmed | TicketState::Stale => self
                 .queue
@@ -426,7 +527,7 @@ impl RoomState {
             .is_some_and(|t| t.state != TicketState::Gone);
         if held {
             self.reserved.remove(&(lane, seq));
-            self.queue.lane_mut(lane).set_state(seq, TicketState::Gone);
+            self.forget_ticket(lane, seq);
             self.promote(now);
         }
         held
@@ -436,6 +537,7 @@ impl RoomState {
     /// sweeping has more to do (call `sweep_tickets` until it is done).
     pub fn sweep_sessions(&mut self, now: Millis, out: &mut Swept) {
         out.reservations_lapsed += self.lapse_reservations(now);
+        self.idempotent.retain(|_, (_, until)| *until > now);
         let lapsed: Vec<u128> = self
             .sessions
             .iter()
@@ -483,7 +585,11 @@ impl RoomState {
             }
         }
         for (seq, state) in changes {
-            self.queue.lane_mut(lane).set_state(seq, state);
+            if state == TicketState::Gone {
+                self.forget_ticket(lane, seq);
+            } else {
+                self.queue.lane_mut(lane).set_state(seq, state);
+            }
         }
         match last {
             Some(seq) if seq + 1 < self.queue.lane(lane).next_seq() => {
@@ -508,7 +614,7 @@ impl RoomState {
         for _ in 0..count {
             self.queue
                 .lane_mut(lane)
-                .push(now, None, TicketState::Waiting);
+                .push(now, None, None, TicketState::Waiting);
         }
         self.promote(now);
         count
@@ -571,17 +677,12 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn arrive(
-        &self,
-        room: &str,
-        lane: Lane,
-        utm: Option<Arc<Utm>>,
-    ) -> Result<Arrival, StoreError> {
-        Ok(self.room(room)?.lock().arrive(now_millis(), lane, utm))
+    async fn arrive(&self, room: &str, newcomer: &Newcomer) -> Result<Arrival, StoreError> {
+        Ok(self.room(room)?.lock().arrive(now_millis(), newcomer))
     }
 
-    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError> {
-        Ok(self.room(room)?.lock().poll(now_millis(), ticket))
+    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
+        Ok(self.room(room)?.lock().poll(now_millis(), ticket, confirm))
     }
 
     async fn touch(

@@ -77,6 +77,20 @@ pub struct SettingsPatch {
     pub admit_rate: Option<f64>,
 }
 
+/// A new visitor, as the store needs to know them.
+#[derive(Debug, Clone, Default)]
+pub struct Newcomer {
+    /// Their lane.
+    pub lane: Lane,
+    /// The campaign they came from.
+    pub utm: Option<Arc<Utm>>,
+    /// An API client's `Idempotency-Key`, hashed: the same key gets the
+    /// same place (or session) while it lasts.
+    pub key: Option<String>,
+    /// Their client network, hashed, for `tickets_per_client`.
+    pub network: Option<String>,
+}
+
 /// Everything a store needs to know about a room.
 #[derive(Debug, Clone)]
 pub struct RoomSpec {
@@ -103,6 +117,10 @@ pub struct RoomSpec {
     pub max_queue: u32,
     /// Priority admissions per normal one.
     pub priority_weight: u32,
+    /// Tickets one client network may hold (0: no limit).
+    pub tickets_per_client: u32,
+    /// How long an `Idempotency-Key` gives the same place.
+    pub idempotency_ttl: Duration,
 }
 
 impl RoomSpec {
@@ -124,6 +142,8 @@ impl RoomSpec {
             avg_session: s.avg_session,
             max_queue: s.max_queue,
             priority_weight: s.priority_weight,
+            tickets_per_client: s.limits.tickets_per_client,
+            idempotency_ttl: s.ticket_ttl,
         }
     }
 }
@@ -142,6 +162,9 @@ pub struct Wait {
 pub struct Place {
     /// The ticket id to put in the visitor's token.
     pub ticket: String,
+    /// When the ticket was handed out (its token is dated so: the same
+    /// place, asked for again with an `Idempotency-Key`, gets the same token).
+    pub joined: Millis,
     /// Lane.
     pub lane: Lane,
     /// Admissions that come before this visitor's.
@@ -156,6 +179,9 @@ pub struct Place {
     pub wait: Wait,
     /// The room's state.
     pub state: State,
+    /// Whether the ticket counts (its holder came back with it, and solved
+    /// the room's challenge if it has one).
+    pub confirmed: bool,
 }
 
 impl Place {
@@ -185,8 +211,14 @@ pub enum Arrival {
     Admitted(SessionInfo),
     /// In line.
     Queued(Place),
+    /// The same `Idempotency-Key` again: the session it was given.
+    AdmittedAgain(SessionInfo),
+    /// The same `Idempotency-Key` again: the place it was given.
+    QueuedAgain(Place),
     /// The line is at `max_queue`.
     Full,
+    /// The client's network holds `tickets_per_client` tickets already.
+    Limited,
     /// The room is in maintenance.
     Maintenance,
 }
@@ -265,16 +297,13 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// A new visitor: admitted at once if a slot is free, nobody live is
     /// waiting and the admission rate allows; otherwise queued.
-    async fn arrive(
-        &self,
-        room: &str,
-        lane: Lane,
-        utm: Option<Arc<Utm>>,
-    ) -> Result<Arrival, StoreError>;
+    async fn arrive(&self, room: &str, newcomer: &Newcomer) -> Result<Arrival, StoreError>;
 
     /// A waiting visitor's heartbeat: keeps (or restores) their place, and
-    /// admits them if a slot is reserved for them.
-    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError>;
+    /// admits them if a slot is reserved for them. A ticket not yet confirmed
+    /// is confirmed only if `confirm` (a room with a challenge confirms once
+    /// it is solved); otherwise its place is told but does not count.
+    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError>;
 
     /// An admitted visitor's request: slides the session's expiry. `None`
     /// when the session is gone (released, expired, unknown).
@@ -406,17 +435,13 @@ impl<S> Observed<S> {
 
 #[async_trait]
 impl<S: Store> Store for Observed<S> {
-    async fn arrive(
-        &self,
-        room: &str,
-        lane: Lane,
-        utm: Option<Arc<Utm>>,
-    ) -> Result<Arrival, StoreError> {
-        self.record("arrive", self.inner.arrive(room, lane, utm))
+    async fn arrive(&self, room: &str, newcomer: &Newcomer) -> Result<Arrival, StoreError> {
+        self.record("arrive", self.inner.arrive(room, newcomer))
             .await
     }
-    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError> {
-        self.record("poll", self.inner.poll(room, ticket)).await
+    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
+        self.record("poll", self.inner.poll(room, ticket, confirm))
+            .await
     }
     async fn touch(
         &self,

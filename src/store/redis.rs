@@ -20,7 +20,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 
 use super::{
-    Arrival, Lane, Leases, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
+    Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
     SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
@@ -76,7 +76,7 @@ impl Scripts {
 
 /// A sessions room's keys and how to set it up.
 struct RoomKeys {
-    keys: [String; 12],
+    keys: [String; 15],
     spec: RoomSpec,
 }
 
@@ -163,7 +163,8 @@ impl RedisStore {
             .map(|spec| {
                 let b = base(prefix, &spec.name);
                 let keys = [
-                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u",
+                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u", "net",
+                    "idem", "idemx",
                 ]
                 .map(|k| format!("{b}:{k}"));
                 (
@@ -382,6 +383,8 @@ impl RedisStore {
                 s.priority_weight.to_string(),
                 ms(keep).to_string(),
                 ms(s.confirm_window).to_string(),
+                s.tickets_per_client.to_string(),
+                ms(s.idempotency_ttl).to_string(),
             ];
             let mut args = vec![fields.join("|")];
             args.extend(fields);
@@ -501,10 +504,12 @@ fn session(items: &[Value]) -> Result<SessionInfo, StoreError> {
     })
 }
 
-/// `{'queued', ticket, lane, ahead, ahead_at_join, queue_length, free, wait, known, state}`.
+/// `{'queued', ticket, lane, ahead, ahead_at_join, queue_length, free, wait,
+/// known, state, joined, confirmed}`.
 fn place(items: &[Value]) -> Result<Place, StoreError> {
     Ok(Place {
         ticket: items.get(1).and_then(text).ok_or_else(|| bad("a ticket"))?,
+        joined: uint(items.get(10))?,
         lane: if uint(items.get(2))? == 0 {
             Lane::Priority
         } else {
@@ -519,6 +524,7 @@ fn place(items: &[Value]) -> Result<Place, StoreError> {
             known: uint(items.get(8))? == 1,
         },
         state: state_of(items.get(9))?,
+        confirmed: uint(items.get(11))? == 1,
     })
 }
 
@@ -564,30 +570,34 @@ fn touched(id: SessionId, v: &Value) -> Result<Option<SessionInfo>, StoreError> 
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn arrive(
-        &self,
-        room: &str,
-        lane: Lane,
-        utm: Option<Arc<Utm>>,
-    ) -> Result<Arrival, StoreError> {
+    async fn arrive(&self, room: &str, newcomer: &Newcomer) -> Result<Arrival, StoreError> {
         let args = [
-            (lane as u8).to_string(),
-            utm_arg(utm.as_deref()),
+            (newcomer.lane as u8).to_string(),
+            utm_arg(newcomer.utm.as_deref()),
             SessionId::random().to_string(),
+            newcomer.key.clone().unwrap_or_default(),
+            newcomer.network.clone().unwrap_or_default(),
         ];
         let v = self.room_call(room, &self.scripts.arrive, &args).await?;
         let items = items(&v)?;
         match kind(items).as_str() {
             "admitted" => Ok(Arrival::Admitted(session(items)?)),
             "queued" => Ok(Arrival::Queued(place(items)?)),
+            "admitted_again" => Ok(Arrival::AdmittedAgain(session(items)?)),
+            "queued_again" => Ok(Arrival::QueuedAgain(place(items)?)),
             "full" => Ok(Arrival::Full),
+            "limited" => Ok(Arrival::Limited),
             "maintenance" => Ok(Arrival::Maintenance),
             _ => Err(bad("an arrival")),
         }
     }
 
-    async fn poll(&self, room: &str, ticket: &str) -> Result<Polled, StoreError> {
-        let args = [ticket.to_owned(), SessionId::random().to_string()];
+    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
+        let args = [
+            ticket.to_owned(),
+            SessionId::random().to_string(),
+            u8::from(confirm).to_string(),
+        ];
         let v = self.room_call(room, &self.scripts.poll, &args).await?;
         let items = items(&v)?;
         match kind(items).as_str() {

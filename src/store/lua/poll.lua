@@ -1,4 +1,5 @@
--- ARGV (after the deadline): ticket id, the session id to use if admitted.
+-- ARGV (after the deadline): ticket id, the session id to use if admitted,
+-- whether to confirm a ticket not yet confirmed ('1') or only tell its place ('0').
 if uninitialised() then return redis.error_reply('NOINIT room') end
 lapse()
 local lane, seq = parse_ticket(ARGV[2])
@@ -7,6 +8,19 @@ if lane == nil or redis.call('HEXISTS', K_T, lane .. ':' .. seq) == 0 then
   return { 'expired' }
 end
 local tkey = lane .. ':' .. seq
+local arrived = redis.call('ZSCORE', K_U, tkey)
+if arrived and tonumber(arrived) <= NOW - CONFIRM then
+  -- Too late to confirm, swept or not: a stale solution finds nothing.
+  forget(lane, seq)
+  save()
+  return { 'expired' }
+end
+if ARGV[4] ~= '1' and arrived then
+  -- Not seen: it lapses at its deadline unless the challenge is solved.
+  local r = place(lane, seq)
+  save()
+  return r
+end
 -- Back with the ticket: confirmed (first time), or back after a silence.
 redis.call('ZREM', K_U, tkey)
 redis.call('ZADD', K_SEEN, NOW, tkey)

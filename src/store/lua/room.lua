@@ -8,12 +8,16 @@
 -- KEYS[4]  live tickets, priority lane       KEYS[10] reservations: ticket -> claim deadline (hash)
 -- KEYS[5]  live tickets, normal lane         KEYS[11] reservations by deadline (zset)
 -- KEYS[6]  eligible tickets, priority lane     KEYS[12] unconfirmed tickets by arrival (zset)
+--                                             KEYS[13] tickets held per client network (hash)
+--                                             KEYS[14] Idempotency-Key -> what it got (hash)
+--                                             KEYS[15] Idempotency-Keys by expiry (zset)
 -- Lane 0 is priority, 1 normal; a ticket is "<lane>:<seq>", its id "<epoch>.<lane>.<seq>".
 -- It runs after clock.lua (NOW, and the deadline in ARGV[1]).
 local K_S, K_SS, K_SD = KEYS[1], KEYS[2], KEYS[3]
 local K_L = { KEYS[4], KEYS[5] }
 local K_E = { KEYS[6], KEYS[7] }
 local K_SEEN, K_T, K_RV, K_RQ, K_U = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_NET, K_IDEM, K_IDEMX = KEYS[13], KEYS[14], KEYS[15]
 local TAU = 60000
 
 local S = {}
@@ -46,6 +50,7 @@ local CAP, RATE = num('capacity'), num('admit_rate')
 local TTL, MAXS, CLAIM = num('ttl_ms'), num('max_ms'), num('claim_ms')
 local HB, GRACE, AVG = num('hb_ms'), num('grace_ms'), num('avg_ms')
 local CONFIRM = num('confirm_ms')
+local PER_NET, IDEM_MS = num('per_net'), num('idem_ms')
 local MAXQ, WEIGHT = num('max_queue'), math.max(1, num('weight'))
 local STATE = S.state
 
@@ -124,12 +129,22 @@ local function make_stale(lane, seq)
   redis.call('ZREM', K_E[lane + 1], seq)
 end
 
+-- A ticket leaves for good: its network holds one fewer.
+local function drop_ticket(tkey)
+  local raw = redis.call('HGET', K_T, tkey)
+  if raw then
+    local n = cjson.decode(raw).n
+    if n and n ~= '' and redis.call('HINCRBY', K_NET, n, -1) <= 0 then redis.call('HDEL', K_NET, n) end
+  end
+  redis.call('HDEL', K_T, tkey)
+end
+
 local function forget(lane, seq)
   local tkey = lane .. ':' .. seq
   make_stale(lane, seq)
   redis.call('ZREM', K_U, tkey)
   redis.call('ZREM', K_SEEN, tkey)
-  redis.call('HDEL', K_T, tkey)
+  drop_ticket(tkey)
   redis.call('HDEL', K_RV, tkey)
   redis.call('ZREM', K_RQ, tkey)
 end
@@ -217,7 +232,8 @@ local function place(lane, seq)
   local a = ahead(lane, seq)
   local data = cjson.decode(redis.call('HGET', K_T, lane .. ':' .. seq))
   local w, known = wait(a)
-  return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE }
+  local confirmed = redis.call('ZSCORE', K_U, lane .. ':' .. seq) and 0 or 1
+  return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE, int(data.j), confirmed }
 end
 
 local function uninitialised()

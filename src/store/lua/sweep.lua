@@ -28,10 +28,17 @@ local unconfirmed_tickets = 0
 local never = redis.call('ZRANGEBYSCORE', K_U, '-inf', NOW - CONFIRM, 'LIMIT', 0, limit)
 for _, tkey in ipairs(never) do
   redis.call('ZREM', K_U, tkey)
-  redis.call('HDEL', K_T, tkey)
+  drop_ticket(tkey)
   unconfirmed_tickets = unconfirmed_tickets + 1
 end
 if #never >= limit then more = 1 end
+
+local spent = redis.call('ZRANGEBYSCORE', K_IDEMX, '-inf', NOW, 'LIMIT', 0, limit)
+for _, key in ipairs(spent) do
+  redis.call('ZREM', K_IDEMX, key)
+  redis.call('HDEL', K_IDEM, key)
+end
+if #spent >= limit then more = 1 end
 
 local tickets = {}
 local gone = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', NOW - GRACE, 'LIMIT', 0, limit)

@@ -1,0 +1,476 @@
+//! Floods and bots over real HTTP: clients that keep no cookies take no
+//! place for long, per-client limits answer 429 without costing a waiting
+//! person their place, idempotent arrivals, proof of work, bound tokens.
+//! Every scenario runs on every store backend.
+
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::common::{Backend, TestProxy, TestUpstream, Visitor, eventually, waiting_room_config};
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::common::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let server = crate::common::redis::RedisServer::start();
+                    super::$name(crate::common::Backend::Redis(server.port)).await;
+                }
+            )*
+        }
+    };
+}
+
+scenarios!(
+    cookie_less_requests_hold_places_only_for_the_confirm_window,
+    a_flood_leaves_the_early_visitor_first_and_the_estimate_alone,
+    arrivals_over_the_limit_are_told_to_retry_and_the_waiting_keep_their_place,
+    polls_over_the_limit_keep_the_place,
+    a_network_holds_at_most_its_tickets,
+    the_same_idempotency_key_gets_the_same_ticket,
+    proof_of_work_counts_a_solved_ticket_only,
+    bound_tokens_count_only_for_their_client,
+);
+
+/// How long a rule may take to show.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+async fn start(upstream: &TestUpstream, backend: Backend, room: &str) -> TestProxy {
+    TestProxy::start(&waiting_room_config(upstream, backend, room, "")).await
+}
+
+/// A client that keeps nothing: no cookie jar, no headers it was given.
+fn bot() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// `n` requests to `path` from one address, 50 at a time, as a client that
+/// keeps no cookies: the status of each.
+async fn flood(proxy: &TestProxy, n: usize, path: &str) -> Vec<StatusCode> {
+    let client = bot();
+    let url = proxy.url(path);
+    stream::iter(0..n)
+        .map(|_| {
+            let req = client.get(&url).header("accept", "application/json").send();
+            async move { req.await.unwrap().status() }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await
+}
+
+fn count(statuses: &[StatusCode], code: u16) -> usize {
+    statuses.iter().filter(|s| s.as_u16() == code).count()
+}
+
+/// A visitor let in who came back with their pass: the place is theirs.
+async fn inside(proxy: &TestProxy) -> Visitor {
+    let mut v = proxy.visitor();
+    assert_eq!(v.get("/echo").await.0, 200);
+    assert_eq!(v.get("/echo").await.0, 200);
+    v
+}
+
+/// A metric's value, 0 if absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn cookie_less_requests_hold_places_only_for_the_confirm_window(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 50\nsession_ttl = \"5m\"\npoll_interval = \"1s\"\nconfirm_window = \"2s\"",
+    )
+    .await;
+    let statuses = flood(&proxy, 5000, "/echo").await;
+    let done = Instant::now();
+    assert!(count(&statuses, 200) >= 50, "the first fifty were let in");
+    assert_eq!(count(&statuses, 200) + count(&statuses, 503), 5000);
+    assert!(proxy.capacity("web").await["inUse"].as_u64().unwrap() <= 50);
+    // Nobody came back with a pass or a ticket: their places lapse with the
+    // confirm window, not with session_ttl.
+    eventually(DEADLINE, || async {
+        let c = proxy.capacity("web").await;
+        (c["inUse"] == 0 && c["waiting"] == 0).then_some(())
+    })
+    .await;
+    assert!(
+        done.elapsed() < Duration::from_secs(2 + 3),
+        "places lapsed after {:?}, not within the confirm window",
+        done.elapsed()
+    );
+    // Ten people who keep their tokens: all in at once.
+    for _ in 0..10 {
+        let mut v = proxy.visitor();
+        let (status, _) = v.get("/echo").await;
+        assert_eq!(status, 200);
+        assert!(v.admitted());
+    }
+    let metrics = proxy.metrics().await;
+    let lapsed = metric(
+        &metrics,
+        r#"anteroom_visitors_expired_total{kind="unconfirmed_session",room="web"}"#,
+    );
+    assert!(lapsed >= 50.0, "{lapsed} unconfirmed sessions lapsed");
+}
+
+async fn a_flood_leaves_the_early_visitor_first_and_the_estimate_alone(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    // The estimate before admissions can be measured: place × visit / capacity.
+    // (A measured one, 1 / admission rate, falls while nobody is let in,
+    // flood or no flood: that is news, not noise.)
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 2\nsession_ttl = \"5m\"\navg_session = \"1m\"\npoll_interval = \"1s\"\nconfirm_window = \"2s\"",
+    )
+    .await;
+    let mut inside_ = vec![inside(&proxy).await, inside(&proxy).await];
+    let mut early = proxy.visitor();
+    early.get("/echo").await;
+    let before = early.poll().await;
+    assert_eq!(before["position"], 1);
+    let statuses = flood(&proxy, 5000, "/echo").await;
+    assert_eq!(count(&statuses, 503), 5000, "a full room lets no bot in");
+    let after = early.poll().await;
+    assert_eq!(after["position"], 1);
+    assert_eq!(after["queueLength"], 1, "bots are not in the line");
+    let (w0, w1) = (
+        before["waitMs"].as_f64().unwrap(),
+        after["waitMs"].as_f64().unwrap(),
+    );
+    assert!(w0 > 0.0);
+    assert!(
+        (w1 - w0).abs() <= 0.2 * w0,
+        "the estimate moved from {w0} to {w1} ms"
+    );
+    assert_eq!(proxy.capacity("web").await["waiting"], 1);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"anteroom_room_queue_length{lane="normal",room="web"}"#
+        ),
+        1.0
+    );
+    // The next slot is the early visitor's, not a bot's.
+    inside_.pop().unwrap().leave().await;
+    early.poll_until(|s| s["state"] == "admitted").await;
+}
+
+async fn arrivals_over_the_limit_are_told_to_retry_and_the_waiting_keep_their_place(
+    backend: Backend,
+) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 1\n[room.limits]\narrivals_per_minute = 5",
+    )
+    .await;
+    let _inside = inside(&proxy).await;
+    let mut person = proxy.visitor();
+    person.get("/echo").await;
+    assert_eq!(person.poll().await["position"], 1);
+    // Everyone here comes from 127.0.0.1: the person shares the bots' address.
+    let statuses = flood(&proxy, 20, "/echo").await;
+    assert_eq!(count(&statuses, 503), 3, "five arrivals a minute");
+    assert_eq!(count(&statuses, 429), 17);
+    let limited = bot()
+        .get(proxy.url("/echo"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=12).contains(&retry), "Retry-After {retry}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED");
+    assert_eq!(body["limit"], "arrivals_per_minute");
+    // A browser gets a page that tries again by itself.
+    let page = bot()
+        .get(proxy.url("/echo"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 429);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"data-state="limited""#), "{html}");
+    assert!(html.contains(r#"http-equiv="refresh""#));
+    // The person already in line is not an arrival: they keep their place.
+    let status = person.poll().await;
+    assert_eq!(
+        (status["state"].as_str(), status["position"].as_u64()),
+        (Some("queued"), Some(1))
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"anteroom_room_limited_total{limit="arrivals_per_minute",room="web"}"#
+        ),
+        19.0
+    );
+}
+
+async fn polls_over_the_limit_keep_the_place(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 1\n[room.limits]\npolls_per_minute = 30",
+    )
+    .await;
+    let _inside = inside(&proxy).await;
+    let mut person = proxy.visitor();
+    person.get("/echo").await;
+    let mut other = proxy.visitor();
+    other.get("/echo").await;
+    let ticket = person.ticket.clone().unwrap();
+    let poll = || {
+        bot()
+            .get(proxy.url("/__anteroom/status"))
+            .header("accept", "application/json")
+            .header("x-anteroom-ticket", &ticket)
+            .send()
+    };
+    // 30 a minute, and the arrival's own first poll was one of them.
+    let mut answered = 1;
+    let limited = loop {
+        let resp = poll().await.unwrap();
+        if resp.status() == 429 {
+            break resp;
+        }
+        assert_eq!(resp.status(), 200);
+        answered += 1;
+        assert!(answered <= 30, "never limited");
+    };
+    assert_eq!(answered, 30);
+    assert_eq!(limited.headers()["retry-after"], "2");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(
+        (body["code"].as_str(), body["limit"].as_str()),
+        (Some("RATE_LIMITED"), Some("polls_per_minute"))
+    );
+    // Another ticket has its own allowance.
+    assert_eq!(other.poll().await["position"], 2);
+    // Limited polls cost nothing: after the wait, the same place.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let again: Value = poll().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (again["state"].as_str(), again["position"].as_u64()),
+        (Some("queued"), Some(1))
+    );
+}
+
+async fn a_network_holds_at_most_its_tickets(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 1\n[room.limits]\ntickets_per_client = 3",
+    )
+    .await;
+    let _inside = inside(&proxy).await;
+    let statuses = flood(&proxy, 10, "/echo").await;
+    assert_eq!(count(&statuses, 503), 3);
+    assert_eq!(count(&statuses, 429), 7);
+    let resp = bot()
+        .get(proxy.url("/echo"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["limit"], "tickets_per_client");
+}
+
+async fn the_same_idempotency_key_gets_the_same_ticket(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(&upstream, backend, "capacity = 1").await;
+    let arrive = |key: &str| {
+        bot()
+            .get(proxy.url("/echo"))
+            .header("accept", "application/json")
+            .header("idempotency-key", key)
+            .send()
+    };
+    // Let in at once: the same key is the same session.
+    assert_eq!(arrive("order-1").await.unwrap().status(), 200);
+    assert_eq!(arrive("order-1").await.unwrap().status(), 200);
+    assert_eq!(proxy.capacity("web").await["inUse"], 1);
+    let ticket = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 503);
+        let body: Value = resp.json().await.unwrap();
+        body["ticket"].as_str().unwrap().to_owned()
+    };
+    let first = ticket(arrive("order-2").await.unwrap()).await;
+    let again = ticket(arrive("order-2").await.unwrap()).await;
+    let other = ticket(arrive("order-3").await.unwrap()).await;
+    assert_eq!(first, again, "the same key, the same ticket");
+    assert_ne!(first, other);
+    let bad = arrive(&"k".repeat(256)).await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+async fn proof_of_work_counts_a_solved_ticket_only(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 1\npoll_interval = \"1s\"\nconfirm_window = \"2s\"\nchallenge = \"pow\"\nchallenge_difficulty = 8",
+    )
+    .await;
+    let mut inside_ = inside(&proxy).await;
+    let arrive = || async {
+        let resp = bot()
+            .get(proxy.url("/echo"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        resp.json::<Value>().await.unwrap()
+    };
+    let poll = |ticket: String, nonce: Option<String>| {
+        let mut req = bot()
+            .get(proxy.url("/__anteroom/status"))
+            .header("accept", "application/json")
+            .header("x-anteroom-ticket", ticket);
+        if let Some(nonce) = nonce {
+            req = req.header("x-anteroom-pow", nonce);
+        }
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let a = arrive().await;
+    let puzzle = &a["challenge"];
+    assert_eq!(puzzle["algorithm"], "sha256-leading-zero-bits");
+    assert_eq!(puzzle["difficulty"], 8);
+    assert_eq!(puzzle["header"], "x-anteroom-pow");
+    let seed = puzzle["seed"].as_str().unwrap().to_owned();
+    let ticket_a = a["ticket"].as_str().unwrap().to_owned();
+    // Unsolved, or solved wrong: told the place, not counted.
+    let unsolved = poll(ticket_a.clone(), None).await;
+    assert_eq!(unsolved["queueLength"], 0);
+    assert!(unsolved["challenge"].is_object());
+    let wrong = (0u32..)
+        .map(|n| n.to_string())
+        .find(|n| !anteroom::challenge::solves(&seed, n, 8))
+        .unwrap();
+    assert!(poll(ticket_a.clone(), Some(wrong)).await["challenge"].is_object());
+    assert_eq!(proxy.capacity("web").await["waiting"], 0);
+    // Solved: in line.
+    let nonce = anteroom::challenge::solve(&seed, 8);
+    let solved = poll(ticket_a.clone(), Some(nonce.clone())).await;
+    assert!(solved["challenge"].is_null(), "{solved}");
+    assert_eq!(
+        (solved["position"].as_u64(), solved["queueLength"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // A's solution replayed for another ticket does not count.
+    let b = arrive().await;
+    let ticket_b = b["ticket"].as_str().unwrap().to_owned();
+    assert_ne!(b["challenge"]["seed"], a["challenge"]["seed"]);
+    let replayed = poll(ticket_b, Some(nonce)).await;
+    assert!(replayed["challenge"].is_object());
+    assert_eq!(replayed["queueLength"], 1);
+    // A solution that comes after the confirm window finds its ticket gone.
+    let c = arrive().await;
+    let ticket_c = c["ticket"].as_str().unwrap().to_owned();
+    let late = anteroom::challenge::solve(c["challenge"]["seed"].as_str().unwrap(), 8);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(poll(ticket_c, Some(late)).await["state"], "expired");
+    // The solved ticket is next.
+    inside_.leave().await;
+    eventually(DEADLINE, || async {
+        (poll(ticket_a.clone(), None).await["state"] == "admitted").then_some(())
+    })
+    .await;
+}
+
+async fn bound_tokens_count_only_for_their_client(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let config = waiting_room_config(
+        &upstream,
+        backend,
+        "capacity = 1\nbind = \"user_agent_and_network\"",
+        "",
+    );
+    let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+    let from = |ua: &str, ip: &str, header: (&str, &str)| {
+        bot()
+            .get(proxy.url("/echo"))
+            .header("accept", "application/json")
+            .header("user-agent", ua)
+            .header("x-forwarded-for", ip)
+            .header(header.0, header.1)
+            .send()
+    };
+    let first = from("phone", "198.51.100.7", ("x-none", "")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let pass = crate::common::visitor::set_cookie(&first, "anteroom_pass").unwrap();
+    let cookie = format!("anteroom_pass={pass}");
+    let with_pass = |ua: &'static str, ip: &'static str| from(ua, ip, ("cookie", &cookie));
+    assert_eq!(
+        with_pass("phone", "198.51.100.7").await.unwrap().status(),
+        200
+    );
+    // The same pass from another browser or another network: no pass at all
+    // (the room is full, so a newcomer waits).
+    assert_eq!(
+        with_pass("laptop", "198.51.100.7").await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        with_pass("phone", "203.0.113.9").await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        with_pass("phone", "198.51.100.7").await.unwrap().status(),
+        200
+    );
+    // Tickets too.
+    let queued: Value = from("tablet", "198.51.100.8", ("x-none", ""))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = queued["ticket"].as_str().unwrap().to_owned();
+    let poll = |ua: &'static str| {
+        bot()
+            .get(proxy.url("/__anteroom/status"))
+            .header("accept", "application/json")
+            .header("user-agent", ua)
+            .header("x-forwarded-for", "198.51.100.8")
+            .header("x-anteroom-ticket", &ticket)
+            .send()
+    };
+    let mine: Value = poll("tablet").await.unwrap().json().await.unwrap();
+    assert_eq!(mine["state"], "queued");
+    let theirs: Value = poll("scraper").await.unwrap().json().await.unwrap();
+    assert_eq!(theirs["state"], "expired");
+}
