@@ -339,7 +339,15 @@ def main():
                 http("POST", url(admin, "/admin/rooms/full/visitors"), {"Content-Type": "application/json"}, {"count": fill - 1})
             status, _, body = http("GET", url(port, "/full/x"), {"Accept": "application/json"})
             assert status == 503, status
-            return pass_, json.loads(body)["ticket"]
+            ticket = json.loads(body)["ticket"]
+            # Come back with both at once, as a client that keeps its tokens
+            # does: a place nobody comes back for lapses after confirm_window.
+            status, _, _ = http("GET", url(port, "/web/x"), {"X-Anteroom-Pass": pass_})
+            assert status == 200, status
+            _, _, body = http("GET", url(port, "/__anteroom/status?room=full"),
+                              {"Accept": "application/json", "X-Anteroom-Ticket": ticket})
+            assert json.loads(body)["state"] == "queued", body
+            return pass_, ticket
 
         pass_mem, ticket_mem = setup_tokens(ports["ant"], ports["ant_admin"], levels[0])
         if use_redis:

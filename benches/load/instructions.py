@@ -33,6 +33,8 @@ SCENARIOS = {
     "admitted: requests room": ("/req/x", []),
     "admitted: sessions room, valid pass": ("/web/x", ["pass"]),
     "queued: status poll": ("/__anteroom/status?room=full", ["ticket"]),
+    # Every request a new visitor without cookies at a full room: a fresh ticket.
+    "arrival at a full room: new ticket": ("/full/x", ["full room"]),
 }
 
 
