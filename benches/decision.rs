@@ -83,6 +83,7 @@ room = "web"
         &assets.pages,
         None,
         &room_metrics,
+        None,
     ));
     let specs: Vec<_> = rooms.iter().filter_map(|r| r.spec()).collect();
     let store: Arc<dyn Store> = match redis {

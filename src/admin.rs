@@ -13,12 +13,14 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MAX_ADMIT_RATE, MAX_CAPACITY, Secret, State};
+use crate::config::{Backend, MAX_ADMIT_RATE, MAX_CAPACITY, Secret, State};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::reload::{Attempt, Reloader};
 use crate::replies::Capacity;
 use crate::respond::Reply;
-use crate::room::{Kind, Room, Rooms};
+use crate::room::{Kind, Room};
+use crate::site::Site;
 use crate::store::{Lane, SettingsPatch, Store};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -28,9 +30,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The admin application.
 pub struct Admin {
-    pub(crate) token: Option<Secret>,
     pub(crate) metrics: Metrics,
-    pub(crate) rooms: Arc<Rooms>,
+    /// The config in force (its rooms, its admin token) and how to reload it.
+    pub(crate) reloader: Arc<Reloader>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Public listeners, probed by `/readyz`.
@@ -87,6 +89,94 @@ impl<'a> RoomView<'a> {
     }
 }
 
+/// `GET /admin/config`: what is loaded, since when, and how the last reload went.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigView<'a> {
+    file: String,
+    generation: u64,
+    loaded_at: u64,
+    last_reload: Option<Attempt>,
+    rooms: Vec<ConfigRoom<'a>>,
+    routes: Vec<ConfigRoute<'a>>,
+    upstreams: Vec<ConfigUpstream<'a>>,
+    store: &'static str,
+}
+
+#[derive(Serialize)]
+struct ConfigRoom<'a> {
+    name: &'a str,
+    mode: &'static str,
+    capacity: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigRoute<'a> {
+    name: &'a str,
+    host: Option<&'a str>,
+    path_prefix: &'a str,
+    upstream: Option<&'a str>,
+    room: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ConfigUpstream<'a> {
+    name: &'a str,
+    host: &'a str,
+    port: u16,
+    tls: bool,
+}
+
+impl<'a> ConfigView<'a> {
+    fn of(site: &'a Site, last_reload: Option<Attempt>) -> ConfigView<'a> {
+        let c = &site.config;
+        ConfigView {
+            file: c.origin.display().to_string(),
+            generation: site.generation,
+            loaded_at: site
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            last_reload,
+            rooms: c
+                .rooms
+                .iter()
+                .map(|r| ConfigRoom {
+                    name: &r.name,
+                    mode: r.mode.as_str(),
+                    capacity: r.capacity,
+                })
+                .collect(),
+            routes: c
+                .routes
+                .iter()
+                .map(|r| ConfigRoute {
+                    name: &r.name,
+                    host: r.host.as_deref(),
+                    path_prefix: &r.path_prefix,
+                    upstream: c.upstreams.get(r.upstream).map(|u| u.name.as_str()),
+                    room: r.room.and_then(|i| c.rooms.get(i)).map(|r| r.name.as_str()),
+                })
+                .collect(),
+            upstreams: c
+                .upstreams
+                .iter()
+                .map(|u| ConfigUpstream {
+                    name: &u.name,
+                    host: &u.host,
+                    port: u.port,
+                    tls: u.tls,
+                })
+                .collect(),
+            store: match c.store.backend {
+                Backend::Memory => "memory",
+                Backend::Redis(_) => "redis",
+            },
+        }
+    }
+}
+
 /// `PATCH /admin/rooms/{name}`: only the fields given change.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -98,8 +188,8 @@ struct RoomPatch {
 }
 
 impl Admin {
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = &self.token else {
+    fn authorized(&self, session: &ServerSession, token: Option<&Secret>) -> bool {
+        let Some(token) = token else {
             return true;
         };
         let given = session
@@ -118,7 +208,8 @@ impl Admin {
         if path == "/healthz" {
             return Reply::text(200, "ok\n");
         }
-        if !self.authorized(session) {
+        let site = self.reloader.current().load();
+        if !self.authorized(session, site.config.admin.token.as_ref()) {
             return Reply::error(
                 401,
                 "UNAUTHORIZED",
@@ -133,17 +224,24 @@ impl Admin {
                 self.metrics.render(),
             ),
             (Method::GET, "/readyz") => self.readyz().await,
+            (Method::POST, "/admin/reload") => {
+                let attempt = self.reloader.reload("admin").await;
+                Reply::json(if attempt.result == "ok" { 200 } else { 422 }, &attempt)
+            }
+            (Method::GET, "/admin/config") => {
+                Reply::json(200, &ConfigView::of(&site, self.reloader.last()))
+            }
             (Method::GET, "/admin/rooms") => {
-                for room in self.rooms.iter() {
+                for room in site.rooms.iter() {
                     self.refresh(room).await;
                 }
-                let rooms: Vec<RoomView> = self.rooms.iter().map(RoomView::of).collect();
+                let rooms: Vec<RoomView> = site.rooms.iter().map(RoomView::of).collect();
                 Reply::json(200, &rooms)
             }
             (method, p) if p.starts_with("/admin/rooms/") => {
                 let name = p.strip_prefix("/admin/rooms/").unwrap_or_default();
                 if let Some(name) = name.strip_suffix("/visitors") {
-                    return match (method, self.rooms.by_name(name)) {
+                    return match (method, site.rooms.by_name(name)) {
                         (Method::POST, Some(room)) => self.add_visitors(room, session).await,
                         (Method::POST, None) => {
                             Reply::error(404, "UNKNOWN_ROOM", format!("No room named {name:?}."))
@@ -152,7 +250,7 @@ impl Admin {
                             .header(http::header::ALLOW, "POST"),
                     };
                 }
-                let Some(room) = self.rooms.by_name(name) else {
+                let Some(room) = site.rooms.by_name(name) else {
                     return Reply::error(404, "UNKNOWN_ROOM", format!("No room named {name:?}."));
                 };
                 match method {

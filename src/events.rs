@@ -14,7 +14,8 @@ const QUEUE_WAIT_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
 ];
 
-/// Where visitor events go.
+/// Where visitor events go. Cloning shares the counters.
+#[derive(Clone)]
 pub struct VisitorEvents {
     labels: Labels,
     arrivals: IntCounterVec,
@@ -104,6 +105,15 @@ impl VisitorEvents {
                 &["room", "utm_source", "utm_campaign"],
             )?,
         })
+    }
+
+    /// The same counters, with campaigns labelled as a reloaded
+    /// `[attribution]` says.
+    pub fn relabeled(&self, attribution: &Attribution) -> VisitorEvents {
+        VisitorEvents {
+            labels: Labels::new(attribution),
+            ..self.clone()
+        }
     }
 
     /// A new visitor at the room.

@@ -42,6 +42,11 @@ impl<'a> MakeWriter<'a> for Output {
     }
 }
 
+/// Changes the level of the installed subscriber (a reload's `[log] level`).
+type SetLevel = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the
 /// configured level. Calling it again (tests) is harmless.
 pub fn init(log: &Log) {
@@ -56,9 +61,19 @@ pub fn init(log: &Log) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(Output(writer));
     let installed = match log.format {
-        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetLevel = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            let _ = SET_LEVEL.set(set);
+            tracing::subscriber::set_global_default(builder.finish())
+        }
         LogFormat::Json => {
-            tracing::subscriber::set_global_default(builder.json().flatten_event(true).finish())
+            let builder = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetLevel = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            let _ = SET_LEVEL.set(set);
+            tracing::subscriber::set_global_default(builder.finish())
         }
     };
     if installed.is_ok() {
@@ -68,6 +83,19 @@ pub fn init(log: &Log) {
             log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
         }
     }
+}
+
+/// Applies a reloaded `[log] level` (unless `RUST_LOG` decides the level).
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    if let Some(set) = SET_LEVEL.get() {
+        set(filter)?;
+        log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+    }
+    Ok(())
 }
 
 /// What clients cause all the time, and Pingora logs as errors: counted,

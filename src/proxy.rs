@@ -16,43 +16,38 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::api::{self, Api};
-use crate::bypass::{self, AppJwt};
-use crate::config;
+use crate::bypass;
 use crate::connections;
 use crate::facts::{self, Facts};
 use crate::forward::Forwarding;
-use crate::gate::{Decision, Gate, Visit};
+use crate::gate::{Decision, Visit};
 use crate::lifecycle::{InFlight, Lifecycle};
 use crate::page::PageState;
 use crate::replies::{self, CookieJar};
 use crate::requests::{self, Admission};
 use crate::respond::Reply;
-use crate::room::{Kind, Room, Rooms, WaitingRoom};
-use crate::route::Router;
+use crate::room::Kind;
+use crate::site::{Current, Site};
 use crate::slots::Held;
 use crate::traffic::RouteMetrics;
-use crate::upstream::Upstream;
 
 /// The response header through which the app ends a visitor's session.
 const COMMAND_HEADER: &str = "anteroom-command";
 
 /// Everything the request path needs, shared by all worker threads.
 pub struct Proxy {
-    pub(crate) server: config::Server,
-    pub(crate) router: Router,
-    pub(crate) rooms: Arc<Rooms>,
-    pub(crate) upstreams: Vec<Arc<Upstream>>,
+    /// The config in force; each request takes it once, at its start.
+    pub(crate) site: Arc<Current>,
     pub(crate) lifecycle: Arc<Lifecycle>,
-    pub(crate) gate: Option<Arc<Gate>>,
-    pub(crate) jwts: Arc<Vec<AppJwt>>,
-    /// Metric handles per route (by route index), and for unrouted requests.
-    pub(crate) route_metrics: Vec<RouteMetrics>,
+    /// Metric handles for requests no route took.
     pub(crate) unrouted_metrics: RouteMetrics,
 }
 
 /// Per-request state, dropped when the request ends (which returns its slot).
 pub struct Ctx {
     _in_flight: InFlight,
+    /// The config this request is decided and forwarded by, start to end.
+    site: Arc<Site>,
     started: Instant,
     route: Option<usize>,
     slot: Option<Held>,
@@ -98,112 +93,92 @@ impl Outcome {
     }
 }
 
-impl Proxy {
-    fn room_of_route(&self, route: usize) -> Option<&Room> {
-        self.rooms.get(self.router.get(route)?.room?)
-    }
-
-    fn waiting_room_of_route(&self, route: usize) -> Option<(&Room, &WaitingRoom)> {
-        let room = self.room_of_route(route)?;
-        match room.kind() {
-            Kind::Sessions(w) => Some((room, w)),
-            Kind::Requests(_) => None,
-        }
-    }
-
-    fn upstream_of_route(&self, route: usize) -> Option<&Arc<Upstream>> {
-        self.upstreams.get(self.router.get(route)?.upstream)
-    }
-
-    /// anteroom's own answer to a request, or `None` to forward it.
-    async fn answer(&self, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> {
-        if api::serves(&facts.path, self.gate.is_some()) {
-            ctx.outcome = Outcome::Api;
-            let api = Api {
-                rooms: &self.rooms,
-                gate: self.gate.as_deref(),
-            };
-            return Some(api.handle(facts).await);
-        }
-        let Some(route) = self.router.find(facts.host_name(), &facts.path) else {
-            ctx.outcome = Outcome::NoRoute;
-            return Some(Reply::error(
-                404,
-                "NO_ROUTE",
-                "No route matches this host and path.",
-            ));
+/// anteroom's own answer to a request, or `None` to forward it.
+async fn answer(site: &Site, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> {
+    if api::serves(&facts.path, site.gate.is_some()) {
+        ctx.outcome = Outcome::Api;
+        let api = Api {
+            rooms: &site.rooms,
+            gate: site.gate.as_deref(),
         };
-        ctx.route = Some(route);
-        let (reply, outcome) = self.admit(route, facts, ctx).await?;
-        ctx.outcome = outcome;
-        Some(reply)
+        return Some(api.handle(facts).await);
     }
+    let Some(route) = site.router.find(facts.host_name(), &facts.path) else {
+        ctx.outcome = Outcome::NoRoute;
+        return Some(Reply::error(
+            404,
+            "NO_ROUTE",
+            "No route matches this host and path.",
+        ));
+    };
+    ctx.route = Some(route);
+    let (reply, outcome) = admit(site, route, facts, ctx).await?;
+    ctx.outcome = outcome;
+    Some(reply)
+}
 
-    /// The room's decision on a guarded route; `Some` when anteroom answers.
-    async fn admit(
-        &self,
-        route: usize,
-        facts: &Facts<'_>,
-        ctx: &mut Ctx,
-    ) -> Option<(Reply, Outcome)> {
-        let rules = &self.router.get(route)?.bypass;
-        let room = self.room_of_route(route)?;
-        if bypass::matches(rules, facts, &self.jwts)
-            || bypass::matches(room.bypass(), facts, &self.jwts)
-        {
-            ctx.bypassed = true;
-            return None;
-        }
-        match room.kind() {
-            Kind::Requests(slots) => {
-                let decided = requests::admit(room, slots).await;
-                ctx.slot_wait = Some(decided.waited);
-                match decided.admission {
-                    Admission::Admitted(slot) => {
-                        ctx.slot = Some(slot);
-                        None
-                    }
-                    Admission::Open => None,
-                    Admission::Refused(retry) => Some((
-                        replies::queue_required(room.name(), retry),
-                        Outcome::QueueRequired,
-                    )),
+/// The room's decision on a guarded route; `Some` when anteroom answers.
+async fn admit(
+    site: &Site,
+    route: usize,
+    facts: &Facts<'_>,
+    ctx: &mut Ctx,
+) -> Option<(Reply, Outcome)> {
+    let rules = &site.router.get(route)?.bypass;
+    let room = site.room_of_route(route)?;
+    if bypass::matches(rules, facts, &site.jwts)
+        || bypass::matches(room.bypass(), facts, &site.jwts)
+    {
+        ctx.bypassed = true;
+        return None;
+    }
+    match room.kind() {
+        Kind::Requests(slots) => {
+            let decided = requests::admit(room, slots).await;
+            ctx.slot_wait = Some(decided.waited);
+            match decided.admission {
+                Admission::Admitted(slot) => {
+                    ctx.slot = Some(slot);
+                    None
                 }
+                Admission::Open => None,
+                Admission::Refused(retry) => Some((
+                    replies::queue_required(room.name(), retry),
+                    Outcome::QueueRequired,
+                )),
             }
-            Kind::Sessions(w) => {
-                let gate = self.gate.as_ref()?;
-                let closed = |state| replies::closed(room, w, state, facts);
-                match gate.decide(room, w, facts).await {
-                    Decision::Admit(visit) => {
-                        // The pass cookie reaches the confirm endpoint only from the root.
-                        ctx.confirm =
-                            visit.on_arrival() && facts.wants_html() && w.config.cookie_path == "/";
-                        ctx.visit = Some(visit);
-                        None
-                    }
-                    Decision::Wait(waiting) => {
-                        let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
-                        let back = facts.target();
-                        let reply = replies::waiting(room, w, &waiting, facts, &jar, &back);
-                        Some((reply, Outcome::QueueRequired))
-                    }
-                    Decision::Full => Some((closed(PageState::Full), Outcome::Closed)),
-                    Decision::Limited(limited) => {
-                        Some((replies::limited(room, w, &limited, facts), Outcome::Limited))
-                    }
-                    Decision::BadRequest(message) => {
-                        Some((Reply::error(400, "BAD_REQUEST", message), Outcome::Refused))
-                    }
-                    Decision::Maintenance => {
-                        Some((closed(PageState::Maintenance), Outcome::Closed))
-                    }
-                    Decision::Unavailable => {
-                        Some((closed(PageState::Unavailable), Outcome::QueueRequired))
-                    }
-                    Decision::Open => {
-                        ctx.bypassed = true;
-                        None
-                    }
+        }
+        Kind::Sessions(w) => {
+            let gate = site.gate.as_ref()?;
+            let closed = |state| replies::closed(room, w, state, facts);
+            match gate.decide(room, w, facts).await {
+                Decision::Admit(visit) => {
+                    // The pass cookie reaches the confirm endpoint only from the root.
+                    ctx.confirm =
+                        visit.on_arrival() && facts.wants_html() && w.config.cookie_path == "/";
+                    ctx.visit = Some(visit);
+                    None
+                }
+                Decision::Wait(waiting) => {
+                    let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
+                    let back = facts.target();
+                    let reply = replies::waiting(room, w, &waiting, facts, &jar, &back);
+                    Some((reply, Outcome::QueueRequired))
+                }
+                Decision::Full => Some((closed(PageState::Full), Outcome::Closed)),
+                Decision::Limited(limited) => {
+                    Some((replies::limited(room, w, &limited, facts), Outcome::Limited))
+                }
+                Decision::BadRequest(message) => {
+                    Some((Reply::error(400, "BAD_REQUEST", message), Outcome::Refused))
+                }
+                Decision::Maintenance => Some((closed(PageState::Maintenance), Outcome::Closed)),
+                Decision::Unavailable => {
+                    Some((closed(PageState::Unavailable), Outcome::QueueRequired))
+                }
+                Decision::Open => {
+                    ctx.bypassed = true;
+                    None
                 }
             }
         }
@@ -228,6 +203,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             _in_flight: self.lifecycle.enter(),
+            site: self.site.load(),
             started: Instant::now(),
             route: None,
             slot: None,
@@ -247,12 +223,12 @@ impl ProxyHttp for Proxy {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         // The header is in: from here the body's pace is timed (the idle
         // time after the response is the connection clock's).
         connections::request_read();
-        let s = &self.server;
+        let s = &ctx.site.config.server;
         session.set_read_timeout(Some(s.body_timeout));
         session.set_total_drain_timeout(Some(s.body_timeout));
         Ok(())
@@ -260,14 +236,15 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let (peer, tls) = (peer_ip(session), is_tls(session));
-        let reply = match Facts::new(&self.server, session.req_header(), peer, tls) {
+        let site = Arc::clone(&ctx.site);
+        let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
             Ok(facts) => {
                 ctx.ip = facts.ip;
                 ctx.forwarding = Forwarding::of(&facts);
                 if facts.rewritten {
                     ctx.target = Some(facts.target().into_owned());
                 }
-                self.answer(&facts, ctx).await
+                answer(&site, &facts, ctx).await
             }
             Err(refusal) => {
                 ctx.outcome = Outcome::Refused;
@@ -291,7 +268,7 @@ impl ProxyHttp for Proxy {
     ) -> pingora::Result<Box<HttpPeer>> {
         let upstream = ctx
             .route
-            .and_then(|r| self.upstream_of_route(r))
+            .and_then(|r| ctx.site.upstream_of_route(r))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "request has no upstream"))?;
         Ok(upstream.peer())
     }
@@ -302,7 +279,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        let upstream = ctx.route.and_then(|r| self.upstream_of_route(r));
+        let upstream = ctx.route.and_then(|r| ctx.site.upstream_of_route(r));
         ctx.forwarding.apply(
             upstream_request,
             upstream.and_then(|u| u.host_header()),
@@ -336,10 +313,10 @@ impl ProxyHttp for Proxy {
         let release = upstream_response
             .remove_header(COMMAND_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"release"));
-        let (Some(visit), Some(gate)) = (&ctx.visit, &self.gate) else {
+        let (Some(visit), Some(gate)) = (&ctx.visit, &ctx.site.gate) else {
             return Ok(());
         };
-        let Some((room, w)) = ctx.route.and_then(|r| self.waiting_room_of_route(r)) else {
+        let Some((room, w)) = ctx.route.and_then(|r| ctx.site.waiting_room_of_route(r)) else {
             return Ok(());
         };
         if release {
@@ -429,14 +406,15 @@ impl ProxyHttp for Proxy {
         }
 
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route.and_then(|r| self.router.get(r));
-        let upstream = ctx.route.and_then(|r| self.upstream_of_route(r));
-        let room = ctx.route.and_then(|r| self.room_of_route(r));
+        let site = &ctx.site;
+        let route = ctx.route.and_then(|r| site.router.get(r));
+        let upstream = ctx.route.and_then(|r| site.upstream_of_route(r));
+        let room = ctx.route.and_then(|r| site.room_of_route(r));
         let duration = ctx.started.elapsed();
 
         let metrics = ctx
             .route
-            .and_then(|r| self.route_metrics.get(r))
+            .and_then(|r| site.route_metrics.get(r))
             .unwrap_or(&self.unrouted_metrics);
         metrics.request(status).inc();
         metrics.duration.observe(duration.as_secs_f64());
@@ -450,8 +428,8 @@ impl ProxyHttp for Proxy {
             || req.uri.path(),
             |t| t.split_once('?').map_or(t, |(p, _)| p),
         );
-        if let (Some(visit), Some(gate)) = (&ctx.visit, &self.gate) {
-            let waiting_room = ctx.route.and_then(|r| self.waiting_room_of_route(r));
+        if let (Some(visit), Some(gate)) = (&ctx.visit, &site.gate) {
+            let waiting_room = ctx.route.and_then(|r| site.waiting_room_of_route(r));
             if let Some((room, w)) = waiting_room {
                 if w.converts(&req.method, path, status) {
                     gate.events().converted(room.name(), &visit.session);

@@ -323,6 +323,11 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Changes the weighting for the admissions to come.
+    pub fn set_weight(&mut self, weight: u32) {
+        self.weight = weight.max(1);
+    }
+
     /// An empty line; `weight` priority admissions per normal one while both wait.
     pub fn new(weight: u32) -> Queue {
         Queue {

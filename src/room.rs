@@ -175,21 +175,38 @@ impl RoomMetrics {
 impl Room {
     /// A room with all its slots free; `requests` rooms count in the store
     /// when one is shared. A sessions room shows `page` (the built-in one if none).
+    /// `previous` is the same-named room of the config being replaced: its
+    /// slots (and the requests holding them) and its last numbers carry over.
     pub fn new(
         config: config::Room,
         page: Option<Page>,
         leases: Option<&Arc<dyn Leases>>,
         metrics: &RoomMetrics,
+        previous: Option<&Room>,
     ) -> Room {
         let kind = match &config.sessions {
-            None => Kind::Requests(match leases {
-                Some(store) => RequestSlots::Shared(SharedSlots::new(
-                    &config.name,
-                    config.capacity,
-                    Arc::clone(store),
-                )),
-                None => RequestSlots::Local(Slots::new(config.capacity)),
-            }),
+            None => Kind::Requests(
+                match (previous.map(|p| (&p.kind, p.config.capacity)), leases) {
+                    (Some((Kind::Requests(RequestSlots::Local(slots)), capacity)), None) => {
+                        // The file's capacity wins only if it changed (else an
+                        // admin change stays), as for sessions rooms in the store.
+                        if capacity != config.capacity {
+                            slots.set_capacity(config.capacity);
+                        }
+                        RequestSlots::Local(Arc::clone(slots))
+                    }
+                    // A shared room's capacity is the store's, written at `prepare`.
+                    (Some((Kind::Requests(RequestSlots::Shared(slots)), _)), Some(_)) => {
+                        RequestSlots::Shared(Arc::clone(slots))
+                    }
+                    (_, Some(store)) => RequestSlots::Shared(SharedSlots::new(
+                        &config.name,
+                        config.capacity,
+                        Arc::clone(store),
+                    )),
+                    (_, None) => RequestSlots::Local(Slots::new(config.capacity)),
+                },
+            ),
             Some(s) => {
                 let spec = RoomSpec::from_config(&config.name, config.capacity, s);
                 Kind::Sessions(Box::new(WaitingRoom {
@@ -199,14 +216,17 @@ impl Room {
                         language: None,
                     }),
                     limits: ClientLimits::new(s.limits),
-                    snapshot: RwLock::new(Snapshot {
-                        settings: spec.settings,
-                        sessions: 0,
-                        reserved: 0,
-                        waiting: [0, 0],
-                        wait: Wait {
-                            ms: 0,
-                            known: false,
+                    snapshot: RwLock::new(match previous.map(|p| &p.kind) {
+                        Some(Kind::Sessions(w)) => w.snapshot(),
+                        _ => Snapshot {
+                            settings: spec.settings,
+                            sessions: 0,
+                            reserved: 0,
+                            waiting: [0, 0],
+                            wait: Wait {
+                                ms: 0,
+                                known: false,
+                            },
                         },
                     }),
                 }))
@@ -286,12 +306,14 @@ pub struct Rooms(Vec<Room>);
 
 impl Rooms {
     /// Rooms from validated config and their pages (by index, as `Assets`
-    /// loads them); `leases` is the shared store, if any.
+    /// loads them); `leases` is the shared store, if any; `previous` the
+    /// rooms of the config being replaced (matched by name).
     pub fn new(
         rooms: &[config::Room],
         pages: &[Option<Page>],
         leases: Option<&Arc<dyn Leases>>,
         metrics: &RoomMetrics,
+        previous: Option<&Rooms>,
     ) -> Rooms {
         Rooms(
             rooms
@@ -299,10 +321,23 @@ impl Rooms {
                 .enumerate()
                 .map(|(i, r)| {
                     let page = pages.get(i).cloned().flatten();
-                    Room::new(r.clone(), page, leases, metrics)
+                    let before = previous.and_then(|p| p.by_name(&r.name));
+                    Room::new(r.clone(), page, leases, metrics, before)
                 })
                 .collect(),
         )
+    }
+
+    /// What the store must hold for these rooms: each sessions room's spec,
+    /// and each `requests` room's name and capacity (used by a shared store).
+    pub fn layout(&self) -> (Vec<RoomSpec>, Vec<(String, u32)>) {
+        let sessions = self.iter().filter_map(Room::spec).collect();
+        let requests = self
+            .iter()
+            .filter(|r| matches!(r.kind, Kind::Requests(_)))
+            .map(|r| (r.config.name.clone(), r.config.capacity))
+            .collect();
+        (sessions, requests)
     }
 
     /// The room at a config index.
@@ -337,15 +372,19 @@ impl Rooms {
     }
 
     /// Adds the rooms' gauges (capacity, use, line), read at scrape time so
-    /// that keeping them costs the request path nothing.
-    pub fn register_gauges(self: &Arc<Self>, registry: &Registry) -> Result<(), prometheus::Error> {
-        registry.register(Box::new(RoomGauges::new(Arc::clone(self))?))
+    /// that keeping them costs the request path nothing. `rooms` gives the
+    /// rooms of the config loaded at the time of the scrape.
+    pub fn register_gauges(
+        rooms: impl Fn() -> Arc<Rooms> + Send + Sync + 'static,
+        registry: &Registry,
+    ) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(RoomGauges::new(Box::new(rooms))?))
     }
 }
 
 /// Room gauges read at scrape time.
 struct RoomGauges {
-    rooms: Arc<Rooms>,
+    rooms: Box<dyn Fn() -> Arc<Rooms> + Send + Sync>,
     capacity: IntGaugeVec,
     in_use: IntGaugeVec,
     waiting: IntGaugeVec,
@@ -353,7 +392,9 @@ struct RoomGauges {
 }
 
 impl RoomGauges {
-    fn new(rooms: Arc<Rooms>) -> Result<RoomGauges, prometheus::Error> {
+    fn new(
+        rooms: Box<dyn Fn() -> Arc<Rooms> + Send + Sync>,
+    ) -> Result<RoomGauges, prometheus::Error> {
         let gauge =
             |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["room", "mode"]);
         Ok(RoomGauges {
@@ -387,7 +428,12 @@ impl Collector for RoomGauges {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        for room in self.rooms.iter() {
+        // A room removed by a reload leaves no series behind.
+        for g in self.gauges() {
+            g.reset();
+        }
+        let rooms = (self.rooms)();
+        for room in rooms.iter() {
             let usage = room.usage();
             let labels = [room.name(), room.mode().as_str()];
             self.capacity
@@ -400,7 +446,7 @@ impl Collector for RoomGauges {
                 .with_label_values(&labels)
                 .set(i64::from(usage.waiting));
         }
-        for (room, w) in self.rooms.waiting_rooms() {
+        for (room, w) in rooms.waiting_rooms() {
             let waiting = w.snapshot().waiting;
             for lane in Lane::ALL {
                 self.queue_length

@@ -13,25 +13,28 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use prometheus::Registry;
 
+use pingora::listeners::tls::TlsSettings;
+
 use crate::admin::Admin;
 use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError};
 use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
 use crate::events::VisitorEvents;
-use crate::gate::Gate;
 use crate::keeper::Keeper;
 use crate::lifecycle::Lifecycle;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::{Hangups, Reloader};
 use crate::room::{RoomMetrics, Rooms};
-use crate::route::Router;
 use crate::shutdown::{Drain, Signals};
+use crate::site::{Current, Shared, Site};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Leases, Observed, RoomSpec, Store, StoreMetrics};
+use crate::tls::Certificate;
 use crate::traffic::TrafficMetrics;
-use crate::upstream::{Resolver, Upstream, UpstreamError};
+use crate::upstream::{Resolver, UpstreamError};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +93,8 @@ pub struct App {
 struct Parts {
     metrics: Metrics,
     lifecycle: Arc<Lifecycle>,
-    store: Arc<dyn Store>,
-    rooms: Arc<Rooms>,
-    gate: Option<Arc<Gate>>,
-    assets: Assets,
+    shared: Arc<Shared>,
+    current: Arc<Current>,
 }
 
 impl App {
@@ -109,18 +110,29 @@ impl App {
 
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config.server));
         server.bootstrap();
-        let (public, sweeper, resolver) = public_service(&server, config, &parts)?;
+        let (public, sweeper, certificates) = public_service(&server, config, &parts)?;
         server.add_service(public);
         server.add_service(background_service("connection deadlines", sweeper));
-        server.add_service(admin_service(config, &parts));
-        if let Some(resolver) = resolver {
-            server.add_service(background_service("resolver", resolver));
-        }
+        let reloader = Arc::new(Reloader::new(
+            config.origin.clone(),
+            Arc::clone(&parts.current),
+            Arc::clone(&parts.shared),
+            certificates,
+            parts.metrics.registry(),
+        )?);
+        server.add_service(admin_service(config, &parts, &reloader));
+        server.add_service(background_service("reload on SIGHUP", Hangups(reloader)));
+        let current = Arc::clone(&parts.current);
+        let resolver = Resolver::new(move || current.load().upstreams.clone());
+        server.add_service(background_service("resolver", resolver));
         let keeper = Keeper {
-            store: Arc::clone(&parts.store),
-            gate: parts.gate.clone(),
-            rooms: Arc::clone(&parts.rooms),
+            store: Arc::clone(&parts.shared.store),
+            current: Arc::clone(&parts.current),
             sweep_interval: config.store.sweep_interval,
+            lease: match &config.store.backend {
+                Backend::Memory => None,
+                Backend::Redis(r) => Some(r.lease),
+            },
         };
         server.add_service(background_service("store keeper", keeper));
         if exit == Exit::WhenDrained {
@@ -159,32 +171,22 @@ impl Parts {
         let metrics = Metrics::new()?;
         let registry = metrics.registry();
         let (store, leases) = open_store(config, registry)?;
-        let room_metrics = RoomMetrics::register(registry)?;
-        let rooms = Arc::new(Rooms::new(
-            &config.rooms,
-            &assets.pages,
-            leases.as_ref(),
-            &room_metrics,
-        ));
-        rooms.register_gauges(registry)?;
-        let gate = match (&assets.tokens, &config.tokens) {
-            (Some(tokens), Some(settings)) => Some(Arc::new(Gate::new(
-                Arc::clone(tokens),
-                settings,
-                Arc::clone(&store),
-                Arc::clone(&assets.jwts),
-                VisitorEvents::register(registry, &config.attribution)?,
-                config.store.touch_interval,
-            ))),
-            _ => None,
-        };
+        let shared = Arc::new(Shared {
+            store,
+            leases,
+            room_metrics: RoomMetrics::register(registry)?,
+            traffic: TrafficMetrics::register(registry)?,
+            events: VisitorEvents::register(registry, &config.attribution)?,
+        });
+        let site = Site::build(Arc::new(config.clone()), assets, &shared, None)?;
+        let current = Current::new(site);
+        let gauges = Arc::clone(&current);
+        Rooms::register_gauges(move || Arc::clone(&gauges.load().rooms), registry)?;
         Ok(Parts {
             metrics,
             lifecycle: Lifecycle::new(),
-            store,
-            rooms,
-            gate,
-            assets,
+            shared,
+            current,
         })
     }
 }
@@ -206,42 +208,20 @@ fn server_conf(s: &crate::config::Server) -> ServerConf {
 /// The public listeners' service: the proxy behind the connection limits.
 type PublicService = Service<Guard<HttpProxy<Proxy>>>;
 
+/// Each TLS listener's certificate, replaced at a reload.
+type Certificates = Vec<(SocketAddr, Arc<Certificate>)>;
+
 /// The proxy on the public listeners, behind the connection limits; the
-/// sweeper of their deadlines; and the resolver that keeps the upstreams'
-/// addresses fresh (when any is given by name).
+/// sweeper of their deadlines; and the TLS listeners' certificates.
 fn public_service(
     server: &Server,
     config: &Config,
     parts: &Parts,
-) -> Result<(PublicService, Sweeper, Option<Resolver>), StartError> {
-    let upstreams = config
-        .upstreams
-        .iter()
-        .map(|u| Upstream::build(u).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    let resolver = Resolver::new(&upstreams);
-    let traffic = TrafficMetrics::register(parts.metrics.registry())?;
-    let route_metrics = config
-        .routes
-        .iter()
-        .map(|r| {
-            let upstream = config
-                .upstreams
-                .get(r.upstream)
-                .map_or("-", |u| u.name.as_str());
-            traffic.route(&r.name, upstream)
-        })
-        .collect();
+) -> Result<(PublicService, Sweeper, Certificates), StartError> {
     let proxy = Proxy {
-        server: config.server.clone(),
-        router: Router::new(config.routes.clone()),
-        rooms: Arc::clone(&parts.rooms),
-        upstreams,
+        site: Arc::clone(&parts.current),
         lifecycle: Arc::clone(&parts.lifecycle),
-        gate: parts.gate.clone(),
-        jwts: Arc::clone(&parts.assets.jwts),
-        route_metrics,
-        unrouted_metrics: traffic.route("-", "-"),
+        unrouted_metrics: parts.shared.traffic.route("-", "-"),
     };
     let s = &config.server;
     let registry = parts.metrics.registry();
@@ -261,31 +241,30 @@ fn public_service(
     for addr in &s.listen {
         public.add_tcp(&addr.to_string());
     }
+    let mut certificates = Vec::new();
     for tls in &s.tls {
-        public
-            .add_tls(
-                &tls.listen.to_string(),
-                &tls.cert.to_string_lossy(),
-                &tls.key.to_string_lossy(),
-            )
-            .map_err(|e| StartError::Tls {
-                addr: tls.listen,
-                reason: e.to_string(),
-            })?;
+        let error = |reason: String| StartError::Tls {
+            addr: tls.listen,
+            reason,
+        };
+        let certificate = Certificate::load(&tls.cert, &tls.key).map_err(error)?;
+        let mut settings = TlsSettings::intermediate("", "").map_err(|e| error(e.to_string()))?;
+        settings.set_cert_resolver(Arc::clone(&certificate) as _);
+        public.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+        certificates.push((tls.listen, certificate));
     }
-    Ok((public, sweeper, resolver))
+    Ok((public, sweeper, certificates))
 }
 
 /// The admin app, on its own listener with one thread.
-fn admin_service(config: &Config, parts: &Parts) -> Service<Admin> {
+fn admin_service(config: &Config, parts: &Parts, reloader: &Arc<Reloader>) -> Service<Admin> {
     let s = &config.server;
     let mut admin = Service::new(
         "anteroom admin".to_owned(),
         Admin {
-            token: config.admin.token.clone(),
             metrics: parts.metrics.clone(),
-            rooms: Arc::clone(&parts.rooms),
-            store: Arc::clone(&parts.store),
+            reloader: Arc::clone(reloader),
+            store: Arc::clone(&parts.shared.store),
             lifecycle: Arc::clone(&parts.lifecycle),
             listeners: s
                 .listen

@@ -54,8 +54,10 @@ impl Fixture {
             &assets.pages,
             None,
             &room_metrics,
+            None,
         ));
-        rooms.register_gauges(registry).unwrap();
+        let gauges = Arc::clone(&rooms);
+        Rooms::register_gauges(move || Arc::clone(&gauges), registry).unwrap();
         let specs: Vec<RoomSpec> = rooms.iter().filter_map(Room::spec).collect();
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&specs));
         let gate = Gate::new(

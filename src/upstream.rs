@@ -172,18 +172,17 @@ fn load_ca(path: &Path) -> Result<Arc<[WrappedX509]>, String> {
 /// Looks host names up again every [`RESOLVE_INTERVAL`], keeping the last
 /// good answer when the resolver fails.
 pub struct Resolver {
-    upstreams: Vec<Arc<Upstream>>,
+    /// The upstreams of the config in force.
+    upstreams: Box<dyn Fn() -> Vec<Arc<Upstream>> + Send + Sync>,
 }
 
 impl Resolver {
-    /// A resolver for the upstreams given by name (IP literals are skipped).
-    pub fn new(upstreams: &[Arc<Upstream>]) -> Option<Resolver> {
-        let upstreams: Vec<_> = upstreams
-            .iter()
-            .filter(|u| u.needs_dns())
-            .cloned()
-            .collect();
-        (!upstreams.is_empty()).then_some(Resolver { upstreams })
+    /// A resolver of the upstreams `upstreams` gives at each round (those
+    /// given by IP address are skipped).
+    pub fn new(upstreams: impl Fn() -> Vec<Arc<Upstream>> + Send + Sync + 'static) -> Resolver {
+        Resolver {
+            upstreams: Box::new(upstreams),
+        }
     }
 }
 
@@ -195,7 +194,7 @@ impl BackgroundService for Resolver {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    for u in &self.upstreams {
+                    for u in (self.upstreams)().iter().filter(|u| u.needs_dns()) {
                         u.refresh().await;
                     }
                 }

@@ -112,6 +112,7 @@ backends!(
     a_poll_that_does_not_confirm_leaves_the_ticket_uncounted,
     the_same_idempotency_key_gets_the_same_place,
     a_network_holds_at_most_its_tickets,
+    a_reload_keeps_the_line_and_what_the_admin_set,
     the_backend_names_itself,
 );
 
@@ -774,6 +775,55 @@ async fn a_network_holds_at_most_its_tickets(backend: Backend) {
     })
     .await;
     assert_eq!(position(store, &kept.ticket).await, 1);
+}
+
+/// `configure` (a config reload) followed by `prepare`, as the keeper does.
+async fn reload(store: &dyn Store, specs: &[RoomSpec]) {
+    store.configure(specs, &[]);
+    store.prepare().await.unwrap();
+}
+
+async fn a_reload_keeps_the_line_and_what_the_admin_set(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    let session = admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    let t2 = queued(store, Lane::Normal).await;
+    let paused = SettingsPatch {
+        state: Some(State::Paused),
+        ..SettingsPatch::default()
+    };
+    store.update("web", paused).await.unwrap();
+
+    // The same room, and a new one: the line, the session and the pause stay.
+    let api = RoomSpec {
+        name: "api".into(),
+        ..spec(1)
+    };
+    reload(store, &[spec(1), api.clone()]).await;
+    assert_eq!(position(store, &t1.ticket).await, 1);
+    assert_eq!(position(store, &t2.ticket).await, 2);
+    let web = store.snapshot("web").await.unwrap();
+    assert_eq!((web.settings.state, web.sessions), (State::Paused, 1));
+    assert!(store.touch("web", session.id).await.unwrap().is_some());
+    assert!(matches!(
+        store.arrive("api", &newcomer(Lane::Normal)).await.unwrap(),
+        Arrival::Admitted(_)
+    ));
+
+    // The room's configuration changed: it takes the file's settings, and
+    // the line moves into the new capacity in order.
+    reload(store, &[spec(3), api]).await;
+    let web = store.snapshot("web").await.unwrap();
+    assert_eq!(web.settings.state, State::Active);
+    assert_eq!(web.settings.capacity, 3);
+    until_admitted(store, &t1.ticket).await;
+    until_admitted(store, &t2.ticket).await;
+
+    // A room no longer configured is unknown.
+    reload(store, &[spec(3)]).await;
+    assert!(store.arrive("api", &newcomer(Lane::Normal)).await.is_err());
+    assert_eq!(store.snapshot("web").await.unwrap().sessions, 3);
 }
 
 async fn the_backend_names_itself(backend: Backend) {

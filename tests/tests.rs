@@ -15,6 +15,7 @@ mod forwarding;
 mod fuzz;
 mod hardening;
 mod load;
+mod reload;
 mod request_rooms;
 mod store;
 mod tokens;

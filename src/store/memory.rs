@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
@@ -635,6 +636,18 @@ impl RoomState {
         }
     }
 
+    /// Takes a reloaded configuration: the settings too if it changed, so
+    /// that admin changes survive a reload that did not touch the room.
+    pub fn respec(&mut self, now: Millis, spec: RoomSpec) {
+        if spec == self.spec {
+            return;
+        }
+        self.settings = spec.settings;
+        self.queue.set_weight(spec.priority_weight);
+        self.spec = spec;
+        self.promote(now);
+    }
+
     /// See [`Store::update`].
     pub fn update(&mut self, now: Millis, patch: SettingsPatch) -> Snapshot {
         if let Some(c) = patch.capacity {
@@ -653,7 +666,8 @@ impl RoomState {
 
 /// All rooms of one instance.
 pub struct MemoryStore {
-    rooms: HashMap<String, Mutex<RoomState>>,
+    /// Replaced whole at a reload; each room's state is carried over.
+    rooms: ArcSwap<HashMap<String, Arc<Mutex<RoomState>>>>,
 }
 
 impl MemoryStore {
@@ -661,16 +675,23 @@ impl MemoryStore {
     pub fn new(specs: &[RoomSpec]) -> MemoryStore {
         let now = now_millis();
         MemoryStore {
-            rooms: specs
-                .iter()
-                .map(|s| (s.name.clone(), Mutex::new(RoomState::new(s.clone(), now))))
-                .collect(),
+            rooms: ArcSwap::from_pointee(
+                specs
+                    .iter()
+                    .map(|s| {
+                        let state = RoomState::new(s.clone(), now);
+                        (s.name.clone(), Arc::new(Mutex::new(state)))
+                    })
+                    .collect(),
+            ),
         }
     }
 
-    fn room(&self, name: &str) -> Result<&Mutex<RoomState>, StoreError> {
+    fn room(&self, name: &str) -> Result<Arc<Mutex<RoomState>>, StoreError> {
         self.rooms
+            .load()
             .get(name)
+            .cloned()
             .ok_or_else(|| StoreError::UnknownRoom(name.to_owned()))
     }
 }
@@ -734,6 +755,25 @@ impl Store for MemoryStore {
 
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
         Ok(self.room(room)?.lock().update(now_millis(), patch))
+    }
+
+    fn configure(&self, sessions: &[RoomSpec], _requests: &[(String, u32)]) {
+        let now = now_millis();
+        let old = self.rooms.load();
+        let rooms = sessions
+            .iter()
+            .map(|spec| {
+                let state = match old.get(&spec.name) {
+                    Some(kept) => {
+                        kept.lock().respec(now, spec.clone());
+                        Arc::clone(kept)
+                    }
+                    None => Arc::new(Mutex::new(RoomState::new(spec.clone(), now))),
+                };
+                (spec.name.clone(), state)
+            })
+            .collect();
+        self.rooms.store(Arc::new(rooms));
     }
 
     fn backend(&self) -> &'static str {

@@ -92,7 +92,7 @@ pub struct Newcomer {
 }
 
 /// Everything a store needs to know about a room.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoomSpec {
     /// Room name.
     pub name: String,
@@ -341,6 +341,14 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
+    /// Adopts the rooms of a reloaded config, without I/O (a shared store
+    /// writes them at the next `prepare`). A kept room keeps its line and
+    /// sessions; if its configuration changed it takes the new settings,
+    /// otherwise it keeps what the admin API set. A new room starts empty;
+    /// a room no longer listed is forgotten (a shared store leaves its keys
+    /// to expire, as other instances may still serve it).
+    fn configure(&self, sessions: &[RoomSpec], requests: &[(String, u32)]);
+
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -476,6 +484,9 @@ impl<S: Store> Store for Observed<S> {
     }
     async fn prepare(&self) -> Result<(), StoreError> {
         self.record("prepare", self.inner.prepare()).await
+    }
+    fn configure(&self, sessions: &[RoomSpec], requests: &[(String, u32)]) {
+        self.inner.configure(sessions, requests);
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.record("ping", self.inner.ping()).await

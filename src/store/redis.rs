@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
@@ -86,6 +87,50 @@ struct LeaseKeys {
     capacity: u32,
 }
 
+/// Every room's keys, replaced whole at a reload.
+struct Layout {
+    rooms: HashMap<String, RoomKeys>,
+    lease_rooms: HashMap<String, LeaseKeys>,
+}
+
+impl Layout {
+    fn new(prefix: &str, rooms: &[RoomSpec], request_rooms: &[(String, u32)]) -> Layout {
+        let rooms = rooms
+            .iter()
+            .map(|spec| {
+                let b = base(prefix, &spec.name);
+                let keys = [
+                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u", "net",
+                    "idem", "idemx",
+                ]
+                .map(|k| format!("{b}:{k}"));
+                (
+                    spec.name.clone(),
+                    RoomKeys {
+                        keys,
+                        spec: spec.clone(),
+                    },
+                )
+            })
+            .collect();
+        let lease_rooms = request_rooms
+            .iter()
+            .map(|(name, capacity)| {
+                let b = base(prefix, name);
+                let keys = [format!("{b}:s"), format!("{b}:lease")];
+                (
+                    name.clone(),
+                    LeaseKeys {
+                        keys,
+                        capacity: *capacity,
+                    },
+                )
+            })
+            .collect();
+        Layout { rooms, lease_rooms }
+    }
+}
+
 fn base(prefix: &str, room: &str) -> String {
     format!("{{{prefix}:{room}}}")
 }
@@ -101,8 +146,8 @@ pub struct RedisStore {
     next: AtomicUsize,
     timeout: Duration,
     lease: Duration,
-    rooms: HashMap<String, RoomKeys>,
-    lease_rooms: HashMap<String, LeaseKeys>,
+    prefix: String,
+    layout: ArcSwap<Layout>,
     scripts: Scripts,
     /// This instance's name, for the sweep lock.
     owner: String,
@@ -157,39 +202,6 @@ impl RedisStore {
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let prefix = &config.key_prefix;
-        let rooms = rooms
-            .iter()
-            .map(|spec| {
-                let b = base(prefix, &spec.name);
-                let keys = [
-                    "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u", "net",
-                    "idem", "idemx",
-                ]
-                .map(|k| format!("{b}:{k}"));
-                (
-                    spec.name.clone(),
-                    RoomKeys {
-                        keys,
-                        spec: spec.clone(),
-                    },
-                )
-            })
-            .collect();
-        let lease_rooms = request_rooms
-            .iter()
-            .map(|(name, capacity)| {
-                let b = base(prefix, name);
-                let keys = [format!("{b}:s"), format!("{b}:lease")];
-                (
-                    name.clone(),
-                    LeaseKeys {
-                        keys,
-                        capacity: *capacity,
-                    },
-                )
-            })
-            .collect();
         Ok(RedisStore {
             client,
             manager_config,
@@ -198,8 +210,8 @@ impl RedisStore {
             next: AtomicUsize::new(0),
             timeout: config.timeout,
             lease: config.lease,
-            rooms,
-            lease_rooms,
+            prefix: config.key_prefix.clone(),
+            layout: ArcSwap::from_pointee(Layout::new(&config.key_prefix, rooms, request_rooms)),
             scripts: Scripts::new(),
             owner: format!("{:016x}", rand::random::<u64>()),
             sweep_lock: sweep_interval * 3,
@@ -324,7 +336,8 @@ impl RedisStore {
         script: &Script,
         args: &[String],
     ) -> Result<Value, StoreError> {
-        let keys = &self
+        let layout = self.layout.load_full();
+        let keys = &layout
             .rooms
             .get(room)
             .ok_or_else(|| StoreError::UnknownRoom(room.to_owned()))?
@@ -344,7 +357,8 @@ impl RedisStore {
     }
 
     async fn lease_call(&self, room: &str, args: &[String]) -> Result<Value, StoreError> {
-        let keys = &self
+        let layout = self.layout.load_full();
+        let keys = &layout
             .lease_rooms
             .get(room)
             .ok_or_else(|| StoreError::UnknownRoom(room.to_owned()))?
@@ -355,7 +369,8 @@ impl RedisStore {
     /// Writes a room's configured settings (unless admin changes of the same
     /// configuration are in place) and gives it an epoch if it has none.
     async fn init(&self, room: &str) -> Result<(), StoreError> {
-        if let Some(r) = self.rooms.get(room) {
+        let layout = self.layout.load_full();
+        if let Some(r) = layout.rooms.get(room) {
             let s = &r.spec;
             let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             let keep = [
@@ -395,7 +410,7 @@ impl RedisStore {
             tracing::debug!(room, epoch = ?text(&value), "room set up in the store");
             return Ok(());
         }
-        if let Some(l) = self.lease_rooms.get(room) {
+        if let Some(l) = layout.lease_rooms.get(room) {
             let args = [
                 "init".to_owned(),
                 format!("capacity={}", l.capacity),
@@ -719,10 +734,11 @@ impl Store for RedisStore {
 
     async fn prepare(&self) -> Result<(), StoreError> {
         self.sync_clock().await?;
-        let names: Vec<String> = self
+        let layout = self.layout.load_full();
+        let names: Vec<String> = layout
             .rooms
             .keys()
-            .chain(self.lease_rooms.keys())
+            .chain(layout.lease_rooms.keys())
             .cloned()
             .collect();
         for room in names {
@@ -738,6 +754,11 @@ impl Store for RedisStore {
             .await?
             .map(|_| ())
             .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn configure(&self, sessions: &[RoomSpec], requests: &[(String, u32)]) {
+        self.layout
+            .store(Arc::new(Layout::new(&self.prefix, sessions, requests)));
     }
 
     fn backend(&self) -> &'static str {

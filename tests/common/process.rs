@@ -14,6 +14,8 @@ pub struct Process {
     pub child: Child,
     pub public: u16,
     pub admin: u16,
+    /// The `[server]`, `[admin]` and `[log]` tables of its config file.
+    head: String,
     dir: tempfile::TempDir,
 }
 
@@ -38,14 +40,11 @@ impl Process {
         let (public, admin) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("anteroom.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 1\n{server_keys}\n\
-                 [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"{format}\"\nlevel = \"info\"\n{rest}\n"
-            ),
-        )
-        .unwrap();
+        let head = format!(
+            "[server]\nlisten = [\"127.0.0.1:{public}\"]\nthreads = 1\n{server_keys}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nformat = \"{format}\"\nlevel = \"info\"\n"
+        );
+        std::fs::write(&path, format!("{head}{rest}\n")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_anteroom"))
             .args(["run", "--config"])
             .arg(&path)
@@ -57,6 +56,7 @@ impl Process {
             child,
             public,
             admin,
+            head,
             dir,
         };
         eventually(Duration::from_secs(10), || async {
@@ -72,6 +72,23 @@ impl Process {
         })
         .await;
         process
+    }
+
+    /// Replaces what follows the `[server]`, `[admin]` and `[log]` tables
+    /// in its config file (for a reload).
+    pub fn rewrite(&self, rest: &str) {
+        let path = self.dir.path().join("anteroom.toml");
+        std::fs::write(path, format!("{}{rest}\n", self.head)).unwrap();
+    }
+
+    /// Replaces the whole config file with `text`.
+    pub fn rewrite_all(&self, text: &str) {
+        std::fs::write(self.dir.path().join("anteroom.toml"), text).unwrap();
+    }
+
+    /// A directory that lives as long as the process (for keys, state).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Everything the process logged so far.
