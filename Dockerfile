@@ -16,9 +16,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin anteroom \
- && mkdir -p /etc/anteroom
+ && mkdir -p /etc/anteroom /var/lib/anteroom \
+ && chown anteroom /var/lib/anteroom
 COPY --from=build /src/target/release/anteroom /usr/local/bin/anteroom
 COPY conf/docker.toml /etc/anteroom/anteroom.toml
+# The memory store's line and sessions (store.state_dir): mount a volume here.
+VOLUME /var/lib/anteroom
 USER anteroom
 EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/anteroom"]

@@ -104,6 +104,26 @@ pub struct Limits {
     pub max: usize,
 }
 
+/// Counts the connections with a request under way, for the drain.
+#[derive(Clone)]
+pub struct Active(Arc<Shared>);
+
+impl Active {
+    /// HTTP/1 connections receiving a request header or handling a request:
+    /// a process that exits now would cut them. Idle keep-alive connections
+    /// do not count (they are closed at shutdown without loss); HTTP/2
+    /// requests are counted as requests in flight.
+    pub fn count(&self) -> usize {
+        self.0
+            .clocks
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| matches!(c.phase(), Phase::Header | Phase::Busy))
+            .count()
+    }
+}
+
 /// Makes the guard of the public app and the sweeper of its deadlines.
 pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Guard<A>, Sweeper) {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -179,6 +199,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
 pub struct Sweeper(Arc<Shared>);
 
 impl Sweeper {
+    /// What the drain waits for.
+    pub fn active(&self) -> Active {
+        Active(Arc::clone(&self.0))
+    }
+
     fn sweep(&self) {
         let shared = &self.0;
         let now = u64::try_from(shared.origin.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -41,6 +41,7 @@ pub mod server;
 pub mod shutdown;
 pub mod site;
 pub mod slots;
+pub mod snapshots;
 pub mod store;
 #[cfg(test)]
 mod testing;

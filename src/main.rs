@@ -39,7 +39,15 @@ struct ConfigFile {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Run(ConfigFile),
+    Run {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Take over the listening sockets and the state of the running
+        /// process (send it SIGQUIT once this one has started), with no
+        /// connection refused.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate a configuration file and exit (non-zero if it has problems).
     Check(ConfigFile),
     /// Write a new RSA key pair for signing passes and tickets.
@@ -93,10 +101,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 c.routes.len()
             );
         }
-        Command::Run(ConfigFile { config }) => {
+        Command::Run {
+            config: ConfigFile { config },
+            upgrade,
+        } => {
             let c = Config::load(&config)?;
             logging::init(&c.log);
-            App::build(&c, Exit::WhenDrained)
+            App::build(&c, Exit::WhenDrained, upgrade)
                 .context("cannot start")?
                 .run();
         }
@@ -127,8 +138,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     let toy = demo::toy_upstream(upstream_port).with_context(|| {
                         format!("cannot listen on 127.0.0.1:{upstream_port} for the toy app")
                     })?;
-                    let mut app =
-                        App::build(&c, Exit::WhenDrained).context("cannot start the demo")?;
+                    let mut app = App::build(&c, Exit::WhenDrained, false)
+                        .context("cannot start the demo")?;
                     app.server.add_service(toy);
                     Ok(app)
                 });

@@ -18,7 +18,9 @@ use crate::attribution::Utm;
 pub type Millis = u64;
 
 /// Which line a visitor waits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Lane {
     /// Served first, `weight` admissions per normal one while both wait.
     Priority = 0,
@@ -50,7 +52,7 @@ impl Lane {
 }
 
 /// Where a ticket stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TicketState {
     /// Handed out, but its holder has not come back with it yet: ahead of
     /// nobody and offered nothing, so that clients that keep no tokens (bots)
@@ -77,7 +79,7 @@ impl TicketState {
 }
 
 /// One ticket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ticket {
     /// When it joined.
     pub joined: Millis,
@@ -94,7 +96,7 @@ pub struct Ticket {
 }
 
 /// Counts over positions `[0, n)` with O(log n) prefix sums and search.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Fenwick {
     tree: Vec<u32>,
 }
@@ -146,7 +148,7 @@ impl Fenwick {
 }
 
 /// One lane of tickets.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LaneQueue {
     /// Sequence number of `tickets[0]`.
     base: u64,
@@ -314,7 +316,7 @@ impl LaneQueue {
 }
 
 /// Both lanes and the rule that shares admissions between them.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Queue {
     lanes: [LaneQueue; 2],
     weight: u32,

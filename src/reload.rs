@@ -312,6 +312,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         ("server.tls[].listen", tls(o) != tls(n)),
         ("server.threads", o.threads != n.threads),
         ("server.work_stealing", o.work_stealing != n.work_stealing),
+        ("server.upgrade_sock", o.upgrade_sock != n.upgrade_sock),
         ("server.grace_period", o.grace_period != n.grace_period),
         (
             "server.upstream_keepalive_pool",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::proxy::HttpProxy;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -29,8 +29,10 @@ use crate::reload::{Hangups, Reloader};
 use crate::room::{RoomMetrics, Rooms};
 use crate::shutdown::{Drain, Signals};
 use crate::site::{Current, Shared, Site};
-use crate::store::memory::MemoryStore;
+use crate::snapshots::{self, Snapshots, Writer};
+use crate::store::memory::{MemoryStore, SavedSlots};
 use crate::store::redis::RedisStore;
+use crate::store::state_file::StateFile;
 use crate::store::{Leases, Observed, RoomSpec, Store, StoreMetrics};
 use crate::tls::Certificate;
 use crate::traffic::TrafficMetrics;
@@ -87,6 +89,7 @@ pub struct App {
     /// Shared with the proxy and admin listener.
     pub lifecycle: Arc<Lifecycle>,
     grace_period: Duration,
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 /// What the services share.
@@ -95,22 +98,34 @@ struct Parts {
     lifecycle: Arc<Lifecycle>,
     shared: Arc<Shared>,
     current: Arc<Current>,
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 impl App {
     /// Builds everything the config describes. Blocking: it loads the files
     /// the config names, checks the listeners can be bound and resolves
     /// upstream names, so call it before running.
-    pub fn build(config: &Config, exit: Exit) -> Result<App, StartError> {
+    ///
+    /// With `upgrade`, it first takes the listening sockets of the running
+    /// process over `[server] upgrade_sock` (waiting until that process is
+    /// sent SIGQUIT), and only then reads the state it saved.
+    pub fn build(config: &Config, exit: Exit, upgrade: bool) -> Result<App, StartError> {
         let assets = Assets::load(config)?;
-        check_bindable(config)?;
+        if !upgrade {
+            check_bindable(config)?;
+        }
         // rustls needs one process-wide provider; the Redis client's TLS uses it too.
         pingora::tls::install_default_crypto_provider();
+        let opt = Opt {
+            upgrade,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(&config.server));
+        server.bootstrap();
         let parts = Parts::new(config, assets)?;
 
-        let mut server = Server::new_with_opt_and_conf(None, server_conf(&config.server));
-        server.bootstrap();
         let (public, sweeper, certificates) = public_service(&server, config, &parts)?;
+        let active = sweeper.active();
         server.add_service(public);
         server.add_service(background_service("connection deadlines", sweeper));
         let reloader = Arc::new(Reloader::new(
@@ -135,9 +150,17 @@ impl App {
             },
         };
         server.add_service(background_service("store keeper", keeper));
+        if let Some(snapshots) = &parts.snapshots {
+            server.add_service(background_service(
+                "state snapshots",
+                Writer(Arc::clone(snapshots)),
+            ));
+        }
         if exit == Exit::WhenDrained {
             let drain = Drain {
                 lifecycle: Arc::clone(&parts.lifecycle),
+                connections: active,
+                snapshots: parts.snapshots.clone(),
             };
             server.add_service(background_service("drain", drain));
         }
@@ -145,6 +168,7 @@ impl App {
             server,
             lifecycle: parts.lifecycle,
             grace_period: config.server.grace_period,
+            snapshots: parts.snapshots,
         })
     }
 
@@ -154,15 +178,20 @@ impl App {
         let signals = Signals {
             lifecycle: Arc::clone(&self.lifecycle),
             grace_period: self.grace_period,
+            snapshots: self.snapshots.clone(),
         };
         self.run_until(Box::new(signals));
     }
 
-    /// Runs until the given watch says to stop.
+    /// Runs until the given watch says to stop; then writes the state a
+    /// last time (when it is kept and was not handed to a new process).
     pub fn run_until(self, shutdown: Box<dyn ShutdownSignalWatch>) {
         self.server.run(RunArgs {
             shutdown_signal: shutdown,
         });
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.save_blocking("stop");
+        }
     }
 }
 
@@ -170,7 +199,8 @@ impl Parts {
     fn new(config: &Config, assets: Assets) -> Result<Parts, StartError> {
         let metrics = Metrics::new()?;
         let registry = metrics.registry();
-        let (store, leases) = open_store(config, registry)?;
+        let opened = open_store(config, registry)?;
+        let (store, leases) = (opened.store, opened.leases);
         let shared = Arc::new(Shared {
             store,
             leases,
@@ -182,11 +212,25 @@ impl Parts {
         let current = Current::new(site);
         let gauges = Arc::clone(&current);
         Rooms::register_gauges(move || Arc::clone(&gauges.load().rooms), registry)?;
+        let snapshots = match opened.saved {
+            None => None,
+            Some(saved) => {
+                snapshots::apply(&saved.slots, &current);
+                Some(Arc::new(Snapshots::new(
+                    saved.store,
+                    saved.file,
+                    Arc::clone(&current),
+                    saved.interval,
+                    registry,
+                )?))
+            }
+        };
         Ok(Parts {
             metrics,
             lifecycle: Lifecycle::new(),
             shared,
             current,
+            snapshots,
         })
     }
 }
@@ -201,6 +245,7 @@ fn server_conf(s: &crate::config::Server) -> ServerConf {
             s.grace_period.as_secs() + u64::from(s.grace_period.subsec_nanos() > 0),
         ),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: s.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     }
 }
@@ -309,10 +354,24 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The store, as a shared `Store` and, for a shared store, as request-slot `Leases`.
-type Stores = (Arc<dyn Store>, Option<Arc<dyn Leases>>);
+/// The store as the services use it.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// The same store as request-slot leases, when it is shared.
+    leases: Option<Arc<dyn Leases>>,
+    /// The memory store kept on disk (`state_dir`).
+    saved: Option<Saved>,
+}
 
-fn open_store(config: &Config, registry: &Registry) -> Result<Stores, StartError> {
+/// A memory store with `state_dir`, as restored.
+struct Saved {
+    store: Arc<Observed<MemoryStore>>,
+    file: StateFile,
+    interval: std::time::Duration,
+    slots: Vec<SavedSlots>,
+}
+
+fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError> {
     let metrics = StoreMetrics::register(registry)?;
     let specs: Vec<RoomSpec> = config
         .rooms
@@ -322,12 +381,28 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Stores, StartError
             Some(RoomSpec::from_config(&r.name, r.capacity, s))
         })
         .collect();
-    Ok(match &config.store.backend {
-        Backend::Memory => (
-            Arc::new(Observed::new(MemoryStore::new(&specs), metrics)),
-            None,
-        ),
-        Backend::Redis(redis) => {
+    Ok(match (&config.store.backend, &config.store.state) {
+        (Backend::Memory, None) => Opened {
+            store: Arc::new(Observed::new(MemoryStore::new(&specs), metrics)),
+            leases: None,
+            saved: None,
+        },
+        (Backend::Memory, Some(state)) => {
+            let (file, store, slots) =
+                snapshots::restore(state, &specs).map_err(|e| StartError::Store(e.to_string()))?;
+            let store = Arc::new(Observed::new(store, metrics));
+            Opened {
+                store: store.clone(),
+                leases: None,
+                saved: Some(Saved {
+                    store,
+                    file,
+                    interval: state.interval,
+                    slots,
+                }),
+            }
+        }
+        (Backend::Redis(redis), _) => {
             let request_rooms: Vec<(String, u32)> = config
                 .rooms
                 .iter()
@@ -337,7 +412,11 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Stores, StartError
             let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)
                 .map_err(|e| StartError::Store(e.to_string()))?;
             let shared = Arc::new(Observed::new(store, metrics));
-            (shared.clone(), Some(shared))
+            Opened {
+                store: shared.clone(),
+                leases: Some(shared),
+                saved: None,
+            }
         }
     })
 }

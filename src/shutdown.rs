@@ -9,13 +9,17 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::connections::Active;
 use crate::lifecycle::Lifecycle;
+use crate::snapshots::Snapshots;
 
 /// SIGTERM and SIGINT drain gracefully (a container stop and a Ctrl-C both
 /// let in-flight requests finish); SIGQUIT hands the sockets to a new process.
 pub struct Signals {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) grace_period: Duration,
+    /// The memory store's state, handed to the new process on SIGQUIT.
+    pub(crate) snapshots: Option<Arc<Snapshots>>,
 }
 
 #[async_trait]
@@ -36,6 +40,10 @@ impl ShutdownSignalWatch for Signals {
             _ = quit.recv() => ("SIGQUIT", ShutdownSignal::GracefulUpgrade),
         };
         self.lifecycle.start_draining();
+        if let (ShutdownSignal::GracefulUpgrade, Some(snapshots)) = (&kind, &self.snapshots) {
+            // Written before the sockets go: the new process reads it once it has them.
+            snapshots.hand_over().await;
+        }
         tracing::info!(
             signal = name,
             in_flight = self.lifecycle.in_flight(),
@@ -50,6 +58,10 @@ impl ShutdownSignalWatch for Signals {
 /// always sleeping the whole grace period; a second signal ends it at once.
 pub struct Drain {
     pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Connections whose request has not reached the proxy yet count too.
+    pub(crate) connections: Active,
+    /// Written once the last request is done.
+    pub(crate) snapshots: Option<Arc<Snapshots>>,
 }
 
 #[async_trait]
@@ -69,17 +81,23 @@ impl BackgroundService for Drain {
         };
         let drained = async {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
-            while self.lifecycle.in_flight() > 0 {
+            while self.lifecycle.in_flight() > 0 || self.connections.count() > 0 {
                 tick.tick().await;
             }
         };
         tokio::select! {
             _ = drained => {
+                if let Some(snapshots) = &self.snapshots {
+                    snapshots.save("stop").await;
+                }
                 tracing::info!("all in-flight requests finished; exiting");
                 crate::logging::flush();
                 std::process::exit(0);
             }
             _ = second => {
+                if let Some(snapshots) = &self.snapshots {
+                    snapshots.save("stop").await;
+                }
                 tracing::warn!(in_flight = self.lifecycle.in_flight(), "second signal: exiting now");
                 crate::logging::flush();
                 std::process::exit(130);

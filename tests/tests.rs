@@ -17,6 +17,7 @@ mod hardening;
 mod load;
 mod reload;
 mod request_rooms;
+mod restart;
 mod store;
 mod tokens;
 mod waiting_room;

@@ -48,6 +48,8 @@ pub struct StoreFile {
     pub connect_timeout: Option<String>,
     pub lease: Option<String>,
     pub ca_file: Option<String>,
+    pub state_dir: Option<String>,
+    pub snapshot_interval: Option<String>,
 }
 
 /// `[server]`: the public side.
@@ -61,6 +63,7 @@ pub struct ServerFile {
     pub grace_period: Option<String>,
     pub upstream_keepalive_pool: Option<i64>,
     pub work_stealing: Option<bool>,
+    pub upgrade_sock: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub path_policy: Option<String>,
     pub header_timeout: Option<String>,

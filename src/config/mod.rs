@@ -60,6 +60,17 @@ pub struct StoreConfig {
     pub sweep_interval: Duration,
     /// Longest time between store touches of an admitted visitor's session.
     pub touch_interval: Duration,
+    /// Where the memory store keeps its state across restarts (`None`: it does not).
+    pub state: Option<StateDir>,
+}
+
+/// `[store] state_dir`: the memory store's state on local disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateDir {
+    /// The directory (created at start if missing).
+    pub dir: PathBuf,
+    /// How often the state is written (a crash loses at most this much).
+    pub interval: Duration,
 }
 
 /// A store implementation.
@@ -122,6 +133,9 @@ pub struct Server {
     pub upstream_keepalive_pool: usize,
     /// Let idle worker threads take work from busy ones.
     pub work_stealing: bool,
+    /// The Unix socket through which a process started with `--upgrade`
+    /// receives the listening sockets of the running one.
+    pub upgrade_sock: PathBuf,
     /// Peers whose `X-Forwarded-For` is believed (load balancers in front of anteroom).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Ambiguous path forms: refused or decoded.
@@ -337,7 +351,7 @@ pub enum OnStoreError {
 }
 
 /// Whether a room admits visitors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     /// Normal operation.
     Active,

@@ -14,9 +14,15 @@ use super::{
     Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
     JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy,
     Problem, ProofOfWork, RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules, Secret,
-    Server, Sessions, State, StoreConfig, TlsListener, Tokens, Upstream,
+    Server, Sessions, State, StateDir, StoreConfig, TlsListener, Tokens, Upstream,
 };
 const MAX_THREADS: i64 = 1024;
+/// Longest `[log] level` filter.
+const MAX_LOG_FILTER: usize = 512;
+/// Where `--upgrade` receives the listening sockets unless `upgrade_sock` says.
+const DEFAULT_UPGRADE_SOCK: &str = "/tmp/anteroom_upgrade.sock";
+/// `sun_path` holds 108 bytes with the terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
 const MIN_TOKEN_LEN: usize = 16;
 /// How long a ticket lives unless `[tokens] ticket_ttl` says otherwise.
@@ -366,6 +372,17 @@ fn server(p: &mut Problems, file: &File) -> Server {
         ),
         upstream_keepalive_pool,
         work_stealing: s.work_stealing.unwrap_or(true),
+        upgrade_sock: match s.upgrade_sock.as_deref() {
+            None => PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            Some(path) if path.trim().is_empty() || path.len() > MAX_UNIX_SOCKET_PATH => {
+                p.add(
+                    "server.upgrade_sock",
+                    format!("must be a path of 1 to {MAX_UNIX_SOCKET_PATH} bytes"),
+                );
+                PathBuf::from(DEFAULT_UPGRADE_SOCK)
+            }
+            Some(path) => PathBuf::from(path),
+        },
         trusted_proxies: s
             .trusted_proxies
             .iter()
@@ -451,7 +468,16 @@ fn log(p: &mut Problems, file: &File) -> Log {
         }
     };
     let level = file.log.level.clone().unwrap_or_else(|| "info".to_owned());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+    // Span and field filters compile regular expressions: a hostile or
+    // mistyped one can take gigabytes (found by the config fuzzer).
+    if level.len() > MAX_LOG_FILTER || level.contains(['[', '{']) {
+        p.add(
+            "log.level",
+            format!(
+                "must be levels and target=level directives (e.g. \"info,pingora=warn\"), at most {MAX_LOG_FILTER} bytes, without [span] or {{field}} filters"
+            ),
+        );
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
         p.add(
             "log.level",
             format!("{level:?} is not a log level or filter: {e}"),
@@ -1162,6 +1188,44 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
         Backend::Memory => Duration::from_secs(1),
         Backend::Redis(_) => Duration::from_secs(5),
     };
+    let interval = positive(
+        p,
+        "store.snapshot_interval",
+        &s.snapshot_interval,
+        Duration::from_secs(1),
+    );
+    let state = match (&s.state_dir, &backend) {
+        (None, _) => {
+            if s.snapshot_interval.is_some() {
+                p.add(
+                    "store.snapshot_interval",
+                    "only applies with store.state_dir",
+                );
+            }
+            None
+        }
+        (Some(_), Backend::Redis(_)) => {
+            p.add(
+                "store.state_dir",
+                "only applies to backend = \"memory\" (Redis keeps the state itself)",
+            );
+            None
+        }
+        (Some(dir), Backend::Memory) if dir.trim().is_empty() => {
+            p.add("store.state_dir", "must not be empty");
+            None
+        }
+        (Some(dir), Backend::Memory) => {
+            let dir = PathBuf::from(dir);
+            if dir.exists() && !dir.is_dir() {
+                p.add(
+                    "store.state_dir",
+                    format!("{} exists and is not a directory", dir.display()),
+                );
+            }
+            Some(StateDir { dir, interval })
+        }
+    };
     StoreConfig {
         backend,
         sweep_interval: positive(
@@ -1171,6 +1235,7 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
             Duration::from_secs(1),
         ),
         touch_interval: positive(p, "store.touch_interval", &s.touch_interval, touch_default),
+        state,
     }
 }
 

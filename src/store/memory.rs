@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Arrival, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
@@ -27,7 +28,7 @@ const RATE_TAU_MS: f64 = 60_000.0;
 /// Admissions seen before the measured rate is trusted.
 const RATE_MIN_SAMPLES: u32 = 3;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Session {
     admitted_at: Millis,
     last_seen: Millis,
@@ -41,7 +42,7 @@ struct Session {
 /// Admissions per millisecond: an exponentially weighted average (time
 /// constant one minute), bias-corrected so that it is right from the first
 /// seconds of a burst rather than ramping up from zero over a minute.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Rate {
     /// Decayed sum of admissions, divided by the time constant.
     sum: f64,
@@ -84,7 +85,7 @@ impl Rate {
 }
 
 /// Token bucket for `admit_rate`, one second of burst, full to start with.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Bucket {
     tokens: f64,
     at: Millis,
@@ -108,14 +109,14 @@ impl Bucket {
 }
 
 /// What an `Idempotency-Key` was given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Given {
     Ticket(Lane, u64),
     Session(u128),
 }
 
 /// One room's state and the waiting room's rules.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RoomState {
     spec: RoomSpec,
     settings: Settings,
@@ -664,6 +665,26 @@ impl RoomState {
     }
 }
 
+/// A `requests` room's capacity as saved: the file's, and the one in force
+/// (an admin change), which a restart keeps while the file's is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSlots {
+    /// The room.
+    pub room: String,
+    /// Its capacity in the file at the time.
+    pub configured: u32,
+    /// Its capacity in force.
+    pub capacity: u32,
+}
+
+/// What the state file holds.
+#[derive(Deserialize)]
+struct Saved {
+    rooms: Vec<RoomState>,
+    #[serde(default)]
+    requests: Vec<SavedSlots>,
+}
+
 /// All rooms of one instance.
 pub struct MemoryStore {
     /// Replaced whole at a reload; each room's state is carried over.
@@ -685,6 +706,71 @@ impl MemoryStore {
                     .collect(),
             ),
         }
+    }
+
+    /// Every room's state, as the state file keeps it, with the `requests`
+    /// rooms' capacities; each room is locked only while it is written.
+    pub fn export(&self, requests: &[SavedSlots]) -> Result<Vec<u8>, String> {
+        let rooms = self.rooms.load();
+        let mut out = Vec::with_capacity(4096);
+        let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
+        (|| -> Result<(), rmp_serde::encode::Error> {
+            // `Saved` written field by field, so no room is copied.
+            rmp::encode::write_map_len(ser.get_mut(), 2)?;
+            rmp::encode::write_str(ser.get_mut(), "rooms")?;
+            rmp::encode::write_array_len(ser.get_mut(), rooms.len() as u32)?;
+            for state in rooms.values() {
+                state.lock().serialize(&mut ser)?;
+            }
+            rmp::encode::write_str(ser.get_mut(), "requests")?;
+            requests.serialize(&mut ser)
+        })()
+        .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// A store holding these rooms, each with the state `export` saved for a
+    /// room of the same name (the settings as for a reload: kept if the
+    /// room's configuration is unchanged). Also returns the saved capacities
+    /// of `requests` rooms.
+    pub fn restore(
+        specs: &[RoomSpec],
+        saved: &[u8],
+    ) -> Result<(MemoryStore, Vec<SavedSlots>), String> {
+        let saved: Saved = rmp_serde::from_slice(saved).map_err(|e| e.to_string())?;
+        let now = now_millis();
+        let mut by_name: HashMap<String, RoomState> = saved
+            .rooms
+            .into_iter()
+            .map(|r| (r.spec.name.clone(), r))
+            .collect();
+        let rooms = specs
+            .iter()
+            .map(|spec| {
+                let state = match by_name.remove(&spec.name) {
+                    Some(mut kept) => {
+                        kept.respec(now, spec.clone());
+                        kept
+                    }
+                    None => RoomState::new(spec.clone(), now),
+                };
+                (spec.name.clone(), Arc::new(Mutex::new(state)))
+            })
+            .collect();
+        Ok((
+            MemoryStore {
+                rooms: ArcSwap::from_pointee(rooms),
+            },
+            saved.requests,
+        ))
+    }
+
+    /// How many visitors are in line and admitted, over all rooms.
+    pub fn counts(&self) -> (usize, usize) {
+        self.rooms.load().values().fold((0, 0), |(q, s), r| {
+            let r = r.lock();
+            (q + r.queue.live() as usize, s + r.sessions.len())
+        })
     }
 
     fn room(&self, name: &str) -> Result<Arc<Mutex<RoomState>>, StoreError> {

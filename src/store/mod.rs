@@ -6,6 +6,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod state_file;
 
 use std::fmt;
 use std::sync::Arc;
@@ -56,7 +57,7 @@ impl fmt::Display for SessionId {
 }
 
 /// Settings that can change while running (admin API), shared by all instances.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     /// Most visitors admitted at once.
     pub capacity: u32,
@@ -92,7 +93,7 @@ pub struct Newcomer {
 }
 
 /// Everything a store needs to know about a room.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RoomSpec {
     /// Room name.
     pub name: String,
@@ -420,6 +421,11 @@ impl<S> Observed<S> {
     /// Wraps a store.
     pub fn new(inner: S, metrics: StoreMetrics) -> Observed<S> {
         Observed { inner, metrics }
+    }
+
+    /// The store itself.
+    pub fn inner(&self) -> &S {
+        &self.inner
     }
 
     async fn record<T>(

@@ -253,10 +253,11 @@ impl TestProxy {
         let addr = config.server.listen[0];
         let admin = config.admin.listen;
         let (stop, rx) = oneshot::channel();
-        let app = tokio::task::spawn_blocking(move || App::build(&config, Exit::AfterGracePeriod))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let app =
+            tokio::task::spawn_blocking(move || App::build(&config, Exit::AfterGracePeriod, false))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}"));
         let thread =
             std::thread::spawn(move || app.run_until(Box::new(TestSignal(Mutex::new(Some(rx))))));
         let proxy = TestProxy {

@@ -16,7 +16,9 @@ pub struct Process {
     pub admin: u16,
     /// The `[server]`, `[admin]` and `[log]` tables of its config file.
     head: String,
-    dir: tempfile::TempDir,
+    /// Shared with the process that upgrades this one.
+    dir: std::sync::Arc<tempfile::TempDir>,
+    log_name: &'static str,
 }
 
 impl Process {
@@ -57,20 +59,10 @@ impl Process {
             public,
             admin,
             head,
-            dir,
+            dir: std::sync::Arc::new(dir),
+            log_name: "stderr.log",
         };
-        eventually(Duration::from_secs(10), || async {
-            let up = client()
-                .get(process.admin_url("/healthz"))
-                .send()
-                .await
-                .is_ok()
-                && tokio::net::TcpStream::connect(("127.0.0.1", public))
-                    .await
-                    .is_ok();
-            up.then_some(())
-        })
-        .await;
+        process.serving().await;
         process
     }
 
@@ -93,7 +85,66 @@ impl Process {
 
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(self.log_name)).unwrap_or_default()
+    }
+
+    /// Starts the same binary with the same config file and `--upgrade`: it
+    /// waits for this process's sockets, which it gets once this one is sent
+    /// SIGQUIT. Not waited for.
+    pub fn spawn_upgrade(&self) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_anteroom"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(self.dir.path().join("anteroom.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("stderr-upgrade.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Process {
+            child,
+            public: self.public,
+            admin: self.admin,
+            head: self.head.clone(),
+            dir: std::sync::Arc::clone(&self.dir),
+            log_name: "stderr-upgrade.log",
+        }
+    }
+
+    /// Starts the binary again on the same config file (after this one
+    /// stopped), waiting until it serves.
+    pub async fn restart(&self) -> Process {
+        let child = Command::new(env!("CARGO_BIN_EXE_anteroom"))
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("anteroom.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("stderr-restart.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let process = Process {
+            child,
+            public: self.public,
+            admin: self.admin,
+            head: self.head.clone(),
+            dir: std::sync::Arc::clone(&self.dir),
+            log_name: "stderr-restart.log",
+        };
+        process.serving().await;
+        process
+    }
+
+    /// Waits until the admin and public listeners answer (10 s at most).
+    pub async fn serving(&self) {
+        eventually(Duration::from_secs(10), || async {
+            let up = client()
+                .get(self.admin_url("/healthz"))
+                .send()
+                .await
+                .is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.public))
+                    .await
+                    .is_ok();
+            up.then_some(())
+        })
+        .await;
     }
 
     /// The public base URL.

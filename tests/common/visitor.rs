@@ -148,6 +148,11 @@ impl Visitor {
         body
     }
 
+    /// The pass the visitor holds.
+    pub fn pass_header(&self) -> Option<String> {
+        self.pass.clone()
+    }
+
     /// Whether the visitor holds a pass.
     pub fn admitted(&self) -> bool {
         self.pass.is_some()
