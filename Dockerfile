@@ -24,5 +24,7 @@ COPY conf/docker.toml /etc/anteroom/anteroom.toml
 VOLUME /var/lib/anteroom
 USER anteroom
 EXPOSE 8080 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/anteroom", "health", "--config", "/etc/anteroom/anteroom.toml"]
 ENTRYPOINT ["/usr/local/bin/anteroom"]
 CMD ["run", "--config", "/etc/anteroom/anteroom.toml"]

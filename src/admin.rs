@@ -209,7 +209,13 @@ impl Admin {
             return Reply::text(200, "ok\n");
         }
         let site = self.reloader.current().load();
-        if !self.authorized(session, site.config.admin.token.as_ref()) {
+        let authorized = self.authorized(session, site.config.admin.token.as_ref());
+        if path == "/readyz" && method == Method::GET {
+            // Probes (a load balancer, Kubernetes) carry no token: they get
+            // the status; the details are for the token's holder.
+            return self.readyz(authorized).await;
+        }
+        if !authorized {
             return Reply::error(
                 401,
                 "UNAUTHORIZED",
@@ -223,7 +229,6 @@ impl Admin {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render(),
             ),
-            (Method::GET, "/readyz") => self.readyz().await,
             (Method::POST, "/admin/reload") => {
                 let attempt = self.reloader.reload("admin").await;
                 Reply::json(if attempt.result == "ok" { 200 } else { 422 }, &attempt)
@@ -408,7 +413,7 @@ impl Admin {
         Reply::json(200, &RoomView::of(room))
     }
 
-    async fn readyz(&self) -> Reply {
+    async fn readyz(&self, details: bool) -> Reply {
         #[derive(Serialize)]
         struct Ready {
             ready: bool,
@@ -440,9 +445,18 @@ impl Admin {
         // admitted visitors and tells newcomers to wait, which is better than
         // every instance leaving the load balancer at once.
         let ready = !draining && listeners.iter().all(|l| l.up);
+        let status = if ready { 200 } else { 503 };
+        if !details {
+            #[derive(Serialize)]
+            struct Brief {
+                ready: bool,
+                draining: bool,
+            }
+            return Reply::json(status, &Brief { ready, draining });
+        }
         let ping = self.store.ping().await;
         Reply::json(
-            if ready { 200 } else { 503 },
+            status,
             &Ready {
                 ready,
                 draining,
@@ -457,9 +471,9 @@ impl Admin {
     }
 }
 
-/// Whether a listener accepts connections; a wildcard address is probed on loopback.
-async fn probe(addr: SocketAddr) -> bool {
-    let target = match addr.ip() {
+/// Where to reach a listener from this host: a wildcard address on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
         }
@@ -467,11 +481,45 @@ async fn probe(addr: SocketAddr) -> bool {
             SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
         }
         _ => addr,
-    };
+    }
+}
+
+/// Whether a listener accepts connections.
+async fn probe(addr: SocketAddr) -> bool {
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(target)).await,
+        tokio::time::timeout(
+            PROBE_TIMEOUT,
+            tokio::net::TcpStream::connect(reachable(addr))
+        )
+        .await,
         Ok(Ok(_))
     )
+}
+
+/// `anteroom health`: asks the admin listener at `addr` for `/healthz`, as a
+/// container's HEALTHCHECK does (the image has no curl). Blocking.
+pub fn check_health(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let target = reachable(addr);
+    let mut tcp = std::net::TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| format!("admin listener {target}: {e}"))?;
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+        .and_then(|()| {
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        })
+        .map_err(|e| format!("admin listener {target}: {e}"))?;
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head)
+        .map_err(|e| format!("admin listener {target}: {e}"))?;
+    if &head[9..12] == b"200" {
+        Ok(())
+    } else {
+        Err(format!(
+            "admin listener {target}: /healthz answered {}",
+            String::from_utf8_lossy(&head[9..12])
+        ))
+    }
 }
 
 async fn read_body(session: &mut ServerSession) -> Result<BytesMut, Reply> {

@@ -116,6 +116,32 @@ impl VisitorEvents {
         }
     }
 
+    /// Makes every series of a sessions room exist, at 0, before its first
+    /// event: `increase()` then sees the first events, and dashboards show 0
+    /// rather than nothing.
+    pub fn prepare(&self, room: &str) {
+        for lane in Lane::ALL {
+            self.arrivals.with_label_values(&[room, lane.as_str()]);
+        }
+        for how in ["direct", "queue"] {
+            self.admissions.with_label_values(&[room, how]);
+        }
+        for how in ["leave", "command"] {
+            self.released.with_label_values(&[room, how]);
+        }
+        for kind in [
+            "session",
+            "ticket",
+            "reservation",
+            "unconfirmed_session",
+            "unconfirmed_ticket",
+        ] {
+            self.expirations.with_label_values(&[room, kind]);
+        }
+        self.queue_wait.with_label_values(&[room]);
+        self.conversions.with_label_values(&[room, "none", "none"]);
+    }
+
     /// A new visitor at the room.
     pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Utm>) {
         self.arrivals

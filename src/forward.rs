@@ -25,6 +25,26 @@ const FORWARDING_HEADERS: [&str; 5] = [
     "forwarded",
 ];
 
+/// Longest request id taken from a client; a longer or odd one is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's id: the client's (or its load balancer's) when it sent one
+/// well-formed `header` line, else a new random one (`generated`).
+pub fn request_id(header: Option<&HeaderName>, req: &RequestHeader) -> (String, bool) {
+    let given = header.and_then(|h| {
+        let mut values = req.headers.get_all(h).iter();
+        let value = values.next()?;
+        let ok = values.next().is_none()
+            && (1..=MAX_REQUEST_ID).contains(&value.len())
+            && value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        ok.then(|| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    });
+    match given {
+        Some(id) => (id, false),
+        None => (format!("{:032x}", rand::random::<u128>()), true),
+    }
+}
+
 /// What a request's facts decide about forwarding it, kept from
 /// `request_filter` until the request goes upstream. Owned and small: the
 /// common request rewrites nothing and allocates nothing here.
@@ -71,11 +91,14 @@ impl Forwarding {
     /// Rewrites the request about to go upstream. `host` replaces the
     /// client's `Host` (the upstream's `host_header`); `visit` is the
     /// admitted visitor whose request it is.
+    /// `request_id` is the header and the id to send, when anteroom made it
+    /// (a client's own well-formed id goes through as it came).
     pub fn apply(
         &self,
         upstream: &mut RequestHeader,
         host: Option<&str>,
         visit: Option<&Visit>,
+        request_id: Option<(&HeaderName, &str)>,
     ) -> pingora::Result<()> {
         if let Some(target) = &self.target {
             upstream.set_uri(target.clone());
@@ -104,6 +127,9 @@ impl Forwarding {
         }
         let proto = if self.secure { "https" } else { "http" };
         upstream.insert_header("x-forwarded-proto", proto)?;
+        if let Some((name, id)) = request_id {
+            upstream.insert_header(name.clone(), id)?;
+        }
         if let Some(visit) = visit {
             if let Some(utm) = &visit.session.utm {
                 for (name, value) in utm.headers() {
@@ -240,7 +266,7 @@ mod tests {
         let facts = Facts::new(&server, &req, Some("10.0.0.1".parse().unwrap()), true).unwrap();
         let plan = Forwarding::of(&facts);
         let mut upstream = req.clone();
-        plan.apply(&mut upstream, None, None).unwrap();
+        plan.apply(&mut upstream, None, None, None).unwrap();
         upstream
     }
 

@@ -50,6 +50,9 @@ enum Command {
     },
     /// Validate a configuration file and exit (non-zero if it has problems).
     Check(ConfigFile),
+    /// Ask the running process's admin listener for /healthz (exit 0 when
+    /// healthy): a container HEALTHCHECK without curl.
+    Health(ConfigFile),
     /// Write a new RSA key pair for signing passes and tickets.
     Keygen {
         /// Directory for anteroom.key.pem (mode 0600) and anteroom.pub.pem.
@@ -110,6 +113,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             App::build(&c, Exit::WhenDrained, upgrade)
                 .context("cannot start")?
                 .run();
+        }
+        Command::Health(ConfigFile { config }) => {
+            let c = Config::load(&config)?;
+            anteroom::admin::check_health(c.admin.listen, std::time::Duration::from_secs(2))
+                .map_err(anyhow::Error::msg)?;
+            println!("healthy");
         }
         Command::Keygen { out, bits, force } => {
             let (private, public, kid) = anteroom::token::keygen(&out, bits as usize, force)?;

@@ -26,6 +26,13 @@ impl Metrics {
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         registry.register(Box::new(build))?;
+        // CPU, memory, file descriptors, threads, start time, under the
+        // conventional unprefixed `process_*` names.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        prometheus::register(Box::new(process)).or_else(|e| match e {
+            prometheus::Error::AlreadyReg => Ok(()),
+            e => Err(e),
+        })?;
         Ok(Metrics { registry })
     }
 
@@ -34,11 +41,13 @@ impl Metrics {
         &self.registry
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, with the process's.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
         // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
 }

@@ -19,7 +19,7 @@ use crate::api::{self, Api};
 use crate::bypass;
 use crate::connections;
 use crate::facts::{self, Facts};
-use crate::forward::Forwarding;
+use crate::forward::{self, Forwarding};
 use crate::gate::{Decision, Visit};
 use crate::lifecycle::{InFlight, Lifecycle};
 use crate::page::PageState;
@@ -39,7 +39,9 @@ pub struct Proxy {
     /// The config in force; each request takes it once, at its start.
     pub(crate) site: Arc<Current>,
     pub(crate) lifecycle: Arc<Lifecycle>,
-    /// Metric handles for requests no route took.
+    /// Metric handles for requests anteroom answers itself, and for those
+    /// no route took.
+    pub(crate) own_metrics: RouteMetrics,
     pub(crate) unrouted_metrics: RouteMetrics,
 }
 
@@ -62,6 +64,8 @@ pub struct Ctx {
     target: Option<String>,
     /// A browser let in on arrival: its answer asks it to confirm its place.
     confirm: bool,
+    /// The request's id, and whether anteroom made it (then it is sent upstream).
+    request_id: Option<(String, bool)>,
     upstream_sent: Option<Instant>,
     upstream_response: Option<(u16, Duration)>,
     outcome: Outcome,
@@ -151,8 +155,10 @@ async fn admit(
         Kind::Sessions(w) => {
             let gate = site.gate.as_ref()?;
             let closed = |state| replies::closed(room, w, state, facts);
+            let counters = room.counters();
             match gate.decide(room, w, facts).await {
                 Decision::Admit(visit) => {
+                    counters.admitted.inc();
                     // The pass cookie reaches the confirm endpoint only from the root.
                     ctx.confirm =
                         visit.on_arrival() && facts.wants_html() && w.config.cookie_path == "/";
@@ -160,20 +166,28 @@ async fn admit(
                     None
                 }
                 Decision::Wait(waiting) => {
+                    counters.queued.inc();
                     let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
                     let back = facts.target();
                     let reply = replies::waiting(room, w, &waiting, facts, &jar, &back);
                     Some((reply, Outcome::QueueRequired))
                 }
-                Decision::Full => Some((closed(PageState::Full), Outcome::Closed)),
+                Decision::Full => {
+                    counters.rejected_queue_full.inc();
+                    Some((closed(PageState::Full), Outcome::Closed))
+                }
                 Decision::Limited(limited) => {
                     Some((replies::limited(room, w, &limited, facts), Outcome::Limited))
                 }
                 Decision::BadRequest(message) => {
                     Some((Reply::error(400, "BAD_REQUEST", message), Outcome::Refused))
                 }
-                Decision::Maintenance => Some((closed(PageState::Maintenance), Outcome::Closed)),
+                Decision::Maintenance => {
+                    counters.rejected_closed.inc();
+                    Some((closed(PageState::Maintenance), Outcome::Closed))
+                }
                 Decision::Unavailable => {
+                    // Counted by the gate, which logs why.
                     Some((closed(PageState::Unavailable), Outcome::QueueRequired))
                 }
                 Decision::Open => {
@@ -214,6 +228,7 @@ impl ProxyHttp for Proxy {
             forwarding: Forwarding::default(),
             target: None,
             confirm: false,
+            request_id: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -237,6 +252,10 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let (peer, tls) = (peer_ip(session), is_tls(session));
         let site = Arc::clone(&ctx.site);
+        ctx.request_id = Some(forward::request_id(
+            site.config.server.request_id.as_ref(),
+            session.req_header(),
+        ));
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
             Ok(facts) => {
                 ctx.ip = facts.ip;
@@ -280,10 +299,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         let upstream = ctx.route.and_then(|r| ctx.site.upstream_of_route(r));
+        let request_id = match (&ctx.site.config.server.request_id, &ctx.request_id) {
+            (Some(header), Some((id, true))) => Some((header, id.as_str())),
+            _ => None,
+        };
         ctx.forwarding.apply(
             upstream_request,
             upstream.and_then(|u| u.host_header()),
             ctx.visit.as_deref(),
+            request_id,
         )?;
         // The upstream's time starts when the request is on its way.
         ctx.upstream_sent = Some(Instant::now());
@@ -412,10 +436,13 @@ impl ProxyHttp for Proxy {
         let room = ctx.route.and_then(|r| site.room_of_route(r));
         let duration = ctx.started.elapsed();
 
-        let metrics = ctx
-            .route
-            .and_then(|r| site.route_metrics.get(r))
-            .unwrap_or(&self.unrouted_metrics);
+        let metrics = ctx.route.and_then(|r| site.route_metrics.get(r)).unwrap_or(
+            if ctx.outcome == Outcome::Api {
+                &self.own_metrics
+            } else {
+                &self.unrouted_metrics
+            },
+        );
         metrics.request(status).inc();
         metrics.duration.observe(duration.as_secs_f64());
         if let Some((upstream_status, latency)) = ctx.upstream_response {
@@ -437,11 +464,20 @@ impl ProxyHttp for Proxy {
             }
         }
         let utm = ctx.visit.as_ref().and_then(|v| v.session.utm.as_deref());
+        let user_agent = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
         tracing::info!(
             target: "anteroom::access",
             method = %req.method,
             path,
+            version = ?req.version,
             host = facts::host_header(req).unwrap_or("-"),
+            request_id = ctx.request_id.as_ref().map(|(id, _)| id.as_str()),
+            user_agent = user_agent.as_deref(),
+            bytes_in = session.body_bytes_read(),
+            bytes_out = session.body_bytes_sent(),
             route = route.map_or("-", |r| r.name.as_str()),
             room = room.map_or("-", |r| r.name()),
             upstream = upstream.map_or("-", |u| u.config.name.as_str()),

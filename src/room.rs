@@ -9,7 +9,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
@@ -97,6 +99,8 @@ pub struct RoomCounters {
     pub rejected_queue_full: IntCounter,
     /// Turned away: the store failed.
     pub rejected_store: IntCounter,
+    /// Turned away: the room is in maintenance.
+    pub rejected_closed: IntCounter,
     /// Let through while the store failed (`on_store_error = "open"`).
     pub store_open: IntCounter,
     /// Time waited for a slot.
@@ -165,6 +169,7 @@ impl RoomMetrics {
             rejected_store: self
                 .rejected
                 .with_label_values(&[room, "store_unavailable"]),
+            rejected_closed: self.rejected.with_label_values(&[room, "maintenance"]),
             store_open: self.store_open.with_label_values(&[room]),
             slot_wait: self.slot_wait.with_label_values(&[room]),
             limited: Limit::ALL.map(|l| self.limited.with_label_values(&[room, l.as_str()])),
@@ -389,6 +394,7 @@ struct RoomGauges {
     in_use: IntGaugeVec,
     waiting: IntGaugeVec,
     queue_length: IntGaugeVec,
+    wait: GaugeVec,
 }
 
 impl RoomGauges {
@@ -409,6 +415,13 @@ impl RoomGauges {
                 ),
                 &["room", "lane"],
             )?,
+            wait: GaugeVec::new(
+                Opts::new(
+                    "room_wait_seconds",
+                    "Wait a visitor joining a sessions room now is told (as of the last sweep).",
+                ),
+                &["room"],
+            )?,
         })
     }
 
@@ -420,11 +433,24 @@ impl RoomGauges {
             &self.queue_length,
         ]
     }
+
+    fn collectors(&self) -> [&dyn Collector; 5] {
+        [
+            &self.capacity,
+            &self.in_use,
+            &self.waiting,
+            &self.queue_length,
+            &self.wait,
+        ]
+    }
 }
 
 impl Collector for RoomGauges {
     fn desc(&self) -> Vec<&Desc> {
-        self.gauges().into_iter().flat_map(|g| g.desc()).collect()
+        self.collectors()
+            .into_iter()
+            .flat_map(|g| g.desc())
+            .collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -432,6 +458,7 @@ impl Collector for RoomGauges {
         for g in self.gauges() {
             g.reset();
         }
+        self.wait.reset();
         let rooms = (self.rooms)();
         for room in rooms.iter() {
             let usage = room.usage();
@@ -447,14 +474,17 @@ impl Collector for RoomGauges {
                 .set(i64::from(usage.waiting));
         }
         for (room, w) in rooms.waiting_rooms() {
-            let waiting = w.snapshot().waiting;
+            let snapshot = w.snapshot();
             for lane in Lane::ALL {
                 self.queue_length
                     .with_label_values(&[room.name(), lane.as_str()])
-                    .set(i64::from(waiting[lane as usize]));
+                    .set(i64::from(snapshot.waiting[lane as usize]));
             }
+            self.wait
+                .with_label_values(&[room.name()])
+                .set(snapshot.wait.ms as f64 / 1000.0);
         }
-        self.gauges()
+        self.collectors()
             .into_iter()
             .flat_map(|g| g.collect())
             .collect()

@@ -35,7 +35,7 @@ use crate::store::redis::RedisStore;
 use crate::store::state_file::StateFile;
 use crate::store::{Leases, Observed, RoomSpec, Store, StoreMetrics};
 use crate::tls::Certificate;
-use crate::traffic::TrafficMetrics;
+use crate::traffic::{NO_UPSTREAM, OWN_ROUTE, TrafficMetrics, UNROUTED};
 use crate::upstream::{Resolver, UpstreamError};
 
 /// Why the server could not be started.
@@ -266,7 +266,8 @@ fn public_service(
     let proxy = Proxy {
         site: Arc::clone(&parts.current),
         lifecycle: Arc::clone(&parts.lifecycle),
-        unrouted_metrics: parts.shared.traffic.route("-", "-"),
+        own_metrics: parts.shared.traffic.route(OWN_ROUTE, NO_UPSTREAM),
+        unrouted_metrics: parts.shared.traffic.route(UNROUTED, NO_UPSTREAM),
     };
     let s = &config.server;
     let registry = parts.metrics.registry();

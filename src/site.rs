@@ -79,6 +79,9 @@ impl Site {
             &shared.room_metrics,
             previous.map(|p| &*p.rooms),
         ));
+        for (room, _) in rooms.waiting_rooms() {
+            shared.events.prepare(room.name());
+        }
         let gate = match (&assets.tokens, &config.tokens) {
             (Some(tokens), Some(settings)) => Some(Arc::new(Gate::new(
                 Arc::clone(tokens),

@@ -56,10 +56,11 @@ impl TrafficMetrics {
         })
     }
 
-    /// The handles of one route (`-` for requests no route matched).
+    /// The handles of one route; the statuses dashboards ask about exist
+    /// from the start.
     pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
         let cells = || (0..STATUSES).map(|_| OnceLock::new()).collect::<Box<[_]>>();
-        RouteMetrics {
+        let metrics = RouteMetrics {
             route: route.to_owned(),
             upstream: upstream.to_owned(),
             requests: self.requests.clone(),
@@ -68,9 +69,27 @@ impl TrafficMetrics {
             upstream_by_status: cells(),
             duration: self.request_duration.with_label_values(&[route]),
             latency: self.upstream_latency.with_label_values(&[route, upstream]),
+        };
+        for status in [200, 400, 404, 429, 502, 503, 504] {
+            metrics.request(status);
         }
+        if upstream != NO_UPSTREAM {
+            for status in [200, 500, 502, 503] {
+                metrics.upstream_response(status);
+            }
+        }
+        metrics
     }
 }
+
+/// The `route` label of requests anteroom answers itself (its `/__anteroom/`
+/// paths and the JWKS), which no route takes.
+pub const OWN_ROUTE: &str = "anteroom";
+/// The `route` label of requests that no route matched (404 NO_ROUTE) or
+/// that were refused before routing (400).
+pub const UNROUTED: &str = "unrouted";
+/// The `upstream` label of both.
+pub const NO_UPSTREAM: &str = "none";
 
 /// One route's metrics, looked up once: recording a request is then an
 /// index and an atomic add rather than hashing label values.

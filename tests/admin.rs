@@ -105,7 +105,7 @@ async fn metrics_parse_as_prometheus_text() {
 }
 
 #[tokio::test]
-async fn token_guards_everything_but_healthz() {
+async fn token_guards_everything_but_the_probes() {
     let upstream = TestUpstream::start().await;
     let proxy = proxy_with_token(&upstream).await;
     let c = client();
@@ -117,7 +117,22 @@ async fn token_guards_everything_but_healthz() {
             .status(),
         200
     );
-    for path in ["/metrics", "/readyz", "/admin/rooms", "/admin/rooms/llm"] {
+    // A probe without the token learns whether to send traffic, nothing more.
+    let brief: serde_json::Value = c
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(brief, serde_json::json!({"ready": true, "draining": false}));
+    for path in [
+        "/metrics",
+        "/admin/rooms",
+        "/admin/rooms/llm",
+        "/admin/config",
+    ] {
         let resp = c.get(proxy.admin_url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
         assert!(resp.headers().contains_key("www-authenticate"));

@@ -222,3 +222,62 @@ async fn visitor_lifecycle_is_logged_with_its_campaign() {
         "a token reached the log"
     );
 }
+
+#[tokio::test]
+async fn every_request_has_an_id_the_app_and_the_access_line_share() {
+    let upstream = TestUpstream::start().await;
+    let rest = format!(
+        "[[upstream]]\nname = \"app\"\naddress = \"{}\"\n[[route]]\nupstream = \"app\"\n",
+        upstream.addr
+    );
+    let p = Process::start("1s", &rest).await;
+    let http = client();
+    // anteroom makes one and sends it upstream.
+    let echo: serde_json::Value = http
+        .get(p.url("/echo"))
+        .header("user-agent", "campaign-bot/1.0")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let made = echo["headers"]["x-request-id"].as_str().unwrap().to_owned();
+    assert_eq!(made.len(), 32, "{made}");
+    assert!(made.bytes().all(|b| b.is_ascii_hexdigit()));
+    // A load balancer's id goes through as it came; a malformed one is replaced.
+    let echo: serde_json::Value = http
+        .get(p.url("/echo"))
+        .header("x-request-id", "lb-7f3a")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["headers"]["x-request-id"], "lb-7f3a");
+    let echo: serde_json::Value = http
+        .get(p.url("/echo"))
+        .header("x-request-id", "two words")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(echo["headers"]["x-request-id"], "two words");
+
+    let line = eventually(Duration::from_secs(5), || async {
+        p.log()
+            .lines()
+            .find(|l| l.contains(&made))
+            .map(str::to_owned)
+    })
+    .await;
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["request_id"], made.as_str());
+    assert_eq!(line["user_agent"], "campaign-bot/1.0");
+    assert_eq!(line["version"], "HTTP/1.1");
+    assert!(line["bytes_out"].as_u64().unwrap() > 0, "{line}");
+    assert_eq!(line["bytes_in"], 0);
+}

@@ -10,6 +10,7 @@ mod canonical;
 mod cluster;
 mod config;
 mod demo;
+mod deploy;
 mod floods;
 mod forwarding;
 mod fuzz;

@@ -267,6 +267,21 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def snapshot_stats(metrics_url):
+    """(seconds spent writing state, writes, bytes of the last, visitors queued) from /metrics."""
+    _, _, body = http("GET", metrics_url, {})
+    text = body.decode() if isinstance(body, bytes) else body
+    def value(prefix):
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+    queued = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                 if l.startswith("anteroom_room_queue_length{") and 'room="full"' in l)
+    return (value("anteroom_state_snapshot_seconds_sum"), value("anteroom_state_snapshot_seconds_count"),
+            value("anteroom_state_snapshot_bytes"), queued)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bin-dir", default="target/release")
@@ -299,7 +314,7 @@ def main():
         results.setdefault((scenario, target), []).append(r)
 
     try:
-        ports = {k: free_port() for k in ["up", "nginx", "plain", "ant", "ant_admin", "log", "log_admin", "red", "red_admin", "redis"]}
+        ports = {k: free_port() for k in ["up", "nginx", "plain", "ant", "ant_admin", "log", "log_admin", "red", "red_admin", "redis", "st", "st_admin"]}
         t = args.threads
         # The upstream: nginx returning a small body, on the load core.
         nginx_conf(f"{tmp}/up.conf", tmp, ports["up"], 1, cpu_affinity="10" if pin else None)
@@ -314,13 +329,20 @@ def main():
         anteroom_conf(f"{tmp}/log.toml", ports["log"], ports["log_admin"], ports["up"], t, key, "info", memory_store, anteroom)
         ant = procs.start("anteroom", [anteroom, "run", "--config", f"{tmp}/ant.toml"], cpu="0")
         procs.start("anteroom-logs", [anteroom, "run", "--config", f"{tmp}/log.toml"], cpu="0", log=f"{tmp}/access.log")
+        # The memory store keeping its state on disk (builds without
+        # state_dir skip it).
+        state_store = memory_store + f'\nstate_dir = "{tmp}/state"\nsnapshot_interval = "1s"'
+        anteroom_conf(f"{tmp}/st.toml", ports["st"], ports["st_admin"], ports["up"], t, key, "warn", state_store, anteroom)
+        use_state = subprocess.run([anteroom, "check", "--config", f"{tmp}/st.toml"], capture_output=True).returncode == 0
+        if use_state:
+            procs.start("anteroom-state", [anteroom, "run", "--config", f"{tmp}/st.toml"], cpu="0")
         if use_redis:
             procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(ports["redis"]), "--save", "", "--appendonly", "no"], cpu="1")
             wait_port(ports["redis"])
             redis_store = f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{ports["redis"]}/0"\ntouch_interval = "5s"\ntimeout = "2s"'
             anteroom_conf(f"{tmp}/red.toml", ports["red"], ports["red_admin"], ports["up"], t, key, "warn", redis_store, anteroom)
             procs.start("anteroom-redis", [anteroom, "run", "--config", f"{tmp}/red.toml"], cpu="0")
-        for name in ["up", "nginx", "plain", "ant", "ant_admin", "log"] + (["red", "red_admin"] if use_redis else []):
+        for name in ["up", "nginx", "plain", "ant", "ant_admin", "log"] + (["red", "red_admin"] if use_redis else []) + (["st", "st_admin"] if use_state else []):
             wait_port(ports[name])
         time.sleep(0.5)
         rss_start = rss_kb(ant.pid)
@@ -350,6 +372,8 @@ def main():
             return pass_, ticket
 
         pass_mem, ticket_mem = setup_tokens(ports["ant"], ports["ant_admin"], levels[0])
+        if use_state:
+            pass_st, ticket_st = setup_tokens(ports["st"], ports["st_admin"], levels[0])
         if use_redis:
             pass_red, ticket_red = setup_tokens(ports["red"], ports["red_admin"], levels[0])
 
@@ -362,6 +386,8 @@ def main():
 
         def anteroom_round(r, level):
             memory = [("memory", ports["ant"], pass_mem, ticket_mem)]
+            if use_state:
+                memory.append(("memory, state_dir", ports["st"], pass_st, ticket_st))
             stores = memory + ([("redis", ports["red"], pass_red, ticket_red)] if use_redis else [])
             for store, port, pass_, ticket in stores:
                 record("admitted: requests room, free slots", f"anteroom ({store})", wrk.run(f"round {r}: {store} requests room", url(port, "/req/x")))
@@ -418,6 +444,20 @@ def main():
         for r in range(1, args.rounds + 1):
             record("arrival flood: new visitor, signed ticket", "anteroom (memory)",
                    wrk.run(f"round {r}: arrival flood", url(ports["ant"], "/full/x"), ["Accept: application/json"]))
+            if use_state:
+                record("arrival flood: new visitor, signed ticket", "anteroom (memory, state_dir)",
+                       wrk.run(f"round {r}: arrival flood, state_dir", url(ports["st"], "/full/x"), ["Accept: application/json"]))
+        if use_state:
+            # What one snapshot costs with the longest line: the average
+            # write over a few seconds, and its size.
+            http("POST", url(ports["st_admin"], "/admin/rooms/full/visitors"), {"Content-Type": "application/json"}, {"count": levels[-1]})
+            time.sleep(2)
+            before = snapshot_stats(url(ports["st_admin"], "/metrics"))
+            time.sleep(5)
+            after = snapshot_stats(url(ports["st_admin"], "/metrics"))
+            writes = after[1] - before[1]
+            if writes > 0:
+                extra["snapshot"] = ((after[0] - before[0]) / writes, after[2], int(after[3]))
         signs, speed_out = openssl_rsa2048(1 if args.smoke else 3, pin)
         raw.write(f"### openssl speed rsa2048\n{speed_out}\n")
         extra["openssl rsa2048 sign/s (one core)"] = signs
@@ -484,6 +524,15 @@ def report(args, results, extra, pin, use_redis):
     signs = extra.get("openssl rsa2048 sign/s (one core)", 0)
     if signs:
         lines.append(f"- arrival flood: {flood:,.0f} tickets/s; openssl rsa2048 on one core: {signs:,.0f} sign/s; ratio per core in use ({args.threads}): {flood / (signs * args.threads):.2f}")
+    for scenario in ["admitted: requests room, free slots", "admitted: sessions room, valid pass",
+                     f"status poll, {levels[0]} queued", "arrival flood: new visitor, signed ticket"]:
+        kept = median([r["rps"] for r in results.get((scenario, "anteroom (memory, state_dir)"), [])])
+        plain_mem = median([r["rps"] for r in results.get((scenario, "anteroom (memory)"), [])])
+        if kept and plain_mem:
+            lines.append(f"- persistence ({scenario}): with state_dir {kept:,.0f} req/s vs without {plain_mem:,.0f}: {kept / plain_mem:.2f}")
+    if "snapshot" in extra:
+        secs, size, queued = extra["snapshot"]
+        lines.append(f"- one state snapshot with {queued:,} queued: {secs * 1000:.0f} ms to write, {size / 1e6:.1f} MB ({size / max(queued, 1):.0f} bytes per queued visitor)")
     polls = {lvl: median([r["rps"] for r in results.get((f"status poll, {lvl} queued", "anteroom (memory)"), [])]) for lvl in levels if lvl}
     if len(polls) >= 2:
         lo, hi = min(polls), max(polls)

@@ -20,6 +20,7 @@ import http.client as httpclient
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def count(cmd, port, path, needs, n, tmp):
     out = f"{tmp}/callgrind.{n}.out"
     for f in glob.glob(f"{out}*"):
         os.remove(f)
+    # Each run starts from nothing, with or without state_dir.
+    shutil.rmtree(f"{tmp}/state", ignore_errors=True)
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
         stdout=subprocess.DEVNULL,
@@ -93,6 +96,7 @@ def per_request(cmd, port, path, needs, tmp):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bin-dir", action="append", required=True, help="a build to measure (repeatable)")
+    ap.add_argument("--state", action="store_true", help="also measure each build with [store] state_dir (snapshots every 1 s)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="anteroom-instructions-")
     nginx = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
@@ -105,17 +109,24 @@ def main():
         for bin_dir in args.bin_dir:
             anteroom = os.path.join(bin_dir, "anteroom")
             plain = os.path.join(bin_dir, "examples", "plain-pingora")
-            port, admin = free_port(), free_port()
             subprocess.run([anteroom, "keygen", "--out", tmp, "--force"], check=True, capture_output=True)
-            anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", '[store]\nbackend = "memory"', anteroom)
-            cmd = [anteroom, "run", "--config", f"{tmp}/ant.toml"]
-            row = {}
             pport = free_port()
-            row["plain pingora, forward"] = per_request([plain, f"127.0.0.1:{pport}", f"127.0.0.1:{up}", "1"], pport, "/", [], tmp)
-            for name, (path, needs) in SCENARIOS.items():
-                row[name] = per_request(cmd, port, path, needs, tmp)
-                print(f"{bin_dir}: {name}: {row[name]:,.0f}", file=sys.stderr)
-            results[bin_dir] = row
+            plain_count = per_request([plain, f"127.0.0.1:{pport}", f"127.0.0.1:{up}", "1"], pport, "/", [], tmp)
+            stores = [("", '[store]\nbackend = "memory"')]
+            if args.state:
+                stores.append((" + state_dir", f'[store]\nbackend = "memory"\nstate_dir = "{tmp}/state"\nsnapshot_interval = "1s"'))
+            for suffix, store in stores:
+                port, admin = free_port(), free_port()
+                anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", store, anteroom)
+                if subprocess.run([anteroom, "check", "--config", f"{tmp}/ant.toml"], capture_output=True).returncode != 0:
+                    print(f"{bin_dir}{suffix}: not supported by this build, skipped", file=sys.stderr)
+                    continue
+                cmd = [anteroom, "run", "--config", f"{tmp}/ant.toml"]
+                row = {"plain pingora, forward": plain_count}
+                for name, (path, needs) in SCENARIOS.items():
+                    row[name] = per_request(cmd, port, path, needs, tmp)
+                    print(f"{bin_dir}{suffix}: {name}: {row[name]:,.0f}", file=sys.stderr)
+                results[bin_dir + suffix] = row
     finally:
         os.killpg(upstream.pid, signal.SIGKILL)
         upstream.wait()

@@ -69,6 +69,7 @@ pub struct ServerFile {
     pub header_timeout: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub request_id_header: Option<String>,
     pub max_connections: Option<i64>,
 }
 

@@ -149,6 +149,8 @@ pub struct Server {
     pub body_timeout: Duration,
     /// Most open client connections (0: no limit).
     pub max_connections: usize,
+    /// The header that carries each request's id upstream (`None`: not sent).
+    pub request_id: Option<http::HeaderName>,
 }
 
 impl Server {

@@ -395,6 +395,27 @@ fn server(p: &mut Problems, file: &File) -> Server {
         keepalive_timeout,
         body_timeout,
         max_connections,
+        request_id: match s.request_id_header.as_deref() {
+            None => Some(http::HeaderName::from_static("x-request-id")),
+            Some("") => None,
+            Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) if h.as_str().starts_with("x-anteroom-") || h == http::header::HOST => {
+                    p.add(
+                        "server.request_id_header",
+                        format!("{name:?} is a header anteroom sets itself"),
+                    );
+                    None
+                }
+                Ok(h) => Some(h),
+                Err(_) => {
+                    p.add(
+                        "server.request_id_header",
+                        format!("{name:?} is not a header name (\"\" sends none)"),
+                    );
+                    None
+                }
+            },
+        },
     }
 }
 
@@ -1409,6 +1430,12 @@ fn route(
         .name
         .clone()
         .unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or(""), path_prefix));
+    if ["anteroom", "unrouted"].contains(&name.as_str()) {
+        p.add(
+            format!("{key}.name"),
+            format!("{name:?} is the route label of requests no route takes; choose another"),
+        );
+    }
     let bypass = rules(p, &format!("{key}.bypass"), r.bypass.as_ref(), jwts);
     if !bypass.is_empty() && r.room.is_none() {
         p.add(

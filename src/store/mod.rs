@@ -392,13 +392,17 @@ impl StoreMetrics {
         let up = IntGauge::new("store_up", "1 when the last store operation succeeded.")?;
         up.set(1);
         registry.register(Box::new(up.clone()))?;
+        let errors = metrics::counter(
+            registry,
+            "store_errors_total",
+            "Store operations that failed or timed out, by operation.",
+            &["op"],
+        )?;
+        for op in OPERATIONS {
+            errors.with_label_values(&[op]);
+        }
         Ok(StoreMetrics {
-            errors: metrics::counter(
-                registry,
-                "store_errors_total",
-                "Store operations that failed or timed out, by operation.",
-                &["op"],
-            )?,
+            errors,
             latency: metrics::histogram(
                 registry,
                 "store_operation_seconds",
@@ -410,6 +414,26 @@ impl StoreMetrics {
         })
     }
 }
+
+/// Every operation `Observed` records, so their series exist from the start.
+const OPERATIONS: [&str; 16] = [
+    "arrive",
+    "poll",
+    "touch",
+    "release",
+    "leave",
+    "sweep",
+    "snapshot",
+    "update",
+    "fill",
+    "prepare",
+    "ping",
+    "lease_acquire",
+    "lease_release",
+    "lease_renew",
+    "lease_usage",
+    "lease_capacity",
+];
 
 /// A store with its latency, errors and health recorded in metrics.
 pub struct Observed<S> {
