@@ -31,7 +31,7 @@ use anteroom::room::{Kind, RoomMetrics, Rooms};
 use anteroom::slots::Slots;
 use anteroom::store::memory::{MemoryStore, RoomState};
 use anteroom::store::redis::RedisStore;
-use anteroom::store::{Arrival, Newcomer, Store};
+use anteroom::store::{Arrival, Lane, Newcomer, Store};
 use anteroom::token::{Kind as TokenKind, SigningKey, Tokens};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pingora::http::RequestHeader;
@@ -533,9 +533,28 @@ fn floods(c: &mut Criterion) {
     });
 }
 
+/// What a state snapshot (`[store] state_dir`) costs with a million in line:
+/// the copy made under the room's lock (what requests to the room may wait
+/// for), and the encoding done after it, off the lock.
+fn state_snapshot(c: &mut Criterion) {
+    let rt = runtime();
+    let s = setup(1);
+    let spec = s.rooms.by_name("web").unwrap().spec().unwrap();
+    let store = MemoryStore::new(std::slice::from_ref(&spec));
+    rt.block_on(store.fill("web", Lane::Normal, 1_000_000)).unwrap();
+    let mut group = c.benchmark_group("state_snapshot/1000000");
+    group.sample_size(10);
+    group.bench_function("copy_under_lock", |b| {
+        b.iter(|| black_box(store.copy_rooms()))
+    });
+    group.bench_function("encode", |b| b.iter(|| black_box(store.export(&[]))));
+    group.finish();
+}
+
 criterion_group!(
     benches,
     floods,
+    state_snapshot,
     admitted_with_cached_pass,
     status_poll,
     room_state_poll,

@@ -64,11 +64,23 @@ pub struct Ctx {
     target: Option<String>,
     /// A browser let in on arrival: its answer asks it to confirm its place.
     confirm: bool,
-    /// The request's id, and whether anteroom made it (then it is sent upstream).
+    /// The request's id, and whether anteroom made it (then it is sent
+    /// upstream); made when it is first needed, by forwarding or the access line.
     request_id: Option<(String, bool)>,
     upstream_sent: Option<Instant>,
     upstream_response: Option<(u16, Duration)>,
     outcome: Outcome,
+}
+
+impl Ctx {
+    /// The request's id, made once: the client's well-formed one, or new.
+    fn request_id(&mut self, req: &RequestHeader) -> (&str, bool) {
+        let header = self.site.config.server.request_id.as_ref();
+        let (id, made) = self
+            .request_id
+            .get_or_insert_with(|| forward::request_id(header, req));
+        (id.as_str(), *made)
+    }
 }
 
 /// How a request ended, for the access log.
@@ -252,10 +264,6 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let (peer, tls) = (peer_ip(session), is_tls(session));
         let site = Arc::clone(&ctx.site);
-        ctx.request_id = Some(forward::request_id(
-            site.config.server.request_id.as_ref(),
-            session.req_header(),
-        ));
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
             Ok(facts) => {
                 ctx.ip = facts.ip;
@@ -298,9 +306,10 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        let made = ctx.request_id(upstream_request).1;
         let upstream = ctx.route.and_then(|r| ctx.site.upstream_of_route(r));
         let request_id = match (&ctx.site.config.server.request_id, &ctx.request_id) {
-            (Some(header), Some((id, true))) => Some((header, id.as_str())),
+            (Some(header), Some((id, true))) if made => Some((header, id.as_str())),
             _ => None,
         };
         ctx.forwarding.apply(
@@ -429,6 +438,9 @@ impl ProxyHttp for Proxy {
             crate::logging::routine().client_disconnects.inc();
         }
 
+        if tracing::enabled!(target: "anteroom::access", tracing::Level::INFO) {
+            ctx.request_id(session.req_header());
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let site = &ctx.site;
         let route = ctx.route.and_then(|r| site.router.get(r));
@@ -463,6 +475,7 @@ impl ProxyHttp for Proxy {
                 }
             }
         }
+        let request_id = ctx.request_id.as_ref().map(|(id, _)| id.as_str());
         let utm = ctx.visit.as_ref().and_then(|v| v.session.utm.as_deref());
         let user_agent = req
             .headers
@@ -474,7 +487,7 @@ impl ProxyHttp for Proxy {
             path,
             version = ?req.version,
             host = facts::host_header(req).unwrap_or("-"),
-            request_id = ctx.request_id.as_ref().map(|(id, _)| id.as_str()),
+            request_id,
             user_agent = user_agent.as_deref(),
             bytes_in = session.body_bytes_read(),
             bytes_out = session.body_bytes_sent(),

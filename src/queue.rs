@@ -148,7 +148,7 @@ impl Fenwick {
 }
 
 /// One lane of tickets.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LaneQueue {
     /// Sequence number of `tickets[0]`.
     base: u64,
@@ -316,7 +316,7 @@ impl LaneQueue {
 }
 
 /// Both lanes and the rule that shares admissions between them.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Queue {
     lanes: [LaneQueue; 2],
     weight: u32,

@@ -116,7 +116,7 @@ enum Given {
 }
 
 /// One room's state and the waiting room's rules.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RoomState {
     spec: RoomSpec,
     settings: Settings,
@@ -678,7 +678,7 @@ pub struct SavedSlots {
 }
 
 /// What the state file holds.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Saved {
     rooms: Vec<RoomState>,
     #[serde(default)]
@@ -708,25 +708,27 @@ impl MemoryStore {
         }
     }
 
+    /// A copy of every room's state. Each room is locked only while it is
+    /// copied (a memory copy: tens of ms for a million in line), not while
+    /// it is encoded or written.
+    pub fn copy_rooms(&self) -> Vec<RoomState> {
+        self.rooms
+            .load()
+            .values()
+            .map(|r| r.lock().clone())
+            .collect()
+    }
+
     /// Every room's state, as the state file keeps it, with the `requests`
-    /// rooms' capacities; each room is locked only while it is written.
+    /// rooms' capacities.
     pub fn export(&self, requests: &[SavedSlots]) -> Result<Vec<u8>, String> {
-        let rooms = self.rooms.load();
-        let mut out = Vec::with_capacity(4096);
-        let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
-        (|| -> Result<(), rmp_serde::encode::Error> {
-            // `Saved` written field by field, so no room is copied.
-            rmp::encode::write_map_len(ser.get_mut(), 2)?;
-            rmp::encode::write_str(ser.get_mut(), "rooms")?;
-            rmp::encode::write_array_len(ser.get_mut(), rooms.len() as u32)?;
-            for state in rooms.values() {
-                state.lock().serialize(&mut ser)?;
-            }
-            rmp::encode::write_str(ser.get_mut(), "requests")?;
-            requests.serialize(&mut ser)
-        })()
-        .map_err(|e| e.to_string())?;
-        Ok(out)
+        let saved = Saved {
+            rooms: self.copy_rooms(),
+            requests: requests.to_vec(),
+        };
+        // Fields by position (about a third of the size and time of named
+        // fields); a field added later goes last, with a default.
+        rmp_serde::to_vec(&saved).map_err(|e| e.to_string())
     }
 
     /// A store holding these rooms, each with the state `export` saved for a
