@@ -19,7 +19,9 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::{IntCounterVec, IntGauge, Registry};
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
+use signal_hook::consts::SIGHUP;
+use signal_hook::iterator::Signals;
+use tokio::sync::Notify;
 
 use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError, Problem};
@@ -279,19 +281,38 @@ impl Reloader {
 
 /// Reloads on every SIGHUP (what `systemctl reload` and a closed terminal
 /// send): the process never dies of one.
-pub struct Hangups(pub Arc<Reloader>);
+pub struct Hangups {
+    reloader: Arc<Reloader>,
+    received: Arc<Notify>,
+}
+
+impl Hangups {
+    /// Installs the SIGHUP handler now, before anything listens, so that a
+    /// reload sent as soon as the process answers cannot end it (the default
+    /// action of SIGHUP). A thread of its own turns each signal into a reload.
+    pub fn install(reloader: Arc<Reloader>) -> std::io::Result<Hangups> {
+        let received = Arc::new(Notify::new());
+        let mut signals = Signals::new([SIGHUP])?;
+        let notify = Arc::clone(&received);
+        std::thread::Builder::new()
+            .name("anteroom-sighup".to_owned())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    // A permit is kept if no reload is waiting: none is lost.
+                    notify.notify_one();
+                }
+            })?;
+        Ok(Hangups { reloader, received })
+    }
+}
 
 #[async_trait]
 impl BackgroundService for Hangups {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot install the SIGHUP handler; reload with POST /admin/reload");
-            return;
-        };
         loop {
             tokio::select! {
-                _ = hangups.recv() => {
-                    self.0.reload("SIGHUP").await;
+                _ = self.received.notified() => {
+                    self.reloader.reload("SIGHUP").await;
                 }
                 _ = shutdown.changed() => return,
             }

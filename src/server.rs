@@ -71,6 +71,9 @@ pub enum StartError {
     /// The store could not be set up.
     #[error("{0}")]
     Store(String),
+    /// The SIGHUP handler could not be installed.
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signals(std::io::Error),
 }
 
 /// How the process ends after a shutdown signal.
@@ -136,7 +139,8 @@ impl App {
             parts.metrics.registry(),
         )?);
         server.add_service(admin_service(config, &parts, &reloader));
-        server.add_service(background_service("reload on SIGHUP", Hangups(reloader)));
+        let hangups = Hangups::install(reloader).map_err(StartError::Signals)?;
+        server.add_service(background_service("reload on SIGHUP", hangups));
         let current = Arc::clone(&parts.current);
         let resolver = Resolver::new(move || current.load().upstreams.clone());
         server.add_service(background_service("resolver", resolver));

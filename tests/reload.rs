@@ -113,7 +113,10 @@ async fn sighup_changes_capacity_routes_and_keys_while_the_line_keeps_its_order(
         .unwrap();
     assert!(metrics.contains("anteroom_config_reloads_total{result=\"ok\"} 1"));
     assert!(metrics.contains("anteroom_config_generation 2"));
-    assert!(p.log().contains("config reloaded"));
+    eventually(Duration::from_secs(5), || async {
+        p.log().contains("config reloaded").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -136,10 +139,13 @@ async fn a_broken_file_keeps_the_running_config_and_every_problem_is_logged() {
     assert_eq!(after["generation"], 1);
     let problems = after["lastReload"]["problems"].as_array().unwrap();
     assert!(problems.len() >= 2, "{after}");
-    let log = p.log();
+    // Lines are written by a background thread: wait for them.
+    let log = eventually(Duration::from_secs(5), || async {
+        let log = p.log();
+        (log.contains("room[0].capacity") && log.contains("route[0].path_prefix")).then_some(log)
+    })
+    .await;
     assert!(log.contains("config reload refused"), "{log}");
-    assert!(log.contains("room[0].capacity"), "{log}");
-    assert!(log.contains("route[0].path_prefix"), "{log}");
     assert_eq!(generation(&p).await, 1);
 
     // Still serving, as before.
