@@ -541,7 +541,8 @@ fn state_snapshot(c: &mut Criterion) {
     let s = setup(1);
     let spec = s.rooms.by_name("web").unwrap().spec().unwrap();
     let store = MemoryStore::new(std::slice::from_ref(&spec));
-    rt.block_on(store.fill("web", Lane::Normal, 1_000_000)).unwrap();
+    rt.block_on(store.fill("web", Lane::Normal, 1_000_000))
+        .unwrap();
     let mut group = c.benchmark_group("state_snapshot/1000000");
     group.sample_size(10);
     group.bench_function("copy_under_lock", |b| {
