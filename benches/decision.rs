@@ -333,6 +333,16 @@ fn slots(c: &mut Criterion) {
     c.bench_function("slots/acquire_release", |b| {
         b.iter(|| black_box(slots.try_acquire()))
     });
+    // A `rate` room's reservation (a lock and a comparison); far enough
+    // apart in time that every one goes at once.
+    let pace = anteroom::pace::Pace::new(anteroom::config::Rate::parse("1000000/s").unwrap());
+    let mut t = tokio::time::Instant::now();
+    c.bench_function("slots/rate_reserve", |b| {
+        b.iter(|| {
+            t += Duration::from_millis(1);
+            black_box(pace.reserve(t, Duration::ZERO))
+        })
+    });
 }
 
 /// A redis-server of the bench's own, killed at the end.

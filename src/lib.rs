@@ -28,6 +28,7 @@ pub mod keeper;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod pace;
 pub mod page;
 pub mod proxy;
 pub mod queue;

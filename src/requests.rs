@@ -2,7 +2,9 @@
 //! waiting in line up to `max_wait`, or `503 QUEUE_REQUIRED` with a retry
 //! time estimated from how long slots are held.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::OnStoreError;
 use crate::room::Room;
@@ -28,11 +30,29 @@ pub struct Decided {
     pub waited: Duration,
 }
 
-/// Takes a slot of `room`, waiting in line up to its `max_wait`.
+/// Takes a slot of `room`, waiting in line up to its `max_wait`: first for
+/// the room's next moment if it has a `rate`, then for a slot.
 pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
     let counters = room.counters();
     let start = Instant::now();
-    let max_wait = room.max_wait();
+    let mut max_wait = room.max_wait();
+    if let Some(pace) = room.pace() {
+        match pace.reserve(Instant::now(), max_wait) {
+            Ok(wait) if wait.is_zero() => {}
+            Ok(wait) => {
+                counters.queued.inc();
+                tokio::time::sleep(wait).await;
+                max_wait = max_wait.saturating_sub(wait);
+            }
+            Err(retry) => {
+                counters.rejected_rate.inc();
+                return Decided {
+                    admission: Admission::Refused(retry),
+                    waited: start.elapsed(),
+                };
+            }
+        }
+    }
     let held = match slots.try_acquire().await {
         Ok(Some(held)) => Ok(held),
         Ok(None) if max_wait.is_zero() => Err(NoSlot::Full),
@@ -128,5 +148,54 @@ mod tests {
         let got = waiter.await.unwrap();
         assert!(matches!(got.admission, Admission::Admitted(_)));
         assert_eq!(room.counters().queued.get(), 1);
+    }
+
+    fn paced(rate: &str, max_wait: &str) -> Fixture {
+        Fixture::new(
+            &format!(
+                "[[room]]\nname = \"llm\"\nmode = \"requests\"\ncapacity = 100\nmax_wait = \"{max_wait}\"\nrate = \"{rate}\""
+            ),
+            "room = \"llm\"",
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_let_in_at_the_rate_in_arrival_order_within_max_wait() {
+        let f = Arc::new(paced("4/s", "1s"));
+        let burst: Vec<_> = (0..6)
+            .map(|_| {
+                let f = Arc::clone(&f);
+                tokio::spawn(async move { decide(&f).await })
+            })
+            .collect();
+        let mut waited = Vec::new();
+        let mut refused = Vec::new();
+        for d in burst {
+            let d = d.await.unwrap();
+            match d.admission {
+                Admission::Admitted(_) => waited.push(d.waited.as_millis()),
+                Admission::Refused(retry) => refused.push(retry.as_millis()),
+                Admission::Open => panic!("no store here to fail"),
+            }
+        }
+        waited.sort_unstable();
+        // Moments 250 ms apart; the sixth would wait 1.25 s, past max_wait.
+        assert_eq!(waited, [0, 250, 500, 750, 1000]);
+        assert_eq!(refused, [1250]);
+        let counters = f.rooms.by_name("llm").unwrap().counters();
+        assert_eq!(counters.rejected_rate.get(), 1);
+        assert_eq!(counters.queued.get(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_max_wait_a_request_over_the_rate_is_told_when_to_come_back() {
+        let f = paced("2/s", "0s");
+        assert!(matches!(decide(&f).await.admission, Admission::Admitted(_)));
+        let Admission::Refused(retry) = decide(&f).await.admission else {
+            panic!("two requests at once at 2/s with no wait")
+        };
+        assert_eq!(retry, Duration::from_millis(500));
+        tokio::time::advance(retry).await;
+        assert!(matches!(decide(&f).await.admission, Admission::Admitted(_)));
     }
 }

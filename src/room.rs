@@ -16,6 +16,7 @@ use prometheus::{
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::metrics;
+use crate::pace::Pace;
 use crate::page::{Page, Template};
 use crate::queue::Lane;
 use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
@@ -29,6 +30,8 @@ const WAIT_BUCKETS: &[f64] = &[
 pub struct Room {
     config: config::Room,
     kind: Kind,
+    /// A `requests` room's `rate`.
+    pace: Option<Arc<Pace>>,
     counters: RoomCounters,
 }
 
@@ -101,6 +104,8 @@ pub struct RoomCounters {
     pub rejected_store: IntCounter,
     /// Turned away: the room is in maintenance.
     pub rejected_closed: IntCounter,
+    /// Turned away: the room's rate has no moment within `max_wait`.
+    pub rejected_rate: IntCounter,
     /// Let through while the store failed (`on_store_error = "open"`).
     pub store_open: IntCounter,
     /// Time waited for a slot.
@@ -170,6 +175,7 @@ impl RoomMetrics {
                 .rejected
                 .with_label_values(&[room, "store_unavailable"]),
             rejected_closed: self.rejected.with_label_values(&[room, "maintenance"]),
+            rejected_rate: self.rejected.with_label_values(&[room, "rate"]),
             store_open: self.store_open.with_label_values(&[room]),
             slot_wait: self.slot_wait.with_label_values(&[room]),
             limited: Limit::ALL.map(|l| self.limited.with_label_values(&[room, l.as_str()])),
@@ -237,10 +243,19 @@ impl Room {
                 }))
             }
         };
+        // Kept across a reload while the rate is the same: the line of
+        // moments already reserved stays.
+        let pace = config.rate.map(|rate| {
+            previous
+                .and_then(|p| p.pace.as_ref())
+                .filter(|p| p.rate() == rate)
+                .map_or_else(|| Arc::new(Pace::new(rate)), Arc::clone)
+        });
         let counters = metrics.room(&config.name);
         Room {
             config,
             kind,
+            pace,
             counters,
         }
     }
@@ -258,6 +273,11 @@ impl Room {
     /// How long a request may wait for a slot.
     pub fn max_wait(&self) -> Duration {
         self.config.max_wait
+    }
+
+    /// The room's rate, if it has one.
+    pub fn pace(&self) -> Option<&Pace> {
+        self.pace.as_deref()
     }
 
     /// Who passes without a slot.

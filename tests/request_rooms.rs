@@ -217,3 +217,60 @@ async fn capacity_endpoint_reports_the_room() {
     assert_eq!(resp.status(), 404);
     assert_eq!(upstream.seen.requests.load(SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_rate_lets_no_more_through_than_it_allows_and_tells_the_rest_when() {
+    let upstream = TestUpstream::start().await;
+    let config = room_config(&upstream, 100, "0s")
+        .replace("max_wait = \"0s\"", "max_wait = \"0s\"\nrate = \"10/s\"");
+    let proxy = TestProxy::start(&config).await;
+    let http = client();
+    let start = std::time::Instant::now();
+    let answers = join_all((0..30).map(|_| http.get(proxy.url("/api/x")).send())).await;
+    let elapsed = start.elapsed();
+    let mut refused = 0;
+    for resp in answers {
+        let resp = resp.unwrap();
+        if resp.status() == 503 {
+            refused += 1;
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry >= 1, "Retry-After in whole seconds, rounded up");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["code"], "QUEUE_REQUIRED");
+            assert!(body["retryAfterMs"].as_u64().unwrap() > 0, "{body}");
+        } else {
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    // At 10/s evenly spaced, at most one per 100 ms went through.
+    let served = upstream.seen.requests.load(SeqCst);
+    let allowed = 1 + (elapsed.as_millis() / 100) as usize;
+    assert!(served <= allowed, "{served} served in {elapsed:?}");
+    assert_eq!(served + refused, 30);
+    assert!(refused > 0);
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "anteroom_room_rejected_total{{reason=\"rate\",room=\"llm\"}} {refused}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn within_max_wait_a_burst_waits_for_its_moments_and_is_served() {
+    let upstream = TestUpstream::start().await;
+    let config = room_config(&upstream, 100, "3s")
+        .replace("max_wait = \"3s\"", "max_wait = \"3s\"\nrate = \"5/s\"");
+    let proxy = TestProxy::start(&config).await;
+    let http = client();
+    let answers = join_all((0..8).map(|_| http.get(proxy.url("/api/x")).send())).await;
+    assert!(answers.into_iter().all(|r| r.unwrap().status() == 200));
+    assert_eq!(upstream.seen.requests.load(SeqCst), 8);
+    let room = proxy.capacity("llm").await;
+    assert_eq!(room["inUse"], 0, "{room}");
+}

@@ -125,6 +125,7 @@ pub struct RoomFile {
     pub mode: String,
     pub capacity: i64,
     pub max_wait: Option<String>,
+    pub rate: Option<String>,
     pub session_ttl: Option<String>,
     pub session_max: Option<String>,
     pub admit_rate: Option<f64>,

@@ -64,6 +64,39 @@ pub struct StoreConfig {
     pub state: Option<StateDir>,
 }
 
+/// `rate = "60/m"`: at most `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per period.
+    pub count: u32,
+    /// The period: a second, a minute or an hour.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `"N/s"`, `"N/m"` or `"N/h"`, N from 1 to 1,000,000.
+    pub fn parse(text: &str) -> Option<Rate> {
+        let (count, unit) = text.trim().split_once('/')?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some(Rate { count, per })
+    }
+
+    /// The time between two requests at this rate.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count
+    }
+}
+
 /// `[store] state_dir`: the memory store's state on local disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDir {
@@ -247,6 +280,8 @@ pub struct Room {
     pub capacity: u32,
     /// How long a request may wait in line for a free slot before the 503.
     pub max_wait: Duration,
+    /// Requests let in per period (`requests` rooms), evenly spaced.
+    pub rate: Option<Rate>,
     /// Visitors who pass without taking a slot.
     pub bypass: Rules,
     /// What happens to newcomers while the store is down.

@@ -13,7 +13,7 @@ use super::file::{
 use super::{
     Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
     JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy,
-    Problem, ProofOfWork, RESERVED_PREFIX, RedisConfig, Room, RoomMode, Route, Rules, Secret,
+    Problem, ProofOfWork, RESERVED_PREFIX, Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret,
     Server, Sessions, State, StateDir, StoreConfig, TlsListener, Tokens, Upstream,
 };
 const MAX_THREADS: i64 = 1024;
@@ -260,6 +260,19 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     }
     let attribution = attribution(&mut p, &file.attribution);
     let store = store(&mut p, &file.store);
+    if matches!(store.backend, Backend::Redis(_)) {
+        for (i, r) in file
+            .rooms
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.rate.is_some())
+        {
+            p.add(
+                format!("room[{i}].rate"),
+                format!("room {:?}: rate is counted by each instance; with the Redis store it is not shared yet, so it is refused rather than multiplied by the number of instances", r.name),
+            );
+        }
+    }
 
     if file.routes.is_empty() {
         p.add(
@@ -671,6 +684,22 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
             ),
         );
     }
+    let rate = r.rate.as_deref().and_then(|text| {
+        let parsed = Rate::parse(text);
+        if parsed.is_none() {
+            p.add(
+                format!("{key}.rate"),
+                format!("{text:?} is not a rate: use requests per second, minute or hour, e.g. \"60/m\" (1 to 1,000,000)"),
+            );
+        }
+        parsed
+    });
+    if mode == Some(RoomMode::Sessions) && r.rate.is_some() {
+        p.add(
+            format!("{key}.rate"),
+            "rate applies to rooms in \"requests\" mode; a sessions room has admit_rate",
+        );
+    }
     if mode == Some(RoomMode::Sessions) && r.max_wait.is_some() {
         p.add(
             format!("{key}.max_wait"),
@@ -732,6 +761,7 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
         mode: mode?,
         capacity: capacity? as u32,
         max_wait,
+        rate,
         bypass,
         on_store_error,
         sessions,

@@ -1,0 +1,112 @@
+//! A `requests` room's `rate`: requests let in at evenly spaced moments, as
+//! a line. It is GCRA (the generic cell rate algorithm, as in `governor` and
+//! redis-cell) used as a reservation: each request takes the next free
+//! moment, `interval` after the one before, and waits for it if it comes
+//! within `max_wait`; otherwise it is told when a request would go at once.
+//! Reservations are taken in arrival order, so the line is first come,
+//! first served, like the slots' line it precedes. (`governor` answers
+//! "not before T" but does not reserve the moment, so waiters would wake
+//! together and race for it.)
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::config::Rate;
+
+/// The moments of one room's rate.
+#[derive(Debug)]
+pub struct Pace {
+    rate: Rate,
+    interval: Duration,
+    /// The next free moment (GCRA's theoretical arrival time).
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pace {
+    /// A rate with its first moment free now.
+    pub fn new(rate: Rate) -> Pace {
+        Pace {
+            rate,
+            interval: rate.interval(),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// The rate it keeps.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Reserves this request's moment: `Ok(wait)` until it (zero: now), or
+    /// `Err(retry)` when it would have to wait longer than `max_wait`:
+    /// `retry` is when a request would go at once, and nothing is reserved.
+    pub fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+        let mut next = self.next.lock();
+        let at = next.map_or(now, |n| n.max(now));
+        let wait = at - now;
+        if wait > max_wait {
+            return Err(wait);
+        }
+        *next = Some(at + self.interval);
+        Ok(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(text: &str) -> Pace {
+        Pace::new(Rate::parse(text).unwrap())
+    }
+
+    #[test]
+    fn rates_parse_with_their_unit() {
+        assert_eq!(
+            Rate::parse("60/m").unwrap().interval(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            Rate::parse("4/s").unwrap().interval(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            Rate::parse(" 3600 / h ").unwrap().interval(),
+            Duration::from_secs(1)
+        );
+        for bad in ["60", "0/m", "60/d", "-1/s", "x/s", "2000000/s", ""] {
+            assert!(Rate::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requests_take_evenly_spaced_moments_in_arrival_order() {
+        let p = pace("4/s");
+        let t = Instant::now();
+        let max = Duration::from_secs(1);
+        let waits: Vec<_> = (0..4).map(|_| p.reserve(t, max).unwrap()).collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 250, 500, 750]);
+        // The fifth would wait 1 s, which is max_wait: still in.
+        assert_eq!(p.reserve(t, max).unwrap(), Duration::from_secs(1));
+        // The sixth would wait longer: told when to come back, nothing reserved.
+        assert_eq!(p.reserve(t, max), Err(Duration::from_millis(1250)));
+        assert_eq!(p.reserve(t, max), Err(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn an_idle_rate_does_not_bank_a_burst() {
+        let p = pace("2/s");
+        let t = Instant::now();
+        assert_eq!(p.reserve(t, Duration::ZERO), Ok(Duration::ZERO));
+        // Ten seconds of silence: the next goes at once, the one after waits.
+        let later = t + Duration::from_secs(10);
+        assert_eq!(p.reserve(later, Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(
+            p.reserve(later, Duration::ZERO),
+            Err(Duration::from_millis(500))
+        );
+    }
+}
