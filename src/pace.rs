@@ -8,12 +8,54 @@
 //! "not before T" but does not reserve the moment, so waiters would wake
 //! together and race for it.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::config::Rate;
+use crate::store::{Leases, StoreError};
+
+/// A room's rate: its moments kept here, or in the shared store (one line
+/// for every instance, on the store's clock).
+pub enum Rated {
+    /// This instance's.
+    Local(Pace),
+    /// Every instance's, through the store.
+    Shared {
+        /// The rate.
+        rate: Rate,
+        /// The room's name in the store.
+        room: String,
+        /// The store.
+        store: Arc<dyn Leases>,
+    },
+}
+
+impl Rated {
+    /// The rate it keeps.
+    pub fn rate(&self) -> Rate {
+        match self {
+            Rated::Local(p) => p.rate(),
+            Rated::Shared { rate, .. } => *rate,
+        }
+    }
+
+    /// Reserves a request's moment, as [`Pace::reserve`]; a shared rate asks
+    /// the store, which may fail.
+    pub async fn reserve(
+        &self,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        match self {
+            Rated::Local(p) => Ok(p.reserve(Instant::now(), max_wait)),
+            Rated::Shared { rate, room, store } => {
+                store.pace(room, rate.interval(), max_wait).await
+            }
+        }
+    }
+}
 
 /// The moments of one room's rate.
 #[derive(Debug)]

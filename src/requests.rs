@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::config::OnStoreError;
 use crate::room::Room;
 use crate::slots::{Held, NoSlot, RequestSlots};
+use crate::store::StoreError;
 
 /// What happens to a request of a `requests` room.
 #[derive(Debug)]
@@ -37,20 +38,25 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
     let start = Instant::now();
     let mut max_wait = room.max_wait();
     if let Some(pace) = room.pace() {
-        match pace.reserve(Instant::now(), max_wait) {
-            Ok(wait) if wait.is_zero() => {}
-            Ok(wait) => {
+        let refused = match pace.reserve(max_wait).await {
+            Ok(Ok(wait)) if wait.is_zero() => None,
+            Ok(Ok(wait)) => {
                 counters.queued.inc();
                 tokio::time::sleep(wait).await;
                 max_wait = max_wait.saturating_sub(wait);
+                None
             }
-            Err(retry) => {
+            Ok(Err(retry)) => {
                 counters.rejected_rate.inc();
-                return Decided {
-                    admission: Admission::Refused(retry),
-                    waited: start.elapsed(),
-                };
+                Some(Admission::Refused(retry))
             }
+            Err(e) => Some(store_failed(room, &e, slots)),
+        };
+        if let Some(admission) = refused {
+            return Decided {
+                admission,
+                waited: start.elapsed(),
+            };
         }
     }
     let held = match slots.try_acquire().await {
@@ -69,20 +75,26 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
             counters.admitted.inc();
             Admission::Admitted(held)
         }
-        Err(NoSlot::Store(e)) if room.on_store_error() == OnStoreError::Open => {
-            tracing::warn!(room = room.name(), error = %e, "store unavailable; letting the request through (on_store_error = open)");
-            counters.store_open.inc();
-            Admission::Open
-        }
-        Err(reason) => {
-            match reason {
-                NoSlot::Full => counters.rejected_full.inc(),
-                NoSlot::Store(_) => counters.rejected_store.inc(),
-            }
+        Err(NoSlot::Store(e)) => store_failed(room, &e, slots),
+        Err(NoSlot::Full) => {
+            counters.rejected_full.inc();
             Admission::Refused(slots.retry_after())
         }
     };
     Decided { admission, waited }
+}
+
+/// The shared store did not answer: the room's `on_store_error` decides.
+fn store_failed(room: &Room, e: &StoreError, slots: &RequestSlots) -> Admission {
+    let counters = room.counters();
+    if room.on_store_error() == OnStoreError::Open {
+        tracing::warn!(room = room.name(), error = %e, "store unavailable; letting the request through (on_store_error = open)");
+        counters.store_open.inc();
+        Admission::Open
+    } else {
+        counters.rejected_store.inc();
+        Admission::Refused(slots.retry_after())
+    }
 }
 
 #[cfg(test)]

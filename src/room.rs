@@ -16,7 +16,7 @@ use prometheus::{
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::metrics;
-use crate::pace::Pace;
+use crate::pace::{Pace, Rated};
 use crate::page::{Page, Template};
 use crate::queue::Lane;
 use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
@@ -31,7 +31,7 @@ pub struct Room {
     config: config::Room,
     kind: Kind,
     /// A `requests` room's `rate`.
-    pace: Option<Arc<Pace>>,
+    pace: Option<Arc<Rated>>,
     counters: RoomCounters,
 }
 
@@ -245,11 +245,16 @@ impl Room {
         };
         // Kept across a reload while the rate is the same: the line of
         // moments already reserved stays.
-        let pace = config.rate.map(|rate| {
-            previous
+        let pace = config.rate.map(|rate| match leases {
+            Some(store) => Arc::new(Rated::Shared {
+                rate,
+                room: config.name.clone(),
+                store: Arc::clone(store),
+            }),
+            None => previous
                 .and_then(|p| p.pace.as_ref())
-                .filter(|p| p.rate() == rate)
-                .map_or_else(|| Arc::new(Pace::new(rate)), Arc::clone)
+                .filter(|p| matches!(&***p, Rated::Local(_)) && p.rate() == rate)
+                .map_or_else(|| Arc::new(Rated::Local(Pace::new(rate))), Arc::clone),
         });
         let counters = metrics.room(&config.name);
         Room {
@@ -276,7 +281,7 @@ impl Room {
     }
 
     /// The room's rate, if it has one.
-    pub fn pace(&self) -> Option<&Pace> {
+    pub fn pace(&self) -> Option<&Rated> {
         self.pace.as_deref()
     }
 

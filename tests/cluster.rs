@@ -458,3 +458,57 @@ address = "{addr}"
         "the password reached the log"
     );
 }
+
+#[tokio::test]
+async fn three_instances_share_one_rate() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let config = shared(
+        &upstream,
+        &redis,
+        r#"
+[[room]]
+name = "llm"
+mode = "requests"
+capacity = 100
+rate = "10/s"
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+room = "llm"
+"#,
+    );
+    let instances = three(&config).await;
+    let http = crate::common::client();
+    let start = std::time::Instant::now();
+    let answers = join_all((0..60).map(|i| http.get(instances[i % 3].url("/echo")).send())).await;
+    let elapsed = start.elapsed();
+    let mut refused = 0;
+    for resp in answers {
+        let resp = resp.unwrap();
+        if resp.status() == 503 {
+            refused += 1;
+            assert!(resp.headers().contains_key("retry-after"));
+        } else {
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    // One line of moments for all three: at most one per 100 ms in all,
+    // where three instances counting alone would let three through.
+    let served = upstream.seen.requests.load(SeqCst);
+    let allowed = 1 + (elapsed.as_millis() / 100) as usize;
+    assert!(served <= allowed, "{served} served in {elapsed:?}");
+    assert_eq!(served + refused, 60);
+
+    // Waiting within max_wait, the three serve a burst at the shared pace.
+    let waiting = config.replace("rate = \"10/s\"", "rate = \"10/s\"\nmax_wait = \"5s\"");
+    let instances = three(&waiting).await;
+    let before = upstream.seen.requests.load(SeqCst);
+    let start = std::time::Instant::now();
+    let answers = join_all((0..12).map(|i| http.get(instances[i % 3].url("/echo")).send())).await;
+    assert!(answers.into_iter().all(|r| r.unwrap().status() == 200));
+    assert_eq!(upstream.seen.requests.load(SeqCst) - before, 12);
+    // Twelve moments 100 ms apart: the last cannot have gone before 1.1 s.
+    assert!(start.elapsed() >= std::time::Duration::from_millis(1100));
+}

@@ -87,7 +87,6 @@ upstream = "ap"
         ("server.upgrade_sock", format!("[server]\nupgrade_sock = \"\"\n{BASE}")),
         ("room[0].rate", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\nrate = \"60 per minute\"\n")),
         ("room[0].rate", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nrate = \"60/m\"\n")),
-        ("room[0].rate", format!("[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\nrate = \"60/m\"\n")),
         ("server.threads", format!("[server]\nthreads = -1\n{BASE}")),
         ("upstream[0].address", BASE.replace("127.0.0.1:3000", "127.0.0.1")),
         ("upstream[0].read_timeout", BASE.replace("address = \"127.0.0.1:3000\"", "address = \"127.0.0.1:3000\"\nread_timeout = \"0s\"")),

@@ -260,19 +260,6 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     }
     let attribution = attribution(&mut p, &file.attribution);
     let store = store(&mut p, &file.store);
-    if matches!(store.backend, Backend::Redis(_)) {
-        for (i, r) in file
-            .rooms
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.rate.is_some())
-        {
-            p.add(
-                format!("room[{i}].rate"),
-                format!("room {:?}: rate is counted by each instance; with the Redis store it is not shared yet, so it is refused rather than multiplied by the number of instances", r.name),
-            );
-        }
-    }
 
     if file.routes.is_empty() {
         p.add(

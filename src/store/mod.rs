@@ -374,6 +374,15 @@ pub trait Leases: Send + Sync {
     async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError>;
     /// Changes the capacity for every instance.
     async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError>;
+    /// Reserves the room's next moment of its `rate` (one every `interval`,
+    /// shared by every instance): `Ok(wait)` until it, or `Err(retry)` when
+    /// it is further than `max_wait` away (nothing reserved).
+    async fn pace(
+        &self,
+        room: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError>;
     /// How long a lease lasts without renewal.
     fn lease(&self) -> std::time::Duration;
 }
@@ -416,7 +425,7 @@ impl StoreMetrics {
 }
 
 /// Every operation `Observed` records, so their series exist from the start.
-const OPERATIONS: [&str; 16] = [
+const OPERATIONS: [&str; 17] = [
     "arrive",
     "poll",
     "touch",
@@ -433,6 +442,7 @@ const OPERATIONS: [&str; 16] = [
     "lease_renew",
     "lease_usage",
     "lease_capacity",
+    "lease_pace",
 ];
 
 /// A store with its latency, errors and health recorded in metrics.
@@ -545,6 +555,15 @@ impl<S: Leases> Leases for Observed<S> {
     }
     async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError> {
         self.record("lease_capacity", self.inner.set_capacity(room, capacity))
+            .await
+    }
+    async fn pace(
+        &self,
+        room: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        self.record("lease_pace", self.inner.pace(room, interval, max_wait))
             .await
     }
     fn lease(&self) -> std::time::Duration {

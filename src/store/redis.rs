@@ -802,6 +802,32 @@ impl Leases for RedisStore {
         Ok(())
     }
 
+    async fn pace(
+        &self,
+        room: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let v = self
+            .lease_call(
+                room,
+                &[
+                    "pace".to_owned(),
+                    ms(interval).max(1).to_string(),
+                    ms(max_wait).to_string(),
+                ],
+            )
+            .await?;
+        let items = items(&v)?;
+        let wait = Duration::from_millis(uint(items.get(1))?);
+        Ok(if uint(items.first())? == 1 {
+            Ok(wait)
+        } else {
+            Err(wait)
+        })
+    }
+
     fn lease(&self) -> Duration {
         self.lease
     }

@@ -7,6 +7,7 @@
 --   renew   lease_ms id...        -> renewed count
 --   usage                         -> {capacity, in use}
 --   capacity n                    -> 1
+--   pace    interval_ms max_wait_ms -> {1, wait_ms} reserved, {0, retry_ms} too far
 local op = ARGV[2]
 if op == 'init' then
   if redis.call('HGET', KEYS[1], 'cfg') ~= ARGV[3] then
@@ -42,5 +43,14 @@ elseif op == 'usage' then
 elseif op == 'capacity' then
   redis.call('HSET', KEYS[1], 'capacity', ARGV[3])
   return 1
+elseif op == 'pace' then
+  -- The room's rate as a line of moments (GCRA): every instance reserves
+  -- from the same next free moment, on Redis's clock.
+  local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+  local at = math.max(nxt, NOW)
+  local wait = at - NOW
+  if wait > tonumber(ARGV[4]) then return { 0, wait } end
+  redis.call('HSET', KEYS[1], 'next', at + tonumber(ARGV[3]))
+  return { 1, wait }
 end
 return redis.error_reply('unknown lease op ' .. op)
