@@ -50,3 +50,4 @@ pub mod tls;
 pub mod token;
 pub mod traffic;
 pub mod upstream;
+pub mod usage;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::config::Rate;
+use crate::config::{Rate, TokenBudget};
 use crate::store::{Leases, StoreError};
 
 /// A room's rate: its moments kept here, or in the shared store (one line
@@ -96,6 +96,70 @@ impl Pace {
     }
 }
 
+/// A `requests` room's `tokens_per_minute`: a weighted [`Pace`] in which
+/// each token is a moment of `60 s / tokens_per_minute`, and up to a minute's
+/// worth may be spent at once. A request reserves its estimate when it is let
+/// in; when it ends, the difference to what its response reported is given
+/// back or taken.
+#[derive(Debug)]
+pub struct Budget {
+    budget: TokenBudget,
+    per_token: Duration,
+    /// The moment the tokens spent so far are paid for.
+    next: Mutex<Option<Instant>>,
+}
+
+/// How much may be spent ahead: a minute's worth.
+const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
+impl Budget {
+    /// A full budget.
+    pub fn new(budget: TokenBudget) -> Budget {
+        Budget {
+            budget,
+            per_token: BUDGET_WINDOW / budget.per_minute.max(1),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// The budget it keeps.
+    pub fn budget(&self) -> TokenBudget {
+        self.budget
+    }
+
+    /// Reserves `tokens`: `Ok(wait)` until they are there (zero: now), or
+    /// `Err(retry)` when that is further than `max_wait` away (nothing taken).
+    pub fn reserve(
+        &self,
+        tokens: u32,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Result<Duration, Duration> {
+        let mut next = self.next.lock();
+        let paid = next.map_or(now, |n| n.max(now)) + self.per_token * tokens;
+        let at = paid.checked_sub(BUDGET_WINDOW).map_or(now, |t| t.max(now));
+        let wait = at - now;
+        if wait > max_wait {
+            return Err(wait);
+        }
+        *next = Some(paid);
+        Ok(wait)
+    }
+
+    /// Corrects a reservation by what was really used.
+    pub fn settle(&self, reserved: u32, used: u64) {
+        let mut next = self.next.lock();
+        let Some(n) = *next else { return };
+        let used = u32::try_from(used).unwrap_or(u32::MAX);
+        *next = Some(if used >= reserved {
+            n + self.per_token * (used - reserved)
+        } else {
+            n.checked_sub(self.per_token * (reserved - used))
+                .unwrap_or(n)
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +200,33 @@ mod tests {
         // The sixth would wait longer: told when to come back, nothing reserved.
         assert_eq!(p.reserve(t, max), Err(Duration::from_millis(1250)));
         assert_eq!(p.reserve(t, max), Err(Duration::from_millis(1250)));
+    }
+
+    #[test]
+    fn a_budget_spends_a_minute_at_once_then_waits_for_what_was_used() {
+        let b = Budget::new(TokenBudget {
+            per_minute: 6000,
+            estimate: 1000,
+        });
+        let t = Instant::now();
+        // Six estimates fit the minute; a seventh needs 1,000 tokens' time: 10 s.
+        for _ in 0..6 {
+            assert_eq!(b.reserve(1000, t, Duration::ZERO), Ok(Duration::ZERO));
+        }
+        assert_eq!(
+            b.reserve(1000, t, Duration::ZERO),
+            Err(Duration::from_secs(10))
+        );
+        // Two of them used only 500: 1,000 tokens come back at once.
+        b.settle(1000, 500);
+        b.settle(1000, 500);
+        assert_eq!(b.reserve(1000, t, Duration::ZERO), Ok(Duration::ZERO));
+        // One used 4,000: 3,000 more are owed, 30 s before the next estimate.
+        b.settle(1000, 4000);
+        assert_eq!(
+            b.reserve(1000, t, Duration::ZERO),
+            Err(Duration::from_secs(40))
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::room::Kind;
 use crate::site::{Current, Site};
 use crate::slots::Held;
 use crate::traffic::RouteMetrics;
+use crate::usage::Usage;
 
 /// The response header through which the app ends a visitor's session.
 const COMMAND_HEADER: &str = "anteroom-command";
@@ -64,6 +65,9 @@ pub struct Ctx {
     target: Option<String>,
     /// A browser let in on arrival: its answer asks it to confirm its place.
     confirm: bool,
+    /// For a room with a token budget: what was reserved, and the usage its
+    /// response reports as it streams by.
+    tokens: Option<(u32, Usage)>,
     /// The request's id, and whether anteroom made it (then it is sent
     /// upstream); made when it is first needed, by forwarding or the access line.
     request_id: Option<(String, bool)>,
@@ -152,6 +156,7 @@ async fn admit(
         Kind::Requests(slots) => {
             let decided = requests::admit(room, slots).await;
             ctx.slot_wait = Some(decided.waited);
+            ctx.tokens = decided.charged.map(|c| (c, Usage::default()));
             match decided.admission {
                 Admission::Admitted(slot) => {
                     ctx.slot = Some(slot);
@@ -241,6 +246,7 @@ impl ProxyHttp for Proxy {
             target: None,
             confirm: false,
             request_id: None,
+            tokens: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -368,6 +374,19 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<Duration>> {
+        if let (Some((_, usage)), Some(chunk)) = (&mut ctx.tokens, body.as_ref()) {
+            usage.feed(chunk);
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let reply = match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(code)) => {
@@ -443,6 +462,17 @@ impl ProxyHttp for Proxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let site = &ctx.site;
+        if let (Some((reserved, usage)), Some(room)) =
+            (&ctx.tokens, ctx.route.and_then(|r| site.room_of_route(r)))
+        {
+            // Once, whatever way the request ended: what the response
+            // reported, or the estimate when it reported nothing.
+            let used = usage.total().unwrap_or(u64::from(*reserved));
+            if let Some(budget) = room.budget() {
+                budget.settle(*reserved, used);
+            }
+            room.counters().tokens.inc_by(used);
+        }
         let route = ctx.route.and_then(|r| site.router.get(r));
         let upstream = ctx.route.and_then(|r| site.upstream_of_route(r));
         let room = ctx.route.and_then(|r| site.room_of_route(r));

@@ -29,6 +29,8 @@ pub struct Decided {
     pub admission: Admission,
     /// How long the request waited for it.
     pub waited: Duration,
+    /// Tokens of the room's budget reserved for it, settled when it ends.
+    pub charged: Option<u32>,
 }
 
 /// Takes a slot of `room`, waiting in line up to its `max_wait`: first for
@@ -56,9 +58,34 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
             return Decided {
                 admission,
                 waited: start.elapsed(),
+                charged: None,
             };
         }
     }
+    let charged = match room.budget() {
+        None => None,
+        Some(budget) => {
+            let estimate = budget.budget().estimate;
+            match budget.reserve(estimate, Instant::now(), max_wait) {
+                Ok(wait) => {
+                    if !wait.is_zero() {
+                        counters.queued.inc();
+                        tokio::time::sleep(wait).await;
+                        max_wait = max_wait.saturating_sub(wait);
+                    }
+                    Some(estimate)
+                }
+                Err(retry) => {
+                    counters.rejected_tokens.inc();
+                    return Decided {
+                        admission: Admission::Refused(retry),
+                        waited: start.elapsed(),
+                        charged: None,
+                    };
+                }
+            }
+        }
+    };
     let held = match slots.try_acquire().await {
         Ok(Some(held)) => Ok(held),
         Ok(None) if max_wait.is_zero() => Err(NoSlot::Full),
@@ -70,6 +97,7 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
     };
     let waited = start.elapsed();
     counters.slot_wait.observe(waited.as_secs_f64());
+
     let admission = match held {
         Ok(held) => {
             counters.admitted.inc();
@@ -81,7 +109,19 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
             Admission::Refused(slots.retry_after())
         }
     };
-    Decided { admission, waited }
+    let charged = match (&admission, room.budget(), charged) {
+        // Not forwarded: the estimate goes back.
+        (Admission::Refused(_), Some(budget), Some(estimate)) => {
+            budget.settle(estimate, 0);
+            None
+        }
+        (_, _, charged) => charged,
+    };
+    Decided {
+        admission,
+        waited,
+        charged,
+    }
 }
 
 /// The shared store did not answer: the room's `on_store_error` decides.

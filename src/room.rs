@@ -16,7 +16,7 @@ use prometheus::{
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::metrics;
-use crate::pace::{Pace, Rated};
+use crate::pace::{Budget, Pace, Rated};
 use crate::page::{Page, Template};
 use crate::queue::Lane;
 use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
@@ -32,6 +32,8 @@ pub struct Room {
     kind: Kind,
     /// A `requests` room's `rate`.
     pace: Option<Arc<Rated>>,
+    /// A `requests` room's `tokens_per_minute`.
+    budget: Option<Arc<Budget>>,
     counters: RoomCounters,
 }
 
@@ -82,6 +84,7 @@ impl WaitingRoom {
 
 /// The counter families of every room, registered once.
 pub struct RoomMetrics {
+    tokens: IntCounterVec,
     admitted: IntCounterVec,
     queued: IntCounterVec,
     rejected: IntCounterVec,
@@ -106,6 +109,10 @@ pub struct RoomCounters {
     pub rejected_closed: IntCounter,
     /// Turned away: the room's rate has no moment within `max_wait`.
     pub rejected_rate: IntCounter,
+    /// Turned away: the room's token budget has no room within `max_wait`.
+    pub rejected_tokens: IntCounter,
+    /// LLM tokens its responses reported (or were estimated at).
+    pub tokens: IntCounter,
     /// Let through while the store failed (`on_store_error = "open"`).
     pub store_open: IntCounter,
     /// Time waited for a slot.
@@ -125,6 +132,12 @@ impl RoomMetrics {
     /// Registers the room counter families.
     pub fn register(registry: &Registry) -> Result<RoomMetrics, prometheus::Error> {
         Ok(RoomMetrics {
+            tokens: metrics::counter(
+                registry,
+                "room_tokens_total",
+                "LLM tokens used by a requests room's responses (their reported usage, else the estimate).",
+                &["room"],
+            )?,
             admitted: metrics::counter(
                 registry,
                 "room_admitted_total",
@@ -176,6 +189,8 @@ impl RoomMetrics {
                 .with_label_values(&[room, "store_unavailable"]),
             rejected_closed: self.rejected.with_label_values(&[room, "maintenance"]),
             rejected_rate: self.rejected.with_label_values(&[room, "rate"]),
+            rejected_tokens: self.rejected.with_label_values(&[room, "tokens"]),
+            tokens: self.tokens.with_label_values(&[room]),
             store_open: self.store_open.with_label_values(&[room]),
             slot_wait: self.slot_wait.with_label_values(&[room]),
             limited: Limit::ALL.map(|l| self.limited.with_label_values(&[room, l.as_str()])),
@@ -256,11 +271,18 @@ impl Room {
                 .filter(|p| matches!(&***p, Rated::Local(_)) && p.rate() == rate)
                 .map_or_else(|| Arc::new(Rated::Local(Pace::new(rate))), Arc::clone),
         });
+        let budget = config.tokens.map(|b| {
+            previous
+                .and_then(|p| p.budget.as_ref())
+                .filter(|p| p.budget() == b)
+                .map_or_else(|| Arc::new(Budget::new(b)), Arc::clone)
+        });
         let counters = metrics.room(&config.name);
         Room {
             config,
             kind,
             pace,
+            budget,
             counters,
         }
     }
@@ -278,6 +300,11 @@ impl Room {
     /// How long a request may wait for a slot.
     pub fn max_wait(&self) -> Duration {
         self.config.max_wait
+    }
+
+    /// The room's token budget, if it has one.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.budget.as_deref()
     }
 
     /// The room's rate, if it has one.

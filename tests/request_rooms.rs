@@ -274,3 +274,101 @@ async fn within_max_wait_a_burst_waits_for_its_moments_and_is_served() {
     let room = proxy.capacity("llm").await;
     assert_eq!(room["inUse"], 0, "{room}");
 }
+
+#[tokio::test]
+async fn a_token_budget_is_charged_what_responses_report_and_refuses_past_it() {
+    let upstream = TestUpstream::start().await;
+    let config = room_config(&upstream, 100, "0s").replace(
+        "max_wait = \"0s\"",
+        "max_wait = \"0s\"\ntokens_per_minute = 6000\ntoken_estimate = 1000",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let http = client();
+    let get = |path: &str| http.get(proxy.url(path)).send();
+    // 4,500 used by a JSON answer and 1,000 by a streamed one: 5,500 of 6,000.
+    assert_eq!(get("/api/usage?tokens=4500").await.unwrap().status(), 200);
+    let sse = get("/api/usage-sse?tokens=1000").await.unwrap();
+    assert_eq!(sse.status(), 200);
+    let body = sse.text().await.unwrap();
+    assert!(
+        body.contains("\"totalTokenCount\": 1000"),
+        "streamed through: {body}"
+    );
+    // 500 left: an estimate of 1,000 does not fit. Told when it will.
+    let refused = get("/api/usage?tokens=10").await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "QUEUE_REQUIRED");
+    let retry = body["retryAfterMs"].as_u64().unwrap();
+    assert!(
+        (4_000..=5_000).contains(&retry),
+        "500 tokens at 100/s: {retry} ms"
+    );
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("anteroom_room_tokens_total{room=\"llm\"} 5500"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("anteroom_room_rejected_total{reason=\"tokens\",room=\"llm\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(upstream.seen.requests.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_response_without_usage_is_charged_the_estimate_once_even_when_the_client_leaves() {
+    let upstream = TestUpstream::start().await;
+    let config = room_config(&upstream, 100, "0s").replace(
+        "max_wait = \"0s\"",
+        "max_wait = \"0s\"\ntokens_per_minute = 3000\ntoken_estimate = 1000",
+    );
+    let proxy = TestProxy::start(&config).await;
+    // A client that hangs up in the middle of a response that never ends.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /api/hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), || async {
+        (upstream.seen.in_flight.load(SeqCst) == 1).then_some(())
+    })
+    .await;
+    drop(tcp);
+    eventually(Duration::from_secs(10), || async {
+        let m = proxy.metrics().await;
+        m.contains("anteroom_room_tokens_total{room=\"llm\"} 1000")
+            .then_some(())
+    })
+    .await;
+    // Charged once: 2,000 remain, two more estimates fit, the third does not.
+    let http = client();
+    for _ in 0..2 {
+        assert_eq!(
+            http.get(proxy.url("/api/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(
+        http.get(proxy.url("/api/x")).send().await.unwrap().status(),
+        503
+    );
+}
+
+#[tokio::test]
+async fn reading_usage_holds_back_no_chunk_of_a_stream() {
+    let upstream = TestUpstream::start().await;
+    let config = room_config(&upstream, 2, "0s").replace(
+        "max_wait = \"0s\"",
+        "max_wait = \"0s\"\ntokens_per_minute = 100000",
+    );
+    let proxy = TestProxy::start(&config).await;
+    // The upstream sends its first event and then waits: the client must
+    // have it before the rest exists.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "data: first").await;
+    upstream.seen.gate.notify_one();
+    read_until(&mut tcp, "data: second").await;
+}

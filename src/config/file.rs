@@ -126,6 +126,8 @@ pub struct RoomFile {
     pub capacity: i64,
     pub max_wait: Option<String>,
     pub rate: Option<String>,
+    pub tokens_per_minute: Option<i64>,
+    pub token_estimate: Option<i64>,
     pub session_ttl: Option<String>,
     pub session_max: Option<String>,
     pub admit_rate: Option<f64>,

@@ -64,6 +64,15 @@ pub struct StoreConfig {
     pub state: Option<StateDir>,
 }
 
+/// `tokens_per_minute` and `token_estimate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBudget {
+    /// Tokens the upstream allows per minute.
+    pub per_minute: u32,
+    /// Charged when a request is let in, corrected by its response's usage.
+    pub estimate: u32,
+}
+
 /// `rate = "60/m"`: at most `count` requests per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -282,6 +291,8 @@ pub struct Room {
     pub max_wait: Duration,
     /// Requests let in per period (`requests` rooms), evenly spaced.
     pub rate: Option<Rate>,
+    /// LLM tokens per minute (`requests` rooms), from the responses' usage.
+    pub tokens: Option<TokenBudget>,
     /// Visitors who pass without taking a slot.
     pub bypass: Rules,
     /// What happens to newcomers while the store is down.

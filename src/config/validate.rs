@@ -14,7 +14,7 @@ use super::{
     Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
     JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy,
     Problem, ProofOfWork, RESERVED_PREFIX, Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret,
-    Server, Sessions, State, StateDir, StoreConfig, TlsListener, Tokens, Upstream,
+    Server, Sessions, State, StateDir, StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
 };
 const MAX_THREADS: i64 = 1024;
 /// Longest `[log] level` filter.
@@ -260,6 +260,16 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     }
     let attribution = attribution(&mut p, &file.attribution);
     let store = store(&mut p, &file.store);
+    if matches!(store.backend, Backend::Redis(_)) {
+        for (i, r) in file.rooms.iter().enumerate() {
+            if r.tokens_per_minute.is_some() {
+                p.add(
+                    format!("room[{i}].tokens_per_minute"),
+                    "not shared through the Redis store yet: refused rather than counted by each instance alone",
+                );
+            }
+        }
+    }
 
     if file.routes.is_empty() {
         p.add(
@@ -681,6 +691,37 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
         }
         parsed
     });
+    let tokens = match (r.tokens_per_minute, r.token_estimate) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            p.add(
+                format!("{key}.token_estimate"),
+                "only applies with tokens_per_minute",
+            );
+            None
+        }
+        (Some(tpm), estimate) => {
+            let per_minute = p.int_in(&format!("{key}.tokens_per_minute"), tpm, 1, 100_000_000);
+            let estimate = match (per_minute, estimate) {
+                (Some(max), Some(e)) => p.int_in(&format!("{key}.token_estimate"), e, 1, max),
+                (Some(max), None) => Some(1000.min(max)),
+                (None, _) => None,
+            };
+            match (per_minute, estimate) {
+                (Some(per_minute), Some(estimate)) => Some(TokenBudget {
+                    per_minute: per_minute as u32,
+                    estimate: estimate as u32,
+                }),
+                _ => None,
+            }
+        }
+    };
+    if mode == Some(RoomMode::Sessions) && r.tokens_per_minute.is_some() {
+        p.add(
+            format!("{key}.tokens_per_minute"),
+            "tokens_per_minute applies to rooms in \"requests\" mode",
+        );
+    }
     if mode == Some(RoomMode::Sessions) && r.rate.is_some() {
         p.add(
             format!("{key}.rate"),
@@ -749,6 +790,7 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
         capacity: capacity? as u32,
         max_wait,
         rate,
+        tokens,
         bypass,
         on_store_error,
         sessions,

@@ -167,6 +167,31 @@ async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body
                 .insert("x-echo-reply", "yes".parse().unwrap());
             Ok(resp)
         }
+        // An LLM answer reporting its token usage: JSON, or SSE events whose
+        // count grows to `tokens` (Gemini's usageMetadata).
+        p if p.ends_with("/usage") || p.ends_with("/usage-sse") => {
+            let tokens: u64 = q.get("tokens").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if p.ends_with("/usage") {
+                let body = format!(
+                    r#"{{"candidates":[{{"text":"hi"}}],"usageMetadata":{{"promptTokenCount":1,"totalTokenCount":{tokens}}}}}"#
+                );
+                return Ok(full(200, "application/json", body));
+            }
+            let events: Vec<Result<Frame<Bytes>, std::io::Error>> =
+                [tokens / 3, tokens / 2, tokens]
+                    .into_iter()
+                    .map(|n| {
+                        Ok(Frame::data(Bytes::from(format!(
+                            "data: {{\"usageMetadata\":{{\"totalTokenCount\": {n}}}}}\n\n"
+                        ))))
+                    })
+                    .collect();
+            Ok(Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(BoxBody::new(StreamBody::new(stream::iter(events))))
+                .unwrap())
+        }
         p if p.ends_with("/slow") => {
             let _guard = InFlight::enter(&seen);
             if let Some(id) = q.get("id") {
