@@ -109,6 +109,73 @@ pub struct Budget {
     next: Mutex<Option<Instant>>,
 }
 
+/// A room's token budget: kept here, or in the shared store (one budget for
+/// every instance).
+pub enum Budgeted {
+    /// This instance's.
+    Local(Budget),
+    /// Every instance's, through the store.
+    Shared {
+        /// The budget.
+        budget: TokenBudget,
+        /// The room's name in the store.
+        room: String,
+        /// The store.
+        store: Arc<dyn Leases>,
+    },
+}
+
+impl Budgeted {
+    /// The budget it keeps.
+    pub fn budget(&self) -> TokenBudget {
+        match self {
+            Budgeted::Local(b) => b.budget(),
+            Budgeted::Shared { budget, .. } => *budget,
+        }
+    }
+
+    /// Reserves `tokens`, as [`Budget::reserve`]; a shared budget asks the
+    /// store, which may fail.
+    pub async fn reserve(
+        &self,
+        tokens: u32,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        match self {
+            Budgeted::Local(b) => Ok(b.reserve(tokens, Instant::now(), max_wait)),
+            Budgeted::Shared {
+                budget,
+                room,
+                store,
+            } => {
+                let per_token = BUDGET_WINDOW / budget.per_minute.max(1);
+                store
+                    .budget(room, per_token, tokens, max_wait, BUDGET_WINDOW)
+                    .await
+            }
+        }
+    }
+
+    /// Corrects a reservation, as [`Budget::settle`]. A store that does not
+    /// answer loses the correction (logged): the budget errs by it once.
+    pub async fn settle(&self, reserved: u32, used: u64) {
+        match self {
+            Budgeted::Local(b) => b.settle(reserved, used),
+            Budgeted::Shared {
+                budget,
+                room,
+                store,
+            } => {
+                let per_token = BUDGET_WINDOW / budget.per_minute.max(1);
+                let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(reserved);
+                if let Err(e) = store.settle(room, per_token, delta).await {
+                    tracing::warn!(room = %room, error = %e, delta, "token budget not corrected: the store did not answer");
+                }
+            }
+        }
+    }
+}
+
 /// How much may be spent ahead: a minute's worth.
 const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 

@@ -469,7 +469,7 @@ impl ProxyHttp for Proxy {
             // reported, or the estimate when it reported nothing.
             let used = usage.total().unwrap_or(u64::from(*reserved));
             if let Some(budget) = room.budget() {
-                budget.settle(*reserved, used);
+                budget.settle(*reserved, used).await;
             }
             room.counters().tokens.inc_by(used);
         }

@@ -66,24 +66,29 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
         None => None,
         Some(budget) => {
             let estimate = budget.budget().estimate;
-            match budget.reserve(estimate, Instant::now(), max_wait) {
-                Ok(wait) => {
+            let refused = match budget.reserve(estimate, max_wait).await {
+                Ok(Ok(wait)) => {
                     if !wait.is_zero() {
                         counters.queued.inc();
                         tokio::time::sleep(wait).await;
                         max_wait = max_wait.saturating_sub(wait);
                     }
-                    Some(estimate)
+                    None
                 }
-                Err(retry) => {
+                Ok(Err(retry)) => {
                     counters.rejected_tokens.inc();
-                    return Decided {
-                        admission: Admission::Refused(retry),
-                        waited: start.elapsed(),
-                        charged: None,
-                    };
+                    Some(Admission::Refused(retry))
                 }
+                Err(e) => Some(store_failed(room, &e, slots)),
+            };
+            if let Some(admission) = refused {
+                return Decided {
+                    admission,
+                    waited: start.elapsed(),
+                    charged: None,
+                };
             }
+            Some(estimate)
         }
     };
     let held = match slots.try_acquire().await {
@@ -112,7 +117,7 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
     let charged = match (&admission, room.budget(), charged) {
         // Not forwarded: the estimate goes back.
         (Admission::Refused(_), Some(budget), Some(estimate)) => {
-            budget.settle(estimate, 0);
+            budget.settle(estimate, 0).await;
             None
         }
         (_, _, charged) => charged,

@@ -16,7 +16,7 @@ use prometheus::{
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::metrics;
-use crate::pace::{Budget, Pace, Rated};
+use crate::pace::{Budget, Budgeted, Pace, Rated};
 use crate::page::{Page, Template};
 use crate::queue::Lane;
 use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
@@ -33,7 +33,7 @@ pub struct Room {
     /// A `requests` room's `rate`.
     pace: Option<Arc<Rated>>,
     /// A `requests` room's `tokens_per_minute`.
-    budget: Option<Arc<Budget>>,
+    budget: Option<Arc<Budgeted>>,
     counters: RoomCounters,
 }
 
@@ -271,11 +271,16 @@ impl Room {
                 .filter(|p| matches!(&***p, Rated::Local(_)) && p.rate() == rate)
                 .map_or_else(|| Arc::new(Rated::Local(Pace::new(rate))), Arc::clone),
         });
-        let budget = config.tokens.map(|b| {
-            previous
+        let budget = config.tokens.map(|b| match leases {
+            Some(store) => Arc::new(Budgeted::Shared {
+                budget: b,
+                room: config.name.clone(),
+                store: Arc::clone(store),
+            }),
+            None => previous
                 .and_then(|p| p.budget.as_ref())
-                .filter(|p| p.budget() == b)
-                .map_or_else(|| Arc::new(Budget::new(b)), Arc::clone)
+                .filter(|p| matches!(&***p, Budgeted::Local(_)) && p.budget() == b)
+                .map_or_else(|| Arc::new(Budgeted::Local(Budget::new(b))), Arc::clone),
         });
         let counters = metrics.room(&config.name);
         Room {
@@ -303,7 +308,7 @@ impl Room {
     }
 
     /// The room's token budget, if it has one.
-    pub fn budget(&self) -> Option<&Budget> {
+    pub fn budget(&self) -> Option<&Budgeted> {
         self.budget.as_deref()
     }
 

@@ -512,3 +512,49 @@ room = "llm"
     // Twelve moments 100 ms apart: the last cannot have gone before 1.1 s.
     assert!(start.elapsed() >= std::time::Duration::from_millis(1100));
 }
+
+#[tokio::test]
+async fn three_instances_share_one_token_budget() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let config = shared(
+        &upstream,
+        &redis,
+        r#"
+[[room]]
+name = "llm"
+mode = "requests"
+capacity = 100
+tokens_per_minute = 3000
+token_estimate = 500
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+room = "llm"
+"#,
+    );
+    let instances = three(&config).await;
+    let http = crate::common::client();
+    // Each answer reports 1,000 tokens: three fill the minute, whichever
+    // instances they went through; the fourth finds no room on any.
+    for (i, instance) in instances.iter().enumerate() {
+        let resp = http
+            .get(instance.url("/usage?tokens=1000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    for instance in &instances {
+        let resp = http
+            .get(instance.url("/usage?tokens=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "QUEUE_REQUIRED");
+    }
+    assert_eq!(upstream.seen.requests.load(SeqCst), 3);
+}

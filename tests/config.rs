@@ -90,7 +90,6 @@ upstream = "ap"
         ("room[0].tokens_per_minute", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\ntokens_per_minute = 1000\n")),
         ("room[0].token_estimate", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\ntokens_per_minute = 1000\ntoken_estimate = 5000\n")),
         ("room[0].token_estimate", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\ntoken_estimate = 5\n")),
-        ("room[0].tokens_per_minute", format!("[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\ntokens_per_minute = 1000\n")),
         ("server.threads", format!("[server]\nthreads = -1\n{BASE}")),
         ("upstream[0].address", BASE.replace("127.0.0.1:3000", "127.0.0.1")),
         ("upstream[0].read_timeout", BASE.replace("address = \"127.0.0.1:3000\"", "address = \"127.0.0.1:3000\"\nread_timeout = \"0s\"")),

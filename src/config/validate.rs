@@ -260,16 +260,6 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     }
     let attribution = attribution(&mut p, &file.attribution);
     let store = store(&mut p, &file.store);
-    if matches!(store.backend, Backend::Redis(_)) {
-        for (i, r) in file.rooms.iter().enumerate() {
-            if r.tokens_per_minute.is_some() {
-                p.add(
-                    format!("room[{i}].tokens_per_minute"),
-                    "not shared through the Redis store yet: refused rather than counted by each instance alone",
-                );
-            }
-        }
-    }
 
     if file.routes.is_empty() {
         p.add(

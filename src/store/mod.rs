@@ -383,6 +383,20 @@ pub trait Leases: Send + Sync {
         interval: Duration,
         max_wait: Duration,
     ) -> Result<Result<Duration, Duration>, StoreError>;
+    /// Reserves `tokens` of the room's token budget (a token every
+    /// `per_token`, a `window`'s worth ahead), shared by every instance, as
+    /// [`Leases::pace`] does moments.
+    async fn budget(
+        &self,
+        room: &str,
+        per_token: Duration,
+        tokens: u32,
+        max_wait: Duration,
+        window: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError>;
+    /// Corrects a reservation by `delta` tokens (what was used beyond it, or
+    /// less than it when negative).
+    async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError>;
     /// How long a lease lasts without renewal.
     fn lease(&self) -> std::time::Duration;
 }
@@ -425,7 +439,7 @@ impl StoreMetrics {
 }
 
 /// Every operation `Observed` records, so their series exist from the start.
-const OPERATIONS: [&str; 17] = [
+const OPERATIONS: [&str; 19] = [
     "arrive",
     "poll",
     "touch",
@@ -443,6 +457,8 @@ const OPERATIONS: [&str; 17] = [
     "lease_usage",
     "lease_capacity",
     "lease_pace",
+    "lease_budget",
+    "lease_settle",
 ];
 
 /// A store with its latency, errors and health recorded in metrics.
@@ -564,6 +580,21 @@ impl<S: Leases> Leases for Observed<S> {
         max_wait: Duration,
     ) -> Result<Result<Duration, Duration>, StoreError> {
         self.record("lease_pace", self.inner.pace(room, interval, max_wait))
+            .await
+    }
+    async fn budget(
+        &self,
+        room: &str,
+        per_token: Duration,
+        tokens: u32,
+        max_wait: Duration,
+        window: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        let step = self.inner.budget(room, per_token, tokens, max_wait, window);
+        self.record("lease_budget", step).await
+    }
+    async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError> {
+        self.record("lease_settle", self.inner.settle(room, per_token, delta))
             .await
     }
     fn lease(&self) -> std::time::Duration {

@@ -445,6 +445,17 @@ impl RedisStore {
     }
 }
 
+/// `{1, wait_ms}` reserved, `{0, retry_ms}` too far.
+fn reservation(v: &Value) -> Result<Result<Duration, Duration>, StoreError> {
+    let items = items(v)?;
+    let wait = Duration::from_millis(uint(items.get(1))?);
+    Ok(if uint(items.first())? == 1 {
+        Ok(wait)
+    } else {
+        Err(wait)
+    })
+}
+
 fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -819,13 +830,36 @@ impl Leases for RedisStore {
                 ],
             )
             .await?;
-        let items = items(&v)?;
-        let wait = Duration::from_millis(uint(items.get(1))?);
-        Ok(if uint(items.first())? == 1 {
-            Ok(wait)
-        } else {
-            Err(wait)
-        })
+        reservation(&v)
+    }
+
+    async fn budget(
+        &self,
+        room: &str,
+        per_token: Duration,
+        tokens: u32,
+        max_wait: Duration,
+        window: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let args = [
+            "budget".to_owned(),
+            format!("{:.6}", per_token.as_secs_f64() * 1000.0),
+            tokens.to_string(),
+            ms(max_wait).to_string(),
+            ms(window).to_string(),
+        ];
+        reservation(&self.lease_call(room, &args).await?)
+    }
+
+    async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError> {
+        let args = [
+            "settle".to_owned(),
+            format!("{:.6}", per_token.as_secs_f64() * 1000.0),
+            delta.to_string(),
+        ];
+        self.lease_call(room, &args).await?;
+        Ok(())
     }
 
     fn lease(&self) -> Duration {

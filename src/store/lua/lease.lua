@@ -8,6 +8,8 @@
 --   usage                         -> {capacity, in use}
 --   capacity n                    -> 1
 --   pace    interval_ms max_wait_ms -> {1, wait_ms} reserved, {0, retry_ms} too far
+--   budget  per_token_ms tokens max_wait_ms window_ms -> as pace, for tokens
+--   settle  per_token_ms delta_tokens -> 1
 local op = ARGV[2]
 if op == 'init' then
   if redis.call('HGET', KEYS[1], 'cfg') ~= ARGV[3] then
@@ -52,5 +54,22 @@ elseif op == 'pace' then
   if wait > tonumber(ARGV[4]) then return { 0, wait } end
   redis.call('HSET', KEYS[1], 'next', at + tonumber(ARGV[3]))
   return { 1, wait }
+elseif op == 'budget' then
+  -- The token budget, a weighted line of moments: a token is per_token_ms,
+  -- and a window's worth may be spent ahead.
+  local per, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local nxt = tonumber(redis.call('HGET', KEYS[1], 'tnext') or '0')
+  local paid = math.max(nxt, NOW) + tokens * per
+  local wait = math.max(0, paid - tonumber(ARGV[6]) - NOW)
+  if wait > tonumber(ARGV[5]) then return { 0, math.ceil(wait) } end
+  redis.call('HSET', KEYS[1], 'tnext', string.format('%.3f', paid))
+  return { 1, math.ceil(wait) }
+elseif op == 'settle' then
+  local nxt = tonumber(redis.call('HGET', KEYS[1], 'tnext') or '')
+  if nxt then
+    local settled = nxt + tonumber(ARGV[4]) * tonumber(ARGV[3])
+    redis.call('HSET', KEYS[1], 'tnext', string.format('%.3f', settled))
+  end
+  return 1
 end
 return redis.error_reply('unknown lease op ' .. op)
