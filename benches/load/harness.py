@@ -164,14 +164,35 @@ def anteroom_conf(path, listen, admin, upstream, threads, key, level, store, ant
     """Writes a config for the benchmarks. The status-poll scenarios poll one
     ticket as fast as wrk can, so the room "full" lifts `polls_per_minute`
     (the limiter still runs); a binary from before `[room.limits]` (given as
-    `anteroom`, when comparing builds) gets the config without it."""
+    `anteroom`, when comparing builds) gets the config without it. The room
+    "llm" (a `requests` room with `rate` and `tokens_per_minute` set far above
+    what the benchmark sends, so the accounting runs but never limits) is
+    left out for builds from before them."""
     limits = '[room.limits]\npolls_per_minute = 10000000\n'
-    write_conf(path, listen, admin, upstream, threads, key, level, store, limits)
-    if anteroom and subprocess.run([anteroom, "check", "--config", path], capture_output=True).returncode != 0:
-        write_conf(path, listen, admin, upstream, threads, key, level, store, "")
+    for llm in (True, False):
+        write_conf(path, listen, admin, upstream, threads, key, level, store, limits, llm)
+        if not anteroom or subprocess.run([anteroom, "check", "--config", path], capture_output=True).returncode == 0:
+            return
+    write_conf(path, listen, admin, upstream, threads, key, level, store, "", False)
 
 
-def write_conf(path, listen, admin, upstream, threads, key, level, store, limits):
+LLM_ROOM = """
+[[room]]
+name = "llm"
+mode = "requests"
+capacity = 100000
+rate = "1000000/s"
+tokens_per_minute = 100000000
+token_estimate = 1
+
+[[route]]
+path_prefix = "/llm/"
+upstream = "app"
+room = "llm"
+"""
+
+
+def write_conf(path, listen, admin, upstream, threads, key, level, store, limits, llm=False):
     with open(path, "w") as f:
         f.write(f"""
 [server]
@@ -219,6 +240,7 @@ rejoin_grace = "3h"
 claim_window = "10s"
 cookie_path = "/full/"
 {limits}
+{LLM_ROOM if llm else ""}
 [[route]]
 path_prefix = "/req/"
 upstream = "app"
