@@ -57,13 +57,55 @@ impl Rated {
     }
 }
 
-/// The moments of one room's rate.
+/// A line of moments (GCRA's theoretical arrival time): each unit takes
+/// `per`, and up to `ahead` may be taken before its time.
+#[derive(Debug)]
+struct Line {
+    per: Duration,
+    ahead: Duration,
+    /// The moment everything reserved so far is paid for.
+    next: Mutex<Option<Instant>>,
+}
+
+impl Line {
+    fn new(per: Duration, ahead: Duration) -> Line {
+        Line {
+            per,
+            ahead,
+            next: Mutex::new(None),
+        }
+    }
+
+    fn reserve(&self, units: u32, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+        let mut next = self.next.lock();
+        let paid = next.map_or(now, |n| n.max(now)) + self.per * units;
+        let at = paid.checked_sub(self.ahead).map_or(now, |t| t.max(now));
+        let wait = at - now;
+        if wait > max_wait {
+            return Err(wait);
+        }
+        *next = Some(paid);
+        Ok(wait)
+    }
+
+    fn settle(&self, reserved: u32, used: u64) {
+        let mut next = self.next.lock();
+        let Some(n) = *next else { return };
+        let used = u32::try_from(used).unwrap_or(u32::MAX);
+        *next = Some(if used >= reserved {
+            n + self.per * (used - reserved)
+        } else {
+            n.checked_sub(self.per * (reserved - used)).unwrap_or(n)
+        });
+    }
+}
+
+/// The moments of one room's rate: a [`Line`] of one request each, none
+/// taken early.
 #[derive(Debug)]
 pub struct Pace {
     rate: Rate,
-    interval: Duration,
-    /// The next free moment (GCRA's theoretical arrival time).
-    next: Mutex<Option<Instant>>,
+    line: Line,
 }
 
 impl Pace {
@@ -71,8 +113,7 @@ impl Pace {
     pub fn new(rate: Rate) -> Pace {
         Pace {
             rate,
-            interval: rate.interval(),
-            next: Mutex::new(None),
+            line: Line::new(rate.interval(), rate.interval()),
         }
     }
 
@@ -85,14 +126,7 @@ impl Pace {
     /// `Err(retry)` when it would have to wait longer than `max_wait`:
     /// `retry` is when a request would go at once, and nothing is reserved.
     pub fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
-        let mut next = self.next.lock();
-        let at = next.map_or(now, |n| n.max(now));
-        let wait = at - now;
-        if wait > max_wait {
-            return Err(wait);
-        }
-        *next = Some(at + self.interval);
-        Ok(wait)
+        self.line.reserve(1, now, max_wait)
     }
 }
 
@@ -104,9 +138,46 @@ impl Pace {
 #[derive(Debug)]
 pub struct Budget {
     budget: TokenBudget,
-    per_token: Duration,
-    /// The moment the tokens spent so far are paid for.
-    next: Mutex<Option<Instant>>,
+    line: Line,
+}
+
+/// How much may be spent ahead: a minute's worth.
+const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
+impl Budget {
+    /// A full budget.
+    pub fn new(budget: TokenBudget) -> Budget {
+        Budget {
+            budget,
+            line: Line::new(per_token(budget), BUDGET_WINDOW),
+        }
+    }
+
+    /// The budget it keeps.
+    pub fn budget(&self) -> TokenBudget {
+        self.budget
+    }
+
+    /// Reserves `tokens`: `Ok(wait)` until they are there (zero: now), or
+    /// `Err(retry)` when that is further than `max_wait` away (nothing taken).
+    pub fn reserve(
+        &self,
+        tokens: u32,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Result<Duration, Duration> {
+        self.line.reserve(tokens, now, max_wait)
+    }
+
+    /// Corrects a reservation by what was really used.
+    pub fn settle(&self, reserved: u32, used: u64) {
+        self.line.settle(reserved, used);
+    }
+}
+
+/// The time one token of the budget stands for.
+fn per_token(budget: TokenBudget) -> Duration {
+    BUDGET_WINDOW / budget.per_minute.max(1)
 }
 
 /// A room's token budget: kept here, or in the shared store (one budget for
@@ -148,7 +219,7 @@ impl Budgeted {
                 room,
                 store,
             } => {
-                let per_token = BUDGET_WINDOW / budget.per_minute.max(1);
+                let per_token = per_token(*budget);
                 store
                     .budget(room, per_token, tokens, max_wait, BUDGET_WINDOW)
                     .await
@@ -166,64 +237,13 @@ impl Budgeted {
                 room,
                 store,
             } => {
-                let per_token = BUDGET_WINDOW / budget.per_minute.max(1);
+                let per_token = per_token(*budget);
                 let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(reserved);
                 if let Err(e) = store.settle(room, per_token, delta).await {
                     tracing::warn!(room = %room, error = %e, delta, "token budget not corrected: the store did not answer");
                 }
             }
         }
-    }
-}
-
-/// How much may be spent ahead: a minute's worth.
-const BUDGET_WINDOW: Duration = Duration::from_secs(60);
-
-impl Budget {
-    /// A full budget.
-    pub fn new(budget: TokenBudget) -> Budget {
-        Budget {
-            budget,
-            per_token: BUDGET_WINDOW / budget.per_minute.max(1),
-            next: Mutex::new(None),
-        }
-    }
-
-    /// The budget it keeps.
-    pub fn budget(&self) -> TokenBudget {
-        self.budget
-    }
-
-    /// Reserves `tokens`: `Ok(wait)` until they are there (zero: now), or
-    /// `Err(retry)` when that is further than `max_wait` away (nothing taken).
-    pub fn reserve(
-        &self,
-        tokens: u32,
-        now: Instant,
-        max_wait: Duration,
-    ) -> Result<Duration, Duration> {
-        let mut next = self.next.lock();
-        let paid = next.map_or(now, |n| n.max(now)) + self.per_token * tokens;
-        let at = paid.checked_sub(BUDGET_WINDOW).map_or(now, |t| t.max(now));
-        let wait = at - now;
-        if wait > max_wait {
-            return Err(wait);
-        }
-        *next = Some(paid);
-        Ok(wait)
-    }
-
-    /// Corrects a reservation by what was really used.
-    pub fn settle(&self, reserved: u32, used: u64) {
-        let mut next = self.next.lock();
-        let Some(n) = *next else { return };
-        let used = u32::try_from(used).unwrap_or(u32::MAX);
-        *next = Some(if used >= reserved {
-            n + self.per_token * (used - reserved)
-        } else {
-            n.checked_sub(self.per_token * (reserved - used))
-                .unwrap_or(n)
-        });
     }
 }
 

@@ -1,9 +1,10 @@
-//! The admission decision of a `requests` room: a slot now, a slot after
-//! waiting in line up to `max_wait`, or `503 QUEUE_REQUIRED` with a retry
-//! time estimated from how long slots are held.
+//! The admission decision of a `requests` room: its `rate`'s moment and its
+//! token budget (when it has them), then a slot, now or after waiting in line,
+//! all within `max_wait`; or `503 QUEUE_REQUIRED` with a retry time.
 
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use crate::config::OnStoreError;
@@ -40,21 +41,9 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
     let start = Instant::now();
     let mut max_wait = room.max_wait();
     if let Some(pace) = room.pace() {
-        let refused = match pace.reserve(max_wait).await {
-            Ok(Ok(wait)) if wait.is_zero() => None,
-            Ok(Ok(wait)) => {
-                counters.queued.inc();
-                tokio::time::sleep(wait).await;
-                max_wait = max_wait.saturating_sub(wait);
-                None
-            }
-            Ok(Err(retry)) => {
-                counters.rejected_rate.inc();
-                Some(Admission::Refused(retry))
-            }
-            Err(e) => Some(store_failed(room, &e, slots)),
-        };
-        if let Some(admission) = refused {
+        let reserved = pace.reserve(max_wait).await;
+        let rejected = &counters.rejected_rate;
+        if let Some(admission) = wait_for(reserved, rejected, room, slots, &mut max_wait).await {
             return Decided {
                 admission,
                 waited: start.elapsed(),
@@ -66,22 +55,10 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
         None => None,
         Some(budget) => {
             let estimate = budget.budget().estimate;
-            let refused = match budget.reserve(estimate, max_wait).await {
-                Ok(Ok(wait)) => {
-                    if !wait.is_zero() {
-                        counters.queued.inc();
-                        tokio::time::sleep(wait).await;
-                        max_wait = max_wait.saturating_sub(wait);
-                    }
-                    None
-                }
-                Ok(Err(retry)) => {
-                    counters.rejected_tokens.inc();
-                    Some(Admission::Refused(retry))
-                }
-                Err(e) => Some(store_failed(room, &e, slots)),
-            };
-            if let Some(admission) = refused {
+            let reserved = budget.reserve(estimate, max_wait).await;
+            let rejected = &counters.rejected_tokens;
+            if let Some(admission) = wait_for(reserved, rejected, room, slots, &mut max_wait).await
+            {
                 return Decided {
                     admission,
                     waited: start.elapsed(),
@@ -126,6 +103,32 @@ pub async fn admit(room: &Room, slots: &RequestSlots) -> Decided {
         admission,
         waited,
         charged,
+    }
+}
+
+/// Waits for what a reservation (the rate's moment, the budget's tokens)
+/// says, taking it off `max_wait`; `Some` is the answer when it cannot.
+async fn wait_for(
+    reserved: Result<Result<Duration, Duration>, StoreError>,
+    rejected: &IntCounter,
+    room: &Room,
+    slots: &RequestSlots,
+    max_wait: &mut Duration,
+) -> Option<Admission> {
+    match reserved {
+        Ok(Ok(wait)) => {
+            if !wait.is_zero() {
+                room.counters().queued.inc();
+                tokio::time::sleep(wait).await;
+                *max_wait = max_wait.saturating_sub(wait);
+            }
+            None
+        }
+        Ok(Err(retry)) => {
+            rejected.inc();
+            Some(Admission::Refused(retry))
+        }
+        Err(e) => Some(store_failed(room, &e, slots)),
     }
 }
 

@@ -424,6 +424,30 @@ impl RedisStore {
         Err(StoreError::UnknownRoom(room.to_owned()))
     }
 
+    /// Reserves `units` of a line of moments kept in the room's `field`
+    /// (the lease script's `line`).
+    async fn line(
+        &self,
+        room: &str,
+        field: &str,
+        per: Duration,
+        units: u32,
+        max_wait: Duration,
+        ahead: Duration,
+    ) -> Result<Result<Duration, Duration>, StoreError> {
+        let args = [
+            "line".to_owned(),
+            field.to_owned(),
+            millis(per),
+            units.to_string(),
+            u64::try_from(max_wait.as_millis())
+                .unwrap_or(u64::MAX)
+                .to_string(),
+            millis(ahead),
+        ];
+        reservation(&self.lease_call(room, &args).await?)
+    }
+
     async fn invoke_plain(
         &self,
         keys: &[String],
@@ -443,6 +467,11 @@ impl RedisStore {
             .await?
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
+}
+
+/// A duration in fractional milliseconds, for the lease script's lines.
+fn millis(d: Duration) -> String {
+    format!("{:.6}", d.as_secs_f64() * 1000.0)
 }
 
 /// `{1, wait_ms}` reserved, `{0, retry_ms}` too far.
@@ -819,18 +848,8 @@ impl Leases for RedisStore {
         interval: Duration,
         max_wait: Duration,
     ) -> Result<Result<Duration, Duration>, StoreError> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let v = self
-            .lease_call(
-                room,
-                &[
-                    "pace".to_owned(),
-                    ms(interval).max(1).to_string(),
-                    ms(max_wait).to_string(),
-                ],
-            )
-            .await?;
-        reservation(&v)
+        self.line(room, "next", interval, 1, max_wait, interval)
+            .await
     }
 
     async fn budget(
@@ -841,21 +860,15 @@ impl Leases for RedisStore {
         max_wait: Duration,
         window: Duration,
     ) -> Result<Result<Duration, Duration>, StoreError> {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let args = [
-            "budget".to_owned(),
-            format!("{:.6}", per_token.as_secs_f64() * 1000.0),
-            tokens.to_string(),
-            ms(max_wait).to_string(),
-            ms(window).to_string(),
-        ];
-        reservation(&self.lease_call(room, &args).await?)
+        self.line(room, "tnext", per_token, tokens, max_wait, window)
+            .await
     }
 
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError> {
         let args = [
             "settle".to_owned(),
-            format!("{:.6}", per_token.as_secs_f64() * 1000.0),
+            "tnext".to_owned(),
+            millis(per_token),
             delta.to_string(),
         ];
         self.lease_call(room, &args).await?;

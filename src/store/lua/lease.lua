@@ -7,9 +7,9 @@
 --   renew   lease_ms id...        -> renewed count
 --   usage                         -> {capacity, in use}
 --   capacity n                    -> 1
---   pace    interval_ms max_wait_ms -> {1, wait_ms} reserved, {0, retry_ms} too far
---   budget  per_token_ms tokens max_wait_ms window_ms -> as pace, for tokens
---   settle  per_token_ms delta_tokens -> 1
+--   line    field per_ms units max_wait_ms ahead_ms -> {1, wait_ms} reserved,
+--           {0, retry_ms} too far (a rate: field next; a token budget: tnext)
+--   settle  field per_ms delta_units -> 1
 local op = ARGV[2]
 if op == 'init' then
   if redis.call('HGET', KEYS[1], 'cfg') ~= ARGV[3] then
@@ -45,30 +45,21 @@ elseif op == 'usage' then
 elseif op == 'capacity' then
   redis.call('HSET', KEYS[1], 'capacity', ARGV[3])
   return 1
-elseif op == 'pace' then
-  -- The room's rate as a line of moments (GCRA): every instance reserves
-  -- from the same next free moment, on Redis's clock.
-  local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
-  local at = math.max(nxt, NOW)
-  local wait = at - NOW
-  if wait > tonumber(ARGV[4]) then return { 0, wait } end
-  redis.call('HSET', KEYS[1], 'next', at + tonumber(ARGV[3]))
-  return { 1, wait }
-elseif op == 'budget' then
-  -- The token budget, a weighted line of moments: a token is per_token_ms,
-  -- and a window's worth may be spent ahead.
-  local per, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local nxt = tonumber(redis.call('HGET', KEYS[1], 'tnext') or '0')
-  local paid = math.max(nxt, NOW) + tokens * per
-  local wait = math.max(0, paid - tonumber(ARGV[6]) - NOW)
-  if wait > tonumber(ARGV[5]) then return { 0, math.ceil(wait) } end
-  redis.call('HSET', KEYS[1], 'tnext', string.format('%.3f', paid))
+elseif op == 'line' then
+  -- A line of moments (GCRA), on Redis's clock for every instance: each unit
+  -- takes per_ms, and up to ahead_ms may be taken before its time.
+  local field, per, units = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+  local nxt = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+  local paid = math.max(nxt, NOW) + units * per
+  local wait = math.max(0, paid - tonumber(ARGV[7]) - NOW)
+  if wait > tonumber(ARGV[6]) then return { 0, math.ceil(wait) } end
+  redis.call('HSET', KEYS[1], field, string.format('%.3f', paid))
   return { 1, math.ceil(wait) }
 elseif op == 'settle' then
-  local nxt = tonumber(redis.call('HGET', KEYS[1], 'tnext') or '')
+  local nxt = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '')
   if nxt then
-    local settled = nxt + tonumber(ARGV[4]) * tonumber(ARGV[3])
-    redis.call('HSET', KEYS[1], 'tnext', string.format('%.3f', settled))
+    local settled = nxt + tonumber(ARGV[5]) * tonumber(ARGV[4])
+    redis.call('HSET', KEYS[1], ARGV[3], string.format('%.3f', settled))
   end
   return 1
 end
