@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 
 use crate::common::process::Process;
 use crate::common::{
-    Backend, TestUpstream, client, eventually, get_json, keys, waiting_room_config,
+    Backend, TestUpstream, client, eventually, get_json, get_text, keys, waiting_room_config,
 };
 
 /// The generation of the config in force.
@@ -103,14 +103,7 @@ async fn sighup_changes_capacity_routes_and_keys_while_the_line_keeps_its_order(
     let extra = client().get(p.url("/extra/y")).send().await.unwrap();
     assert_eq!(extra.status(), StatusCode::OK);
 
-    let metrics = client()
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(p.admin_url("/metrics")).await;
     assert!(metrics.contains("anteroom_config_reloads_total{result=\"ok\"} 1"));
     assert!(metrics.contains("anteroom_config_generation 2"));
     eventually(Duration::from_secs(5), || async {
@@ -172,14 +165,7 @@ async fn a_broken_file_keeps_the_running_config_and_every_problem_is_logged() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(generation(&p).await, 2);
-    let metrics = client()
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(p.admin_url("/metrics")).await;
     assert!(metrics.contains("anteroom_config_reloads_total{result=\"failed\"} 2"));
     assert!(metrics.contains("anteroom_config_reloads_total{result=\"ok\"} 1"));
 }
@@ -225,14 +211,7 @@ async fn a_removed_room_forgets_its_line_and_an_admin_change_survives_an_unrelat
         .await
         .unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
-    let metrics = client()
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(p.admin_url("/metrics")).await;
     assert!(!metrics.contains("anteroom_room_capacity{mode=\"requests\",room=\"llm\"}"));
     // web's room table never changed: the admin's capacity is still in force.
     let web = get_json(p.admin_url("/admin/rooms/web")).await;
