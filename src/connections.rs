@@ -42,6 +42,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// How often the deadlines are looked at: their precision.
 const TICK: Duration = Duration::from_millis(500);
+/// How long the shutdown waits for headers on their way before it closes
+/// the connections that are waiting for one.
+const SETTLE: Duration = Duration::from_secs(2);
 
 tokio::task_local! {
     static CONNECTION: Arc<Clock>;
@@ -92,6 +95,20 @@ impl Shared {
     fn now(&self) -> u64 {
         self.now.load(Ordering::Relaxed)
     }
+
+    /// Connections with a request header on its way, or none yet.
+    fn receiving(&self) -> usize {
+        self.count(|phase| phase == Phase::Header)
+    }
+
+    fn count(&self, counted: impl Fn(Phase) -> bool) -> usize {
+        self.clocks
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| counted(c.phase()))
+            .count()
+    }
 }
 
 /// Limits on client connections.
@@ -115,12 +132,7 @@ impl Active {
     /// requests are counted as requests in flight.
     pub fn count(&self) -> usize {
         self.0
-            .clocks
-            .lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|c| matches!(c.phase(), Phase::Header | Phase::Busy))
-            .count()
+            .count(|phase| matches!(phase, Phase::Header | Phase::Busy))
     }
 }
 
@@ -190,7 +202,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
             .await
     }
 
+    /// Pingora's cleanup drops every connection still waiting for a request
+    /// header. A connection accepted just before the listener closed has
+    /// usually been sent its first request already, but the bytes may not
+    /// have been read yet: those are given up to [`SETTLE`] to arrive, so an
+    /// upgrade or a drain does not cut a request the client has sent.
     async fn cleanup(&self) {
+        let until = Instant::now() + SETTLE;
+        while Instant::now() < until && self.shared.receiving() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.app.cleanup().await;
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::common::process::Process;
-use crate::common::{TestUpstream, client, eventually};
+use crate::common::{TestUpstream, client, eventually, get_text};
 
 /// A requests room "r" of capacity 1 over every path.
 fn request_room(upstream: &TestUpstream) -> String {
@@ -69,6 +69,42 @@ async fn sigterm_lets_in_flight_requests_finish() {
 #[tokio::test]
 async fn sigint_lets_in_flight_requests_finish() {
     in_flight_request_finishes(Signal::SIGINT).await;
+}
+
+/// A connection accepted just before the listener closed, whose request
+/// arrives after it: the request is answered, not cut.
+#[tokio::test]
+async fn a_request_sent_as_the_listener_closes_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let mut binary = start(&upstream, "10s").await;
+    let addr = ("127.0.0.1", binary.public);
+    let mut early = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Accepted (not only in the kernel's backlog, which a closing listener
+    // resets).
+    eventually(Duration::from_secs(5), || async {
+        get_text(binary.admin_url("/metrics"))
+            .await
+            .contains("anteroom_connections_open 1")
+            .then_some(())
+    })
+    .await;
+    binary.signal(Signal::SIGTERM);
+    eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    early
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(binary.wait_exit().await.success());
 }
 
 #[tokio::test]
