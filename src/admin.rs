@@ -55,6 +55,12 @@ struct RoomView<'a> {
     reserved: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<QueueView>,
+    /// An adaptive room's limit now, under its capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    /// How long an adaptive room still pauses for the upstream's hint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +79,11 @@ impl<'a> RoomView<'a> {
             sessions: None,
             reserved: None,
             queue: None,
+            limit: room.adaptive().map(|a| a.limit()),
+            paused_ms: room
+                .adaptive()
+                .and_then(|a| a.paused(std::time::Instant::now()))
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         if let Kind::Sessions(w) = room.kind() {
             let s = w.snapshot();
@@ -388,6 +399,9 @@ impl Admin {
                 if let Some(capacity) = patch.capacity {
                     if let Err(e) = slots.set_capacity(capacity).await {
                         return Reply::error(503, "STORE_UNAVAILABLE", e.to_string());
+                    }
+                    if let Some(adaptive) = room.adaptive() {
+                        adaptive.set_max(capacity);
                     }
                 }
             }

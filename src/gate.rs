@@ -229,6 +229,14 @@ impl Gate {
         self.binding(w, facts).is_none_or(|b| &b == bnd)
     }
 
+    /// The session of a valid pass the request carries, for any room: whose
+    /// turn a request of a `fair_by = "session"` room takes.
+    pub fn pass_session(&self, facts: &Facts<'_>) -> Option<String> {
+        pass_candidates(facts.req)
+            .find_map(|(token, _)| self.tokens.verify_any_room(token, Kind::Pass))
+            .map(|t| t.claims.sub.clone())
+    }
+
     /// The visitor's valid pass for this room, if any.
     pub fn find_pass(
         &self,
@@ -236,30 +244,13 @@ impl Gate {
         w: &WaitingRoom,
         facts: &Facts<'_>,
     ) -> Option<(HeaderValue, Arc<Claims>, PassSource)> {
-        let req = facts.req;
-        let cookies = cookies::values(req, PASS_COOKIE).map(|t| (t, PassSource::Cookie));
-        let header = req
-            .headers
-            .get(PASS_HEADER)
-            .and_then(cookies::header_text)
-            .map(|t| (t, PassSource::Header));
-        let bearer = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(cookies::header_text)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| (t.trim(), PassSource::Authorization));
-        header
-            .into_iter()
-            .chain(cookies)
-            .chain(bearer)
-            .find_map(|(token, source)| {
-                let verified = self.tokens.verify(token, Kind::Pass, room)?;
-                if !self.bound(w, facts, &verified.claims) {
-                    return None;
-                }
-                Some((verified.value?, verified.claims, source))
-            })
+        pass_candidates(facts.req).find_map(|(token, source)| {
+            let verified = self.tokens.verify(token, Kind::Pass, room)?;
+            if !self.bound(w, facts, &verified.claims) {
+                return None;
+            }
+            Some((verified.value?, verified.claims, source))
+        })
     }
 
     /// The visitor's valid ticket for this room, if any.
@@ -667,6 +658,23 @@ impl Gate {
             }
         }
     }
+}
+
+/// The passes a request may carry: header first, then cookies, then bearer.
+fn pass_candidates(req: &pingora::http::RequestHeader) -> impl Iterator<Item = (&str, PassSource)> {
+    let cookies = cookies::values(req, PASS_COOKIE).map(|t| (t, PassSource::Cookie));
+    let header = req
+        .headers
+        .get(PASS_HEADER)
+        .and_then(cookies::header_text)
+        .map(|t| (t, PassSource::Header));
+    let bearer = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(cookies::header_text)
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| (t.trim(), PassSource::Authorization));
+    header.into_iter().chain(cookies).chain(bearer)
 }
 
 #[cfg(test)]

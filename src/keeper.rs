@@ -32,6 +32,9 @@ impl Keeper {
             }
             let _ = slots.refresh().await;
         }
+        for adaptive in site.rooms.iter().filter_map(|r| r.adaptive()) {
+            adaptive.refresh().await;
+        }
     }
 }
 

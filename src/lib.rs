@@ -8,6 +8,7 @@
 //! is told. `server` assembles the Pingora services from a validated
 //! `config` and the `assets` it names. docs/architecture.md draws the layers.
 
+pub mod adaptive;
 pub mod admin;
 pub mod api;
 pub mod assets;
@@ -22,6 +23,7 @@ pub mod cookies;
 pub mod demo;
 pub mod events;
 pub mod facts;
+pub mod fair;
 pub mod forward;
 pub mod gate;
 pub mod keeper;

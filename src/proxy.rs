@@ -15,10 +15,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::adaptive::BodyHint;
 use crate::api::{self, Api};
 use crate::bypass;
 use crate::connections;
 use crate::facts::{self, Facts};
+use crate::fair::Turn;
 use crate::forward::{self, Forwarding};
 use crate::gate::{Decision, Visit};
 use crate::lifecycle::{InFlight, Lifecycle};
@@ -68,6 +70,19 @@ pub struct Ctx {
     /// For a room with a token budget: what was reserved, and the usage its
     /// response reports as it streams by.
     tokens: Option<(u32, Usage)>,
+    /// A `requests` room's request: when its `max_wait` ends, and its turn
+    /// in the room's line.
+    deadline: Option<Instant>,
+    turn: Turn,
+    /// An upstream `429` being retried: when to send again, and how often
+    /// it was sent again already.
+    retry_at: Option<Instant>,
+    retries: u32,
+    /// The request could not be sent again in time: `503 QUEUE_REQUIRED`
+    /// with this retry time instead of the upstream's `429`.
+    requeue: Option<Duration>,
+    /// A `429` of an adaptive room whose hint is in its body.
+    body_hint: Option<BodyHint>,
     /// The request's id, and whether anteroom made it (then it is sent
     /// upstream); made when it is first needed, by forwarding or the access line.
     request_id: Option<(String, bool)>,
@@ -154,9 +169,14 @@ async fn admit(
     }
     match room.kind() {
         Kind::Requests(slots) => {
-            let decided = requests::admit(room, slots).await;
+            let turn = requests::turn(room.fairness(), facts, &site.jwts, || {
+                site.gate.as_ref()?.pass_session(facts)
+            });
+            ctx.turn = turn;
+            let decided = requests::admit(room, slots, turn).await;
             ctx.slot_wait = Some(decided.waited);
-            ctx.tokens = decided.charged.map(|c| (c, Usage::default()));
+            ctx.tokens = decided.charged.map(|c| (c, Usage::new(room.usage_keys())));
+            ctx.deadline = Some(ctx.started + room.max_wait());
             match decided.admission {
                 Admission::Admitted(slot) => {
                     ctx.slot = Some(slot);
@@ -247,6 +267,12 @@ impl ProxyHttp for Proxy {
             confirm: false,
             request_id: None,
             tokens: None,
+            deadline: None,
+            turn: Turn::ANYONE,
+            retry_at: None,
+            retries: 0,
+            requeue: None,
+            body_hint: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -299,6 +325,27 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        if let Some(at) = ctx.retry_at.take() {
+            // An upstream 429 held: sent again after its hint, with a slot
+            // taken again in turn.
+            tokio::time::sleep_until(at.into()).await;
+            let left = ctx.deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let site = Arc::clone(&ctx.site);
+            if let Some((room, slots)) = ctx.route.and_then(|r| site.request_room_of_route(r)) {
+                match requests::readmit(room, slots, ctx.turn, left).await {
+                    Ok(held) => ctx.slot = Some(held),
+                    Err(retry) => {
+                        ctx.requeue = Some(retry);
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(503),
+                            "no slot for a retry within max_wait",
+                        ));
+                    }
+                }
+            }
+        }
         let upstream = ctx
             .route
             .and_then(|r| ctx.site.upstream_of_route(r))
@@ -331,15 +378,94 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        if !upstream_response.status.is_informational() {
-            let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
-            ctx.upstream_response = Some((upstream_response.status.as_u16(), latency));
+        if upstream_response.status.is_informational() {
+            return Ok(());
         }
-        Ok(())
+        let status = upstream_response.status.as_u16();
+        let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
+        ctx.upstream_response = Some((status, latency));
+        let site = Arc::clone(&ctx.site);
+        let Some((route, (room, slots))) = ctx
+            .route
+            .and_then(|r| Some((site.router.get(r)?, site.request_room_of_route(r)?)))
+        else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let retries = requests::Retries {
+            allowed: route.retry_429
+                && ctx.slot.is_some()
+                && !session.as_ref().retry_buffer_truncated(),
+            done: ctx.retries,
+            left: ctx
+                .deadline
+                .map_or(Duration::ZERO, |d| d.saturating_duration_since(now)),
+        };
+        let sent = ctx.upstream_sent.unwrap_or(now);
+        match requests::answered(
+            room,
+            slots,
+            status,
+            &upstream_response.headers,
+            sent,
+            retries,
+        ) {
+            requests::Answer::Retry(delay) => {
+                // Its slot goes to the next in line meanwhile.
+                ctx.slot = None;
+                ctx.retry_at = Some(now + delay);
+                ctx.requeue = Some(delay);
+                ctx.retries += 1;
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(429),
+                    "the upstream answered 429; the request is sent again",
+                );
+                e.set_retry(true);
+                Err(e)
+            }
+            requests::Answer::Requeue(retry) => {
+                ctx.requeue = Some(retry);
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(429),
+                    "the upstream answered 429 with a hint past max_wait",
+                );
+                e.set_retry(false);
+                Err(e)
+            }
+            requests::Answer::PassReadingHint => {
+                ctx.body_hint = Some(BodyHint::default());
+                Ok(())
+            }
+            requests::Answer::Pass => Ok(()),
+        }
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.retry_at.is_some() && matches!(e.etype(), ErrorType::HTTPStatus(429)) {
+            // A 429 held for `retry_429`: the upstream did not process the
+            // request, so it is sent again whatever its method.
+            return e;
+        }
+        // Pingora's own policy for everything else.
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn response_filter(
@@ -378,17 +504,41 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<Option<Duration>> {
         if let (Some((_, usage)), Some(chunk)) = (&mut ctx.tokens, body.as_ref()) {
             usage.feed(chunk);
         }
+        if let Some(hint) = &mut ctx.body_hint {
+            if let Some(chunk) = body.as_ref() {
+                hint.feed(chunk);
+            }
+            if end_of_stream {
+                let adaptive = ctx
+                    .route
+                    .and_then(|r| ctx.site.room_of_route(r))
+                    .and_then(|room| room.adaptive());
+                if let (Some(delay), Some(adaptive)) = (hint.delay(), adaptive) {
+                    adaptive.pause(delay, Instant::now());
+                }
+                ctx.body_hint = None;
+            }
+        }
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let room = ctx.route.and_then(|r| ctx.site.room_of_route(r));
         let reply = match (e.esource(), e.etype()) {
+            // A held 429 that could not be sent again in time: the room's
+            // own answer, never the upstream's bare 429.
+            (_, ErrorType::HTTPStatus(429 | 503)) if ctx.requeue.is_some() && room.is_some() => {
+                room.zip(ctx.requeue).map(|(room, retry)| {
+                    ctx.outcome = Outcome::QueueRequired;
+                    replies::queue_required(room.name(), retry)
+                })
+            }
             (_, ErrorType::HTTPStatus(code)) => {
                 Some(Reply::error(*code, "ERROR", "The request failed."))
             }
@@ -467,7 +617,12 @@ impl ProxyHttp for Proxy {
         {
             // Once, whatever way the request ended: what the response
             // reported, or the estimate when it reported nothing.
-            let used = usage.total().unwrap_or(u64::from(*reserved));
+            let used = if ctx.outcome == Outcome::QueueRequired {
+                // A held 429 that ended as the room's 503: never processed.
+                0
+            } else {
+                usage.total().unwrap_or(u64::from(*reserved))
+            };
             if let Some(budget) = room.budget() {
                 budget.settle(*reserved, used).await;
             }

@@ -13,6 +13,7 @@ use prometheus::{
     GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+use crate::adaptive::{Adapted, Adaptive};
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::metrics;
@@ -21,6 +22,7 @@ use crate::page::{Page, Template};
 use crate::queue::Lane;
 use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
 use crate::store::{Leases, RoomSpec, Snapshot, Wait};
+use crate::usage::UsageKeys;
 
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -34,6 +36,10 @@ pub struct Room {
     pace: Option<Arc<Rated>>,
     /// A `requests` room's `tokens_per_minute`.
     budget: Option<Arc<Budgeted>>,
+    /// A `requests` room's adaptive limit.
+    adaptive: Option<Arc<Adapted>>,
+    /// The keys a response's usage is read under.
+    usage_keys: UsageKeys,
     counters: RoomCounters,
 }
 
@@ -85,6 +91,8 @@ impl WaitingRoom {
 /// The counter families of every room, registered once.
 pub struct RoomMetrics {
     tokens: IntCounterVec,
+    retries: IntCounterVec,
+    overloaded: IntCounterVec,
     admitted: IntCounterVec,
     queued: IntCounterVec,
     rejected: IntCounterVec,
@@ -111,6 +119,12 @@ pub struct RoomCounters {
     pub rejected_rate: IntCounter,
     /// Turned away: the room's token budget has no room within `max_wait`.
     pub rejected_tokens: IntCounter,
+    /// Turned away: the upstream asked for a pause longer than `max_wait`.
+    pub rejected_upstream: IntCounter,
+    /// Upstream `429`s held and sent again (`retry_429`).
+    pub retries: IntCounter,
+    /// Upstream answers that said it was over its limit (`429`, `503`).
+    pub overloaded: IntCounter,
     /// LLM tokens its responses reported (or were estimated at).
     pub tokens: IntCounter,
     /// Let through while the store failed (`on_store_error = "open"`).
@@ -136,6 +150,18 @@ impl RoomMetrics {
                 registry,
                 "room_tokens_total",
                 "LLM tokens used by a requests room's responses (their reported usage, else the estimate).",
+                &["room"],
+            )?,
+            retries: metrics::counter(
+                registry,
+                "room_upstream_retries_total",
+                "Upstream 429s held and sent again within max_wait (retry_429).",
+                &["room"],
+            )?,
+            overloaded: metrics::counter(
+                registry,
+                "room_upstream_overloaded_total",
+                "Upstream answers of a requests room saying the upstream is over its limit (429, 503).",
                 &["room"],
             )?,
             admitted: metrics::counter(
@@ -190,6 +216,9 @@ impl RoomMetrics {
             rejected_closed: self.rejected.with_label_values(&[room, "maintenance"]),
             rejected_rate: self.rejected.with_label_values(&[room, "rate"]),
             rejected_tokens: self.rejected.with_label_values(&[room, "tokens"]),
+            rejected_upstream: self.rejected.with_label_values(&[room, "upstream"]),
+            retries: self.retries.with_label_values(&[room]),
+            overloaded: self.overloaded.with_label_values(&[room]),
             tokens: self.tokens.with_label_values(&[room]),
             store_open: self.store_open.with_label_values(&[room]),
             slot_wait: self.slot_wait.with_label_values(&[room]),
@@ -282,12 +311,16 @@ impl Room {
                 .filter(|p| matches!(&***p, Budgeted::Local(_)) && p.budget() == b)
                 .map_or_else(|| Arc::new(Budgeted::Local(Budget::new(b))), Arc::clone),
         });
+        let adaptive = Room::adapted(&config, &kind, previous);
+        let usage_keys = UsageKeys::new(config.usage_key.as_deref());
         let counters = metrics.room(&config.name);
         Room {
             config,
             kind,
             pace,
             budget,
+            adaptive,
+            usage_keys,
             counters,
         }
     }
@@ -305,6 +338,71 @@ impl Room {
     /// How long a request may wait for a slot.
     pub fn max_wait(&self) -> Duration {
         self.config.max_wait
+    }
+
+    /// The room's adaptive limit, if it has one.
+    pub fn adaptive(&self) -> Option<&Adapted> {
+        self.adaptive.as_deref()
+    }
+
+    /// The adaptive limit of a `requests` room, kept across a reload with its
+    /// ceiling moved to the capacity (what it learnt of the upstream stays);
+    /// without one, the room's slots count the capacity alone.
+    fn adapted(
+        config: &config::Room,
+        kind: &Kind,
+        previous: Option<&Room>,
+    ) -> Option<Arc<Adapted>> {
+        let Kind::Requests(slots) = kind else {
+            return None;
+        };
+        let Some(a) = config.adaptive else {
+            match slots {
+                RequestSlots::Local(s) => s.set_limit(u32::MAX),
+                RequestSlots::Shared(s) => s.set_limited(false),
+            }
+            return None;
+        };
+        let kept = previous
+            .and_then(|p| p.adaptive.as_ref())
+            .filter(|p| p.min() == a.min)
+            .filter(|p| {
+                matches!(
+                    (&***p, slots),
+                    (Adapted::Local { .. }, RequestSlots::Local(_))
+                        | (Adapted::Shared { .. }, RequestSlots::Shared(_))
+                )
+            })
+            .map(Arc::clone);
+        let adapted = kept.unwrap_or_else(|| {
+            let limit = Adaptive::new(a.min, config.capacity);
+            Arc::new(match slots {
+                RequestSlots::Local(s) => Adapted::Local {
+                    limit,
+                    slots: Arc::clone(s),
+                },
+                RequestSlots::Shared(s) => Adapted::Shared {
+                    view: Arc::new(limit),
+                    room: config.name.clone(),
+                    store: s.store(),
+                },
+            })
+        });
+        if let RequestSlots::Shared(s) = slots {
+            s.set_limited(true);
+        }
+        adapted.set_max(config.capacity);
+        Some(adapted)
+    }
+
+    /// How its waiters take turns.
+    pub fn fairness(&self) -> &config::Fairness {
+        &self.config.fair
+    }
+
+    /// The keys a response's usage is read under.
+    pub fn usage_keys(&self) -> &UsageKeys {
+        &self.usage_keys
     }
 
     /// The room's token budget, if it has one.
@@ -452,6 +550,7 @@ struct RoomGauges {
     waiting: IntGaugeVec,
     queue_length: IntGaugeVec,
     wait: GaugeVec,
+    limit: IntGaugeVec,
 }
 
 impl RoomGauges {
@@ -479,6 +578,13 @@ impl RoomGauges {
                 ),
                 &["room"],
             )?,
+            limit: IntGaugeVec::new(
+                Opts::new(
+                    "room_limit",
+                    "Requests in flight a requests room lets through now: its adaptive limit (on this instance), else its capacity.",
+                ),
+                &["room"],
+            )?,
         })
     }
 
@@ -491,13 +597,14 @@ impl RoomGauges {
         ]
     }
 
-    fn collectors(&self) -> [&dyn Collector; 5] {
+    fn collectors(&self) -> [&dyn Collector; 6] {
         [
             &self.capacity,
             &self.in_use,
             &self.waiting,
             &self.queue_length,
             &self.wait,
+            &self.limit,
         ]
     }
 }
@@ -516,6 +623,7 @@ impl Collector for RoomGauges {
             g.reset();
         }
         self.wait.reset();
+        self.limit.reset();
         let rooms = (self.rooms)();
         for room in rooms.iter() {
             let usage = room.usage();
@@ -529,6 +637,12 @@ impl Collector for RoomGauges {
             self.waiting
                 .with_label_values(&labels)
                 .set(i64::from(usage.waiting));
+            if room.mode() == RoomMode::Requests {
+                let limit = room.adaptive().map_or(usage.capacity, |a| a.limit());
+                self.limit
+                    .with_label_values(&[room.name()])
+                    .set(i64::from(limit));
+            }
         }
         for (room, w) in rooms.waiting_rooms() {
             let snapshot = w.snapshot();
@@ -580,6 +694,8 @@ mod tests {
             r#"anteroom_room_capacity{mode="requests",room="llm"} 2"#,
             r#"anteroom_room_queue_length{lane="priority",room="web"} 0"#,
             r#"anteroom_room_rejected_total{reason="full",room="llm"} 0"#,
+            r#"anteroom_room_limit{room="llm"} 2"#,
+            r#"anteroom_room_upstream_retries_total{room="llm"} 0"#,
             r#"anteroom_room_admitted_total{room="web"} 0"#,
             r#"anteroom_room_limited_total{limit="polls_per_minute",room="web"} 0"#,
         ] {

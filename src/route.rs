@@ -63,6 +63,7 @@ mod tests {
             upstream: 0,
             room: None,
             bypass: Default::default(),
+            retry_429: false,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::events::VisitorEvents;
 use crate::gate::Gate;
 use crate::room::{Kind, Room, RoomMetrics, Rooms, WaitingRoom};
 use crate::route::Router;
+use crate::slots::RequestSlots;
 use crate::store::{Leases, Store};
 use crate::traffic::{RouteMetrics, TrafficMetrics};
 use crate::upstream::{Upstream, UpstreamError};
@@ -128,6 +129,15 @@ impl Site {
         match room.kind() {
             Kind::Sessions(w) => Some((room, w)),
             Kind::Requests(_) => None,
+        }
+    }
+
+    /// The `requests` room a route guards, with its slots.
+    pub fn request_room_of_route(&self, route: usize) -> Option<(&Room, &RequestSlots)> {
+        let room = self.room_of_route(route)?;
+        match room.kind() {
+            Kind::Requests(slots) => Some((room, slots)),
+            Kind::Sessions(_) => None,
         }
     }
 

@@ -1,29 +1,65 @@
 //! The LLM tokens a response reports it used, read as it streams by, never
 //! buffered: JSON and server-sent events alike carry a count under a known
 //! key (Gemini's `usageMetadata.totalTokenCount`, OpenAI's
-//! `usage.total_tokens`). Streams repeat it, growing, in their events: the
-//! last one seen is the total.
+//! `usage.total_tokens`, or the last name of a room's `usage_path`).
+//! Streams repeat it, growing, in their events: the last one seen is the
+//! total.
+
+use std::sync::Arc;
 
 /// The keys a count follows, with their quotes.
 const KEYS: [&[u8]; 2] = [b"\"totalTokenCount\"", b"\"total_tokens\""];
+
+/// The keys a room reads usage under, quoted.
+#[derive(Debug, Clone)]
+pub struct UsageKeys(Arc<[Vec<u8>]>);
+
+impl UsageKeys {
+    /// `key` alone, or Gemini's and OpenAI's.
+    pub fn new(key: Option<&str>) -> UsageKeys {
+        let quoted = |k: &[u8]| [b"\"", k, b"\""].concat();
+        UsageKeys(match key {
+            Some(k) => Arc::from(vec![quoted(k.as_bytes())]),
+            None => KEYS.iter().map(|k| k.to_vec()).collect(),
+        })
+    }
+}
+
+impl Default for UsageKeys {
+    fn default() -> Self {
+        UsageKeys::new(None)
+    }
+}
 /// Bytes kept from one chunk's end for a key cut by the next chunk.
 const CARRY: usize = 48;
 
 /// Reads usage from a response's body chunks.
 #[derive(Debug, Default)]
 pub struct Usage {
+    keys: UsageKeys,
     carry: Vec<u8>,
     total: Option<u64>,
 }
 
 impl Usage {
+    /// Reads the count under `keys`.
+    pub fn new(keys: &UsageKeys) -> Usage {
+        Usage {
+            keys: keys.clone(),
+            carry: Vec::new(),
+            total: None,
+        }
+    }
+
     /// Looks at the next chunk.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut window = std::mem::take(&mut self.carry);
         window.extend_from_slice(chunk);
         let mut at = 0;
         while at < window.len() {
-            let Some((start, key)) = KEYS
+            let Some((start, key)) = self
+                .keys
+                .0
                 .iter()
                 .filter_map(|k| find(&window[at..], k).map(|i| (at + i, k.len())))
                 .min()
@@ -121,6 +157,13 @@ mod tests {
             read(&[r#"{"usage":{"prompt_tokens":3,"total_tokens":42}}"#]),
             Some(42)
         );
+    }
+
+    #[test]
+    fn a_usage_path_reads_its_own_key_only() {
+        let mut u = Usage::new(&UsageKeys::new(Some("completion_tokens")));
+        u.feed(br#"{"usage":{"total_tokens":42,"completion_tokens":17}}"#);
+        assert_eq!(u.total(), Some(17));
     }
 
     #[test]

@@ -113,6 +113,17 @@ upstream = "ap"
         ("room[0].limits.client_prefix_v4", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\nclient_prefix_v4 = 33\n")),
         ("room[0].limits.polls_per_minute", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\npolls_per_minute = -1\n")),
         ("room[0].limits", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\n[room.limits]\npolls_per_minute = 5\n")),
+        ("room[0].fair_by", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\nfair_by = \"ip\"\n")),
+        ("room[0].fair_by", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\nfair_by = \"header:bad header\"\n")),
+        ("room[0].fair_by", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nfair_by = \"client\"\n")),
+        ("room[0].adaptive", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nadaptive = true\n")),
+        ("room[0].min_capacity", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\nadaptive = true\nmin_capacity = 3\n")),
+        ("room[0].min_capacity", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\nmin_capacity = 1\n")),
+        ("room[0].priority", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\n[room.priority]\ncidrs = [\"10.0.0.0/8\"]\n")),
+        ("room[0].usage_path", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\ntokens_per_minute = 10\nusage_path = \"usage..total\"\n")),
+        ("room[0].usage_path", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\nusage_path = \"usage.total_tokens\"\n")),
+        ("route[0].retry_429", BASE.replace("upstream = \"app\"\n", "upstream = \"app\"\nretry_429 = true\n")),
+        ("route[0].retry_429", format!("[[upstream]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\nroom = \"r\"\nretry_429 = true\n")),
         ("arrivals_per_hour", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\narrivals_per_hour = 5\n")),
     ];
     assert!(cases.len() >= 10);
@@ -123,6 +134,39 @@ upstream = "ap"
             "expected the message to name {key:?}, got:\n{msg}"
         );
     }
+}
+
+/// The LLM room of issue 13's example, exactly as written there.
+#[test]
+fn the_llm_room_loads_as_documented() {
+    let text = r#"
+[[upstream]]
+name = "gemini"
+address = "127.0.0.1:3000"
+
+[[room]]
+name = "gemini"
+mode = "requests"
+capacity = 10                 # in flight, as today
+max_wait = "30s"
+rate = "60/m"                 # requests per minute (also "/s", "/h")
+tokens_per_minute = 100000    # budget of LLM tokens, from the responses' usage
+token_estimate = 1000         # charged up front, corrected when the response ends
+adaptive = true               # follow the upstream's 429/503 and retry hints
+min_capacity = 1              # adaptive never goes below this
+fair_by = "client"            # waiters served in turn per "client" (network), "session" (pass), "header:NAME", or "none"
+
+[[route]]
+path_prefix = "/api/gemini/"
+upstream = "gemini"
+room = "gemini"
+retry_429 = true              # hold and retry an upstream 429 within max_wait (opt-in: the upstream did not process it)
+"#;
+    let config = Config::from_toml(text, Path::new("gemini.toml")).unwrap();
+    let room = &config.rooms[0];
+    assert_eq!(room.adaptive.map(|a| a.min), Some(1));
+    assert_eq!(room.fair.by, anteroom::config::FairBy::Client);
+    assert!(config.routes[0].retry_429);
 }
 
 #[test]

@@ -835,3 +835,57 @@ async fn the_backend_names_itself(backend: Backend) {
     assert_eq!(s.store.backend(), expected);
     s.store.ping().await.unwrap();
 }
+
+/// The shared adaptive limit of a requests room: one atomic step per move,
+/// once per round trip down, never below the floor nor above the capacity,
+/// and a lease is taken only under it when the room asks for it.
+#[tokio::test]
+async fn a_shared_adaptive_limit_moves_once_per_round_trip_and_caps_leases() {
+    use anteroom::store::{Leases, Step};
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        url: format!("redis://127.0.0.1:{}/0", server.port),
+        username: None,
+        password: None,
+        key_prefix: "adapt".to_owned(),
+        connections: 1,
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        lease: Duration::from_secs(10),
+        ca_file: None,
+    };
+    let store = RedisStore::new(
+        &config,
+        &[],
+        &[("llm".to_owned(), 4)],
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    store.prepare().await.unwrap();
+    let down = |age_ms| Step::Down {
+        age: Duration::from_millis(age_ms),
+        min: 2,
+    };
+    assert_eq!(store.adapt("llm", Step::Keep).await.unwrap(), 4);
+    assert_eq!(store.adapt("llm", down(0)).await.unwrap(), 3);
+    // Sent before that decrease: the same overload, not counted twice.
+    assert_eq!(store.adapt("llm", down(60_000)).await.unwrap(), 3);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.adapt("llm", down(0)).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.adapt("llm", down(0)).await.unwrap(), 2, "the floor");
+    // Two leases under the limit of 2; the capacity of 4 alone allows more.
+    for id in ["a", "b"] {
+        assert!(store.acquire("llm", id, true).await.unwrap());
+    }
+    assert!(!store.acquire("llm", "c", true).await.unwrap());
+    assert!(store.acquire("llm", "c", false).await.unwrap());
+    for _ in 0..5 {
+        store.adapt("llm", Step::Up).await.unwrap();
+    }
+    assert_eq!(
+        store.adapt("llm", Step::Keep).await.unwrap(),
+        4,
+        "the capacity"
+    );
+}

@@ -128,6 +128,10 @@ pub struct RoomFile {
     pub rate: Option<String>,
     pub tokens_per_minute: Option<i64>,
     pub token_estimate: Option<i64>,
+    pub usage_path: Option<String>,
+    pub adaptive: Option<bool>,
+    pub min_capacity: Option<i64>,
+    pub fair_by: Option<String>,
     pub session_ttl: Option<String>,
     pub session_max: Option<String>,
     pub admit_rate: Option<f64>,
@@ -248,4 +252,5 @@ pub struct RouteFile {
     pub upstream: String,
     pub room: Option<String>,
     pub bypass: Option<RulesFile>,
+    pub retry_429: Option<bool>,
 }

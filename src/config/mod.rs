@@ -73,6 +73,47 @@ pub struct TokenBudget {
     pub estimate: u32,
 }
 
+/// `adaptive = true` and `min_capacity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveLimit {
+    /// The limit never goes below this.
+    pub min: u32,
+}
+
+/// `fair_by`: whose turn a waiter of a `requests` room takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FairBy {
+    /// One line, first come, first served.
+    None,
+    /// The client's network (the address, IPv6 by /64).
+    Client,
+    /// The visitor's pass session (else the client's network).
+    Session,
+    /// A request header's value, hashed (e.g. an API key).
+    Header(http::HeaderName),
+}
+
+/// `fair_by`, and the weight of the requests that `priority` picks out.
+#[derive(Debug, Clone)]
+pub struct Fairness {
+    /// Whose turn.
+    pub by: FairBy,
+    /// Requests served per round for a client whose request matches.
+    pub priority: Rules,
+    /// Their weight (others: 1).
+    pub weight: u32,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            by: FairBy::None,
+            priority: Rules::default(),
+            weight: 1,
+        }
+    }
+}
+
 /// `rate = "60/m"`: at most `count` requests per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -293,6 +334,13 @@ pub struct Room {
     pub rate: Option<Rate>,
     /// LLM tokens per minute (`requests` rooms), from the responses' usage.
     pub tokens: Option<TokenBudget>,
+    /// The key whose number is a response's usage (`usage_path`'s last name);
+    /// `None`: Gemini's and OpenAI's.
+    pub usage_key: Option<String>,
+    /// `adaptive = true` (`requests` rooms): the limit follows the upstream.
+    pub adaptive: Option<AdaptiveLimit>,
+    /// How waiters of a `requests` room take turns.
+    pub fair: Fairness,
     /// Visitors who pass without taking a slot.
     pub bypass: Rules,
     /// What happens to newcomers while the store is down.
@@ -554,6 +602,9 @@ pub struct Route {
     pub room: Option<usize>,
     /// Visitors who pass this route's room without taking a slot.
     pub bypass: Rules,
+    /// `retry_429 = true`: an upstream `429` is held and retried within the
+    /// room's `max_wait` (the upstream did not process it).
+    pub retry_429: bool,
 }
 
 /// A value that must never reach a log line, not even through `Debug`.

@@ -11,10 +11,11 @@ use super::file::{
     TokensFile, UpstreamFile, VerifyKeyFile,
 };
 use super::{
-    Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, HostHeader, Jwt, JwtKey,
-    JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy,
-    Problem, ProofOfWork, RESERVED_PREFIX, Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret,
-    Server, Sessions, State, StateDir, StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
+    AdaptiveLimit, Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, FairBy,
+    Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE,
+    MAX_CAPACITY, OnStoreError, PathPolicy, Problem, ProofOfWork, RESERVED_PREFIX, Rate,
+    RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
+    StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
 };
 const MAX_THREADS: i64 = 1024;
 /// Longest `[log] level` filter.
@@ -274,6 +275,15 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
         .filter_map(|(i, r)| route(&mut p, i, r, &upstream_index, &room_index, &jwt_index))
         .collect();
     check_shadowed_routes(&mut p, &routes);
+    for (i, route) in routes.iter().enumerate() {
+        let room = route.room.and_then(|r| rooms.get(r));
+        if route.retry_429 && room.is_some_and(|r| r.mode != RoomMode::Requests) {
+            p.add(
+                format!("route[{i}].retry_429"),
+                "only applies to a route with a requests room (its max_wait bounds the retries)",
+            );
+        }
+    }
 
     if p.0.is_empty() {
         Ok(Config {
@@ -706,6 +716,104 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
             }
         }
     };
+    let usage_key = r.usage_path.as_deref().and_then(|path| {
+        let last = path.rsplit('.').next().unwrap_or_default();
+        let ok = path.split('.').all(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        });
+        if !ok {
+            p.add(
+                format!("{key}.usage_path"),
+                format!("{path:?} is not a JSON path: give names joined by dots, e.g. \"usageMetadata.totalTokenCount\""),
+            );
+        }
+        if r.tokens_per_minute.is_none() {
+            p.add(
+                format!("{key}.usage_path"),
+                "only applies with tokens_per_minute",
+            );
+        }
+        ok.then(|| last.to_owned())
+    });
+    let adaptive = match (r.adaptive, r.min_capacity) {
+        (Some(true), min) => {
+            let min = min.map_or(Some(1), |m| {
+                p.int_in(
+                    &format!("{key}.min_capacity"),
+                    m,
+                    1,
+                    capacity.unwrap_or(1_000_000),
+                )
+            });
+            min.map(|min| AdaptiveLimit { min: min as u32 })
+        }
+        (_, Some(_)) => {
+            p.add(
+                format!("{key}.min_capacity"),
+                "only applies with adaptive = true",
+            );
+            None
+        }
+        _ => None,
+    };
+    let fair_by = match r.fair_by.as_deref() {
+        None | Some("none") => FairBy::None,
+        Some("client") => FairBy::Client,
+        Some("session") => FairBy::Session,
+        Some(other) => match other.strip_prefix("header:") {
+            Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(name) => FairBy::Header(name),
+                Err(_) => {
+                    p.add(
+                        format!("{key}.fair_by"),
+                        format!("{name:?} is not a header name"),
+                    );
+                    FairBy::None
+                }
+            },
+            None => {
+                p.add(
+                    format!("{key}.fair_by"),
+                    format!("{other:?} is not a way to take turns: use \"client\", \"session\", \"header:NAME\" or \"none\""),
+                );
+                FairBy::None
+            }
+        },
+    };
+    let fair = if mode == Some(RoomMode::Requests) {
+        let priority = rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts);
+        let weight = r
+            .priority_weight
+            .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))
+            .unwrap_or(3) as u32;
+        if fair_by == FairBy::None && (r.priority.is_some() || r.priority_weight.is_some()) {
+            p.add(
+                format!("{key}.priority"),
+                "in a requests room, priority weighs the turns of fair_by: set fair_by too",
+            );
+        }
+        Fairness {
+            by: fair_by,
+            priority,
+            weight,
+        }
+    } else {
+        for (field, given) in [
+            ("adaptive", r.adaptive.is_some()),
+            ("fair_by", r.fair_by.is_some()),
+        ] {
+            if given {
+                p.add(
+                    format!("{key}.{field}"),
+                    "only applies to rooms in \"requests\" mode",
+                );
+            }
+        }
+        Fairness::default()
+    };
     if mode == Some(RoomMode::Sessions) && r.tokens_per_minute.is_some() {
         p.add(
             format!("{key}.tokens_per_minute"),
@@ -755,8 +863,6 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
                 ("page_template", r.page_template.is_some()),
                 ("language", r.language.is_some()),
                 ("cookie_path", r.cookie_path.is_some()),
-                ("priority_weight", r.priority_weight.is_some()),
-                ("priority", r.priority.is_some()),
                 ("conversion", r.conversion.is_some()),
                 ("limits", r.limits.is_some()),
                 ("challenge", r.challenge.is_some()),
@@ -781,6 +887,9 @@ fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>)
         max_wait,
         rate,
         tokens,
+        usage_key,
+        adaptive,
+        fair,
         bypass,
         on_store_error,
         sessions,
@@ -1492,12 +1601,19 @@ fn route(
             "a route without a room lets everyone through already",
         );
     }
+    if r.retry_429.is_some() && r.room.is_none() {
+        p.add(
+            format!("{key}.retry_429"),
+            "only applies to a route with a requests room (its max_wait bounds the retries)",
+        );
+    }
     Some(Route {
         name,
         host,
         path_prefix,
         upstream: upstream?,
         room: room?,
+        retry_429: r.retry_429.unwrap_or(false),
         bypass,
     })
 }

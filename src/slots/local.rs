@@ -1,10 +1,11 @@
 //! Request slots counted by this instance: how many requests of a room are
-//! in flight, never more than its capacity, with a first-come-first-served
-//! line for those allowed to wait.
+//! in flight, never more than its capacity (or its adaptive limit, when
+//! lower), with a line for those allowed to wait, served in turn per client
+//! ([`FairLine`]).
 //!
 //! Taking and returning a slot is a compare-and-swap on one counter while
 //! nobody waits. Only when requests are waiting does a release take the line's
-//! lock, to hand its slot directly to the oldest waiter: a newcomer can never
+//! lock, to hand its slot directly to the next waiter: a newcomer can never
 //! overtake someone already in line, and a freed slot never sits idle while
 //! someone waits.
 //!
@@ -12,7 +13,6 @@
 //! every way a request can end (response done, client gone, upstream failed,
 //! task cancelled) returns it exactly once.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::{Duration, Instant};
@@ -21,22 +21,19 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::usage::{HoldTime, Usage};
+use crate::fair::{FairLine, Turn};
 
 /// The slots of one room.
 #[derive(Debug)]
 pub struct Slots {
     capacity: AtomicU32,
+    /// The adaptive limit (`u32::MAX` when the room has none).
+    limit: AtomicU32,
     in_use: AtomicU32,
     /// Entries in `line`, readable without its lock.
     waiting: AtomicU32,
-    line: Mutex<Line>,
+    line: Mutex<FairLine<oneshot::Sender<Permit>>>,
     hold: HoldTime,
-}
-
-#[derive(Debug, Default)]
-struct Line {
-    next_id: u64,
-    waiters: VecDeque<(u64, oneshot::Sender<Permit>)>,
 }
 
 /// No slot was free (and, if the request could wait, none freed in time).
@@ -49,9 +46,10 @@ impl Slots {
     pub fn new(capacity: u32) -> Arc<Slots> {
         Arc::new(Slots {
             capacity: AtomicU32::new(capacity),
+            limit: AtomicU32::new(u32::MAX),
             in_use: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
-            line: Mutex::new(Line::default()),
+            line: Mutex::new(FairLine::default()),
             hold: HoldTime::default(),
         })
     }
@@ -64,9 +62,9 @@ impl Slots {
         Some(Permit::new(self))
     }
 
-    /// Takes a slot, waiting in line for up to `max_wait` when none is free.
-    /// Dropping the returned future leaves the line.
-    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<Permit, Full> {
+    /// Takes a slot, waiting in line for up to `max_wait` when none is free,
+    /// served in `turn`. Dropping the returned future leaves the line.
+    pub async fn acquire(self: &Arc<Self>, max_wait: Duration, turn: Turn) -> Result<Permit, Full> {
         if let Some(permit) = self.try_acquire() {
             return Ok(permit);
         }
@@ -79,16 +77,17 @@ impl Slots {
             // Announce the wait before looking at the counter: a release that
             // decrements it afterwards is then sure to see us (see `release`).
             self.waiting.fetch_add(1, SeqCst);
-            if line.waiters.is_empty() && self.try_take() {
+            if line.is_empty() && self.try_take() {
                 self.waiting.fetch_sub(1, SeqCst);
                 return Ok(Permit::new(self));
             }
-            let id = line.next_id;
-            line.next_id += 1;
-            line.waiters.push_back((id, tx));
-            id
+            line.push(turn, tx)
         };
-        let mut place = Place { slots: self, id };
+        let mut place = Place {
+            slots: self,
+            key: turn.key,
+            id,
+        };
         match tokio::time::timeout(max_wait, &mut rx).await {
             Ok(Ok(permit)) => {
                 place.granted();
@@ -114,6 +113,13 @@ impl Slots {
         self.admit_waiters();
     }
 
+    /// Sets the adaptive limit under the capacity. Raising it lets waiters
+    /// in at once; lowering it takes effect as slots are returned.
+    pub fn set_limit(self: &Arc<Self>, limit: u32) {
+        self.limit.store(limit, SeqCst);
+        self.admit_waiters();
+    }
+
     /// Current capacity, use and line length.
     pub fn usage(&self) -> Usage {
         Usage {
@@ -128,8 +134,13 @@ impl Slots {
         &self.hold
     }
 
+    /// The capacity, or the adaptive limit when lower.
+    fn cap(&self) -> u32 {
+        self.capacity.load(SeqCst).min(self.limit.load(SeqCst))
+    }
+
     fn try_take(&self) -> bool {
-        let capacity = self.capacity.load(SeqCst);
+        let capacity = self.cap();
         self.in_use
             .fetch_update(SeqCst, SeqCst, |n| (n < capacity).then_some(n + 1))
             .is_ok()
@@ -148,13 +159,13 @@ impl Slots {
         }
     }
 
-    /// Passes a held slot to the oldest live waiter, without it ever being free.
+    /// Passes a held slot to the next live waiter, without it ever being free.
     fn hand_over(self: &Arc<Self>) -> bool {
-        if self.in_use.load(SeqCst) > self.capacity.load(SeqCst) {
+        if self.in_use.load(SeqCst) > self.cap() {
             return false; // shrinking: this slot goes away
         }
         let mut line = self.line.lock();
-        while let Some((_, tx)) = line.waiters.pop_front() {
+        while let Some(tx) = line.pop() {
             self.waiting.fetch_sub(1, SeqCst);
             match tx.send(Permit::new(self)) {
                 Ok(()) => return true,
@@ -165,11 +176,11 @@ impl Slots {
         false
     }
 
-    /// Fills free slots from the front of the line.
+    /// Fills free slots from the line, in turn.
     fn admit_waiters(self: &Arc<Self>) {
         let mut line = self.line.lock();
-        while !line.waiters.is_empty() && self.try_take() {
-            let Some((_, tx)) = line.waiters.pop_front() else {
+        while !line.is_empty() && self.try_take() {
+            let Some(tx) = line.pop() else {
                 break;
             };
             self.waiting.fetch_sub(1, SeqCst);
@@ -185,17 +196,16 @@ impl Slots {
 /// dropped because the client went away) takes the entry out.
 struct Place<'a> {
     slots: &'a Arc<Slots>,
+    key: u64,
     id: u64,
 }
 
 impl Place<'_> {
     /// Takes the entry out; false if a hand-over already did.
     fn leave(&mut self) -> bool {
-        let mut line = self.slots.line.lock();
-        let Some(i) = line.waiters.iter().position(|(id, _)| *id == self.id) else {
+        if !self.slots.line.lock().remove(self.key, self.id) {
             return false;
-        };
-        line.waiters.remove(i);
+        }
         self.slots.waiting.fetch_sub(1, SeqCst);
         self.id = u64::MAX;
         true
@@ -276,7 +286,7 @@ mod tests {
         for i in 0..5 {
             let (s, order) = (slots.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let permit = s.acquire(Duration::from_secs(10)).await;
+                let permit = s.acquire(Duration::from_secs(10), Turn::ANYONE).await;
                 order.lock().push(i);
                 drop(permit);
             }));
@@ -301,11 +311,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiters_take_turns_per_client() {
+        let slots = Slots::new(1);
+        let first = slots.try_acquire();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // A heavy client queues four, then a light one queues two.
+        for (i, key) in [1, 1, 1, 1, 2, 2].into_iter().enumerate() {
+            let (s, order) = (slots.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let turn = Turn { key, weight: 1 };
+                let permit = s.acquire(Duration::from_secs(10), turn).await;
+                order.lock().push(key);
+                drop(permit);
+            }));
+            while slots.usage().waiting < i as u32 + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(first);
+        for t in tasks {
+            t.await.ok();
+        }
+        assert_eq!(*order.lock(), vec![1, 2, 1, 2, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_adaptive_limit_caps_under_the_capacity() {
+        let slots = Slots::new(3);
+        slots.set_limit(1);
+        let held = slots.try_acquire();
+        assert!(held.is_some());
+        assert!(slots.try_acquire().is_none(), "limit 1 of capacity 3");
+        let s = slots.clone();
+        let waiter = tokio::spawn(async move {
+            s.acquire(Duration::from_secs(10), Turn::ANYONE)
+                .await
+                .is_ok()
+        });
+        while slots.usage().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        slots.set_limit(2);
+        assert!(waiter.await.unwrap_or(false), "raising it lets a waiter in");
+        drop(held);
+        assert_eq!(slots.usage().in_use, 0);
+    }
+
+    #[tokio::test]
     async fn newcomer_cannot_overtake_the_line() {
         let slots = Slots::new(1);
         let held = slots.try_acquire();
         let s = slots.clone();
-        let waiter = tokio::spawn(async move { s.acquire(Duration::from_secs(10)).await.is_ok() });
+        let waiter = tokio::spawn(async move {
+            s.acquire(Duration::from_secs(10), Turn::ANYONE)
+                .await
+                .is_ok()
+        });
         while slots.usage().waiting == 0 {
             tokio::task::yield_now().await;
         }
@@ -321,12 +383,18 @@ mod tests {
         let slots = Slots::new(1);
         let held = slots.try_acquire();
         assert_eq!(
-            slots.acquire(Duration::from_millis(20)).await.err(),
+            slots
+                .acquire(Duration::from_millis(20), Turn::ANYONE)
+                .await
+                .err(),
             Some(Full)
         );
         let s = slots.clone();
-        let cancelled =
-            tokio::spawn(async move { s.acquire(Duration::from_secs(60)).await.is_ok() });
+        let cancelled = tokio::spawn(async move {
+            s.acquire(Duration::from_secs(60), Turn::ANYONE)
+                .await
+                .is_ok()
+        });
         while slots.usage().waiting == 0 {
             tokio::task::yield_now().await;
         }
@@ -342,8 +410,11 @@ mod tests {
         let slots = Slots::new(1);
         let _held = slots.try_acquire();
         let s = slots.clone();
-        let waiter =
-            tokio::spawn(async move { s.acquire(Duration::from_secs(10)).await.map(|_| ()) });
+        let waiter = tokio::spawn(async move {
+            s.acquire(Duration::from_secs(10), Turn::ANYONE)
+                .await
+                .map(|_| ())
+        });
         while slots.usage().waiting == 0 {
             tokio::task::yield_now().await;
         }

@@ -9,6 +9,7 @@ pub mod usage;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fair::Turn;
 use crate::store::StoreError;
 
 pub use local::{Permit, Slots};
@@ -42,15 +43,15 @@ impl RequestSlots {
     }
 
     /// A slot after `try_acquire` found none, waiting in line up to
-    /// `max_wait` for one to free.
-    pub async fn acquire(&self, max_wait: Duration) -> Result<Held, NoSlot> {
+    /// `max_wait` for one to free, served in `turn`.
+    pub async fn acquire(&self, max_wait: Duration, turn: Turn) -> Result<Held, NoSlot> {
         match self {
             RequestSlots::Local(s) => s
-                .acquire(max_wait)
+                .acquire(max_wait, turn)
                 .await
                 .map(Held::Local)
                 .map_err(|_| NoSlot::Full),
-            RequestSlots::Shared(s) => s.acquire(max_wait).await.map(Held::Shared),
+            RequestSlots::Shared(s) => s.acquire(max_wait, turn).await.map(Held::Shared),
         }
     }
 

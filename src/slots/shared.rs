@@ -2,20 +2,26 @@
 //! flight holds a lease that its instance renews every third of a lease
 //! period, so the slots of an instance that dies come back after one period.
 //!
-//! Waiting (`max_wait`) is first come, first served among this instance's
-//! requests: the head of the local line retries when a local slot frees and
-//! every few milliseconds otherwise. Across instances, whoever asks first
-//! after a slot frees gets it.
+//! Waiting (`max_wait`) is served in turn per client among this instance's
+//! requests ([`FairLine`]): one waiter at a time, the head, asks the store
+//! again when a local slot frees and every few milliseconds otherwise, and
+//! hands the turn on when it is done. Across instances, whoever asks first
+//! after a slot frees gets it; each instance's line is fair, so clients
+//! spread over the instances get fair shares overall.
+//!
+//! An adaptive room's limit lives in the store beside the capacity, one for
+//! every instance: a lease is taken only under both.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::usage::{HoldTime, NoSlot, Usage};
+use crate::fair::{FairLine, Turn};
 use crate::store::{Leases, StoreError};
 
 /// How often the head of the local line asks the store again.
@@ -29,9 +35,11 @@ pub struct SharedSlots {
     next_id: AtomicU64,
     /// Leases held by this instance, renewed in the background.
     held: Mutex<HashSet<String>>,
-    /// This instance's requests waiting for a slot, in arrival order.
-    line: tokio::sync::Mutex<()>,
+    /// This instance's requests waiting for the head's turn.
+    line: Mutex<Line>,
     waiting: AtomicU32,
+    /// The room is adaptive: the store's limit counts too.
+    limited: AtomicBool,
     freed: Notify,
     /// Capacity and use across instances, as last read.
     usage: Mutex<Usage>,
@@ -47,8 +55,9 @@ impl SharedSlots {
             instance: rand::random(),
             next_id: AtomicU64::new(0),
             held: Mutex::new(HashSet::new()),
-            line: tokio::sync::Mutex::new(()),
+            line: Mutex::new(Line::default()),
             waiting: AtomicU32::new(0),
+            limited: AtomicBool::new(false),
             freed: Notify::new(),
             usage: Mutex::new(Usage {
                 capacity,
@@ -66,7 +75,8 @@ impl SharedSlots {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         self.held.lock().insert(id.clone());
-        match self.store.acquire(&self.room, &id).await {
+        let limited = self.limited.load(Ordering::Relaxed);
+        match self.store.acquire(&self.room, &id, limited).await {
             Ok(true) => Ok(Some(SharedPermit {
                 slots: Arc::clone(self),
                 id,
@@ -88,17 +98,45 @@ impl SharedSlots {
     }
 
     /// Takes a slot after `try_acquire` found none, waiting in this
-    /// instance's line up to `max_wait`.
-    pub async fn acquire(self: &Arc<Self>, max_wait: Duration) -> Result<SharedPermit, NoSlot> {
+    /// instance's line up to `max_wait`, served in `turn`.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        max_wait: Duration,
+        turn: Turn,
+    ) -> Result<SharedPermit, NoSlot> {
         if max_wait.is_zero() {
             return Err(NoSlot::Full);
         }
         let deadline = tokio::time::Instant::now() + max_wait;
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.waiting);
-        let Ok(_head) = tokio::time::timeout_at(deadline, self.line.lock()).await else {
-            return Err(NoSlot::Full);
+        let queued = {
+            let mut line = self.line.lock();
+            if line.busy {
+                let (tx, rx) = oneshot::channel();
+                Some((line.waiters.push(turn, tx), rx))
+            } else {
+                line.busy = true;
+                None
+            }
         };
+        if let Some((id, rx)) = queued {
+            let mut place = Place {
+                slots: self,
+                key: turn.key,
+                id: Some(id),
+                rx,
+            };
+            if tokio::time::timeout_at(deadline, &mut place.rx)
+                .await
+                .is_err()
+            {
+                // Out of time; if the turn came meanwhile, `place` hands it on.
+                return Err(NoSlot::Full);
+            }
+            place.id = None;
+        }
+        let _head = Head(self);
         loop {
             if let Some(permit) = self.try_take().await? {
                 return Ok(permit);
@@ -109,6 +147,16 @@ impl SharedSlots {
                 _ = tokio::time::sleep_until(deadline) => return Err(NoSlot::Full),
             }
         }
+    }
+
+    /// The store the leases are in.
+    pub fn store(&self) -> Arc<dyn Leases> {
+        Arc::clone(&self.store)
+    }
+
+    /// Whether the store's adaptive limit counts too.
+    pub fn set_limited(&self, limited: bool) {
+        self.limited.store(limited, Ordering::Relaxed);
     }
 
     /// Capacity, use and this instance's line, as last read from the store.
@@ -148,6 +196,56 @@ impl SharedSlots {
     /// How long a lease lasts without renewal.
     pub fn lease(&self) -> Duration {
         self.store.lease()
+    }
+}
+
+/// The line behind the head: who asks the store next.
+#[derive(Default)]
+struct Line {
+    /// A head is asking the store.
+    busy: bool,
+    waiters: FairLine<oneshot::Sender<()>>,
+}
+
+/// The waiter asking the store; when done (a lease, out of time, or gone)
+/// it hands the turn to the next live waiter.
+struct Head<'a>(&'a SharedSlots);
+
+impl Drop for Head<'_> {
+    fn drop(&mut self) {
+        self.0.pass_turn();
+    }
+}
+
+impl SharedSlots {
+    fn pass_turn(&self) {
+        let mut line = self.line.lock();
+        while let Some(next) = line.waiters.pop() {
+            if next.send(()).is_ok() {
+                return;
+            }
+        }
+        line.busy = false;
+    }
+}
+
+/// A waiter's place behind the head; leaving takes it out, or hands on a
+/// turn that arrived as it left (the receiver lives as long as the place,
+/// so a turn handed to it is never lost).
+struct Place<'a> {
+    slots: &'a SharedSlots,
+    key: u64,
+    id: Option<u64>,
+    rx: oneshot::Receiver<()>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id
+            && !self.slots.line.lock().waiters.remove(self.key, id)
+        {
+            self.slots.pass_turn();
+        }
     }
 }
 

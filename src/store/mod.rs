@@ -364,8 +364,9 @@ pub trait Store: Send + Sync {
 /// after one lease period.
 #[async_trait]
 pub trait Leases: Send + Sync {
-    /// Takes a slot under this lease id; false when the room is full.
-    async fn acquire(&self, room: &str, id: &str) -> Result<bool, StoreError>;
+    /// Takes a slot under this lease id; false when the room is full (or,
+    /// `limited`, at its adaptive limit).
+    async fn acquire(&self, room: &str, id: &str, limited: bool) -> Result<bool, StoreError>;
     /// Returns a slot.
     async fn release(&self, room: &str, id: &str) -> Result<(), StoreError>;
     /// Extends the leases still in flight by one lease period.
@@ -397,8 +398,27 @@ pub trait Leases: Send + Sync {
     /// Corrects a reservation by `delta` tokens (what was used beyond it, or
     /// less than it when negative).
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError>;
+    /// Moves the room's adaptive limit, shared by every instance; returns it.
+    async fn adapt(&self, room: &str, step: Step) -> Result<u32, StoreError>;
     /// How long a lease lasts without renewal.
     fn lease(&self) -> std::time::Duration;
+}
+
+/// A move of a shared adaptive limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The upstream was over its limit for a request sent `age` ago: shrink,
+    /// not below `min`, unless it already did since that request was sent.
+    Down {
+        /// How long ago the request was sent.
+        age: Duration,
+        /// `min_capacity`.
+        min: u32,
+    },
+    /// The upstream kept up: one more.
+    Up,
+    /// No move: what it is now.
+    Keep,
 }
 
 /// The store's metric families.
@@ -554,8 +574,8 @@ impl<S: Store> Store for Observed<S> {
 
 #[async_trait]
 impl<S: Leases> Leases for Observed<S> {
-    async fn acquire(&self, room: &str, id: &str) -> Result<bool, StoreError> {
-        self.record("lease_acquire", self.inner.acquire(room, id))
+    async fn acquire(&self, room: &str, id: &str, limited: bool) -> Result<bool, StoreError> {
+        self.record("lease_acquire", self.inner.acquire(room, id, limited))
             .await
     }
     async fn release(&self, room: &str, id: &str) -> Result<(), StoreError> {
@@ -595,6 +615,10 @@ impl<S: Leases> Leases for Observed<S> {
     }
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError> {
         self.record("lease_settle", self.inner.settle(room, per_token, delta))
+            .await
+    }
+    async fn adapt(&self, room: &str, step: Step) -> Result<u32, StoreError> {
+        self.record("lease_adapt", self.inner.adapt(room, step))
             .await
     }
     fn lease(&self) -> std::time::Duration {

@@ -22,7 +22,7 @@ use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 
 use super::{
     Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
-    SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
+    SettingsPatch, Snapshot, Step, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
@@ -808,11 +808,12 @@ impl Store for RedisStore {
 
 #[async_trait]
 impl Leases for RedisStore {
-    async fn acquire(&self, room: &str, id: &str) -> Result<bool, StoreError> {
+    async fn acquire(&self, room: &str, id: &str, limited: bool) -> Result<bool, StoreError> {
         let args = [
             "acquire".to_owned(),
             id.to_owned(),
             self.lease.as_millis().to_string(),
+            u8::from(limited).to_string(),
         ];
         Ok(int(&self.lease_call(room, &args).await?) == Some(1))
     }
@@ -873,6 +874,21 @@ impl Leases for RedisStore {
         ];
         self.lease_call(room, &args).await?;
         Ok(())
+    }
+
+    async fn adapt(&self, room: &str, step: Step) -> Result<u32, StoreError> {
+        let args = match step {
+            Step::Down { age, min } => vec![
+                "adapt".to_owned(),
+                "down".to_owned(),
+                millis(age),
+                min.to_string(),
+            ],
+            Step::Up => vec!["adapt".to_owned(), "up".to_owned()],
+            Step::Keep => vec!["adapt".to_owned(), "keep".to_owned()],
+        };
+        let v = self.lease_call(room, &args).await?;
+        u32_of(Some(&v))
     }
 
     fn lease(&self) -> Duration {

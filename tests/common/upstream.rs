@@ -19,6 +19,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use anteroom::demo::llm::{FakeLlm, Quota};
+
 type Body = BoxBody<Bytes, std::io::Error>;
 
 /// What the upstream has seen.
@@ -31,6 +33,8 @@ pub struct Seen {
     pub arrivals: Mutex<Vec<String>>,
     /// Opened once per /stream request to let the rest of the stream go.
     pub gate: Notify,
+    /// The fake LLM API behind `/llm`, with its own limits.
+    pub llm: Mutex<Option<Arc<FakeLlm>>>,
 }
 
 /// A running test upstream; it stops when dropped.
@@ -50,6 +54,22 @@ impl TestUpstream {
     /// Plain HTTP.
     pub async fn start() -> TestUpstream {
         Self::serve(None).await
+    }
+
+    /// Plain HTTP, with a fake LLM API under `/llm` that enforces `quota`.
+    pub async fn start_llm(quota: Quota) -> TestUpstream {
+        let upstream = Self::serve(None).await;
+        *upstream.seen.llm.lock() = Some(FakeLlm::new(quota));
+        upstream
+    }
+
+    /// The fake LLM API, for its counts and limits.
+    pub fn llm(&self) -> Arc<FakeLlm> {
+        self.seen
+            .llm
+            .lock()
+            .clone()
+            .expect("started with start_llm")
     }
 
     /// HTTPS with the given server config.
@@ -190,6 +210,60 @@ async fn handle(seen: Arc<Seen>, req: Request<Incoming>) -> Result<Response<Body
                 .status(200)
                 .header("content-type", "text/event-stream")
                 .body(BoxBody::new(StreamBody::new(stream::iter(events))))
+                .unwrap())
+        }
+        // The fake LLM: SSE answers with usage, 429s past its limits with
+        // Gemini's body and (unless `hint=body`) a `retry-after-ms` header.
+        p if p.ends_with("/llm") => {
+            let Some(llm) = seen.llm.lock().clone() else {
+                return Ok(full(404, "text/plain", "no llm"));
+            };
+            let call = match llm.call() {
+                Ok(call) => call,
+                Err(refusal) => {
+                    let mut resp = full(429, "application/json", refusal.body());
+                    if let Some(ms) = refusal
+                        .retry_ms()
+                        .filter(|_| q.get("hint").map(String::as_str) != Some("body"))
+                    {
+                        resp.headers_mut().insert("retry-after-ms", ms.into());
+                    }
+                    return Ok(resp);
+                }
+            };
+            let tokens: u64 = q.get("tokens").and_then(|v| v.parse().ok()).unwrap_or(100);
+            let gap =
+                Duration::from_millis(q.get("gap").and_then(|v| v.parse().ok()).unwrap_or(20));
+            let client = req
+                .headers()
+                .get("x-client")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let events = anteroom::demo::llm::events(tokens, 5);
+            let last = events.len() - 1;
+            let mut call = Some(call);
+            let chunks = stream::unfold(0usize, move |i| {
+                let events = events.clone();
+                let finished = (i == last).then(|| (call.take(), client.clone()));
+                async move {
+                    let event = events.get(i)?.clone();
+                    if i > 0 {
+                        tokio::time::sleep(gap).await;
+                    }
+                    if let Some((Some(call), client)) = finished {
+                        call.done(tokens, &client);
+                    }
+                    Some((
+                        Ok::<_, std::io::Error>(Frame::data(Bytes::from(event))),
+                        i + 1,
+                    ))
+                }
+            });
+            Ok(Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(BoxBody::new(StreamBody::new(chunks)))
                 .unwrap())
         }
         p if p.ends_with("/slow") => {

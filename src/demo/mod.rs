@@ -1,17 +1,35 @@
 //! `anteroom demo`: anteroom in front of an embedded toy app, on loopback,
 //! so a newcomer can watch a room fill up without writing any config.
 
+pub mod llm;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use serde_json::json;
 
 use crate::config::{Config, ConfigError};
 use crate::respond::Reply;
+use llm::{FakeLlm, Quota};
+
+/// The fake LLM's limits: 2 in flight, 20 requests and 2,000 tokens a
+/// minute (each answer uses 100 tokens over about a second).
+pub const LLM_QUOTA: Quota = Quota {
+    concurrency: 2,
+    requests: 20,
+    tokens: 2000,
+    window: Duration::from_secs(60),
+};
+/// Tokens one answer of the fake LLM uses.
+const LLM_TOKENS: u64 = 100;
 
 /// Where the demo listens.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +85,17 @@ capacity = 2
 max_wait = "1s"
 
 [[room]]
+name = "llm"
+mode = "requests"
+capacity = 2
+max_wait = "30s"
+rate = "20/m"
+tokens_per_minute = 2000
+token_estimate = 100
+adaptive = true
+fair_by = "client"
+
+[[room]]
 name = "web"
 mode = "sessions"
 capacity = 2
@@ -90,6 +119,12 @@ upstream = "toy"
 room = "slow"
 
 [[route]]
+path_prefix = "/api/llm"
+upstream = "toy"
+room = "llm"
+retry_429 = true
+
+[[route]]
 path_prefix = "/api/"
 upstream = "toy"
 
@@ -110,6 +145,7 @@ room = "web"
 pub fn banner(ports: Ports) -> String {
     let p = ports.public;
     let a = ports.admin;
+    let u = ports.upstream;
     format!(
         "anteroom demo is running (Ctrl-C to stop). It signs with an ephemeral key made for this run.
 
@@ -120,6 +156,13 @@ The waiting room \"web\" admits 2 visitors at a time to the toy app at /.
 
 The room \"slow\" lets 2 requests at a time reach /api/slow (3 s each); others wait up to
 1 s for a slot, then get 503 QUEUE_REQUIRED. /api/fast is unguarded.
+
+/api/llm is a fake LLM API with Gemini's kind of limits (2 in flight, 20 requests and 2,000
+tokens a minute; it answers 429 RESOURCE_EXHAUSTED past them) that streams its answer as
+server-sent events with usage. The room \"llm\" keeps to those limits: callers wait their turn
+(per client) instead of getting 429s. Compare with the app itself on its own port:
+  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{u}/api/llm & done; wait; echo
+  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{p}/api/llm & done; wait; echo
 
 Try:
   curl -s -H 'Accept: application/json' http://127.0.0.1:{p}/      # run 3 times: the third is queued
@@ -137,14 +180,19 @@ Try:
 pub fn toy_upstream(port: u16) -> std::io::Result<Service<ToyApp>> {
     let addr = format!("127.0.0.1:{port}");
     std::net::TcpListener::bind(&addr)?;
-    let mut service = Service::new("demo toy app".to_owned(), ToyApp);
+    let app = ToyApp {
+        llm: FakeLlm::new(LLM_QUOTA),
+    };
+    let mut service = Service::new("demo toy app".to_owned(), app);
     service.threads = Some(1);
     service.add_tcp(&addr);
     Ok(service)
 }
 
-/// A tiny app with one slow and one fast endpoint.
-pub struct ToyApp;
+/// A tiny app with one slow and one fast endpoint, pages, and a fake LLM.
+pub struct ToyApp {
+    llm: Arc<FakeLlm>,
+}
 
 const PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>anteroom demo app</title>
@@ -170,7 +218,88 @@ const BYE: &str = r#"<!doctype html>
 "#;
 
 #[async_trait]
-impl ServeHttp for ToyApp {
+impl HttpServerApp for ToyApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !session.read_request().await.ok()? {
+            return None;
+        }
+        session.set_keepalive((!*shutdown.borrow()).then_some(60));
+        let written = if session.req_header().uri.path() == "/api/llm" {
+            self.stream_llm(&mut session).await
+        } else {
+            let (parts, body) = self.response(&mut session).await.into_parts();
+            write(
+                &mut session,
+                parts.into(),
+                vec![Bytes::from(body)],
+                Duration::ZERO,
+            )
+            .await
+        };
+        if written.is_err() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let stream = session.finish().await.ok()??;
+        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+    }
+}
+
+/// Writes a response, its body chunks `gap` apart.
+async fn write(
+    session: &mut ServerSession,
+    header: ResponseHeader,
+    chunks: Vec<Bytes>,
+    gap: Duration,
+) -> pingora::Result<()> {
+    session.write_response_header(Box::new(header)).await?;
+    let last = chunks.len().saturating_sub(1);
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        session.write_response_body(chunk, i == last).await?;
+    }
+    Ok(())
+}
+
+impl ToyApp {
+    /// The fake LLM: a streamed answer, or its 429 with a retry hint.
+    async fn stream_llm(&self, session: &mut ServerSession) -> pingora::Result<()> {
+        let client = session
+            .req_header()
+            .headers
+            .get("x-client")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        match self.llm.call() {
+            Err(refusal) => {
+                let mut header = ResponseHeader::build(429, None)?;
+                header.insert_header("content-type", "application/json")?;
+                let body = Bytes::from(refusal.body());
+                header.insert_header("content-length", body.len().to_string())?;
+                write(session, header, vec![body], Duration::ZERO).await
+            }
+            Ok(call) => {
+                let mut header = ResponseHeader::build(200, None)?;
+                header.insert_header("content-type", "text/event-stream")?;
+                header.insert_header("cache-control", "no-cache")?;
+                let chunks = llm::events(LLM_TOKENS, 5)
+                    .into_iter()
+                    .map(Bytes::from)
+                    .collect();
+                write(session, header, chunks, Duration::from_millis(200)).await?;
+                call.done(LLM_TOKENS, &client);
+                Ok(())
+            }
+        }
+    }
+
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_owned();
         let reply = match path.as_str() {
@@ -212,7 +341,7 @@ impl ServeHttp for ToyApp {
             _ => Reply::error(
                 404,
                 "NOT_FOUND",
-                "The toy app has /, /done, /signup, /api/fast and /api/slow.",
+                "The toy app has /, /done, /signup, /api/fast, /api/slow and /api/llm.",
             ),
         };
         reply.into_response()
@@ -233,6 +362,7 @@ mod tests {
         let dir = ephemeral_key_dir().expect("key");
         let config = config(ports, &dir).expect("demo config");
         std::fs::remove_dir_all(&dir).expect("cleanup");
-        assert_eq!(config.rooms[1].capacity, 2);
+        assert_eq!(config.rooms[2].capacity, 2);
+        assert!(config.rooms[1].adaptive.is_some());
     }
 }
