@@ -626,7 +626,8 @@ impl ProxyHttp for Proxy {
             if let Some(budget) = room.budget() {
                 budget.settle(*reserved, used).await;
             }
-            room.counters().tokens.inc_by(used);
+            let class = usize::from(ctx.turn.weight > 1);
+            room.counters().tokens[class].inc_by(used);
         }
         let route = ctx.route.and_then(|r| site.router.get(r));
         let upstream = ctx.route.and_then(|r| site.upstream_of_route(r));

@@ -125,8 +125,9 @@ pub struct RoomCounters {
     pub retries: IntCounter,
     /// Upstream answers that said it was over its limit (`429`, `503`).
     pub overloaded: IntCounter,
-    /// LLM tokens its responses reported (or were estimated at).
-    pub tokens: IntCounter,
+    /// LLM tokens its responses reported (or were estimated at), by client
+    /// class: standard, then priority (matched by the room's `priority`).
+    pub tokens: [IntCounter; 2],
     /// Let through while the store failed (`on_store_error = "open"`).
     pub store_open: IntCounter,
     /// Time waited for a slot.
@@ -149,8 +150,8 @@ impl RoomMetrics {
             tokens: metrics::counter(
                 registry,
                 "room_tokens_total",
-                "LLM tokens used by a requests room's responses (their reported usage, else the estimate).",
-                &["room"],
+                "LLM tokens used by a requests room's responses (their reported usage, else the estimate), by client class.",
+                &["room", "class"],
             )?,
             retries: metrics::counter(
                 registry,
@@ -219,7 +220,8 @@ impl RoomMetrics {
             rejected_upstream: self.rejected.with_label_values(&[room, "upstream"]),
             retries: self.retries.with_label_values(&[room]),
             overloaded: self.overloaded.with_label_values(&[room]),
-            tokens: self.tokens.with_label_values(&[room]),
+            tokens: ["standard", "priority"]
+                .map(|class| self.tokens.with_label_values(&[room, class])),
             store_open: self.store_open.with_label_values(&[room]),
             slot_wait: self.slot_wait.with_label_values(&[room]),
             limited: Limit::ALL.map(|l| self.limited.with_label_values(&[room, l.as_str()])),

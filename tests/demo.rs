@@ -70,6 +70,34 @@ async fn demo_queues_the_third_visitor_and_lets_them_in() {
     let (status, _) = visitors[2].get("/").await;
     assert_eq!(status, 200);
     // Still two in the room: a newcomer waits.
-    let (status, _) = Visitor::new(base).get("/").await;
+    let (status, _) = Visitor::new(base.clone()).get("/").await;
     assert_eq!(status, 503);
+
+    // The fake LLM on its own refuses what is over its 2 in flight; behind
+    // anteroom the same burst waits its turn and is answered, streamed.
+    let burst = |url: String| {
+        let http = client();
+        futures_util::future::join_all((0..4).map(move |_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let resp = http.get(url).send().await.unwrap();
+                (
+                    resp.status().as_u16(),
+                    resp.text().await.unwrap_or_default(),
+                )
+            }
+        }))
+    };
+    let direct = burst(format!("http://127.0.0.1:{upstream}/api/llm")).await;
+    assert!(
+        direct
+            .iter()
+            .any(|(status, body)| *status == 429 && body.contains("RESOURCE_EXHAUSTED")),
+        "{direct:?}"
+    );
+    let behind = burst(format!("{base}/api/llm")).await;
+    for (status, body) in &behind {
+        assert_eq!(*status, 200, "{body}");
+        assert!(body.contains("\"totalTokenCount\":100"), "{body}");
+    }
 }

@@ -306,7 +306,7 @@ async fn a_token_budget_is_charged_what_responses_report_and_refuses_past_it() {
     );
     let metrics = proxy.metrics().await;
     assert!(
-        metrics.contains("anteroom_room_tokens_total{room=\"llm\"} 5500"),
+        metrics.contains("anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 5500"),
         "{metrics}"
     );
     assert!(
@@ -314,6 +314,40 @@ async fn a_token_budget_is_charged_what_responses_report_and_refuses_past_it() {
         "{metrics}"
     );
     assert_eq!(upstream.seen.requests.load(SeqCst), 2);
+}
+
+/// Tokens are counted by client class: requests the room's `priority`
+/// picks out (weighted in the room's turns) are `priority`, the others
+/// `standard`; and a `usage_path` reads its own key.
+#[tokio::test]
+async fn tokens_are_counted_by_client_class_under_the_usage_path() {
+    let upstream = TestUpstream::start().await;
+    let config = room_config(&upstream, 100, "0s").replace(
+        "max_wait = \"0s\"",
+        "max_wait = \"0s\"\ntokens_per_minute = 100000\nusage_path = \"usageMetadata.totalTokenCount\"\nfair_by = \"header:x-api-key\"\npriority_weight = 4\n[room.priority]\npaths = [\"/api/partner/\"]",
+    );
+    let proxy = TestProxy::start(&config).await;
+    let http = client();
+    for (path, key) in [
+        ("/api/usage?tokens=30", "k1"),
+        ("/api/partner/usage?tokens=12", "k2"),
+    ] {
+        let resp = http
+            .get(proxy.url(path))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await;
+    }
+    let metrics = proxy.metrics().await;
+    for line in [
+        "anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 30",
+        "anteroom_room_tokens_total{class=\"priority\",room=\"llm\"} 12",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
 }
 
 #[tokio::test]
@@ -336,7 +370,7 @@ async fn a_response_without_usage_is_charged_the_estimate_once_even_when_the_cli
     drop(tcp);
     eventually(Duration::from_secs(10), || async {
         let m = proxy.metrics().await;
-        m.contains("anteroom_room_tokens_total{room=\"llm\"} 1000")
+        m.contains("anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 1000")
             .then_some(())
     })
     .await;

@@ -20,12 +20,12 @@ use crate::config::{Config, ConfigError};
 use crate::respond::Reply;
 use llm::{FakeLlm, Quota};
 
-/// The fake LLM's limits: 2 in flight, 20 requests and 2,000 tokens a
+/// The fake LLM's limits: 2 in flight, 60 requests and 6,000 tokens a
 /// minute (each answer uses 100 tokens over about a second).
 pub const LLM_QUOTA: Quota = Quota {
     concurrency: 2,
-    requests: 20,
-    tokens: 2000,
+    requests: 60,
+    tokens: 6000,
     window: Duration::from_secs(60),
 };
 /// Tokens one answer of the fake LLM uses.
@@ -89,8 +89,8 @@ name = "llm"
 mode = "requests"
 capacity = 2
 max_wait = "30s"
-rate = "20/m"
-tokens_per_minute = 2000
+rate = "60/m"
+tokens_per_minute = 6000
 token_estimate = 100
 adaptive = true
 fair_by = "client"
@@ -157,12 +157,13 @@ The waiting room \"web\" admits 2 visitors at a time to the toy app at /.
 The room \"slow\" lets 2 requests at a time reach /api/slow (3 s each); others wait up to
 1 s for a slot, then get 503 QUEUE_REQUIRED. /api/fast is unguarded.
 
-/api/llm is a fake LLM API with Gemini's kind of limits (2 in flight, 20 requests and 2,000
+/api/llm is a fake LLM API with Gemini's kind of limits (2 in flight, 60 requests and 6,000
 tokens a minute; it answers 429 RESOURCE_EXHAUSTED past them) that streams its answer as
 server-sent events with usage. The room \"llm\" keeps to those limits: callers wait their turn
-(per client) instead of getting 429s. Compare with the app itself on its own port:
-  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{u}/api/llm & done; wait; echo
-  for i in $(seq 8); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{p}/api/llm & done; wait; echo
+(per client) instead of getting 429s. Compare the app on its own port with it behind anteroom:
+  for i in $(seq 5); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{u}/api/llm & done; wait; echo
+  for i in $(seq 5); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:{p}/api/llm & done; wait; echo
+  curl -sN http://127.0.0.1:{p}/api/llm
 
 Try:
   curl -s -H 'Accept: application/json' http://127.0.0.1:{p}/      # run 3 times: the third is queued
