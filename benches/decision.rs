@@ -343,6 +343,35 @@ fn slots(c: &mut Criterion) {
             black_box(pace.reserve(t, Duration::ZERO))
         })
     });
+    // A waiter through the line: in one line (`fair_by = "none"`), and in
+    // turn among 100 clients with someone waiting (`fair_by = "client"`).
+    let mut fifo = anteroom::fair::FairLine::default();
+    for _ in 0..100 {
+        fifo.push(anteroom::fair::Turn::ANYONE, ());
+    }
+    c.bench_function("slots/line_fifo_push_pop", |b| {
+        b.iter(|| {
+            fifo.push(anteroom::fair::Turn::ANYONE, ());
+            black_box(fifo.pop())
+        })
+    });
+    let mut fair = anteroom::fair::FairLine::default();
+    for key in 0..100 {
+        fair.push(anteroom::fair::Turn { key, weight: 1 }, ());
+    }
+    let mut key = 0;
+    c.bench_function("slots/line_fair_push_pop_100_clients", |b| {
+        b.iter(|| {
+            key = (key + 1) % 100;
+            fair.push(anteroom::fair::Turn { key, weight: 1 }, ());
+            black_box(fair.pop())
+        })
+    });
+    // An upstream's healthy answer to an adaptive room.
+    let adaptive = anteroom::adaptive::Adaptive::new(1, 100);
+    c.bench_function("slots/adaptive_healthy", |b| {
+        b.iter(|| black_box(adaptive.healthy(black_box(60))))
+    });
 }
 
 /// A redis-server of the bench's own, killed at the end.

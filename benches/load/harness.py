@@ -165,9 +165,9 @@ def anteroom_conf(path, listen, admin, upstream, threads, key, level, store, ant
     ticket as fast as wrk can, so the room "full" lifts `polls_per_minute`
     (the limiter still runs); a binary from before `[room.limits]` (given as
     `anteroom`, when comparing builds) gets the config without it. The room
-    "llm" (a `requests` room with `rate` and `tokens_per_minute` set far above
-    what the benchmark sends, so the accounting runs but never limits) is
-    left out for builds from before them."""
+    "llm" (a `requests` room with `rate`, `tokens_per_minute`, `adaptive`
+    and `fair_by` set far above what the benchmark sends, so the accounting
+    runs but never limits) is left out for builds from before them."""
     limits = '[room.limits]\npolls_per_minute = 10000000\n'
     for llm in (True, False):
         write_conf(path, listen, admin, upstream, threads, key, level, store, limits, llm)
@@ -184,11 +184,14 @@ capacity = 100000
 rate = "1000000/s"
 tokens_per_minute = 100000000
 token_estimate = 1
+adaptive = true
+fair_by = "client"
 
 [[route]]
 path_prefix = "/llm/"
 upstream = "app"
 room = "llm"
+retry_429 = true
 """
 
 
@@ -413,6 +416,7 @@ def main():
             stores = memory + ([("redis", ports["red"], pass_red, ticket_red)] if use_redis else [])
             for store, port, pass_, ticket in stores:
                 record("admitted: requests room, free slots", f"anteroom ({store})", wrk.run(f"round {r}: {store} requests room", url(port, "/req/x")))
+                record(LLM, f"anteroom ({store})", wrk.run(f"round {r}: {store} llm room", url(port, "/llm/x")))
                 record("admitted: sessions room, valid pass", f"anteroom ({store})",
                        wrk.run(f"round {r}: {store} pass", url(port, "/web/x"), [f"X-Anteroom-Pass: {pass_}"]))
                 record("queued: 503 QUEUE_REQUIRED JSON", f"anteroom ({store})",
@@ -491,6 +495,7 @@ def main():
 
 
 LATENCY = "latency, 1 connection"
+LLM = "admitted: LLM room (rate, tokens, adaptive, fair_by), free slots"
 SAME_AS_PASS = "forward, the pass scenario's request"
 
 
@@ -546,6 +551,11 @@ def report(args, results, extra, pin, use_redis):
     signs = extra.get("openssl rsa2048 sign/s (one core)", 0)
     if signs:
         lines.append(f"- arrival flood: {flood:,.0f} tickets/s; openssl rsa2048 on one core: {signs:,.0f} sign/s; ratio per core in use ({args.threads}): {flood / (signs * args.threads):.2f}")
+    for store in ["memory", "redis"]:
+        llm = median([r["rps"] for r in results.get((LLM, f"anteroom ({store})"), [])])
+        plain_room = median([r["rps"] for r in results.get(("admitted: requests room, free slots", f"anteroom ({store})"), [])])
+        if llm and plain_room:
+            lines.append(f"- LLM room vs plain requests room ({store}): {llm:,.0f} vs {plain_room:,.0f} req/s: {llm / plain_room:.2f}")
     first_poll = next((sc for sc, t in results if sc.startswith("status poll") and t == "anteroom (memory, state_dir)"), "")
     for scenario in ["admitted: requests room, free slots", "admitted: sessions room, valid pass",
                      first_poll, "arrival flood: new visitor, signed ticket"]:

@@ -32,8 +32,9 @@ from harness import anteroom_conf, free_port, http, nginx_conf, set_cookie, wait
 SCENARIOS = {
     "forward, no room": ("/", []),
     "admitted: requests room": ("/req/x", []),
-    # The same with `rate` and `tokens_per_minute` accounting (never limiting).
-    "admitted: requests room, rate and tokens": ("/llm/x", []),
+    # The same with `rate`, `tokens_per_minute`, `adaptive` and `fair_by`
+    # (never limiting).
+    "admitted: LLM room (rate, tokens, adaptive, fair_by)": ("/llm/x", []),
     "admitted: sessions room, valid pass": ("/web/x", ["pass"]),
     "queued: status poll": ("/__anteroom/status?room=full", ["ticket"]),
     # Every request a new visitor without cookies at a full room: a fresh ticket.
