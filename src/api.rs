@@ -1,7 +1,7 @@
 //! anteroom's own endpoints on the public listener: everything under
 //! [`RESERVED_PREFIX`] (never proxied) and the JWKS.
 
-use http::header::{ALLOW, CACHE_CONTROL, LOCATION, SET_COOKIE};
+use http::header::{ALLOW, LOCATION, SET_COOKIE};
 use serde::Serialize;
 
 use crate::config::RESERVED_PREFIX;
@@ -37,8 +37,14 @@ impl Api<'_> {
         let endpoint = path.strip_prefix(RESERVED_PREFIX).unwrap_or_default();
         if path == JWKS_PATH || endpoint == "jwks.json" {
             return match self.gate {
+                // Cached for less than the overlap a key rotation keeps
+                // (docs/security.md), revalidated by its tag.
                 Some(gate) => Reply::new(200, "application/json", gate.tokens.jwks())
-                    .header(CACHE_CONTROL, "public, max-age=300"),
+                    .public("public, max-age=300")
+                    .unless_unchanged(
+                        gate.tokens.jwks_etag(),
+                        facts.req.headers.get(http::header::IF_NONE_MATCH),
+                    ),
                 None => Reply::error(404, "NOT_FOUND", "No keys are configured."),
             };
         }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::header::{LINK, SET_COOKIE};
+use http::HeaderValue;
+use http::header::{LINK, SET_COOKIE, STRICT_TRANSPORT_SECURITY};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -83,6 +84,8 @@ pub struct Ctx {
     requeue: Option<Duration>,
     /// A `429` of an adaptive room whose hint is in its body.
     body_hint: Option<BodyHint>,
+    /// The TLS listener's `Strict-Transport-Security`, for every answer.
+    hsts: Option<HeaderValue>,
     /// The request's id, and whether anteroom made it (then it is sent
     /// upstream); made when it is first needed, by forwarding or the access line.
     request_id: Option<(String, bool)>,
@@ -130,6 +133,10 @@ impl Outcome {
 
 /// anteroom's own answer to a request, or `None` to forward it.
 async fn answer(site: &Site, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> {
+    if let Some(port) = site.config.server.redirect_https.filter(|_| !facts.secure) {
+        ctx.outcome = Outcome::Api;
+        return Some(replies::to_https(facts, port));
+    }
     if api::serves(&facts.path, site.gate.is_some()) {
         ctx.outcome = Outcome::Api;
         let api = Api {
@@ -247,6 +254,20 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// The listener address the connection arrived at.
+fn local_addr(session: &Session) -> Option<std::net::SocketAddr> {
+    let socket = session.digest()?.socket_digest.as_ref()?;
+    socket.local_addr()?.as_inet().copied()
+}
+
+/// The reply with the listener's `Strict-Transport-Security`, if it sends one.
+fn with_hsts(reply: Reply, ctx: &Ctx) -> Reply {
+    match &ctx.hsts {
+        Some(hsts) => reply.header_value(STRICT_TRANSPORT_SECURITY, hsts.clone()),
+        None => reply,
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -273,6 +294,7 @@ impl ProxyHttp for Proxy {
             retries: 0,
             requeue: None,
             body_hint: None,
+            hsts: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -296,6 +318,10 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let (peer, tls) = (peer_ip(session), is_tls(session));
         let site = Arc::clone(&ctx.site);
+        ctx.hsts = local_addr(session)
+            .filter(|_| tls)
+            .and_then(|local| site.hsts(local))
+            .cloned();
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
             Ok(facts) => {
                 ctx.ip = facts.ip;
@@ -313,7 +339,7 @@ impl ProxyHttp for Proxy {
         };
         match reply {
             Some(reply) => {
-                reply.send(session).await?;
+                with_hsts(reply, ctx).send(session).await?;
                 Ok(true)
             }
             None => Ok(false),
@@ -474,6 +500,9 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if let Some(hsts) = &ctx.hsts {
+            upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
         // Only an upstream response can carry the command; it never reaches the client.
         let release = upstream_response
             .remove_header(COMMAND_HEADER)
@@ -574,7 +603,7 @@ impl ProxyHttp for Proxy {
         // Once the upstream's header went out, a status can no longer be sent.
         if let Some(reply) = reply.filter(|_| session.response_written().is_none()) {
             code = reply.status();
-            if let Err(write_error) = reply.send(session).await {
+            if let Err(write_error) = with_hsts(reply, ctx).send(session).await {
                 tracing::debug!(error = %write_error, "could not send the error response");
             }
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use http::header::{RETRY_AFTER, SET_COOKIE};
+use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use serde::Serialize;
 
 use crate::canonical::{self, PathPolicy};
@@ -242,6 +242,27 @@ pub fn safe_return(value: Option<&str>) -> String {
         }
         _ => "/".to_owned(),
     }
+}
+
+/// The same request over HTTPS, on a plain listener with `redirect_https`:
+/// `308` (the method and body are kept) to the request's host on `port`.
+/// Without a host there is nowhere to send it.
+pub fn to_https(facts: &Facts<'_>, port: u16) -> Reply {
+    let Some(host) = facts.host_name() else {
+        return Reply::error(400, "BAD_REQUEST", "A Host header is needed.");
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]") // an IPv6 literal
+    } else {
+        host.to_owned()
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    Reply::text(308, "Moved to HTTPS.\n")
+        .header(LOCATION, format!("https://{host}{port}{}", facts.target()))
 }
 
 /// `503 QUEUE_REQUIRED` from a full `requests` room, to be retried after `retry`.

@@ -1,8 +1,9 @@
 //! Responses anteroom writes itself, on the public and the admin listener.
 //!
 //! They are never cached (`Cache-Control: no-store`: a queue position or a
-//! 503 must not be replayed by a CDN) and always carry `Content-Length`
-//! (without it an HTTP/1 keep-alive client waits for more body forever).
+//! 503 must not be replayed by a CDN) unless made [`Reply::public`] (the
+//! JWKS, the client script), and always carry `Content-Length` (without it
+//! an HTTP/1 keep-alive client waits for more body forever).
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -17,6 +18,8 @@ pub struct Reply {
     content_type: &'static str,
     body: Bytes,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// The one `Cache-Control` it carries.
+    cache: &'static str,
 }
 
 impl Reply {
@@ -39,7 +42,36 @@ impl Reply {
             content_type,
             body: body.into(),
             headers: Vec::new(),
+            cache: "no-store",
         }
+    }
+
+    /// The same response, cacheable by anyone for as long as `cache_control`
+    /// says (e.g. `"public, max-age=300"`), instead of `no-store`.
+    pub fn public(mut self, cache_control: &'static str) -> Reply {
+        self.cache = cache_control;
+        self
+    }
+
+    /// `304 Not Modified` when the request's `If-None-Match` names `etag`,
+    /// else this response; either way with the `ETag`.
+    pub fn unless_unchanged(self, etag: &str, if_none_match: Option<&HeaderValue>) -> Reply {
+        let unchanged = if_none_match
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| matches!(t.trim(), "*") || t.trim().trim_start_matches("W/") == etag)
+            });
+        let reply = if unchanged {
+            Reply {
+                status: 304,
+                body: Bytes::new(),
+                ..self
+            }
+        } else {
+            self
+        };
+        reply.header(http::header::ETAG, etag)
     }
 
     /// The error body every anteroom error shares: `{"code": ..., "message": ...}`.
@@ -63,6 +95,12 @@ impl Reply {
         if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
             self.headers.push((name, v));
         }
+        self
+    }
+
+    /// Adds a header whose value is already checked.
+    pub fn header_value(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
         self
     }
 
@@ -91,8 +129,10 @@ impl Reply {
     fn response_header(&self) -> pingora::Result<ResponseHeader> {
         let mut h = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
         h.insert_header(CONTENT_TYPE, self.content_type)?;
-        h.insert_header(CONTENT_LENGTH, self.body.len().to_string())?;
-        h.insert_header(CACHE_CONTROL, "no-store")?;
+        if self.status != 304 {
+            h.insert_header(CONTENT_LENGTH, self.body.len().to_string())?;
+        }
+        h.insert_header(CACHE_CONTROL, self.cache)?;
         for (name, value) in &self.headers {
             h.append_header(name.clone(), value.clone())?;
         }
@@ -118,7 +158,7 @@ impl Reply {
             .status(self.status)
             .header(CONTENT_TYPE, self.content_type)
             .header(CONTENT_LENGTH, self.body.len())
-            .header(CACHE_CONTROL, "no-store");
+            .header(CACHE_CONTROL, self.cache);
         for (name, value) in self.headers {
             builder = builder.header(name, value);
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
@@ -278,8 +279,15 @@ fn public_service(
     let routine = logging::routine();
     registry.register(Box::new(routine.tls_handshake_failures.clone()))?;
     registry.register(Box::new(routine.client_disconnects.clone()))?;
+    let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
+    if s.h2c {
+        // The options are non-exhaustive: made from the default.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        http.server_options = Some(options);
+    }
     let (guard, sweeper) = connections::guard(
-        pingora::proxy::http_proxy(&server.configuration, proxy),
+        http,
         Limits {
             header_timeout: s.header_timeout,
             idle_timeout: s.keepalive_timeout,
@@ -300,6 +308,8 @@ fn public_service(
         let certificate = Certificate::load(&tls.cert, &tls.key).map_err(error)?;
         let mut settings = TlsSettings::intermediate("", "").map_err(|e| error(e.to_string()))?;
         settings.set_cert_resolver(Arc::clone(&certificate) as _);
+        // ALPN: h2 for the browsers that offer it, HTTP/1.1 for the rest.
+        settings.enable_h2();
         public.add_tls_with_settings(&tls.listen.to_string(), None, settings);
         certificates.push((tls.listen, certificate));
     }

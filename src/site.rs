@@ -4,11 +4,13 @@
 //! ([`Current`]); a request keeps the `Site` it started with, so it never
 //! sees half of two configs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 
 use crate::assets::Assets;
 use crate::bypass::AppJwt;
@@ -56,6 +58,8 @@ pub struct Site {
     pub jwts: Arc<Vec<AppJwt>>,
     /// Metric handles per route (by route index).
     pub route_metrics: Vec<RouteMetrics>,
+    /// The `Strict-Transport-Security` of each TLS listener that sends one.
+    hsts: Vec<(SocketAddr, HeaderValue)>,
 }
 
 impl Site {
@@ -105,7 +109,18 @@ impl Site {
                 shared.traffic.route(&r.name, upstream)
             })
             .collect();
+        let hsts = config
+            .server
+            .tls
+            .iter()
+            .filter_map(|t| {
+                let age = t.hsts?.as_secs();
+                let value = HeaderValue::from_str(&format!("max-age={age}")).ok()?;
+                Some((t.listen, value))
+            })
+            .collect();
         Ok(Site {
+            hsts,
             generation: previous.map_or(1, |p| p.generation + 1),
             loaded_at: SystemTime::now(),
             router: Router::new(config.routes.clone()),
@@ -116,6 +131,18 @@ impl Site {
             route_metrics,
             config,
         })
+    }
+
+    /// The `Strict-Transport-Security` to send on a connection that arrived
+    /// over TLS at `local`, if its listener has `hsts`.
+    pub fn hsts(&self, local: SocketAddr) -> Option<&HeaderValue> {
+        self.hsts
+            .iter()
+            .find(|(listen, _)| {
+                listen.port() == local.port()
+                    && (listen.ip().is_unspecified() || listen.ip() == local.ip())
+            })
+            .map(|(_, value)| value)
     }
 
     /// The room a route guards.

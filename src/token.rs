@@ -418,6 +418,7 @@ pub struct Tokens {
     fingerprints: Fingerprints,
     cache: Cache<u128, Verified>,
     jwks: Bytes,
+    jwks_etag: String,
 }
 
 impl Tokens {
@@ -458,6 +459,7 @@ impl Tokens {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         let mut ticket_validation = validation.clone();
         ticket_validation.algorithms = vec![Algorithm::HS256];
+        let jwks = Bytes::from(serde_json::json!({ "keys": jwk }).to_string());
         Tokens {
             issuer: issuer.to_owned(),
             signer,
@@ -471,13 +473,20 @@ impl Tokens {
             ticket_validation,
             fingerprints: Fingerprints::new(),
             cache: Cache::new(cache_size),
-            jwks: Bytes::from(serde_json::json!({ "keys": jwk }).to_string()),
+            jwks_etag: etag(&jwks),
+            jwks,
         }
     }
 
     /// `/.well-known/jwks.json`: every public key that verifies a current token.
     pub fn jwks(&self) -> Bytes {
         self.jwks.clone()
+    }
+
+    /// The JWKS's entity tag: a digest of its bytes, so it changes exactly
+    /// when the keys do.
+    pub fn jwks_etag(&self) -> &str {
+        &self.jwks_etag
     }
 
     /// The claims of a new token valid for `ttl` from now.
@@ -621,6 +630,16 @@ impl Tokens {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
+}
+
+/// A strong entity tag for `bytes`: the first 16 bytes of their SHA-256.
+fn etag(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
 }
 
 #[cfg(test)]

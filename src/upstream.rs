@@ -74,6 +74,11 @@ impl Upstream {
         o.idle_timeout = Some(cfg.idle_timeout);
         o.verify_cert = cfg.verify_cert;
         o.verify_hostname = cfg.verify_cert;
+        if cfg.h2 {
+            // Over TLS, h2 offered by ALPN with HTTP/1.1 as the fallback;
+            // without TLS there is nothing to negotiate with: h2 only.
+            o.set_http_version(2, if cfg.tls { 1 } else { 2 });
+        }
         if let Some(path) = &cfg.ca_file {
             o.ca = Some(load_ca(path).map_err(|reason| UpstreamError::CaFile {
                 name: cfg.name.clone(),

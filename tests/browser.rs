@@ -23,15 +23,35 @@ async fn the_waiting_page_solves_the_proof_of_work() {
     .await;
 }
 
+/// On a phone and a desktop, in two languages and both colour schemes: no
+/// sideways scrolling, a card set off from the page, no axe-core violation.
+/// The screenshots are kept in `target/browser/`.
+#[tokio::test]
+async fn the_waiting_page_fits_phones_and_passes_axe_in_two_languages() {
+    browse_with(
+        "capacity = 1\npoll_interval = \"5s\"",
+        "tests/browser/layout.mjs",
+        &["target/browser"],
+    )
+    .await;
+}
+
 /// Runs a Playwright script against a room "web" with these keys.
 async fn browse(room: &str, script: &'static str) {
+    browse_with(room, script, &[]).await;
+}
+
+/// The same, with more arguments for the script.
+async fn browse_with(room: &str, script: &'static str, args: &[&'static str]) {
     let upstream = TestUpstream::start().await;
     let proxy = TestProxy::start(&waiting_room_config(&upstream, Backend::Memory, room, "")).await;
     let base = format!("http://{}", proxy.addr);
+    let args = args.to_vec();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)
             .arg(base)
+            .args(args)
             .output()
             .expect("node is needed: run ./scripts/setup")
     })

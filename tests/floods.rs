@@ -53,7 +53,11 @@ async fn start(upstream: &TestUpstream, backend: Backend, room: &str) -> TestPro
 
 /// A client that keeps nothing: no cookie jar, no headers it was given.
 fn bot() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([])
+        .build()
+        .unwrap()
 }
 
 /// `n` requests to `path` from one address, 50 at a time, as a client that

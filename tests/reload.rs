@@ -274,7 +274,13 @@ async fn a_reload_serves_new_certificates_to_new_connections() {
     assert!(handshake_trusting(tls_port, &first.cert).await);
 
     write(&second);
-    assert_eq!(hangup(&p).await["lastReload"]["result"], "ok");
+    let reloaded = hangup(&p).await;
+    assert_eq!(
+        reloaded["lastReload"]["result"],
+        "ok",
+        "{reloaded}\n{}",
+        p.log()
+    );
     assert!(handshake_trusting(tls_port, &second.cert).await);
     assert!(!handshake_trusting(tls_port, &first.cert).await);
 }

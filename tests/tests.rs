@@ -15,6 +15,7 @@ mod floods;
 mod forwarding;
 mod fuzz;
 mod hardening;
+mod http2;
 mod llm;
 mod load;
 mod reload;

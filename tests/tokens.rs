@@ -34,13 +34,7 @@ fn pass_claims(aud: &str, sub: &str, iat: u64, nbf: u64, exp: u64) -> Value {
 #[tokio::test]
 async fn forged_expired_and_malformed_tokens_are_never_admitted() {
     let upstream = TestUpstream::start().await;
-    let proxy = TestProxy::start(&waiting_room_config(
-        &upstream,
-        Backend::Memory,
-        "capacity = 1",
-        "",
-    ))
-    .await;
+    let proxy = TestProxy::one_place(&upstream).await;
     let mut inside = proxy.visitor();
     assert_eq!(inside.get("/echo").await.0, 200);
     let real = inside.pass.clone().unwrap();
@@ -247,4 +241,40 @@ async fn pass_verifies_with_pyjwt_against_the_jwks() {
     let claims: Value =
         serde_json::from_slice(&B64.decode(pass.split('.').nth(1).unwrap()).unwrap()).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), claims["sub"]);
+}
+
+/// The JWKS is cacheable for a while (one `Cache-Control`), tagged, and
+/// revalidated with `304` while the keys are the same.
+#[tokio::test]
+async fn the_jwks_is_cached_tagged_and_revalidated() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::one_place(&upstream).await;
+    let http = client();
+    let url = proxy.url("/.well-known/jwks.json");
+    let first = http.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let cache: Vec<_> = first.headers().get_all("cache-control").iter().collect();
+    assert_eq!(cache, ["public, max-age=300"]);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    assert!(first.json::<Value>().await.unwrap()["keys"].is_array());
+
+    let again = http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    assert_eq!(again.headers()["cache-control"], "public, max-age=300");
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let other = http
+        .get(&url)
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
 }

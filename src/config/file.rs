@@ -71,6 +71,8 @@ pub struct ServerFile {
     pub body_timeout: Option<String>,
     pub request_id_header: Option<String>,
     pub max_connections: Option<i64>,
+    pub h2c: Option<bool>,
+    pub redirect_https: Option<bool>,
 }
 
 /// `[[server.tls]]`: a public listener that terminates TLS.
@@ -80,6 +82,7 @@ pub struct TlsListenFile {
     pub listen: String,
     pub cert: String,
     pub key: String,
+    pub hsts: Option<String>,
 }
 
 /// `[admin]`: the operator's side.
@@ -115,6 +118,7 @@ pub struct UpstreamFile {
     pub read_timeout: Option<String>,
     pub write_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub h2: Option<bool>,
 }
 
 /// `[[room]]`.

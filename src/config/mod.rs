@@ -232,6 +232,11 @@ pub struct Server {
     pub body_timeout: Duration,
     /// Most open client connections (0: no limit).
     pub max_connections: usize,
+    /// Plain listeners also speak HTTP/2 without TLS (prior knowledge).
+    pub h2c: bool,
+    /// Plain listeners answer every request with a redirect to HTTPS on
+    /// this port (the first TLS listener's).
+    pub redirect_https: Option<u16>,
     /// The header that carries each request's id upstream (`None`: not sent).
     pub request_id: Option<http::HeaderName>,
 }
@@ -252,6 +257,8 @@ pub struct TlsListener {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
+    /// `Strict-Transport-Security: max-age` sent on its responses.
+    pub hsts: Option<Duration>,
 }
 
 /// `[admin]`.
@@ -308,6 +315,9 @@ pub struct Upstream {
     pub write_timeout: Duration,
     /// How long an idle upstream connection is kept for reuse.
     pub idle_timeout: Duration,
+    /// Speak HTTP/2 to it: offered by ALPN over TLS (HTTP/1.1 if refused),
+    /// by prior knowledge without TLS.
+    pub h2: bool,
 }
 
 /// The `Host` header anteroom sends upstream.

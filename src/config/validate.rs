@@ -18,6 +18,8 @@ use super::{
     StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
 };
 const MAX_THREADS: i64 = 1024;
+/// Longest HSTS `max-age` accepted: two years, what preload lists ask for at most.
+const MAX_HSTS: Duration = Duration::from_secs(730 * 24 * 3600);
 /// Longest `[log] level` filter.
 const MAX_LOG_FILTER: usize = 512;
 /// Where `--upgrade` receives the listening sockets unless `upgrade_sock` says.
@@ -321,7 +323,7 @@ fn server(p: &mut Problems, file: &File) -> Server {
             "no public listener: give at least one address",
         );
     }
-    let tls = s
+    let tls: Vec<TlsListener> = s
         .tls
         .iter()
         .enumerate()
@@ -330,13 +332,32 @@ fn server(p: &mut Problems, file: &File) -> Server {
             let cert = p.readable_file(&format!("{key}.cert"), &t.cert);
             let key_path = p.readable_file(&format!("{key}.key"), &t.key);
             let listen = p.socket_addr(&format!("{key}.listen"), &t.listen)?;
+            let hsts = t.hsts.as_deref().map(|text| {
+                let age = p.duration(&format!("{key}.hsts"), Some(text), Duration::ZERO);
+                if age > MAX_HSTS {
+                    p.add(format!("{key}.hsts"), "must be at most 2 years (\"730d\")");
+                }
+                age
+            });
             Some(TlsListener {
                 listen,
                 cert,
                 key: key_path,
+                hsts,
             })
         })
         .collect();
+    let redirect_https = match (s.redirect_https.unwrap_or(false), tls.first()) {
+        (false, _) => None,
+        (true, Some(first)) => Some(first.listen.port()),
+        (true, None) => {
+            p.add(
+                "server.redirect_https",
+                "needs a [[server.tls]] listener to redirect to",
+            );
+            None
+        }
+    };
     let default_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = s
         .threads
@@ -405,6 +426,8 @@ fn server(p: &mut Problems, file: &File) -> Server {
         keepalive_timeout,
         body_timeout,
         max_connections,
+        h2c: s.h2c.unwrap_or(false),
+        redirect_https,
         request_id: match s.request_id_header.as_deref() {
             None => Some(http::HeaderName::from_static("x-request-id")),
             Some("") => None,
@@ -627,6 +650,7 @@ fn upstream(p: &mut Problems, i: usize, u: &UpstreamFile) -> Upstream {
         read_timeout,
         write_timeout,
         idle_timeout,
+        h2: u.h2.unwrap_or(false),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The waiting-room page: one self-contained HTML template (inline CSS and
-//! JS, no external assets) in English and German, replaceable by the operator.
+//! JS, no external assets) in twelve languages, replaceable by the operator.
 //!
 //! A template is parsed once into text and placeholders, so rendering is a
 //! single pass of appends. Every value is HTML-escaped. Placeholders are
@@ -10,63 +10,13 @@ use std::time::Duration;
 
 use crate::store::Place;
 
+mod language;
+
+pub use language::Language;
+use language::Texts;
+
 /// The built-in template.
 pub const BUILT_IN: &str = include_str!("waiting.html");
-
-/// A language the built-in pages speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Language {
-    /// English, also the fallback.
-    En,
-    /// German.
-    De,
-}
-
-impl Language {
-    /// Every language, the fallback first.
-    pub const ALL: [Language; 2] = [Language::En, Language::De];
-
-    /// The language's code, as in `Accept-Language` and the config.
-    pub fn code(self) -> &'static str {
-        self.texts().lang
-    }
-
-    /// The language with this code (`room.language`).
-    pub fn parse(code: &str) -> Option<Language> {
-        Language::ALL.into_iter().find(|l| l.code() == code)
-    }
-
-    /// The language the browser prefers among ours (by `q`), English otherwise.
-    pub fn negotiate(accept_language: Option<&str>) -> Language {
-        let mut best = (Language::En, -1.0f32);
-        for part in accept_language.unwrap_or_default().split(',') {
-            let mut pieces = part.split(';');
-            let tag = pieces.next().unwrap_or_default().trim();
-            let primary = tag.split('-').next().unwrap_or_default();
-            let Some(lang) = Language::ALL
-                .into_iter()
-                .find(|l| primary.eq_ignore_ascii_case(l.code()))
-            else {
-                continue;
-            };
-            let q = pieces
-                .find_map(|p| p.trim().strip_prefix("q="))
-                .and_then(|q| q.parse::<f32>().ok())
-                .unwrap_or(1.0);
-            if q > best.1 {
-                best = (lang, q);
-            }
-        }
-        best.0
-    }
-
-    fn texts(self) -> &'static Texts {
-        match self {
-            Language::En => &EN,
-            Language::De => &DE,
-        }
-    }
-}
 
 /// A sessions room's page: its template and, when fixed, its language.
 #[derive(Debug, Clone)]
@@ -139,88 +89,6 @@ pub struct PageView<'a> {
     pub language: Language,
 }
 
-/// The user-visible sentences of a page in one language.
-struct Texts {
-    lang: &'static str,
-    title: &'static str,
-    queued_heading: &'static str,
-    queued: &'static str,
-    paused: &'static str,
-    full_heading: &'static str,
-    full: &'static str,
-    maintenance_heading: &'static str,
-    maintenance: &'static str,
-    unavailable: &'static str,
-    position: &'static str,
-    wait: &'static str,
-    note: &'static str,
-    soon: &'static str,
-    about: &'static str,
-    minute: &'static str,
-    minutes: &'static str,
-    retry: &'static str,
-    admitted: &'static str,
-    no_cookies_heading: &'static str,
-    no_cookies: &'static str,
-    limited_heading: &'static str,
-    limited: &'static str,
-    checking: &'static str,
-}
-
-const EN: Texts = Texts {
-    lang: "en",
-    title: "Waiting room",
-    queued_heading: "You are in line",
-    queued: "The site is busy right now. You keep your place and will be let in automatically.",
-    paused: "Admissions are paused for a moment. You keep your place.",
-    full_heading: "The waiting room is full",
-    full: "Too many visitors are waiting right now. Please try again in a few minutes.",
-    maintenance_heading: "Down for maintenance",
-    maintenance: "We are working on the site. Please come back a little later.",
-    unavailable: "We are letting people in as fast as we can. This page tries again by itself in a moment.",
-    position: "Your place in line",
-    wait: "Estimated wait",
-    note: "Keep this page open: it continues by itself when it is your turn.",
-    soon: "less than a minute",
-    about: "about ",
-    minute: "minute",
-    minutes: "minutes",
-    retry: "Connection problem. Trying again shortly…",
-    admitted: "It is your turn. Continuing…",
-    no_cookies_heading: "Cookies are needed",
-    no_cookies: "Your browser does not keep this site's cookies, so the waiting room cannot keep your place. Allow cookies for this site, then reload the page.",
-    limited_heading: "One moment, please",
-    limited: "Many requests are coming from your network right now. This page tries again by itself in a moment.",
-    checking: "Checking your browser before you join the line…",
-};
-
-const DE: Texts = Texts {
-    lang: "de",
-    title: "Warteraum",
-    queued_heading: "Sie sind in der Warteschlange",
-    queued: "Gerade ist viel los. Sie behalten Ihren Platz und werden automatisch eingelassen.",
-    paused: "Der Einlass ist kurz pausiert. Sie behalten Ihren Platz.",
-    full_heading: "Der Warteraum ist voll",
-    full: "Gerade warten zu viele Besucher. Bitte versuchen Sie es in ein paar Minuten erneut.",
-    maintenance_heading: "Wartungsarbeiten",
-    maintenance: "Wir arbeiten gerade an der Seite. Bitte schauen Sie etwas später wieder vorbei.",
-    unavailable: "Wir lassen so schnell wie möglich ein. Diese Seite versucht es gleich von selbst erneut.",
-    position: "Ihr Platz in der Schlange",
-    wait: "Geschätzte Wartezeit",
-    note: "Lassen Sie diese Seite geöffnet: Es geht von selbst weiter, sobald Sie dran sind.",
-    soon: "weniger als eine Minute",
-    about: "etwa ",
-    minute: "Minute",
-    minutes: "Minuten",
-    retry: "Verbindungsproblem. Neuer Versuch in Kürze…",
-    admitted: "Sie sind dran. Weiter geht es…",
-    no_cookies_heading: "Cookies werden benötigt",
-    no_cookies: "Ihr Browser behält die Cookies dieser Seite nicht, daher kann der Warteraum Ihren Platz nicht halten. Erlauben Sie Cookies für diese Seite und laden Sie sie dann neu.",
-    limited_heading: "Einen Moment bitte",
-    limited: "Aus Ihrem Netz kommen gerade sehr viele Anfragen. Diese Seite versucht es gleich von selbst erneut.",
-    checking: "Ihr Browser wird geprüft, bevor Sie sich anstellen…",
-};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Var {
     Lang,
@@ -248,6 +116,7 @@ enum Var {
     TWaitJsPrefix,
     TMinute,
     TMinutes,
+    TUnitSep,
     TRetry,
     TAdmitted,
     TPaused,
@@ -284,6 +153,7 @@ const VARS: &[(&str, Var)] = &[
     ("t_wait_js_prefix", Var::TWaitJsPrefix),
     ("t_minute", Var::TMinute),
     ("t_minutes", Var::TMinutes),
+    ("t_unit_sep", Var::TUnitSep),
     ("t_retry", Var::TRetry),
     ("t_admitted", Var::TAdmitted),
     ("t_paused", Var::TPaused),
@@ -368,9 +238,11 @@ impl Template {
             PageState::Limited => (t.limited_heading, t.limited),
         };
         let place = view.place;
+        // The share of the places ahead at arrival that have gone in: 0% for
+        // whoever joined at place 1, and never 100% while still in line.
         let ahead = place.map_or(0, |p| p.ahead);
-        let at_join = place.map_or(0, |p| p.ahead_at_join).max(ahead).max(1);
-        let progress = 100 - (u64::from(ahead) * 100 / u64::from(at_join)).min(100);
+        let at_join = u64::from(place.map_or(0, |p| p.ahead_at_join).max(ahead)) + 1;
+        let progress = (at_join - (u64::from(ahead) + 1)) * 100 / at_join;
         let wait_ms = place.map_or(0, |p| p.wait.ms);
         let mut out = String::with_capacity(BUILT_IN.len() + 512);
         for segment in &self.segments {
@@ -412,6 +284,7 @@ impl Template {
                     Var::TWaitJsPrefix => t.about.into(),
                     Var::TMinute => t.minute.into(),
                     Var::TMinutes => t.minutes.into(),
+                    Var::TUnitSep => t.sep.into(),
                     Var::TRetry => t.retry.into(),
                     Var::TAdmitted => t.admitted.into(),
                     Var::TPaused => t.paused.into(),
@@ -435,8 +308,8 @@ fn human_wait(ms: u64, t: &Texts) -> String {
     let minutes = (ms + 30_000) / 60_000;
     match minutes {
         0 => t.soon.to_owned(),
-        1 => format!("{}1 {}", t.about, t.minute),
-        n => format!("{}{n} {}", t.about, t.minutes),
+        1 => format!("{}1{}{}", t.about, t.sep, t.minute),
+        n => format!("{}{n}{}{}", t.about, t.sep, t.minutes),
     }
 }
 
@@ -487,11 +360,50 @@ mod tests {
     }
 
     #[test]
+    fn every_language_has_every_sentence() {
+        for lang in Language::ALL {
+            let t = lang.texts();
+            assert_eq!(Language::parse(t.lang), Some(lang));
+            for text in [
+                t.title,
+                t.queued_heading,
+                t.queued,
+                t.paused,
+                t.full_heading,
+                t.full,
+                t.maintenance_heading,
+                t.maintenance,
+                t.unavailable,
+                t.position,
+                t.wait,
+                t.note,
+                t.soon,
+                t.about,
+                t.minute,
+                t.minutes,
+                t.retry,
+                t.admitted,
+                t.no_cookies_heading,
+                t.no_cookies,
+                t.limited_heading,
+                t.limited,
+                t.checking,
+            ] {
+                assert!(!text.trim().is_empty(), "{}: an empty sentence", t.lang);
+            }
+        }
+    }
+
+    #[test]
     fn language_from_accept_language() {
         let pick = |h| Language::negotiate(Some(h));
         assert_eq!(pick("de-DE,de;q=0.9,en;q=0.8"), Language::De);
-        assert_eq!(pick("fr, en;q=0.5, de;q=0.4"), Language::En);
+        assert_eq!(pick("fr, en;q=0.5, de;q=0.4"), Language::Fr);
+        assert_eq!(pick("ru, en;q=0.5, de;q=0.4"), Language::En);
         assert_eq!(pick("DE"), Language::De);
+        assert_eq!(pick("pt-BR,pt;q=0.9"), Language::Pt);
+        assert_eq!(pick("zh-CN"), Language::Zh);
+        assert_eq!(pick("ko, ja;q=0.8"), Language::Ja);
         assert_eq!(Language::negotiate(None), Language::En);
         let fixed = Page {
             template: Template::built_in(),
@@ -504,9 +416,12 @@ mod tests {
 
     #[test]
     fn human_waits() {
-        assert_eq!(human_wait(10_000, &EN), "less than a minute");
-        assert_eq!(human_wait(70_000, &EN), "about 1 minute");
-        assert_eq!(human_wait(185_000, &DE), "etwa 3 Minuten");
+        let t = |l: Language| l.texts();
+        assert_eq!(human_wait(10_000, t(Language::En)), "less than a minute");
+        assert_eq!(human_wait(70_000, t(Language::En)), "about 1 minute");
+        assert_eq!(human_wait(185_000, t(Language::De)), "etwa 3 Minuten");
+        assert_eq!(human_wait(185_000, t(Language::Ja)), "約3分");
+        assert_eq!(human_wait(185_000, t(Language::Pl)), "około 3 minut");
     }
 
     #[test]
@@ -537,6 +452,7 @@ mod tests {
             challenge: None,
             language: Language::En,
         };
-        assert_eq!(t.render(&view), "75|6");
+        // 21 places at arrival, 6 now: 15 of 21 have gone in.
+        assert_eq!(t.render(&view), "71|6");
     }
 }

@@ -3,15 +3,10 @@
 // sends it with its poll, its place counts, and it gets in when a slot frees.
 //
 // usage: node proof_of_work.mjs BASE_URL   (a room "web" of capacity 1, challenge = "pow")
-import { chromium } from "playwright-core";
+import { fail, launch } from "./chromium.mjs";
 
 const base = process.argv[2];
-const fail = (msg) => { console.error(msg); process.exit(1); };
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const inside = await (await browser.newContext()).newPage();
   await inside.goto(`${base}/shop/`);

@@ -5,15 +5,10 @@
 // keeps no cookies is told so instead of reloading for ever.
 //
 // usage: node waiting_page.mjs BASE_URL   (a room "web" of capacity 1, fast polling)
-import { chromium } from "playwright-core";
+import { fail, launch } from "./chromium.mjs";
 
 const base = process.argv[2];
-const fail = (msg) => { console.error(msg); process.exit(1); };
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   // Let in on arrival, the browser confirms its place by itself (Link preload).
   const inside = await (await browser.newContext()).newPage();

@@ -165,6 +165,8 @@ pub async fn read_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        // No system roots to load: tests speak TLS only with their own certificates.
+        .tls_certs_only([])
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))
         .build()
@@ -217,6 +219,18 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
+    /// Starts anteroom in front of `upstream` with one waiting room "web" of
+    /// capacity 1 on the memory store.
+    pub async fn one_place(upstream: &TestUpstream) -> TestProxy {
+        Self::start(&waiting_room_config(
+            upstream,
+            Backend::Memory,
+            "capacity = 1",
+            "",
+        ))
+        .await
+    }
+
     /// Starts anteroom with this config. Unless the text has its own
     /// `[server]` and `[admin]` tables, they are added with free ports.
     pub async fn start(toml: &str) -> TestProxy {

@@ -33,13 +33,23 @@ impl Nginx {
     /// Serves one location per prefix: `return 200 "<name> $uri"`, logged
     /// to `<name>.log` (`/` is named `root`).
     pub fn start(locations: &[(&str, &str)]) -> Nginx {
+        Nginx::serve(locations, "", "")
+    }
+
+    /// The same, speaking only HTTP/2 without TLS (prior knowledge), each
+    /// answer ending with the protocol it was served over.
+    pub fn start_h2c(locations: &[(&str, &str)]) -> Nginx {
+        Nginx::serve(locations, " http2", " $server_protocol")
+    }
+
+    fn serve(locations: &[(&str, &str)], listen: &str, answer: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let d = dir.path().display();
         let mut servers = String::new();
         for (prefix, name) in locations {
             servers += &format!(
-                "    location {prefix} {{ access_log {d}/{name}.log served; return 200 \"{name} $uri\\n\"; }}\n"
+                "    location {prefix} {{ access_log {d}/{name}.log served; return 200 \"{name} $uri{answer}\\n\"; }}\n"
             );
         }
         let conf = format!(
@@ -58,7 +68,7 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen};
 {servers}  }}
 }}
 "#
