@@ -163,7 +163,7 @@ impl Api<'_> {
         if gate.find_ticket(name, w, facts).is_some() {
             if let Status::Queued(wt) = gate.status(room, w, facts).await {
                 body.position = Some(wt.place.position());
-                body.wait_ms = Some(wt.place.wait.ms);
+                body.wait_ms = wt.place.wait.told();
             }
         }
         Reply::json(200, &body)

@@ -71,7 +71,8 @@ pub struct StatusBody<'a> {
     room_state: &'static str,
     position: u32,
     ahead: u32,
-    wait_ms: u64,
+    /// `null` when the wait cannot be told (longer than a day).
+    wait_ms: Option<u64>,
     wait_known: bool,
     poll_after_ms: u64,
     queue_length: u32,
@@ -103,6 +104,7 @@ impl<'a> StatusBody<'a> {
             room: room.name(),
             room_state: w.state().as_str(),
             poll_after_ms: poll_ms(w),
+            wait_ms: Some(0),
             ..StatusBody::default()
         }
     }
@@ -116,8 +118,8 @@ impl<'a> StatusBody<'a> {
             room_state: p.state.as_str(),
             position: p.position(),
             ahead: p.ahead,
-            wait_ms: p.wait.ms,
-            wait_known: p.wait.known,
+            wait_ms: p.wait.told(),
+            wait_known: p.wait.known && p.wait.told().is_some(),
             poll_after_ms: poll_ms(w),
             queue_length: p.queue_length,
             available: p.available,
@@ -144,7 +146,7 @@ impl<'a> StatusBody<'a> {
         redirect: String,
     ) -> StatusBody<'a> {
         StatusBody {
-            wait_ms: visit.session.wait_ms,
+            wait_ms: Some(visit.session.wait_ms),
             pass: visit.pass.to_str().ok(),
             redirect: Some(redirect),
             ..StatusBody::plain(room, w, "admitted")

@@ -48,6 +48,7 @@ scenarios!(
     status_and_capacity_report_the_place,
     full_queue_is_refused,
     waiting_page_in_english_and_german,
+    a_wait_longer_than_a_day_is_not_told,
 );
 
 async fn start(upstream: &TestUpstream, backend: Backend, room: &str, after: &str) -> TestProxy {
@@ -726,4 +727,37 @@ async fn trusted_proxies_give_the_client_address_and_tls() {
         .await
         .unwrap();
     assert_eq!(outsider.status(), 503);
+}
+
+/// A room of one with hour-long visits, a thousand ahead: 1,001 hours is
+/// not an estimate anyone can use. The status says so (`waitMs: null`,
+/// `waitKnown: false`), and so does the page, in words.
+async fn a_wait_longer_than_a_day_is_not_told(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(&upstream, backend, "capacity = 1\navg_session = \"1h\"", "").await;
+    let _inside = admit(&proxy, 1).await;
+    let added = client()
+        .post(proxy.admin_url("/admin/rooms/web/visitors"))
+        .json(&serde_json::json!({"count": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let mut late = proxy.visitor();
+    late.get("/echo").await;
+    let status = late.poll().await;
+    assert_eq!(status["position"], 1001, "{status}");
+    assert_eq!(status["waitMs"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["waitKnown"], false);
+    let page = client()
+        .get(proxy.url("/echo"))
+        .header("accept", "text/html")
+        .header("x-anteroom-ticket", late.ticket.clone().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(">not known yet<"), "{page}");
 }

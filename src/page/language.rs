@@ -127,6 +127,8 @@ pub(super) struct Texts {
     pub(super) limited_heading: &'static str,
     pub(super) limited: &'static str,
     pub(super) checking: &'static str,
+    /// In place of the wait when it cannot be told (longer than a day).
+    pub(super) unknown_wait: &'static str,
 }
 
 pub(super) const EN: Texts = Texts {
@@ -155,6 +157,7 @@ pub(super) const EN: Texts = Texts {
     limited_heading: "One moment, please",
     limited: "Many requests are coming from your network right now. This page tries again by itself in a moment.",
     checking: "Checking your browser before you join the line…",
+    unknown_wait: "not known yet",
 };
 
 pub(super) const DE: Texts = Texts {
@@ -183,6 +186,7 @@ pub(super) const DE: Texts = Texts {
     limited_heading: "Einen Moment bitte",
     limited: "Aus Ihrem Netz kommen gerade sehr viele Anfragen. Diese Seite versucht es gleich von selbst erneut.",
     checking: "Ihr Browser wird geprüft, bevor Sie sich anstellen…",
+    unknown_wait: "noch unbekannt",
 };
 
 pub(super) const FR: Texts = Texts {
@@ -211,6 +215,7 @@ pub(super) const FR: Texts = Texts {
     limited_heading: "Un instant, s'il vous plaît",
     limited: "Beaucoup de requêtes arrivent de votre réseau en ce moment. Cette page réessaie d'elle-même dans un instant.",
     checking: "Vérification de votre navigateur avant d'entrer dans la file…",
+    unknown_wait: "pas encore connue",
 };
 
 pub(super) const ES: Texts = Texts {
@@ -239,6 +244,7 @@ pub(super) const ES: Texts = Texts {
     limited_heading: "Un momento, por favor",
     limited: "Están llegando muchas solicitudes desde tu red ahora mismo. Esta página lo volverá a intentar sola en un momento.",
     checking: "Comprobando tu navegador antes de entrar en la fila…",
+    unknown_wait: "aún no se sabe",
 };
 
 pub(super) const IT: Texts = Texts {
@@ -267,6 +273,7 @@ pub(super) const IT: Texts = Texts {
     limited_heading: "Un momento, per favore",
     limited: "Dalla tua rete stanno arrivando molte richieste. Questa pagina riprova da sola tra un momento.",
     checking: "Verifica del browser prima di entrare in coda…",
+    unknown_wait: "non ancora nota",
 };
 
 pub(super) const PT: Texts = Texts {
@@ -295,6 +302,7 @@ pub(super) const PT: Texts = Texts {
     limited_heading: "Um momento, por favor",
     limited: "Muitas solicitações estão vindo da sua rede agora. Esta página tentará de novo sozinha em instantes.",
     checking: "Verificando o seu navegador antes de entrar na fila…",
+    unknown_wait: "ainda não se sabe",
 };
 
 pub(super) const NL: Texts = Texts {
@@ -323,6 +331,7 @@ pub(super) const NL: Texts = Texts {
     limited_heading: "Een ogenblik geduld",
     limited: "Er komen nu veel verzoeken uit je netwerk. Deze pagina probeert het zo vanzelf opnieuw.",
     checking: "Je browser wordt gecontroleerd voordat je in de rij komt…",
+    unknown_wait: "nog onbekend",
 };
 
 pub(super) const PL: Texts = Texts {
@@ -351,6 +360,7 @@ pub(super) const PL: Texts = Texts {
     limited_heading: "Chwileczkę",
     limited: "Z Twojej sieci przychodzi teraz wiele żądań. Ta strona za chwilę sama spróbuje ponownie.",
     checking: "Sprawdzamy przeglądarkę, zanim dołączysz do kolejki…",
+    unknown_wait: "jeszcze nieznany",
 };
 
 pub(super) const TR: Texts = Texts {
@@ -379,6 +389,7 @@ pub(super) const TR: Texts = Texts {
     limited_heading: "Lütfen biraz bekleyin",
     limited: "Şu anda ağınızdan çok sayıda istek geliyor. Bu sayfa birazdan kendiliğinden tekrar deneyecek.",
     checking: "Sıraya girmeden önce tarayıcınız kontrol ediliyor…",
+    unknown_wait: "henüz bilinmiyor",
 };
 
 pub(super) const SV: Texts = Texts {
@@ -407,6 +418,7 @@ pub(super) const SV: Texts = Texts {
     limited_heading: "Ett ögonblick",
     limited: "Just nu kommer många förfrågningar från ditt nätverk. Sidan försöker igen av sig själv om en stund.",
     checking: "Din webbläsare kontrolleras innan du ställer dig i kön…",
+    unknown_wait: "ännu okänd",
 };
 
 pub(super) const JA: Texts = Texts {
@@ -435,6 +447,7 @@ pub(super) const JA: Texts = Texts {
     limited_heading: "少々お待ちください",
     limited: "現在、お使いのネットワークから多数のリクエストが届いています。このページはまもなく自動的に再試行します。",
     checking: "列に並ぶ前にブラウザーを確認しています…",
+    unknown_wait: "まだ分かりません",
 };
 
 pub(super) const ZH: Texts = Texts {
@@ -463,4 +476,5 @@ pub(super) const ZH: Texts = Texts {
     limited_heading: "请稍候",
     limited: "目前有大量请求来自您的网络。此页面稍后会自动重试。",
     checking: "加入队列前正在检查您的浏览器…",
+    unknown_wait: "暂时无法估计",
 };

@@ -117,6 +117,7 @@ enum Var {
     TMinute,
     TMinutes,
     TUnitSep,
+    TUnknownWait,
     TRetry,
     TAdmitted,
     TPaused,
@@ -154,6 +155,7 @@ const VARS: &[(&str, Var)] = &[
     ("t_minute", Var::TMinute),
     ("t_minutes", Var::TMinutes),
     ("t_unit_sep", Var::TUnitSep),
+    ("t_unknown_wait", Var::TUnknownWait),
     ("t_retry", Var::TRetry),
     ("t_admitted", Var::TAdmitted),
     ("t_paused", Var::TPaused),
@@ -243,7 +245,7 @@ impl Template {
         let ahead = place.map_or(0, |p| p.ahead);
         let at_join = u64::from(place.map_or(0, |p| p.ahead_at_join).max(ahead)) + 1;
         let progress = (at_join - (u64::from(ahead) + 1)) * 100 / at_join;
-        let wait_ms = place.map_or(0, |p| p.wait.ms);
+        let wait_ms = place.map_or(Some(0), |p| p.wait.told());
         let mut out = String::with_capacity(BUILT_IN.len() + 512);
         for segment in &self.segments {
             let value: std::borrow::Cow<'_, str> = match segment {
@@ -260,8 +262,10 @@ impl Template {
                     Var::AheadAtJoin => place.map_or(0, |p| p.ahead_at_join).to_string().into(),
                     Var::QueueLength => place.map_or(0, |p| p.queue_length).to_string().into(),
                     Var::Progress => progress.to_string().into(),
-                    Var::Wait => human_wait(wait_ms, t).into(),
-                    Var::WaitMs => wait_ms.to_string().into(),
+                    Var::Wait => {
+                        wait_ms.map_or(t.unknown_wait.into(), |ms| human_wait(ms, t).into())
+                    }
+                    Var::WaitMs => wait_ms.map_or(String::new(), |ms| ms.to_string()).into(),
                     Var::PollMs => view.poll.as_millis().to_string().into(),
                     Var::PollSeconds => view.poll.as_secs().max(1).to_string().into(),
                     // Without JavaScript the page asks again by reloading, at
@@ -285,6 +289,7 @@ impl Template {
                     Var::TMinute => t.minute.into(),
                     Var::TMinutes => t.minutes.into(),
                     Var::TUnitSep => t.sep.into(),
+                    Var::TUnknownWait => t.unknown_wait.into(),
                     Var::TRetry => t.retry.into(),
                     Var::TAdmitted => t.admitted.into(),
                     Var::TPaused => t.paused.into(),
@@ -388,6 +393,7 @@ mod tests {
                 t.limited_heading,
                 t.limited,
                 t.checking,
+                t.unknown_wait,
             ] {
                 assert!(!text.trim().is_empty(), "{}: an empty sentence", t.lang);
             }

@@ -158,6 +158,19 @@ pub struct Wait {
     pub known: bool,
 }
 
+/// The longest wait anteroom tells a visitor. Beyond a day an estimate says
+/// more about how little is known (nobody let in for a long time, a room of
+/// one with hour-long visits) than about the line.
+pub const LONGEST_TOLD: Duration = Duration::from_secs(24 * 3600);
+
+impl Wait {
+    /// The estimate to tell, or `None` when it cannot honestly be told.
+    pub fn told(&self) -> Option<u64> {
+        let longest = u64::try_from(LONGEST_TOLD.as_millis()).unwrap_or(u64::MAX);
+        (self.ms <= longest).then_some(self.ms)
+    }
+}
+
 /// A waiting visitor's place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
