@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::config::RESERVED_PREFIX;
 use crate::facts::Facts;
 use crate::gate::{Gate, PASS_COOKIE, Status, TICKET_COOKIE};
-use crate::page::PageState;
+use crate::page::{self, PageState};
 use crate::replies::{self, Capacity, CookieJar, StatusBody};
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms, WaitingRoom};
@@ -57,9 +57,16 @@ impl Api<'_> {
         let method = &facts.req.method;
         let get_only = method == http::Method::GET || method == http::Method::HEAD;
         match endpoint {
-            "capacity" | "status" | "confirm" if !get_only => {
+            "capacity" | "status" | "confirm" | "client.js" if !get_only => {
                 Reply::error(405, "METHOD_NOT_ALLOWED", "Use GET.").header(ALLOW, "GET, HEAD")
             }
+            // The same for everyone until an upgrade changes it.
+            "client.js" => Reply::new(200, "text/javascript; charset=utf-8", page::CLIENT_JS)
+                .public("public, max-age=3600")
+                .unless_unchanged(
+                    page::client_js_etag(),
+                    facts.req.headers.get(http::header::IF_NONE_MATCH),
+                ),
             "capacity" => self.capacity(facts, param("room").as_deref()).await,
             "confirm" => self.confirm(facts, param("room").as_deref()).await,
             "status" => {

@@ -167,3 +167,13 @@ impl Reply {
             .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
 }
+
+/// A strong entity tag for `bytes`: the first 16 bytes of their SHA-256.
+pub fn etag(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
+}

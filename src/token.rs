@@ -473,7 +473,7 @@ impl Tokens {
             ticket_validation,
             fingerprints: Fingerprints::new(),
             cache: Cache::new(cache_size),
-            jwks_etag: etag(&jwks),
+            jwks_etag: crate::respond::etag(&jwks),
             jwks,
         }
     }
@@ -630,16 +630,6 @@ impl Tokens {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
-}
-
-/// A strong entity tag for `bytes`: the first 16 bytes of their SHA-256.
-fn etag(bytes: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let hex: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("\"{hex}\"")
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ async fn the_waiting_page_fits_phones_and_passes_axe_in_two_languages() {
     .await;
 }
 
+/// The app's own page waits inside itself with `/__anteroom/client.js`,
+/// against `anteroom demo` (the demo shows it).
+#[tokio::test]
+async fn an_app_page_waits_inside_itself_with_the_client_script() {
+    let demo = crate::common::demo::Demo::start().await;
+    run("tests/browser/in_app.mjs", demo.base(), Vec::new()).await;
+}
+
 /// Runs a Playwright script against a room "web" with these keys.
 async fn browse(room: &str, script: &'static str) {
     browse_with(room, script, &[]).await;
@@ -45,8 +53,11 @@ async fn browse(room: &str, script: &'static str) {
 async fn browse_with(room: &str, script: &'static str, args: &[&'static str]) {
     let upstream = TestUpstream::start().await;
     let proxy = TestProxy::start(&waiting_room_config(&upstream, Backend::Memory, room, "")).await;
-    let base = format!("http://{}", proxy.addr);
-    let args = args.to_vec();
+    run(script, format!("http://{}", proxy.addr), args.to_vec()).await;
+}
+
+/// Runs a Playwright script against `base`.
+async fn run(script: &'static str, base: String, args: Vec<&'static str>) {
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)

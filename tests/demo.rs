@@ -2,55 +2,18 @@
 //! to go, its room of 2 queues the third visitor, and lets them in by itself
 //! when one of the first two leaves.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use crate::common::{Visitor, client, eventually, free_port};
-
-/// The demo process, stopped when the test ends however it ends.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::common::demo::Demo;
+use crate::common::{Visitor, client};
 
 #[tokio::test]
 async fn demo_queues_the_third_visitor_and_lets_them_in() {
-    let (public, admin, upstream) = (free_port(), free_port(), free_port());
-    let stdout = tempfile::NamedTempFile::new().unwrap();
-    let _demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_anteroom"))
-            .args(["demo", "--port", &public.to_string()])
-            .args(["--admin-port", &admin.to_string()])
-            .args(["--upstream-port", &upstream.to_string()])
-            .stdout(stdout.reopen().unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let banner = eventually(Duration::from_secs(15), || {
-        let printed = std::fs::read_to_string(stdout.path()).unwrap_or_default();
-        async move { printed.contains("Try:").then_some(printed) }
-    })
-    .await;
+    let demo = Demo::start().await;
+    let (public, upstream, banner) = (demo.public, demo.upstream, &demo.banner);
     assert!(
         banner.contains(&format!("http://127.0.0.1:{public}/")),
         "{banner}"
     );
     assert!(banner.contains("ephemeral key"), "{banner}");
-    eventually(Duration::from_secs(10), || async {
-        client()
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ())
-    })
-    .await;
 
     let base = format!("http://127.0.0.1:{public}");
     let mut visitors: Vec<Visitor> = (0..3).map(|_| Visitor::new(base.clone())).collect();

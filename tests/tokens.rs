@@ -1,6 +1,7 @@
 //! Forged, expired and malformed tokens are no tokens at all: never
 //! admitted, never a panic. And a real pass verifies with an independent
-//! JWT library against the published JWKS.
+//! JWT library against the published JWKS, which (like the client script)
+//! browsers and apps may cache.
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -277,4 +278,41 @@ async fn the_jwks_is_cached_tagged_and_revalidated() {
         .await
         .unwrap();
     assert_eq!(other.status(), 200);
+}
+
+/// The client script is served to every page, cacheable and tagged, and
+/// stays small.
+#[tokio::test]
+async fn the_client_script_is_small_cached_and_tagged() {
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::one_place(&upstream).await;
+    let http = client();
+    let resp = http
+        .get(proxy.url("/__anteroom/client.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(resp.headers()["cache-control"], "public, max-age=3600");
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let script = resp.text().await.unwrap();
+    assert!(script.contains("global.Anteroom"), "{script}");
+    assert!(script.len() < 8 * 1024, "{} bytes", script.len());
+    let again = http
+        .get(proxy.url("/__anteroom/client.js"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let post = http
+        .post(proxy.url("/__anteroom/client.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
 }

@@ -111,7 +111,7 @@ method = "POST"
 path_prefix = "/signup"
 
 [room.bypass]
-paths = ["/bye"]
+paths = ["/bye", "/app"]
 
 [[route]]
 path_prefix = "/api/slow"
@@ -153,6 +153,9 @@ The waiting room \"web\" admits 2 visitors at a time to the toy app at /.
   Open http://127.0.0.1:{p}/?utm_source=demo&utm_campaign=launch in three private browser
   windows (each is a new visitor): two get in, the third sees the waiting page with its
   place. Click \"Leave\" in one of the first two: the third is let in by itself.
+  Or wait inside the app: http://127.0.0.1:{p}/app is the app's own page, open to all; its
+  \"Start the chat\" button waits its turn on that page (with /__anteroom/client.js) while the
+  room is full, and the chat starts by itself when a place frees.
 
 The room \"slow\" lets 2 requests at a time reach /api/slow (3 s each); others wait up to
 1 s for a slot, then get 503 QUEUE_REQUIRED. /api/fast is unguarded.
@@ -208,6 +211,40 @@ Your campaign and wait time arrived here as <code>X-Anteroom-*</code> headers:</
 <p>Or <a href="/done">finish</a>: the app answers with <code>Anteroom-Command: release</code>.</p>
 <p><a href="/api/fast">/api/fast</a> answers at once; <a href="/api/slow">/api/slow</a> takes 3 seconds
 and only 2 may run at a time.</p>
+</body></html>
+"#;
+
+/// The app's own page as the waiting room: anyone may browse it; only the
+/// chat (behind the room "web") waits its turn, shown inside the page by
+/// /__anteroom/client.js.
+const APP: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Choose your coach</title>
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}
+button{font:inherit;padding:.4rem 1rem}#place{min-height:1.5em;color:#555}</style>
+<script src="/__anteroom/client.js"></script>
+</head><body>
+<h1>Choose your coach</h1>
+<p>Browse freely: this page is not behind the waiting room. Only the chat is, and it waits
+its turn right here.</p>
+<button id="chat">Start the chat</button>
+<p id="place" role="status" aria-live="polite"></p>
+<pre id="answer"></pre>
+<script>
+document.getElementById("chat").onclick = async function () {
+  var place = document.getElementById("place");
+  place.textContent = "Starting…";
+  var resp = await Anteroom.fetch("/chat", { method: "POST" }, {
+    onWait: function (s) {
+      place.textContent = s.state === "queued"
+        ? "You are number " + s.position + " in line" + (s.waitMs != null ? ", about " + Math.max(1, Math.round(s.waitMs / 60000)) + " min" : "") + ". Keep browsing: the chat starts by itself."
+        : "Waiting for a place…";
+    }
+  });
+  place.textContent = "";
+  document.getElementById("answer").textContent = await resp.text();
+};
+</script>
 </body></html>
 "#;
 
@@ -336,13 +373,18 @@ impl ToyApp {
                 )
             }
             "/bye" => Reply::new(200, "text/html; charset=utf-8", BYE),
+            "/app" => Reply::new(200, "text/html; charset=utf-8", APP),
+            "/chat" => Reply::json(
+                200,
+                &json!({"coach": "Ada", "reply": "Hello! What shall we train today?"}),
+            ),
             "/done" => Reply::new(200, "text/html; charset=utf-8", BYE)
                 .header(http::HeaderName::from_static("anteroom-command"), "release"),
             "/signup" => Reply::json(201, &json!({"registered": true})),
             _ => Reply::error(
                 404,
                 "NOT_FOUND",
-                "The toy app has /, /done, /signup, /api/fast, /api/slow and /api/llm.",
+                "The toy app has /, /app, /chat, /done, /signup, /api/fast, /api/slow and /api/llm.",
             ),
         };
         reply.into_response()

@@ -18,6 +18,16 @@ use language::Texts;
 /// The built-in template.
 pub const BUILT_IN: &str = include_str!("waiting.html");
 
+/// The script an app's own page includes to wait inside it
+/// (`/__anteroom/client.js`).
+pub const CLIENT_JS: &str = include_str!("client.js");
+
+/// The script's entity tag, made once.
+pub fn client_js_etag() -> &'static str {
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ETAG.get_or_init(|| crate::respond::etag(CLIENT_JS.as_bytes()))
+}
+
 /// A sessions room's page: its template and, when fixed, its language.
 #[derive(Debug, Clone)]
 pub struct Page {

@@ -1,6 +1,7 @@
 //! Test harness: a real anteroom on ephemeral loopback ports in front of a
 //! real upstream, stopped deterministically on drop.
 
+pub mod demo;
 pub mod nginx;
 pub mod process;
 pub mod redis;
