@@ -368,12 +368,13 @@ impl Room {
         let kept = previous
             .and_then(|p| p.adaptive.as_ref())
             .filter(|p| p.min() == a.min)
-            .filter(|p| {
-                matches!(
-                    (&***p, slots),
-                    (Adapted::Local { .. }, RequestSlots::Local(_))
-                        | (Adapted::Shared { .. }, RequestSlots::Shared(_))
-                )
+            // Only over the very slots it caps (kept across the reload too).
+            .filter(|p| match (&***p, slots) {
+                (Adapted::Local { slots: old, .. }, RequestSlots::Local(new)) => {
+                    Arc::ptr_eq(old, new)
+                }
+                (Adapted::Shared { .. }, RequestSlots::Shared(_)) => true,
+                _ => false,
             })
             .map(Arc::clone);
         let adapted = kept.unwrap_or_else(|| {
