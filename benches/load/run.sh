@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../.."
 packages=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || packages+=(nginx-light)
 command -v wrk >/dev/null || packages+=(wrk)
+command -v h2load >/dev/null || packages+=(nghttp2-client)   # benches/load/http2.py
 command -v redis-server >/dev/null || packages+=(redis-server)
 command -v openssl >/dev/null || packages+=(openssl)
 command -v taskset >/dev/null || packages+=(util-linux)
