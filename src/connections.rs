@@ -19,7 +19,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -89,6 +89,9 @@ struct Shared {
     idle_ms: u64,
     clocks: Mutex<Vec<Weak<Clock>>>,
     metrics: ConnectionMetrics,
+    /// The listeners stopped accepting (the guard's cleanup began): every
+    /// connection there will be has been handed to its task.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -134,6 +137,12 @@ impl Active {
         self.0
             .count(|phase| matches!(phase, Phase::Header | Phase::Busy))
     }
+
+    /// The listeners stopped accepting. Until then a connection just
+    /// accepted may not be counted yet (its task has not run).
+    pub fn closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
 }
 
 /// Makes the guard of the public app and the sweeper of its deadlines.
@@ -146,6 +155,7 @@ pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Guard<A>
         idle_ms: ms(limits.idle_timeout),
         clocks: Mutex::new(Vec::new()),
         metrics,
+        closed: AtomicBool::new(false),
     });
     let guard = Guard {
         app: Arc::new(app),
@@ -208,6 +218,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
     /// have been read yet: those are given up to [`SETTLE`] to arrive, so an
     /// upgrade or a drain does not cut a request the client has sent.
     async fn cleanup(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         let until = Instant::now() + SETTLE;
         while Instant::now() < until && self.shared.receiving() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;

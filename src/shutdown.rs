@@ -81,6 +81,13 @@ impl BackgroundService for Drain {
         };
         let drained = async {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
+            // Counted only once nothing more is accepted, and once the tasks
+            // of the last accepted connections have had a tick to start:
+            // else a connection accepted an instant before would be cut.
+            while !self.connections.closed() {
+                tick.tick().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
             while self.lifecycle.in_flight() > 0 || self.connections.count() > 0 {
                 tick.tick().await;
             }
