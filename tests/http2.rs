@@ -99,6 +99,22 @@ async fn h2_is_negotiated_on_tls_and_every_stream_counts_against_the_room() {
         (room["inUse"] == 0).then_some(())
     })
     .await;
+    // A connection lost with a stream on it gives that slot back too.
+    let lost = tls.client();
+    let on_it = tokio::spawn({
+        let url = url("/hang");
+        async move { lost.get(url).send().await }
+    });
+    eventually(Duration::from_secs(5), || async {
+        (upstream.seen.in_flight.load(SeqCst) == 1).then_some(())
+    })
+    .await;
+    on_it.abort(); // the client and its only connection go with the task
+    eventually(Duration::from_secs(5), || async {
+        let room = get_json(p.admin_url("/admin/rooms/r")).await;
+        (room["inUse"] == 0).then_some(())
+    })
+    .await;
     // And the room is whole again: two at once.
     let again = join_all((0..2).map(|_| http.get(url("/slow?ms=100")).send())).await;
     assert!(again.into_iter().all(|r| r.unwrap().status() == 200));
