@@ -11,6 +11,19 @@ use crate::config::Attribution;
 /// Longest value kept; longer ones are cut (they are labels, not payloads).
 const MAX_VALUE: usize = 200;
 
+/// Whether a request's campaign may be recorded and passed on: always when
+/// the site asks for no consent, else when its consent cookie holds one of
+/// the values that mean consent (any value when none are listed).
+pub fn consents(attribution: &Attribution, req: &pingora::http::RequestHeader) -> bool {
+    let Some(consent) = &attribution.consent else {
+        return true;
+    };
+    crate::cookies::values(req, &consent.cookie).any(|value| {
+        !value.is_empty()
+            && (consent.values.is_empty() || consent.values.iter().any(|v| v == value))
+    })
+}
+
 /// The campaign a visitor came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Utm {
@@ -159,10 +172,37 @@ mod tests {
     }
 
     #[test]
+    fn consent_is_the_cookie_with_a_value_that_means_it() {
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let site = |values: &[&str]| Attribution {
+            sources: vec![],
+            campaigns: vec![],
+            consent: Some(crate::config::Consent {
+                cookie: "cmp".into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            }),
+        };
+        let none = Attribution {
+            sources: vec![],
+            campaigns: vec![],
+            consent: None,
+        };
+        assert!(consents(&none, &req), "no consent asked for: always");
+        assert!(!consents(&site(&[]), &req), "no cookie: no consent");
+        req.insert_header("cookie", "other=1; cmp=necessary")
+            .unwrap();
+        assert!(consents(&site(&[]), &req), "any value, none listed");
+        assert!(!consents(&site(&["all", "marketing"]), &req));
+        req.insert_header("cookie", "cmp=marketing").unwrap();
+        assert!(consents(&site(&["all", "marketing"]), &req));
+    }
+
+    #[test]
     fn labels_are_bounded() {
         let labels = Labels::new(&Attribution {
             sources: vec!["meta".into()],
             campaigns: vec![],
+            consent: None,
         });
         let utm = Utm {
             source: Some("meta".into()),

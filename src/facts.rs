@@ -40,6 +40,10 @@ pub struct Facts<'a> {
     /// The `Host` header is not the canonical host (or is missing): it is
     /// forwarded rewritten.
     pub host_rewritten: bool,
+    /// The visitor's campaign may be recorded and passed on (the site's
+    /// consent cookie says so, or the site asks for no consent); set by the
+    /// proxy from `[attribution]`.
+    pub attribution_consent: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -69,6 +73,7 @@ impl<'a> Facts<'a> {
             forwarded_for,
             rewritten,
             host_rewritten,
+            attribution_consent: true,
         })
     }
 

@@ -474,7 +474,14 @@ impl Gate {
             return Decision::Maintenance;
         }
         match self.standing(room, w, facts).await {
-            Standing::Admitted(visit) => Decision::Admit(visit),
+            Standing::Admitted(mut visit) => {
+                // Consent withdrawn since arrival: the campaign goes nowhere
+                // with this request (upstream headers, conversions, logs).
+                if !facts.attribution_consent {
+                    visit.session.utm = None;
+                }
+                Decision::Admit(visit)
+            }
             Standing::Queued(waiting) => Decision::Wait(waiting),
             Standing::Limited(limited) => Decision::Limited(limited),
             Standing::Unavailable(e) => self.unavailable(room, &e),
@@ -532,7 +539,8 @@ impl Gate {
             return Decision::Limited(limited);
         }
         let lane = self.lane(w, facts);
-        let utm = Utm::from_query(facts.query);
+        // Recorded only with the visitor's consent, when the site asks for it.
+        let utm = Utm::from_query(facts.query).filter(|_| facts.attribution_consent);
         let newcomer = Newcomer {
             lane,
             utm,

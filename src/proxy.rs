@@ -18,6 +18,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::adaptive::BodyHint;
 use crate::api::{self, Api};
+use crate::attribution;
 use crate::bypass;
 use crate::connections;
 use crate::facts::{self, Facts};
@@ -323,7 +324,9 @@ impl ProxyHttp for Proxy {
             .and_then(|local| site.hsts(local))
             .cloned();
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
-            Ok(facts) => {
+            Ok(mut facts) => {
+                facts.attribution_consent =
+                    attribution::consents(&site.config.attribution, facts.req);
                 ctx.ip = facts.ip;
                 ctx.forwarding = Forwarding::of(&facts);
                 if facts.rewritten {

@@ -49,6 +49,7 @@ scenarios!(
     full_queue_is_refused,
     waiting_page_in_english_and_german,
     a_wait_longer_than_a_day_is_not_told,
+    campaigns_are_recorded_and_passed_on_only_with_consent,
 );
 
 async fn start(upstream: &TestUpstream, backend: Backend, room: &str, after: &str) -> TestProxy {
@@ -760,4 +761,77 @@ async fn a_wait_longer_than_a_day_is_not_told(backend: Backend) {
         .await
         .unwrap();
     assert!(page.contains(">not known yet<"), "{page}");
+}
+
+/// With `consent_cookie`, a campaign is recorded and passed upstream only
+/// for a visitor whose consent cookie says so; the others are still counted,
+/// anonymously, and a consent withdrawn stops the campaign going upstream.
+async fn campaigns_are_recorded_and_passed_on_only_with_consent(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 5\n[room.conversion]\nmethod = \"POST\"\npath_prefix = \"/signup\"",
+        "[attribution]\nsources = [\"meta\"]\nconsent_cookie = \"cmp\"\nconsent_values = [\"all\", \"marketing\"]",
+    )
+    .await;
+    let http = client();
+    let echo = |path: &str, cookie: Option<&str>, pass: Option<&str>| {
+        let mut req = http
+            .get(proxy.url(path))
+            .header("accept", "application/json");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        if let Some(p) = pass {
+            req = req.header("x-anteroom-pass", p);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<serde_json::Value>().await.unwrap()["headers"].clone()
+        }
+    };
+    let campaign = "/echo?utm_source=meta&utm_campaign=launch1&fbclid=abc";
+    // Consent given: recorded, passed on, and still passed on later.
+    let h = echo(campaign, Some("cmp=marketing"), None).await;
+    assert_eq!(h["x-anteroom-utm-source"], "meta");
+    assert_eq!(h["x-anteroom-fbclid"], "abc");
+    let pass = h["x-anteroom-pass"].as_str().unwrap().to_owned();
+    let h = echo("/echo", Some("cmp=marketing"), Some(&pass)).await;
+    assert_eq!(h["x-anteroom-utm-campaign"], "launch1");
+    // Withdrawn (the consent cookie now says otherwise): no longer passed on.
+    let h = echo("/echo", Some("cmp=necessary"), Some(&pass)).await;
+    assert!(h.get("x-anteroom-utm-source").is_none(), "{h}");
+    // Without consent: admitted and counted, but no campaign anywhere.
+    let mut anonymous = Vec::new();
+    for cookie in [None, Some("cmp=necessary")] {
+        let h = echo(campaign, cookie, None).await;
+        assert!(h.get("x-anteroom-utm-source").is_none(), "{h}");
+        assert!(h.get("x-anteroom-fbclid").is_none(), "{h}");
+        anonymous.push(h["x-anteroom-pass"].as_str().unwrap().to_owned());
+    }
+    // Their conversions count, with the campaign only where it is allowed.
+    let consenting = (pass.as_str(), "cmp=all");
+    let others = anonymous.iter().map(|p| (p.as_str(), "cmp=necessary"));
+    for (pass, cookie) in std::iter::once(consenting).chain(others) {
+        let resp = http
+            .post(proxy.url("/signup"))
+            .header("x-anteroom-pass", pass)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = eventually(Duration::from_secs(5), || async {
+        let m = proxy.metrics().await;
+        m.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="none",utm_source="none"} 2"#)
+            .then_some(m)
+    })
+    .await;
+    assert!(
+        metrics.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="other",utm_source="meta"} 1"#),
+        "{metrics}"
+    );
 }

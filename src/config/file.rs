@@ -244,6 +244,8 @@ pub struct AttributionFile {
     pub sources: Vec<String>,
     #[serde(default)]
     pub campaigns: Vec<String>,
+    pub consent_cookie: Option<String>,
+    pub consent_values: Option<Vec<String>>,
 }
 
 /// `[[route]]`.

@@ -576,6 +576,18 @@ pub struct Attribution {
     pub sources: Vec<String>,
     /// Known campaigns.
     pub campaigns: Vec<String>,
+    /// The site's consent cookie: without it (or with a value not listed)
+    /// campaigns are neither recorded nor passed on. `None`: always.
+    pub consent: Option<Consent>,
+}
+
+/// `consent_cookie` and `consent_values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    /// The cookie's name.
+    pub cookie: String,
+    /// The values that mean consent; empty: any value.
+    pub values: Vec<String>,
 }
 
 /// What a room's capacity counts.

@@ -11,8 +11,8 @@ use super::file::{
     TokensFile, UpstreamFile, VerifyKeyFile,
 };
 use super::{
-    AdaptiveLimit, Admin, Attribution, Backend, Bind, Config, ConfigError, Conversion, FairBy,
-    Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE,
+    AdaptiveLimit, Admin, Attribution, Backend, Bind, Config, ConfigError, Consent, Conversion,
+    FairBy, Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE,
     MAX_CAPACITY, OnStoreError, PathPolicy, Problem, ProofOfWork, RESERVED_PREFIX, Rate,
     RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
     StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
@@ -1542,9 +1542,44 @@ fn attribution(p: &mut Problems, a: &AttributionFile) -> Attribution {
             );
         }
     }
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let consent = match (&a.consent_cookie, &a.consent_values) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            p.add(
+                "attribution.consent_values",
+                "only applies with consent_cookie",
+            );
+            None
+        }
+        (Some(cookie), values) => {
+            if !token(cookie) {
+                p.add(
+                    "attribution.consent_cookie",
+                    format!("{cookie:?} is not a cookie name"),
+                );
+            }
+            let values = values.clone().unwrap_or_default();
+            if values.iter().any(|v| v.is_empty() || v.len() > 200) {
+                p.add(
+                    "attribution.consent_values",
+                    "values must be 1 to 200 characters",
+                );
+            }
+            Some(Consent {
+                cookie: cookie.clone(),
+                values,
+            })
+        }
+    };
     Attribution {
         sources: a.sources.clone(),
         campaigns: a.campaigns.clone(),
+        consent,
     }
 }
 
