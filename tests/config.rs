@@ -124,6 +124,8 @@ upstream = "ap"
         ("room[0].usage_path", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\nusage_path = \"usage.total_tokens\"\n")),
         ("route[0].retry_429", BASE.replace("upstream = \"app\"\n", "upstream = \"app\"\nretry_429 = true\n")),
         ("route[0].retry_429", "[[upstream]]\nname = \"app\"\naddress = \"127.0.0.1:3000\"\n[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\nroom = \"r\"\nretry_429 = true\n".into()),
+        ("attribution.consent_values", format!("[attribution]\nconsent_values = [\"all\"]\n{BASE}")),
+        ("attribution.consent_cookie", format!("[attribution]\nconsent_cookie = \"my cookie\"\n{BASE}")),
         ("server.redirect_https", format!("[server]\nredirect_https = true\n{BASE}")),
         ("server.tls[0].hsts", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\nhsts = \"forever\"\n{BASE}")),
         ("arrivals_per_hour", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\narrivals_per_hour = 5\n")),
