@@ -319,8 +319,9 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let (peer, tls) = (peer_ip(session), is_tls(session));
         let site = Arc::clone(&ctx.site);
-        ctx.hsts = local_addr(session)
-            .filter(|_| tls)
+        ctx.hsts = tls
+            .then(|| local_addr(session))
+            .flatten()
             .and_then(|local| site.hsts(local))
             .cloned();
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
@@ -417,6 +418,13 @@ impl ProxyHttp for Proxy {
         let status = upstream_response.status.as_u16();
         let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
         ctx.upstream_response = Some((status, latency));
+        if ctx
+            .route
+            .and_then(|r| ctx.site.request_room_of_route(r))
+            .is_none()
+        {
+            return Ok(());
+        }
         let site = Arc::clone(&ctx.site);
         let Some((route, (room, slots))) = ctx
             .route
@@ -561,16 +569,19 @@ impl ProxyHttp for Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // A held 429 that could not be sent again in time: the room's own
+        // answer, never the upstream's bare 429.
         let room = ctx.route.and_then(|r| ctx.site.room_of_route(r));
-        let reply = match (e.esource(), e.etype()) {
-            // A held 429 that could not be sent again in time: the room's
-            // own answer, never the upstream's bare 429.
-            (_, ErrorType::HTTPStatus(429 | 503)) if ctx.requeue.is_some() && room.is_some() => {
-                room.zip(ctx.requeue).map(|(room, retry)| {
-                    ctx.outcome = Outcome::QueueRequired;
-                    replies::queue_required(room.name(), retry)
-                })
+        let requeued = match (e.etype(), ctx.requeue, room) {
+            (ErrorType::HTTPStatus(429 | 503), Some(retry), Some(room)) => {
+                Some(replies::queue_required(room.name(), retry))
             }
+            _ => None,
+        };
+        if requeued.is_some() {
+            ctx.outcome = Outcome::QueueRequired;
+        }
+        let reply = requeued.or_else(|| match (e.esource(), e.etype()) {
             (_, ErrorType::HTTPStatus(code)) => {
                 Some(Reply::error(*code, "ERROR", "The request failed."))
             }
@@ -601,7 +612,7 @@ impl ProxyHttp for Proxy {
                 "INTERNAL",
                 "anteroom failed to handle the request.",
             )),
-        };
+        });
         let mut code = 0;
         // Once the upstream's header went out, a status can no longer be sent.
         if let Some(reply) = reply.filter(|_| session.response_written().is_none()) {
