@@ -14,30 +14,13 @@ use crate::common::{TestUpstream, Visitor, client, eventually, get_json, get_tex
 
 /// The same file for every instance: a shared store, the shared signing key.
 fn shared(upstream: &TestUpstream, redis: &RedisServer, rooms_and_routes: &str) -> String {
+    let store = redis.shared_store(
+        "cluster",
+        "sweep_interval = \"100ms\"\ntouch_interval = \"500ms\"\nlease = \"1s\"\ntimeout = \"300ms\"",
+    );
     format!(
-        r#"
-[tokens]
-signing_key = "{key}"
-
-[store]
-backend = "redis"
-url = "{url}"
-key_prefix = "cluster"
-sweep_interval = "100ms"
-touch_interval = "500ms"
-lease = "1s"
-timeout = "300ms"
-
-[[upstream]]
-name = "app"
-address = "{addr}"
-read_timeout = "60s"
-
-{rooms_and_routes}
-"#,
-        key = keys().private.display(),
-        url = redis.url(),
-        addr = upstream.addr,
+        "{store}\n[[upstream]]\nname = \"app\"\naddress = \"{}\"\nread_timeout = \"60s\"\n\n{rooms_and_routes}\n",
+        upstream.addr
     )
 }
 
@@ -546,6 +529,21 @@ room = "llm"
             .unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
     }
+    // Each correction is made once its answer has gone out: wait until all
+    // three are in (each instance counts its own once corrected).
+    eventually(Duration::from_secs(5), || async {
+        let mut used = 0.0;
+        for instance in &instances {
+            let text = get_text(instance.admin_url("/metrics")).await;
+            used += text
+                .lines()
+                .filter(|l| l.starts_with("anteroom_room_tokens_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        (used == 3000.0).then_some(())
+    })
+    .await;
     for instance in &instances {
         let resp = http
             .get(instance.url("/usage?tokens=1"))

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use crate::common::process::Process;
 use crate::common::redis::RedisServer;
-use crate::common::{TestUpstream, client, get_json, keys};
+use crate::common::{TestUpstream, client, get_json};
 
 /// Where the instances keep their state: alone in memory, or three on Redis.
 enum Store<'a> {
@@ -32,11 +32,7 @@ async fn instances(
 ) -> Vec<Process> {
     let shared = match &store {
         Store::Memory => String::new(),
-        Store::Redis(redis) => format!(
-            "[tokens]\nsigning_key = \"{}\"\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"llm\"\nlease = \"2s\"\ntimeout = \"300ms\"\n",
-            keys().private.display(),
-            redis.url()
-        ),
+        Store::Redis(redis) => redis.shared_store("llm", "lease = \"2s\"\ntimeout = \"300ms\""),
     };
     let config = format!(
         "{shared}\n[[upstream]]\nname = \"llm\"\naddress = \"{}\"\nread_timeout = \"30s\"\n{rooms_and_routes}",
@@ -114,23 +110,50 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>, stop: &AtomicBool) {
     }
 }
 
-const RATE_ROOM: &str = r#"
-[[room]]
-name = "gemini"
-mode = "requests"
-capacity = 4
-max_wait = "20s"
-rate = "20/s"
-adaptive = true
-min_capacity = 1
-fair_by = "header:x-client"
+/// A requests room "gemini" with `keys`, guarding every path of the API,
+/// its route with `route_keys`.
+fn room(keys: &str, route_keys: &str) -> String {
+    format!(
+        "[[room]]\nname = \"gemini\"\nmode = \"requests\"\n{keys}\n\n[[route]]\npath_prefix = \"/\"\nupstream = \"llm\"\nroom = \"gemini\"\n{route_keys}\n"
+    )
+}
 
-[[route]]
-path_prefix = "/"
-upstream = "llm"
-room = "gemini"
-retry_429 = true
-"#;
+/// Each scenario on the memory store (one instance) and on three instances
+/// sharing a redis-server.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Store::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let redis = super::RedisServer::start();
+                    super::$name(super::Store::Redis(&redis)).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    overload_is_waiting_at_the_apis_rate_in_fair_shares,
+    an_adaptive_limit_follows_the_api_down,
+    over_budget_calls_get_queue_required,
+);
+
+fn rate_room() -> String {
+    room(
+        "capacity = 4\nmax_wait = \"20s\"\nrate = \"20/s\"\nadaptive = true\nmin_capacity = 1\nfair_by = \"header:x-client\"",
+        "retry_429 = true",
+    )
+}
 
 /// Overload of a rate-limited API (20 a second, 4 in flight) by a heavy
 /// client with ten times the callers of a light one: no 429 reaches anyone,
@@ -144,7 +167,7 @@ async fn overload_is_waiting_at_the_apis_rate_in_fair_shares(store: Store<'_>) {
     })
     .await;
     let llm = upstream.llm();
-    let instances = instances(store, &upstream, RATE_ROOM).await;
+    let instances = instances(store, &upstream, &rate_room()).await;
     // Ten times the callers, and enough of both that each always has
     // someone in line.
     let per_instance = if instances.len() == 1 {
@@ -202,32 +225,12 @@ async fn overload_is_waiting_at_the_apis_rate_in_fair_shares(store: Store<'_>) {
     );
 }
 
-#[tokio::test]
-async fn overload_is_waiting_at_the_apis_rate_in_fair_shares_on_memory() {
-    overload_is_waiting_at_the_apis_rate_in_fair_shares(Store::Memory).await;
+fn adaptive_room() -> String {
+    room(
+        "capacity = 4\nmax_wait = \"20s\"\nadaptive = true\nmin_capacity = 1",
+        "retry_429 = true",
+    )
 }
-
-#[tokio::test]
-async fn overload_is_waiting_at_the_apis_rate_in_fair_shares_on_redis() {
-    let redis = RedisServer::start();
-    overload_is_waiting_at_the_apis_rate_in_fair_shares(Store::Redis(&redis)).await;
-}
-
-const ADAPTIVE_ROOM: &str = r#"
-[[room]]
-name = "gemini"
-mode = "requests"
-capacity = 4
-max_wait = "20s"
-adaptive = true
-min_capacity = 1
-
-[[route]]
-path_prefix = "/"
-upstream = "llm"
-room = "gemini"
-retry_429 = true
-"#;
 
 /// The API's concurrency falls from 4 to 2 mid-run (someone else took half
 /// of a shared quota): its 429s shrink the room's limit to 2 in two steps,
@@ -241,7 +244,7 @@ async fn an_adaptive_limit_follows_the_api_down(store: Store<'_>) {
     };
     let upstream = TestUpstream::start_llm(quota).await;
     let llm = upstream.llm();
-    let instances = instances(store, &upstream, ADAPTIVE_ROOM).await;
+    let instances = instances(store, &upstream, &adaptive_room()).await;
     let per_instance = if instances.len() == 1 { 8 } else { 3 };
     let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
     let tasks = callers(
@@ -315,32 +318,12 @@ async fn an_adaptive_limit_follows_the_api_down(store: Store<'_>) {
     );
 }
 
-#[tokio::test]
-async fn an_adaptive_limit_follows_the_api_down_on_memory() {
-    an_adaptive_limit_follows_the_api_down(Store::Memory).await;
+fn token_room() -> String {
+    room(
+        "capacity = 10\nmax_wait = \"1s\"\ntokens_per_minute = 600\ntoken_estimate = 100",
+        "retry_429 = true",
+    )
 }
-
-#[tokio::test]
-async fn an_adaptive_limit_follows_the_api_down_on_redis() {
-    let redis = RedisServer::start();
-    an_adaptive_limit_follows_the_api_down(Store::Redis(&redis)).await;
-}
-
-const TOKEN_ROOM: &str = r#"
-[[room]]
-name = "gemini"
-mode = "requests"
-capacity = 10
-max_wait = "1s"
-tokens_per_minute = 600
-token_estimate = 100
-
-[[route]]
-path_prefix = "/"
-upstream = "llm"
-room = "gemini"
-retry_429 = true
-"#;
 
 /// A minute's token budget (600, each answer 100): six calls go through,
 /// the rest get `503 QUEUE_REQUIRED` with an honest Retry-After, and the
@@ -354,7 +337,7 @@ async fn over_budget_calls_get_queue_required(store: Store<'_>) {
     })
     .await;
     let llm = upstream.llm();
-    let instances = instances(store, &upstream, TOKEN_ROOM).await;
+    let instances = instances(store, &upstream, &token_room()).await;
     let http = client();
     let mut statuses = Vec::new();
     for i in 0..10 {
@@ -383,17 +366,6 @@ async fn over_budget_calls_get_queue_required(store: Store<'_>) {
     assert_eq!(llm.refused(), 0, "anteroom kept to the budget itself");
 }
 
-#[tokio::test]
-async fn over_budget_calls_get_queue_required_on_memory() {
-    over_budget_calls_get_queue_required(Store::Memory).await;
-}
-
-#[tokio::test]
-async fn over_budget_calls_get_queue_required_on_redis() {
-    let redis = RedisServer::start();
-    over_budget_calls_get_queue_required(Store::Redis(&redis)).await;
-}
-
 /// An upstream 429 whose hint is longer than what is left of `max_wait`
 /// is not held: the client gets the room's `503 QUEUE_REQUIRED`, never the
 /// bare 429; without `retry_429` the upstream's 429 passes as it is.
@@ -406,10 +378,8 @@ async fn a_429_that_cannot_wait_becomes_queue_required_and_retries_are_opt_in() 
         window: Duration::from_secs(60),
     })
     .await;
-    let room = TOKEN_ROOM
-        .replace("tokens_per_minute = 600\ntoken_estimate = 100\n", "")
-        .replace("max_wait = \"1s\"", "max_wait = \"2s\"");
-    let proxy = &instances(Store::Memory, &upstream, &room).await[0];
+    let keys = "capacity = 10\nmax_wait = \"2s\"";
+    let proxy = &instances(Store::Memory, &upstream, &room(keys, "retry_429 = true")).await[0];
     let http = client();
     let first = http.get(proxy.url("/llm")).send().await.unwrap();
     assert_eq!(first.status(), 200);
@@ -421,8 +391,7 @@ async fn a_429_that_cannot_wait_becomes_queue_required_and_retries_are_opt_in() 
     let body: serde_json::Value = second.json().await.unwrap();
     assert_eq!(body["code"], "QUEUE_REQUIRED");
 
-    let plain = room.replace("retry_429 = true\n", "");
-    let proxy = &instances(Store::Memory, &upstream, &plain).await[0];
+    let proxy = &instances(Store::Memory, &upstream, &room(keys, "")).await[0];
     let passed = http.get(proxy.url("/llm")).send().await.unwrap();
     assert_eq!(
         passed.status(),
@@ -444,10 +413,8 @@ async fn a_held_429_is_sent_again_with_its_body() {
         window: Duration::from_millis(1500),
     })
     .await;
-    let room = TOKEN_ROOM
-        .replace("tokens_per_minute = 600\ntoken_estimate = 100\n", "")
-        .replace("max_wait = \"1s\"", "max_wait = \"5s\"");
-    let proxy = &instances(Store::Memory, &upstream, &room).await[0];
+    let keys = "capacity = 10\nmax_wait = \"5s\"";
+    let proxy = &instances(Store::Memory, &upstream, &room(keys, "retry_429 = true")).await[0];
     let http = client();
     let body = "{\"contents\":[{\"parts\":[{\"text\":\"hello\"}]}]}";
     let answers = futures_util::future::join_all((0..4).map(|_| {

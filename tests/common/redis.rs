@@ -147,6 +147,17 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The config every instance sharing this server needs: `[tokens]` with
+    /// the tests' signing key, and `[store]` here under `prefix`, with
+    /// `extra` store keys.
+    pub fn shared_store(&self, prefix: &str, extra: &str) -> String {
+        format!(
+            "[tokens]\nsigning_key = \"{}\"\n\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n{extra}\n",
+            super::keys().private.display(),
+            self.url()
+        )
+    }
+
     /// Freezes the server (it accepts connections but answers nothing).
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP);
