@@ -32,7 +32,6 @@ pub struct FakeLlm {
     quota: Mutex<Quota>,
     window: Mutex<Window>,
     in_flight: AtomicU32,
-    peak: AtomicU32,
     refused: AtomicU64,
     /// Answers completed, by the `x-client` header of their request.
     completed: Mutex<HashMap<String, u64>>,
@@ -90,7 +89,6 @@ impl FakeLlm {
                 tokens: 0,
             }),
             in_flight: AtomicU32::new(0),
-            peak: AtomicU32::new(0),
             refused: AtomicU64::new(0),
             completed: Mutex::new(HashMap::new()),
             calls: Mutex::new(Vec::new()),
@@ -140,8 +138,7 @@ impl FakeLlm {
             return Err(refusal);
         }
         w.requests += 1;
-        let now_in = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now_in, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let mut calls = self.calls.lock();
         calls.push((now, None));
         Ok(Call {
@@ -176,11 +173,6 @@ impl FakeLlm {
     /// Calls refused with a `429` so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::SeqCst)
-    }
-
-    /// Most calls in flight at once so far.
-    pub fn peak(&self) -> u32 {
-        self.peak.load(Ordering::SeqCst)
     }
 
     /// Answers completed, by client.
