@@ -235,7 +235,7 @@ fn room_state_poll(c: &mut Criterion) {
             }
         }
         group.bench_with_input(BenchmarkId::from_parameter(queued), &queued, |b, _| {
-            b.iter(|| black_box(room.poll(queued + 1, &ticket, true)))
+            b.iter(|| black_box(room.poll(queued + 1, &ticket, true, true)))
         });
     }
     group.finish();

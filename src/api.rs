@@ -112,7 +112,7 @@ impl Api<'_> {
 
     /// The gate and the sessions room a status or leave request is about:
     /// named, the only one, or the one the visitor holds a token for.
-    fn waiting_room(
+    pub fn waiting_room(
         &self,
         facts: &Facts<'_>,
         name: Option<&str>,

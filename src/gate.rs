@@ -129,6 +129,21 @@ pub enum Status {
     Unavailable,
 }
 
+/// What an open event stream learns at a heartbeat.
+#[derive(Debug, Clone)]
+pub enum Beat {
+    /// Still in line.
+    Queued(Box<Waiting>),
+    /// A slot is held for them: their next status poll claims it.
+    Turn,
+    /// No valid place.
+    Expired,
+    /// Closed for maintenance.
+    Maintenance,
+    /// The store cannot answer (the stream stays; the next beat asks again).
+    Unavailable,
+}
+
 /// What an admitted visitor looks like to this instance between touches.
 struct Seen {
     info: SessionInfo,
@@ -460,11 +475,38 @@ impl Gate {
             Ok(Polled::Admitted(session)) => {
                 Standing::Admitted(self.admitted(room, w, facts, session, true, false))
             }
-            Ok(Polled::Queued(place)) => {
+            // A poll claims: never a turn left unclaimed.
+            Ok(Polled::Queued(place) | Polled::Turn(place)) => {
                 Standing::Queued(self.waiting(room, w, facts, place, Some((token, &claims))))
             }
             Ok(Polled::Expired) => Standing::Unknown,
             Err(e) => Standing::Unavailable(e),
+        }
+    }
+
+    /// A heartbeat of the visitor's open event stream: keeps their place
+    /// like a status poll (the stream is their presence), and tells them
+    /// when a slot is held for them, which their next status poll claims.
+    pub async fn heartbeat(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Beat {
+        if w.state() == State::Maintenance {
+            return Beat::Maintenance;
+        }
+        let name = room.name();
+        let Some((token, claims)) = self.find_ticket(name, w, facts) else {
+            return Beat::Expired;
+        };
+        let confirm = self.confirms(name, w, facts, &claims.sub);
+        match self.store.heartbeat(name, &claims.sub, confirm).await {
+            Ok(Polled::Queued(place)) => {
+                Beat::Queued(self.waiting(room, w, facts, place, Some((token, &claims))))
+            }
+            // Only a poll claims; a session from elsewhere is the poll's to tell.
+            Ok(Polled::Turn(_) | Polled::Admitted(_)) => Beat::Turn,
+            Ok(Polled::Expired) => Beat::Expired,
+            Err(e) => {
+                tracing::debug!(room = name, error = %e, "store unavailable for an event stream");
+                Beat::Unavailable
+            }
         }
     }
 

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use tokio::sync::Notify;
+
 /// Shared between every request, `/readyz` and the shutdown path.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    drain_begun: Notify,
 }
 
 impl Lifecycle {
@@ -32,6 +35,18 @@ impl Lifecycle {
     /// stop sending new work while in-flight requests finish.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.drain_begun.notify_waiters();
+    }
+
+    /// Resolves once shutdown has begun: what a long request (an event
+    /// stream) waits on beside its own work, so that it ends in time.
+    pub async fn draining(&self) {
+        let begun = self.drain_begun.notified();
+        tokio::pin!(begun);
+        begun.as_mut().enable();
+        if !self.is_draining() {
+            begun.await;
+        }
     }
 
     /// Whether shutdown has begun.

@@ -21,6 +21,7 @@ use crate::api::{self, Api};
 use crate::attribution;
 use crate::bypass;
 use crate::connections;
+use crate::event_stream::{self, StreamMetrics};
 use crate::facts::{self, Facts};
 use crate::fair::Turn;
 use crate::forward::{self, Forwarding};
@@ -48,6 +49,7 @@ pub struct Proxy {
     /// no route took.
     pub(crate) own_metrics: RouteMetrics,
     pub(crate) unrouted_metrics: RouteMetrics,
+    pub(crate) streams: StreamMetrics,
 }
 
 /// Per-request state, dropped when the request ends (which returns its slot).
@@ -325,6 +327,17 @@ impl ProxyHttp for Proxy {
             .and_then(|local| site.hsts(local))
             .cloned();
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
+            Ok(facts)
+                if event_stream::asks(&facts.path)
+                    && site.config.server.redirect_https.is_none_or(|_| tls) =>
+            {
+                ctx.outcome = Outcome::Api;
+                ctx.ip = facts.ip;
+                drop(facts);
+                event_stream::serve(session, &site, &self.lifecycle, &self.streams, peer, tls)
+                    .await?;
+                return Ok(true);
+            }
             Ok(mut facts) => {
                 facts.attribution_consent =
                     attribution::consents(&site.config.attribution, facts.req);

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ use crate::clients::Limited;
 use crate::config::{RESERVED_PREFIX, State};
 use crate::cookies;
 use crate::facts::Facts;
-use crate::gate::{PASS_COOKIE, TICKET_COOKIE, Visit, Waiting};
+use crate::gate::{Beat, PASS_COOKIE, TICKET_COOKIE, Visit, Waiting};
 use crate::page::{PageState, PageView};
 use crate::respond::Reply;
 use crate::room::{Room, WaitingRoom};
@@ -152,6 +153,69 @@ impl<'a> StatusBody<'a> {
             ..StatusBody::plain(room, w, "admitted")
         }
     }
+}
+
+/// What a waiting visitor's event stream (`/__anteroom/events`) has told
+/// them, so that a heartbeat that changes nothing they see sends nothing.
+#[derive(Debug, Default)]
+pub struct Told {
+    /// Place, wait and room state last sent.
+    last: Option<(u32, Option<u64>, &'static str)>,
+}
+
+/// One event of a stream, ready to write, and whether the stream ends with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `event: status` with the same JSON body a status poll answers.
+    pub frame: Bytes,
+    /// The visitor's next step is a poll (their turn, or no place).
+    pub last: bool,
+}
+
+/// A comment that keeps an idle stream open through proxies and finds
+/// clients that are gone.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+impl Told {
+    /// The event this heartbeat calls for: a changed place, a wait that moved
+    /// by a tenth or more, a turn or an end. `None` when nothing changed.
+    pub fn event(&mut self, room: &Room, w: &WaitingRoom, beat: &Beat) -> Option<Event> {
+        let (body, last) = match beat {
+            Beat::Queued(wt) => {
+                let body = StatusBody::queued(room, w, wt);
+                let now = (body.position, body.wait_ms, body.room_state);
+                if self.last.is_some_and(|was| !changed(was, now)) {
+                    return None;
+                }
+                self.last = Some(now);
+                (body, false)
+            }
+            Beat::Turn => (StatusBody::plain(room, w, "turn"), true),
+            Beat::Expired => (StatusBody::plain(room, w, "expired"), true),
+            Beat::Maintenance => (StatusBody::plain(room, w, "maintenance"), true),
+            // The place is as last told; the next beat asks again.
+            Beat::Unavailable => return None,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut frame = Vec::with_capacity(json.len() + 24);
+        frame.extend_from_slice(b"event: status\ndata: ");
+        frame.extend_from_slice(&json);
+        frame.extend_from_slice(b"\n\n");
+        Some(Event {
+            frame: Bytes::from(frame),
+            last,
+        })
+    }
+}
+
+/// Whether what a visitor sees moved: place, room state, whether the wait
+/// is told, or the wait by a tenth or more.
+fn changed(was: (u32, Option<u64>, &str), now: (u32, Option<u64>, &str)) -> bool {
+    let wait_moved = match (was.1, now.1) {
+        (Some(a), Some(b)) => a.abs_diff(b) * 10 >= a.max(1),
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    was.0 != now.0 || was.2 != now.2 || wait_moved
 }
 
 fn poll_ms(w: &WaitingRoom) -> u64 {

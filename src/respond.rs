@@ -3,7 +3,8 @@
 //! They are never cached (`Cache-Control: no-store`: a queue position or a
 //! 503 must not be replayed by a CDN) unless made [`Reply::public`] (the
 //! JWKS, the client script), and always carry `Content-Length` (without it
-//! an HTTP/1 keep-alive client waits for more body forever).
+//! an HTTP/1 keep-alive client waits for more body forever), except a
+//! stream, which is chunked ([`start_stream`]).
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -166,6 +167,23 @@ impl Reply {
             .body(self.body.to_vec())
             .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
+}
+
+/// Starts a response whose body is written as it comes (an event stream):
+/// no `Content-Length`; chunked on HTTP/1.1, frames on HTTP/2; no proxy
+/// buffering (`X-Accel-Buffering: no`, honoured by nginx in front).
+pub async fn start_stream(
+    session: &mut Session,
+    content_type: &'static str,
+) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(200, Some(4))?;
+    h.insert_header(CONTENT_TYPE, content_type)?;
+    h.insert_header(CACHE_CONTROL, "no-store")?;
+    h.insert_header("x-accel-buffering", "no")?;
+    if session.req_header().version == http::Version::HTTP_11 {
+        h.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    session.write_response_header(Box::new(h), false).await
 }
 
 /// A strong entity tag for `bytes`: the first 16 bytes of their SHA-256.

@@ -20,6 +20,7 @@ use crate::admin::Admin;
 use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError};
 use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
+use crate::event_stream::{Listener, StreamMetrics};
 use crate::events::VisitorEvents;
 use crate::keeper::Keeper;
 use crate::lifecycle::Lifecycle;
@@ -155,6 +156,10 @@ impl App {
             },
         };
         server.add_service(background_service("store keeper", keeper));
+        let listener = Listener {
+            store: Arc::clone(&parts.shared.store),
+        };
+        server.add_service(background_service("reservations", listener));
         if let Some(snapshots) = &parts.snapshots {
             server.add_service(background_service(
                 "state snapshots",
@@ -273,6 +278,7 @@ fn public_service(
         lifecycle: Arc::clone(&parts.lifecycle),
         own_metrics: parts.shared.traffic.route(OWN_ROUTE, NO_UPSTREAM),
         unrouted_metrics: parts.shared.traffic.route(UNROUTED, NO_UPSTREAM),
+        streams: StreamMetrics::register(parts.metrics.registry())?,
     };
     let s = &config.server;
     let registry = parts.metrics.registry();

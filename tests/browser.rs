@@ -23,6 +23,17 @@ async fn the_waiting_page_solves_the_proof_of_work() {
     .await;
 }
 
+/// Polls only every 10 s: the page goes on within seconds because its event
+/// stream tells it its turn.
+#[tokio::test]
+async fn the_waiting_page_hears_its_turn_through_the_event_stream() {
+    browse(
+        "capacity = 1\npoll_interval = \"10s\"\nclaim_window = \"20s\"\nheartbeat_timeout = \"40s\"\nrejoin_grace = \"60s\"\nconfirm_window = \"30s\"",
+        "tests/browser/event_stream.mjs",
+    )
+    .await;
+}
+
 /// On a phone and a desktop, in two languages and both colour schemes: no
 /// sideways scrolling, a card set off from the page, no axe-core violation.
 /// The screenshots are kept in `target/browser/`.

@@ -30,7 +30,7 @@ struct Subject {
 }
 
 /// The backends every scenario runs on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Memory,
     Redis,
@@ -114,6 +114,8 @@ backends!(
     a_network_holds_at_most_its_tickets,
     a_reload_keeps_the_line_and_what_the_admin_set,
     the_backend_names_itself,
+    a_heartbeat_keeps_the_place_and_never_claims,
+    a_reserved_slot_wakes_its_tickets_stream,
 );
 
 /// A room "web" with generous windows; scenarios shorten the ones they test.
@@ -241,6 +243,64 @@ async fn a_freed_slot_is_reserved_for_the_head(backend: Backend) {
     assert_eq!(position(store, &t2.ticket).await, 1);
     // An admitted ticket is spent.
     assert_eq!(poll(store, &t1.ticket).await, Polled::Expired);
+}
+
+async fn a_heartbeat_keeps_the_place_and_never_claims(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    let a = admitted(store, Lane::Normal).await;
+    let t1 = queued(store, Lane::Normal).await;
+    let Polled::Queued(place) = store.heartbeat("web", &t1.ticket, true).await.unwrap() else {
+        panic!("a heartbeat should tell the place")
+    };
+    assert_eq!(place.position(), 1);
+    store.release("web", a.id).await.unwrap();
+    // The slot is held for the head; heartbeats say so and leave it held.
+    for _ in 0..2 {
+        let beat = store.heartbeat("web", &t1.ticket, true).await.unwrap();
+        assert!(matches!(beat, Polled::Turn(_)), "{beat:?}");
+    }
+    assert_eq!(store.snapshot("web").await.unwrap().reserved, 1);
+    // The poll claims it.
+    assert!(matches!(poll(store, &t1.ticket).await, Polled::Admitted(_)));
+    assert_eq!(
+        store.heartbeat("web", &t1.ticket, true).await.unwrap(),
+        Polled::Expired
+    );
+}
+
+/// A stream registered for a ticket is woken when a slot is reserved for
+/// it, by whichever step reserves (a shared store: through its listener).
+async fn a_reserved_slot_wakes_its_tickets_stream(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = Arc::clone(&s.store);
+    let listening = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.listen().await }
+    });
+    let a = admitted(&*store, Lane::Normal).await;
+    let t1 = queued(&*store, Lane::Normal).await;
+    let t2 = queued(&*store, Lane::Normal).await;
+    let (w1, w2) = (
+        store.turns().watch("web", &t1.ticket),
+        store.turns().watch("web", &t2.ticket),
+    );
+    let (mut woken1, mut woken2) = (w1.woken(), w2.woken());
+    // Subscribed before the slot frees (a shared store's listener connects).
+    if backend == Backend::Redis {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    store.release("web", a.id).await.unwrap();
+    tokio::time::timeout(DEADLINE, &mut woken1)
+        .await
+        .expect("the head's stream was not woken");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut woken2)
+            .await
+            .is_err(),
+        "only the head is woken"
+    );
+    listening.abort();
 }
 
 async fn no_show_loses_the_reservation_then_comes_back_first(backend: Backend) {

@@ -61,17 +61,48 @@
       });
   }
 
+  // The event stream at /__anteroom/events (same origin, ticket cookie):
+  // news as it comes, and a wake-up the moment the visitor's turn comes.
+  function listen(room, options, onNews, onTurn) {
+    if (options.base || typeof EventSource === "undefined") return null;
+    var stream = new EventSource(PREFIX + "events?room=" + encodeURIComponent(room));
+    stream.heard = false;
+    stream.addEventListener("status", function (e) {
+      var s;
+      try { s = JSON.parse(e.data); } catch (err) { return; }
+      stream.heard = true;
+      if (s.state === "queued") onNews(s); else { stream.close(); onTurn(); }
+    });
+    stream.onerror = function () { stream.close(); stream.failed = true; onTurn(); };
+    if (options.signal) options.signal.addEventListener("abort", function () { stream.close(); }, { once: true });
+    return stream;
+  }
+
   // Polls a ticket until its visitor is let in; resolves to the last status.
+  // While the event stream is open it keeps the place and says when to
+  // poll; the polls are then only a safety net.
   function waitTurn(body, options) {
-    var ticket = body.ticket, room = body.room, failures = 0;
+    var ticket = body.ticket, room = body.room, failures = 0, wake = null;
+    var onNews = function (s) { if (options.onWait) options.onWait(s); };
+    var onTurn = function () { if (wake) wake(); };
+    var stream = listen(room, options, onNews, onTurn);
+    function pause(ms) {
+      var streaming = stream && stream.heard && !stream.failed;
+      return Promise.race([
+        sleep(jitter(streaming ? ms * 4 : ms), options.signal),
+        new Promise(function (resolve) { wake = resolve; }),
+      ]);
+    }
     function next(ms) {
-      return sleep(jitter(ms), options.signal).then(function () {
+      return pause(ms).then(function () {
         return status(room, ticket, options).then(function (s) {
           failures = 0;
-          if (s.state === "admitted") { if (s.pass) pass = s.pass; return s; }
+          if (s.state === "admitted") { if (stream) stream.close(); if (s.pass) pass = s.pass; return s; }
           if (s.ticket) ticket = s.ticket;
-          if (s.state === "expired") throw new Error("anteroom: the place in line expired");
+          if (s.state === "expired") { if (stream) stream.close(); throw new Error("anteroom: the place in line expired"); }
           if (options.onWait) options.onWait(s);
+          // A stream that worked and ended (its time was up): a new one.
+          if (stream && stream.failed && stream.heard) stream = listen(room, options, onNews, onTurn);
           return next(s.pollAfterMs || s.retryAfterMs || body.pollAfterMs || 5000);
         }, function (e) {
           if (options.signal && options.signal.aborted) throw e;

@@ -18,6 +18,7 @@ use super::{
 use crate::attribution::Utm;
 use crate::config::State;
 use crate::queue::{Queue, TicketState};
+use crate::turns::Turns;
 
 /// Tickets examined per lock hold by the sweeper, so requests never wait long.
 const SWEEP_CHUNK: usize = 16_384;
@@ -138,6 +139,9 @@ pub struct RoomState {
     per_network: HashMap<Arc<str>, u32>,
     /// `Idempotency-Key` → what it was given, until when.
     idempotent: HashMap<String, (Given, Millis)>,
+    /// Tickets given a slot in the current step, to wake after it.
+    #[serde(skip)]
+    turned: Vec<String>,
 }
 
 impl RoomState {
@@ -161,6 +165,7 @@ impl RoomState {
             sweep_from: [0, 0],
             per_network: HashMap::new(),
             idempotent: HashMap::new(),
+            turned: Vec::new(),
         }
     }
 
@@ -326,6 +331,7 @@ impl RoomState {
             self.queue.served(lane);
             self.reserved.insert((lane, seq), until);
             self.deadlines.push_back((until, lane, seq));
+            self.turned.push(self.ticket_id(lane, seq));
         }
     }
 
@@ -442,8 +448,8 @@ impl RoomState {
         }
     }
 
-    /// See [`Store::poll`].
-    pub fn poll(&mut self, now: Millis, ticket: &str, confirm: bool) -> Polled {
+    /// See [`Store::poll`] and, not `claim`ing, [`Store::heartbeat`].
+    pub fn poll(&mut self, now: Millis, ticket: &str, confirm: bool, claim: bool) -> Polled {
         self.lapse_reservations(now);
         let Some((lane, seq)) = self.parse_ticket(ticket) else {
             return Polled::Expired;
@@ -479,10 +485,22 @@ impl RoomState {
             t.last_seen = now;
         }
         self.promote(now);
+        if !claim {
+            let place = self.place(lane, seq, now);
+            return match self.reserved.contains_key(&(lane, seq)) {
+                true => Polled::Turn(place),
+                false => Polled::Queued(place),
+            };
+        }
         match self.claim(lane, seq, now) {
             Some(session) => Polled::Admitted(session),
             None => Polled::Queued(self.place(lane, seq, now)),
         }
+    }
+
+    /// The tickets given a slot since the last call.
+    pub fn take_turned(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.turned)
     }
 
     /// See [`Store::touch`].
@@ -689,6 +707,7 @@ struct Saved {
 pub struct MemoryStore {
     /// Replaced whole at a reload; each room's state is carried over.
     rooms: ArcSwap<HashMap<String, Arc<Mutex<RoomState>>>>,
+    turns: Arc<Turns>,
 }
 
 impl MemoryStore {
@@ -705,6 +724,7 @@ impl MemoryStore {
                     })
                     .collect(),
             ),
+            turns: Turns::new(),
         }
     }
 
@@ -762,6 +782,7 @@ impl MemoryStore {
         Ok((
             MemoryStore {
                 rooms: ArcSwap::from_pointee(rooms),
+                turns: Turns::new(),
             },
             saved.requests,
         ))
@@ -782,16 +803,44 @@ impl MemoryStore {
             .cloned()
             .ok_or_else(|| StoreError::UnknownRoom(name.to_owned()))
     }
+
+    /// One atomic step on a room, then the wake-ups of the slots it
+    /// reserved (outside the room's lock).
+    fn step<T>(&self, name: &str, f: impl FnOnce(&mut RoomState) -> T) -> Result<T, StoreError> {
+        let room = self.room(name)?;
+        let (out, turned) = {
+            let mut state = room.lock();
+            let out = f(&mut state);
+            (out, state.take_turned())
+        };
+        for ticket in turned {
+            self.turns.wake(name, &ticket);
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn arrive(&self, room: &str, newcomer: &Newcomer) -> Result<Arrival, StoreError> {
-        Ok(self.room(room)?.lock().arrive(now_millis(), newcomer))
+        self.step(room, |r| r.arrive(now_millis(), newcomer))
     }
 
     async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
-        Ok(self.room(room)?.lock().poll(now_millis(), ticket, confirm))
+        self.step(room, |r| r.poll(now_millis(), ticket, confirm, true))
+    }
+
+    async fn heartbeat(
+        &self,
+        room: &str,
+        ticket: &str,
+        confirm: bool,
+    ) -> Result<Polled, StoreError> {
+        self.step(room, |r| r.poll(now_millis(), ticket, confirm, false))
+    }
+
+    fn turns(&self) -> &Arc<Turns> {
+        &self.turns
     }
 
     async fn touch(
@@ -799,7 +848,7 @@ impl Store for MemoryStore {
         room: &str,
         session: SessionId,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        Ok(self.room(room)?.lock().touch(now_millis(), session))
+        self.step(room, |r| r.touch(now_millis(), session))
     }
 
     async fn release(
@@ -807,22 +856,21 @@ impl Store for MemoryStore {
         room: &str,
         session: SessionId,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        Ok(self.room(room)?.lock().release(now_millis(), session))
+        self.step(room, |r| r.release(now_millis(), session))
     }
 
     async fn leave(&self, room: &str, ticket: &str) -> Result<bool, StoreError> {
-        Ok(self.room(room)?.lock().leave(now_millis(), ticket))
+        self.step(room, |r| r.leave(now_millis(), ticket))
     }
 
     async fn sweep(&self, room: &str) -> Result<Swept, StoreError> {
-        let state = self.room(room)?;
         let mut out = Swept::default();
-        state.lock().sweep_sessions(now_millis(), &mut out);
+        self.step(room, |r| r.sweep_sessions(now_millis(), &mut out))?;
         for lane in Lane::ALL {
             // The lock is taken per chunk, so requests interleave with a long sweep.
-            while !state.lock().sweep_tickets(now_millis(), lane, &mut out) {}
+            while !self.step(room, |r| r.sweep_tickets(now_millis(), lane, &mut out))? {}
         }
-        state.lock().offer(now_millis());
+        self.step(room, |r| r.offer(now_millis()))?;
         Ok(out)
     }
 
@@ -831,18 +879,17 @@ impl Store for MemoryStore {
     }
 
     async fn fill(&self, room: &str, lane: Lane, count: u32) -> Result<u32, StoreError> {
-        let state = self.room(room)?;
         let mut added = 0;
         // In chunks, so requests interleave with a big fill.
         while added < count {
             let chunk = (count - added).min(FILL_CHUNK);
-            added += state.lock().fill(now_millis(), lane, chunk);
+            added += self.step(room, |r| r.fill(now_millis(), lane, chunk))?;
         }
         Ok(added)
     }
 
     async fn update(&self, room: &str, patch: SettingsPatch) -> Result<Snapshot, StoreError> {
-        Ok(self.room(room)?.lock().update(now_millis(), patch))
+        self.step(room, |r| r.update(now_millis(), patch))
     }
 
     fn configure(&self, sessions: &[RoomSpec], _requests: &[(String, u32)]) {

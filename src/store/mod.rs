@@ -19,6 +19,7 @@ use crate::attribution::Utm;
 use crate::config::{self, State};
 use crate::metrics;
 pub use crate::queue::{Lane, Millis};
+use crate::turns::Turns;
 
 const STORE_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -244,6 +245,9 @@ pub enum Polled {
     Admitted(SessionInfo),
     /// Still in line.
     Queued(Place),
+    /// A slot is held for them, waiting to be claimed by their next poll
+    /// (only from [`Store::heartbeat`], which never claims).
+    Turn(Place),
     /// The ticket is unknown or was forgotten.
     Expired,
 }
@@ -318,6 +322,27 @@ pub trait Store: Send + Sync {
     /// is confirmed only if `confirm` (a room with a challenge confirms once
     /// it is solved); otherwise its place is told but does not count.
     async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError>;
+
+    /// A heartbeat from a waiting visitor's open event stream: keeps their
+    /// place as [`Store::poll`] does, but a slot held for them is not
+    /// claimed (`Polled::Turn`): the stream cannot set the pass cookie, so
+    /// the visitor's next poll claims it.
+    async fn heartbeat(
+        &self,
+        room: &str,
+        ticket: &str,
+        confirm: bool,
+    ) -> Result<Polled, StoreError>;
+
+    /// The event streams this store wakes when it reserves a slot.
+    fn turns(&self) -> &Arc<Turns>;
+
+    /// Delivers the wake-ups of reservations other instances make (a shared
+    /// store: its scripts publish them). Returns when the subscription ends,
+    /// with why; the memory store has nothing to listen to and never returns.
+    async fn listen(&self) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
 
     /// An admitted visitor's request: slides the session's expiry. `None`
     /// when the session is gone (released, expired, unknown).
@@ -472,9 +497,10 @@ impl StoreMetrics {
 }
 
 /// Every operation `Observed` records, so their series exist from the start.
-const OPERATIONS: [&str; 19] = [
+const OPERATIONS: [&str; 21] = [
     "arrive",
     "poll",
+    "heartbeat",
     "touch",
     "release",
     "leave",
@@ -492,6 +518,7 @@ const OPERATIONS: [&str; 19] = [
     "lease_pace",
     "lease_budget",
     "lease_settle",
+    "lease_adapt",
 ];
 
 /// A store with its latency, errors and health recorded in metrics.
@@ -539,6 +566,21 @@ impl<S: Store> Store for Observed<S> {
     async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
         self.record("poll", self.inner.poll(room, ticket, confirm))
             .await
+    }
+    async fn heartbeat(
+        &self,
+        room: &str,
+        ticket: &str,
+        confirm: bool,
+    ) -> Result<Polled, StoreError> {
+        self.record("heartbeat", self.inner.heartbeat(room, ticket, confirm))
+            .await
+    }
+    fn turns(&self) -> &Arc<Turns> {
+        self.inner.turns()
+    }
+    async fn listen(&self) -> Result<(), StoreError> {
+        self.inner.listen().await
     }
     async fn touch(
         &self,

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 
@@ -26,6 +27,7 @@ use super::{
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
+use crate::turns::Turns;
 
 /// The first lines of every script: the server's clock and the step's deadline.
 const CLOCK: &str = include_str!("lua/clock.lua");
@@ -158,6 +160,9 @@ pub struct RedisStore {
     connect_timeout: Duration,
     /// Until the first answer, a step may also wait for the connection to be made.
     answered: AtomicBool,
+    /// Where every instance's scripts publish the slots they reserve.
+    channel: String,
+    turns: Arc<Turns>,
 }
 
 impl RedisStore {
@@ -219,6 +224,8 @@ impl RedisStore {
             clock_synced: AtomicU64::new(0),
             connect_timeout: config.connect_timeout,
             answered: AtomicBool::new(false),
+            channel: format!("{}:turns", config.key_prefix),
+            turns: Turns::new(),
         })
     }
 
@@ -404,6 +411,8 @@ impl RedisStore {
             let mut args = vec![fields.join("|")];
             args.extend(fields);
             args.push(rand::random::<u32>().to_string());
+            args.push(self.channel.clone());
+            args.push(room.to_owned());
             let value = self
                 .invoke_plain(&r.keys, &self.scripts.init, &args)
                 .await?;
@@ -422,6 +431,31 @@ impl RedisStore {
             return Ok(());
         }
         Err(StoreError::UnknownRoom(room.to_owned()))
+    }
+
+    /// A waiting visitor's poll or, not claiming, heartbeat.
+    async fn poll_step(
+        &self,
+        room: &str,
+        ticket: &str,
+        confirm: bool,
+        claim: bool,
+    ) -> Result<Polled, StoreError> {
+        let args = [
+            ticket.to_owned(),
+            SessionId::random().to_string(),
+            u8::from(confirm).to_string(),
+            u8::from(claim).to_string(),
+        ];
+        let v = self.room_call(room, &self.scripts.poll, &args).await?;
+        let items = items(&v)?;
+        match kind(items).as_str() {
+            "admitted" => Ok(Polled::Admitted(session(items)?)),
+            "queued" => Ok(Polled::Queued(place(items)?)),
+            "turn" => Ok(Polled::Turn(place(items)?)),
+            "expired" => Ok(Polled::Expired),
+            _ => Err(bad("a poll")),
+        }
     }
 
     /// Reserves `units` of a line of moments kept in the room's `field`
@@ -648,19 +682,43 @@ impl Store for RedisStore {
     }
 
     async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
-        let args = [
-            ticket.to_owned(),
-            SessionId::random().to_string(),
-            u8::from(confirm).to_string(),
-        ];
-        let v = self.room_call(room, &self.scripts.poll, &args).await?;
-        let items = items(&v)?;
-        match kind(items).as_str() {
-            "admitted" => Ok(Polled::Admitted(session(items)?)),
-            "queued" => Ok(Polled::Queued(place(items)?)),
-            "expired" => Ok(Polled::Expired),
-            _ => Err(bad("a poll")),
+        self.poll_step(room, ticket, confirm, true).await
+    }
+
+    async fn heartbeat(
+        &self,
+        room: &str,
+        ticket: &str,
+        confirm: bool,
+    ) -> Result<Polled, StoreError> {
+        self.poll_step(room, ticket, confirm, false).await
+    }
+
+    fn turns(&self) -> &Arc<Turns> {
+        &self.turns
+    }
+
+    async fn listen(&self) -> Result<(), StoreError> {
+        let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
+        let connect = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub());
+        let mut pubsub = connect
+            .await
+            .map_err(|_| StoreError::Unavailable("connecting timed out".to_owned()))?
+            .map_err(unavailable)?;
+        pubsub.subscribe(&self.channel).await.map_err(unavailable)?;
+        tracing::debug!(channel = self.channel, "listening for reservations");
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
+                continue;
+            };
+            if let Some((room, ticket)) = payload.split_once('\n') {
+                self.turns.wake(room, ticket);
+            }
         }
+        Err(StoreError::Unavailable(
+            "the connection for reservations closed".to_owned(),
+        ))
     }
 
     async fn touch(

@@ -1,5 +1,7 @@
 -- ARGV (after the deadline): ticket id, the session id to use if admitted,
--- whether to confirm a ticket not yet confirmed ('1') or only tell its place ('0').
+-- whether to confirm a ticket not yet confirmed ('1') or only tell its place ('0'),
+-- whether to claim a slot held for it ('1') or only say it is its turn ('0':
+-- an event stream's heartbeat).
 if uninitialised() then return redis.error_reply('NOINIT room') end
 lapse()
 local lane, seq = parse_ticket(ARGV[2])
@@ -31,6 +33,13 @@ if not redis.call('ZSCORE', K_L[lane + 1], seq) then
 end
 promote()
 local r
-if redis.call('HEXISTS', K_RV, tkey) == 1 then r = claim(lane, seq, ARGV[3]) else r = place(lane, seq) end
+if redis.call('HEXISTS', K_RV, tkey) == 0 then
+  r = place(lane, seq)
+elseif ARGV[5] == '0' then
+  r = place(lane, seq)
+  r[1] = 'turn'
+else
+  r = claim(lane, seq, ARGV[3])
+end
 save()
 return r

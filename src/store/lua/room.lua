@@ -186,6 +186,8 @@ local function promote()
     local tkey = lane .. ':' .. seq
     redis.call('HSET', K_RV, tkey, int(claim_until))
     redis.call('ZADD', K_RQ, claim_until, tkey)
+    -- Every instance hears it; the one with the visitor's event stream wakes it.
+    if S.chan then redis.call('PUBLISH', S.chan, S.name .. '\n' .. ticket_id(lane, seq)) end
     if lane == 0 then set('streak', num('streak') + 1) else set('streak', 0) end
   end
 end
