@@ -159,6 +159,10 @@ pub struct LaneQueue {
     eligible: Fenwick,
     live_count: u32,
     eligible_count: u32,
+    /// Tickets not confirmed yet (counted only for the estimate of a burst;
+    /// last, so older state files decode, and rebuilt when restored).
+    #[serde(default)]
+    unconfirmed: Fenwick,
 }
 
 impl LaneQueue {
@@ -224,6 +228,20 @@ impl LaneQueue {
         }
     }
 
+    /// Tickets before `seq` that joined at `since` or later and have not
+    /// been confirmed yet: in a burst, the visitors just ahead whose first
+    /// poll has not come yet.
+    pub fn fresh_before(&self, seq: u64, since: Millis) -> u32 {
+        let first = self.base + self.tickets.partition_point(|t| t.joined < since) as u64;
+        let prefix = |s: u64| match s.checked_sub(self.tree_base) {
+            Some(i) => self
+                .unconfirmed
+                .prefix(usize::try_from(i).unwrap_or(usize::MAX)),
+            None => 0,
+        };
+        prefix(seq).saturating_sub(prefix(first.min(seq)))
+    }
+
     /// The first ticket that could be offered a slot.
     pub fn first_eligible(&self) -> Option<u64> {
         if self.eligible_count == 0 {
@@ -256,6 +274,11 @@ impl LaneQueue {
             let d = if state.eligible() { 1 } else { -1 };
             self.eligible.add(i, d);
             self.eligible_count = self.eligible_count.wrapping_add_signed(d);
+        }
+        let unconfirmed = |s: TicketState| s == TicketState::Unconfirmed;
+        if unconfirmed(old) != unconfirmed(state) {
+            self.unconfirmed
+                .add(i, if unconfirmed(state) { 1 } else { -1 });
         }
         if state == TicketState::Gone {
             self.drop_gone_front();
@@ -304,12 +327,16 @@ impl LaneQueue {
         self.tree_base = self.base;
         self.live = Fenwick::with_len(len);
         self.eligible = Fenwick::with_len(len);
+        self.unconfirmed = Fenwick::with_len(len);
         for (i, t) in self.tickets.iter().enumerate() {
             if t.state.live() {
                 self.live.add(i, 1);
             }
             if t.state.eligible() {
                 self.eligible.add(i, 1);
+            }
+            if t.state == TicketState::Unconfirmed {
+                self.unconfirmed.add(i, 1);
             }
         }
     }
@@ -325,6 +352,14 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Recounts every lane's trees (after a restore from an older file).
+    pub fn reindex(&mut self) {
+        for lane in &mut self.lanes {
+            let len = lane.live.len();
+            lane.rebuild(len);
+        }
+    }
+
     /// Changes the weighting for the admissions to come.
     pub fn set_weight(&mut self, weight: u32) {
         self.weight = weight.max(1);
@@ -411,6 +446,23 @@ mod tests {
         assert_eq!(f.find(3), Some(4));
         assert_eq!(f.find(4), Some(8));
         assert_eq!(f.find(5), None);
+    }
+
+    #[test]
+    fn fresh_counts_recent_unconfirmed_tickets_ahead() {
+        let mut lane = LaneQueue::default();
+        let old = lane.push(1_000, None, None, TicketState::Unconfirmed);
+        let a = lane.push(5_000, None, None, TicketState::Unconfirmed);
+        let b = lane.push(5_000, None, None, TicketState::Waiting);
+        let c = lane.push(5_001, None, None, TicketState::Unconfirmed);
+        let me = lane.push(5_002, None, None, TicketState::Unconfirmed);
+        // Since 4,000: a and c (old is too old, b is confirmed).
+        assert_eq!(lane.fresh_before(me, 4_000), 2);
+        assert_eq!(lane.fresh_before(c, 4_000), 1);
+        assert_eq!(lane.fresh_before(me, 0), 3);
+        lane.set_state(a, TicketState::Waiting);
+        assert_eq!(lane.fresh_before(me, 4_000), 1);
+        let _ = (old, b);
     }
 
     #[test]

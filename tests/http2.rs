@@ -41,6 +41,18 @@ impl Tls {
         )
     }
 
+    /// Waits until the TLS listener on `port` accepts (the plain one may be
+    /// up a moment before).
+    async fn accepting(port: u16) {
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+
     fn client(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .no_proxy()
@@ -68,6 +80,7 @@ async fn h2_is_negotiated_on_tls_and_every_stream_counts_against_the_room() {
         &format!("{}{}", tls.listener(port, ""), requests_room(&upstream, 2)),
     )
     .await;
+    Tls::accepting(port).await;
     let http = tls.client();
     let url = |path: &str| format!("https://localhost:{port}{path}");
     let first = http.get(url("/echo")).send().await.unwrap();
@@ -175,6 +188,7 @@ async fn hsts_on_tls_answers_and_plain_listeners_redirect_to_https() {
         ),
     )
     .await;
+    Tls::accepting(port).await;
     let http = tls.client();
     for path in ["/echo", "/__anteroom/capacity?room=r"] {
         let resp = http

@@ -11,6 +11,7 @@ mod cluster;
 mod config;
 mod demo;
 mod deploy;
+mod estimates;
 mod event_stream;
 mod floods;
 mod forwarding;

@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Arrival, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
-    SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
+    Arrival, FRESH, FRESH_MAX, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId,
+    SessionInfo, Settings, SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::State;
@@ -26,8 +26,6 @@ const SWEEP_CHUNK: usize = 16_384;
 const FILL_CHUNK: u32 = 16_384;
 /// Time constant of the admission-rate average.
 const RATE_TAU_MS: f64 = 60_000.0;
-/// Admissions seen before the measured rate is trusted.
-const RATE_MIN_SAMPLES: u32 = 3;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Session {
@@ -40,9 +38,8 @@ struct Session {
     confirmed: bool,
 }
 
-/// Admissions per millisecond: an exponentially weighted average (time
-/// constant one minute), bias-corrected so that it is right from the first
-/// seconds of a burst rather than ramping up from zero over a minute.
+/// Admissions from the line: an exponentially weighted count (time constant
+/// one minute) and when the last one was, which says whether the line moves.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Rate {
     /// Decayed sum of admissions, divided by the time constant.
@@ -74,14 +71,16 @@ impl Rate {
         self.sum * (-(now.saturating_sub(self.at) as f64) / RATE_TAU_MS).exp()
     }
 
-    /// Admissions per ms, once there are enough samples over at least a second.
-    fn per_ms(&self, now: Millis) -> Option<f64> {
+    /// Admissions per ms since this run of them began, once there are `min`.
+    fn per_ms(&self, now: Millis, min: u32) -> Option<f64> {
         let span = now.saturating_sub(self.since) as f64;
-        if self.samples < RATE_MIN_SAMPLES || span < 1000.0 {
+        if self.samples < min || span <= 0.0 {
             return None;
         }
         let weight = 1.0 - (-span / RATE_TAU_MS).exp();
-        Some(self.decayed(now) / weight).filter(|r| *r > 0.0)
+        // n admissions span n - 1 gaps.
+        let gaps = f64::from(self.samples - 1) / f64::from(self.samples);
+        Some(self.decayed(now) / weight * gaps).filter(|r| *r > 0.0)
     }
 }
 
@@ -106,6 +105,21 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+/// How much longer a session of this `age` is expected to last, for visits
+/// of mean `visit` that end within `spread` of it (taken as evenly spread):
+/// the rest of the visit while younger than the earliest end, then half the
+/// time to the latest, and a sliver once past even that.
+fn remaining(age: f64, visit: f64, spread: f64) -> f64 {
+    let (earliest, latest) = (visit - spread, visit + spread);
+    if age < earliest {
+        visit - age
+    } else if age < latest {
+        (latest - age) / 2.0
+    } else {
+        spread.max(visit * 0.05) / 4.0
     }
 }
 
@@ -139,9 +153,23 @@ pub struct RoomState {
     per_network: HashMap<Arc<str>, u32>,
     /// `Idempotency-Key` → what it was given, until when.
     idempotent: HashMap<String, (Given, Millis)>,
+    /// Average time from a slot held to its visitor claiming it, in ms
+    /// (added last: older state files decode with the default).
+    #[serde(default)]
+    avg_claim_ms: f64,
+    /// Visits measured so far (added last, as above).
+    #[serde(default)]
+    visits_measured: u32,
+    /// Mean absolute deviation of the visits from their average, in ms.
+    #[serde(default)]
+    visit_spread_ms: f64,
     /// Tickets given a slot in the current step, to wake after it.
     #[serde(skip)]
     turned: Vec<String>,
+    /// Sessions by admission, oldest first: when the slots free, for the
+    /// estimate (rebuilt from `sessions` when restored).
+    #[serde(skip)]
+    ages: Vec<(Millis, u128)>,
 }
 
 impl RoomState {
@@ -162,11 +190,26 @@ impl RoomState {
             },
             admissions: Rate::default(),
             avg_visit_ms: None,
+            avg_claim_ms: 0.0,
+            visits_measured: 0,
+            visit_spread_ms: 0.0,
             sweep_from: [0, 0],
             per_network: HashMap::new(),
             idempotent: HashMap::new(),
             turned: Vec::new(),
+            ages: Vec::new(),
         }
+    }
+
+    /// What a state file does not hold, from what it does (after a restore).
+    fn reindex(&mut self) {
+        self.queue.reindex();
+        self.ages = self
+            .sessions
+            .iter()
+            .map(|(id, s)| (s.admitted_at, *id))
+            .collect();
+        self.ages.sort_unstable();
     }
 
     fn free(&self) -> u32 {
@@ -192,27 +235,76 @@ impl RoomState {
         (epoch == self.epoch && parts.next().is_none()).then_some((lane, seq))
     }
 
-    /// Estimated wait of a visitor with `ahead` admissions before theirs.
+    /// The expected visit length. Visits end shortest first, so the first
+    /// ones measured understate it: until as many have ended as the room has
+    /// slots, `avg_session` stands in for those not seen yet.
+    fn visit_ms(&self) -> f64 {
+        let prior = self.spec.avg_session.as_millis() as f64;
+        let Some(measured) = self.avg_visit_ms else {
+            return prior;
+        };
+        let slots = f64::from(self.settings.capacity.max(1));
+        let unseen = (slots - f64::from(self.visits_measured)).max(0.0) / slots;
+        prior * unseen + measured * (1.0 - unseen)
+    }
+
+    /// Estimated wait of a visitor with `ahead` admissions before theirs:
+    /// when the slot they need frees. The reserved ones ahead have theirs;
+    /// each of the others needs the next session to end, oldest first, each
+    /// session expected to last the visit length (measured once visits have
+    /// ended, else `avg_session`) given how long it has lasted already
+    /// ([`remaining`]), every slot freeing again one turnover later (the
+    /// measured pace of admissions, once each slot has turned over twice;
+    /// before, a visit and the claim of the next);
+    /// never sooner than `admit_rate` allows. Known once visits were measured
+    /// and the line moved within the last ten visits (or minute).
     fn wait(&self, ahead: u32, now: Millis) -> Wait {
-        let turn = f64::from(ahead) + 1.0;
-        if let Some(rate) = self.admissions.per_ms(now) {
-            Wait {
-                ms: (turn / rate).min(1e12) as u64,
-                known: true,
+        let visit = self.visit_ms();
+        // A slot is busy for a visit and for the wait of its next visitor to claim it.
+        let reserved = u32::try_from(self.reserved.len()).unwrap_or(u32::MAX);
+        let turns = ahead.saturating_sub(reserved) as usize + 1;
+        // Slots held for the line become sessions once claimed: the youngest.
+        let slots = self.ages.len() + reserved as usize;
+        // How often a slot turns over: measured once each slot has turned
+        // over twice, else a visit and the claim of the next.
+        let min = u32::try_from(2 * slots).unwrap_or(u32::MAX).max(4);
+        let cycle = self
+            .admissions
+            .per_ms(now, min)
+            .map_or(visit + self.avg_claim_ms, |rate| slots as f64 / rate);
+        let mut ms = match slots {
+            0 => 0.0,
+            slots => {
+                let (k, cycles) = ((turns - 1) % slots, (turns - 1) / slots);
+                let began = self
+                    .ages
+                    .get(k)
+                    .map_or(now as f64 + self.avg_claim_ms, |&(t, _)| t as f64);
+                let left = remaining(now as f64 - began, visit, 2.0 * self.visit_spread_ms);
+                left + cycles as f64 * cycle + self.avg_claim_ms
             }
-        } else {
-            let visit = self
-                .avg_visit_ms
-                .unwrap_or(self.spec.avg_session.as_millis() as f64);
-            Wait {
-                ms: (turn * visit / f64::from(self.settings.capacity.max(1))) as u64,
-                known: false,
-            }
+        };
+        if self.settings.admit_rate > 0.0 {
+            ms = ms.max(turns as f64 * 1000.0 / self.settings.admit_rate);
+        }
+        let moving = self.admissions.samples > 0
+            && (now.saturating_sub(self.admissions.at) as f64) <= (10.0 * visit).max(60_000.0);
+        Wait {
+            ms: ms.min(1e12) as u64,
+            known: self.avg_visit_ms.is_some() && moving,
         }
     }
 
     fn place(&self, lane: Lane, seq: u64, now: Millis) -> Place {
         let ahead = self.queue.ahead(lane, seq);
+        // The estimate, not the place: a burst's places not confirmed yet
+        // will be ahead; a bot's never are, and count only while fresh.
+        let since = now.saturating_sub(FRESH.as_millis() as u64);
+        let fresh = self
+            .queue
+            .lane(lane)
+            .fresh_before(seq, since)
+            .min(FRESH_MAX);
         let ticket = self.queue.lane(lane).get(seq);
         let joined = ticket.map_or(now, |t| t.joined);
         let confirmed = ticket.is_some_and(|t| t.state != TicketState::Unconfirmed);
@@ -224,7 +316,7 @@ impl RoomState {
             ahead_at_join: ticket.map_or(ahead, |t| t.ahead_at_join),
             queue_length: self.queue.live(),
             available: self.free(),
-            wait: self.wait(ahead, now),
+            wait: self.wait(ahead + fresh, now),
             state: self.settings.state,
             confirmed,
         }
@@ -240,6 +332,8 @@ impl RoomState {
         confirmed: bool,
     ) -> SessionInfo {
         let id = SessionId::random();
+        let at = self.ages.partition_point(|&(t, _)| t <= now);
+        self.ages.insert(at, (now, id.0));
         self.sessions.insert(
             id.0,
             Session {
@@ -264,11 +358,20 @@ impl RoomState {
 
     fn end_session(&mut self, id: u128, now: Millis) -> Option<SessionInfo> {
         let s = self.sessions.remove(&id)?;
+        // Sessions admitted in the same millisecond lie together, in any order.
+        let from = self.ages.partition_point(|&(t, _)| t < s.admitted_at);
+        if let Some(i) = self.ages[from..].iter().position(|&(_, x)| x == id) {
+            self.ages.remove(from + i);
+        }
         if s.confirmed {
             let visit = now.saturating_sub(s.admitted_at) as f64;
+            self.visits_measured = self.visits_measured.saturating_add(1);
+            if let Some(avg) = self.avg_visit_ms {
+                self.visit_spread_ms += ((visit - avg).abs() - self.visit_spread_ms) / 8.0;
+            }
             self.avg_visit_ms = Some(match self.avg_visit_ms {
                 None => visit,
-                Some(avg) => avg + (visit - avg) / 8.0,
+                Some(avg) => avg + (visit - avg) / 32.0,
             });
         }
         Some(SessionInfo {
@@ -337,7 +440,11 @@ impl RoomState {
 
     /// Turns a reservation into a session.
     fn claim(&mut self, lane: Lane, seq: u64, now: Millis) -> Option<SessionInfo> {
-        self.reserved.remove(&(lane, seq))?;
+        let until = self.reserved.remove(&(lane, seq))?;
+        // How long a held slot waits for its visitor: part of each turn.
+        let held_since = until.saturating_sub(self.spec.claim_window.as_millis() as u64);
+        let delay = now.saturating_sub(held_since) as f64;
+        self.avg_claim_ms += (delay - self.avg_claim_ms) / 8.0;
         let ticket = self.queue.lane(lane).get(seq)?.clone();
         self.forget_ticket(lane, seq);
         Some(self.admit(now, now.saturating_sub(ticket.joined), ticket.utm, true))
@@ -771,6 +878,7 @@ impl MemoryStore {
             .map(|spec| {
                 let state = match by_name.remove(&spec.name) {
                     Some(mut kept) => {
+                        kept.reindex();
                         kept.respec(now, spec.clone());
                         kept
                     }
@@ -913,5 +1021,23 @@ impl Store for MemoryStore {
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remaining;
+
+    #[test]
+    fn a_session_is_expected_to_last_its_visit_given_its_age() {
+        // Visits of 1 s, ending between 0.6 and 1.4 s.
+        assert_eq!(remaining(200.0, 1_000.0, 400.0), 800.0);
+        // Past the earliest end: half the way to the latest.
+        assert_eq!(remaining(1_000.0, 1_000.0, 400.0), 200.0);
+        // Past even the latest: a sliver, never nothing or less.
+        assert_eq!(remaining(2_000.0, 1_000.0, 400.0), 100.0);
+        // No spread measured yet: the rest of the visit, then a sliver.
+        assert_eq!(remaining(400.0, 1_000.0, 0.0), 600.0);
+        assert_eq!(remaining(1_200.0, 1_000.0, 0.0), 12.5);
     }
 }

@@ -159,6 +159,17 @@ pub struct Wait {
     pub known: bool,
 }
 
+/// A place that arrived this recently and has not come back with its
+/// ticket yet counts in the wait estimate of those behind it (not in their
+/// place): in a burst of simultaneous arrivals nobody has polled yet, and
+/// without it everyone would be told the wait of place 1. A client that
+/// keeps no ticket (a bot) stops counting once this has passed, so a flood
+/// lengthens what newcomers are told for no longer.
+pub const FRESH: Duration = Duration::from_secs(2);
+
+/// At most this many such places count (a bound on a step's work).
+pub const FRESH_MAX: u32 = 1000;
+
 /// The longest wait anteroom tells a visitor. Beyond a day an estimate says
 /// more about how little is known (nobody let in for a long time, a room of
 /// one with hour-long visits) than about the line.

@@ -79,7 +79,7 @@ impl Scripts {
 
 /// A sessions room's keys and how to set it up.
 struct RoomKeys {
-    keys: [String; 15],
+    keys: [String; 16],
     spec: RoomSpec,
 }
 
@@ -103,7 +103,7 @@ impl Layout {
                 let b = base(prefix, &spec.name);
                 let keys = [
                     "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u", "net",
-                    "idem", "idemx",
+                    "idem", "idemx", "sa",
                 ]
                 .map(|k| format!("{b}:{k}"));
                 (

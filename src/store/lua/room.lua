@@ -11,13 +11,16 @@
 --                                             KEYS[13] tickets held per client network (hash)
 --                                             KEYS[14] Idempotency-Key -> what it got (hash)
 --                                             KEYS[15] Idempotency-Keys by expiry (zset)
+--                                             KEYS[16] sessions by admission time (zset)
 -- Lane 0 is priority, 1 normal; a ticket is "<lane>:<seq>", its id "<epoch>.<lane>.<seq>".
 -- It runs after clock.lua (NOW, and the deadline in ARGV[1]).
 local K_S, K_SS, K_SD = KEYS[1], KEYS[2], KEYS[3]
 local K_L = { KEYS[4], KEYS[5] }
 local K_E = { KEYS[6], KEYS[7] }
 local K_SEEN, K_T, K_RV, K_RQ, K_U = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local K_NET, K_IDEM, K_IDEMX = KEYS[13], KEYS[14], KEYS[15]
+local K_NET, K_IDEM, K_IDEMX, K_SA = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+-- store::FRESH and store::FRESH_MAX: recent places not confirmed yet that count as ahead.
+local FRESH_MS, FRESH_MAX = 2000, 1000
 local TAU = 60000
 
 local S = {}
@@ -96,16 +99,67 @@ local function rate_record()
   set('r_at', NOW)
   set('r_n', num('r_n') + 1)
 end
+-- The expected visit length: measured, with avg_session standing in for the
+-- slots whose visits have not ended yet (the first to end are the short ones).
+local function visit_ms()
+  if not S.visit_avg then return AVG end
+  local slots = math.max(CAP, 1)
+  local unseen = math.max(0, slots - num('visits_n')) / slots
+  return AVG * unseen + tonumber(S.visit_avg) * (1 - unseen)
+end
+
+-- How much longer a session of this age is expected to last (remaining() in store/memory.rs).
+local function remaining(age, visit, spread)
+  local earliest, latest = visit - spread, visit + spread
+  if age < earliest then return visit - age end
+  if age < latest then return (latest - age) / 2 end
+  return math.max(spread, visit * 0.05) / 4
+end
+
+-- When the slot a visitor with `ahead` admissions before theirs needs frees
+-- (RoomState::wait in store/memory.rs): the reserved ones ahead have theirs;
+-- each other one needs the next session to end, oldest first, each slot
+-- freeing again a turnover later; never sooner than admit_rate allows.
 local function wait(ahead)
-  local turn = ahead + 1
+  local visit = visit_ms()
+  local claim = num('claim_avg')
+  local reserved = redis.call('HLEN', K_RV)
+  local turns = math.max(0, ahead - reserved) + 1
+  local busy = redis.call('ZCARD', K_SA)
+  -- Slots held for the line become sessions once claimed: the youngest.
+  local slots = busy + reserved
+  -- How often a slot turns over: measured once each slot has turned over
+  -- twice, else a visit and the claim of the next.
+  local cycle = visit + claim
   local span = NOW - num('r_since')
-  if num('r_n') >= 3 and span >= 1000 then
-    local rate = rate_decayed() / (1 - math.exp(-span / TAU))
-    if rate > 0 then return math.floor(math.min(turn / rate, 1e12)), 1 end
+  if num('r_n') >= math.max(4, 2 * slots) and span > 0 then
+    -- n admissions span n - 1 gaps.
+    local rate = rate_decayed() / (1 - math.exp(-span / TAU)) * (num('r_n') - 1) / num('r_n')
+    if rate > 0 then cycle = slots / rate end
   end
-  local visit = AVG
-  if S.visit_avg then visit = tonumber(S.visit_avg) end
-  return math.floor(turn * visit / math.max(CAP, 1)), 0
+  local ms = 0
+  if slots > 0 then
+    local k, cycles = (turns - 1) % slots, math.floor((turns - 1) / slots)
+    local began = NOW + claim
+    if k < busy then began = tonumber(redis.call('ZRANGE', K_SA, k, k, 'WITHSCORES')[2]) end
+    ms = remaining(NOW - began, visit, 2 * num('spread')) + cycles * cycle + claim
+  end
+  if RATE > 0 then ms = math.max(ms, turns * 1000 / RATE) end
+  local known = 0
+  if S.visit_avg and num('r_n') > 0 and NOW - num('r_at') <= math.max(10 * visit, 60000) then known = 1 end
+  return math.floor(math.min(ms, 1e12)), known
+end
+
+-- Places of the same lane before this one that arrived within FRESH_MS and
+-- have not come back yet: in a burst, those whose first poll is still to come.
+local function fresh_before(lane, seq)
+  local recent = redis.call('ZRANGEBYSCORE', K_U, NOW - FRESH_MS, '+inf', 'LIMIT', 0, FRESH_MAX)
+  local n, mine = 0, tonumber(seq)
+  for _, tkey in ipairs(recent) do
+    local l, s = string.match(tkey, '^(%d):(%d+)$')
+    if tonumber(l) == lane and tonumber(s) < mine then n = n + 1 end
+  end
+  return n
 end
 
 local function ahead(lane, seq)
@@ -200,6 +254,7 @@ local function admit(id, wait_ms, utm, confirmed)
   if not confirmed then deadline = NOW + math.min(CONFIRM, TTL) end
   if MAXS > 0 then deadline = math.min(deadline, NOW + MAXS) end
   redis.call('ZADD', K_SS, deadline, id)
+  redis.call('ZADD', K_SA, NOW, id)
   local c = 0
   if confirmed then c = 1 end
   redis.call('HSET', K_SD, id, cjson.encode({ a = NOW, w = wait_ms, u = utm, c = c }))
@@ -210,14 +265,19 @@ end
 local function end_session(id)
   local raw = redis.call('HGET', K_SD, id)
   redis.call('ZREM', K_SS, id)
+  redis.call('ZREM', K_SA, id)
   redis.call('HDEL', K_SD, id)
   if not raw then return nil end
   local data = cjson.decode(raw)
   if data.c ~= 0 then
     local visit = NOW - data.a
     local avg = visit
-    if S.visit_avg then avg = tonumber(S.visit_avg) + (visit - tonumber(S.visit_avg)) / 8 end
+    if S.visit_avg then
+      avg = tonumber(S.visit_avg) + (visit - tonumber(S.visit_avg)) / 8
+      set('spread', num('spread') + (math.abs(visit - tonumber(S.visit_avg)) - num('spread')) / 8)
+    end
     set('visit_avg', avg)
+    set('visits_n', num('visits_n') + 1)
   end
   return data
 end
@@ -225,6 +285,9 @@ end
 -- Turns a reservation into a session.
 local function claim(lane, seq, id)
   local tkey = lane .. ':' .. seq
+  -- How long a held slot waited for its visitor: part of each turn.
+  local held_since = tonumber(redis.call('HGET', K_RV, tkey) or NOW) - CLAIM
+  set('claim_avg', num('claim_avg') + (NOW - held_since - num('claim_avg')) / 8)
   local data = cjson.decode(redis.call('HGET', K_T, tkey))
   forget(lane, seq)
   return admit(id, NOW - data.j, data.u, true)
@@ -233,7 +296,8 @@ end
 local function place(lane, seq)
   local a = ahead(lane, seq)
   local data = cjson.decode(redis.call('HGET', K_T, lane .. ':' .. seq))
-  local w, known = wait(a)
+  -- The estimate, not the place, counts a burst's places not confirmed yet.
+  local w, known = wait(a + fresh_before(lane, seq))
   local confirmed = redis.call('ZSCORE', K_U, lane .. ':' .. seq) and 0 or 1
   return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE, int(data.j), confirmed }
 end
