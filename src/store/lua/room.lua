@@ -150,16 +150,14 @@ local function wait(ahead)
   return math.floor(math.min(ms, 1e12)), known
 end
 
--- Places of the same lane before this one that arrived within FRESH_MS and
--- have not come back yet: in a burst, those whose first poll is still to come.
-local function fresh_before(lane, seq)
-  local recent = redis.call('ZRANGEBYSCORE', K_U, NOW - FRESH_MS, '+inf', 'LIMIT', 0, FRESH_MAX)
-  local n, mine = 0, tonumber(seq)
-  for _, tkey in ipairs(recent) do
-    local l, s = string.match(tkey, '^(%d):(%d+)$')
-    if tonumber(l) == lane and tonumber(s) < mine then n = n + 1 end
-  end
-  return n
+-- Places before this one that arrived within FRESH_MS and have not come back
+-- yet: in a burst, those whose first poll is still to come. One ZCOUNT by
+-- arrival time (both lanes; arrivals of the same millisecond count as ahead),
+-- where the memory store counts by sequence within the lane.
+local function fresh_before(tkey, joined)
+  local n = redis.call('ZCOUNT', K_U, NOW - FRESH_MS, joined)
+  if redis.call('ZSCORE', K_U, tkey) then n = n - 1 end
+  return math.min(math.max(n, 0), FRESH_MAX)
 end
 
 local function ahead(lane, seq)
@@ -297,7 +295,7 @@ local function place(lane, seq)
   local a = ahead(lane, seq)
   local data = cjson.decode(redis.call('HGET', K_T, lane .. ':' .. seq))
   -- The estimate, not the place, counts a burst's places not confirmed yet.
-  local w, known = wait(a + fresh_before(lane, seq))
+  local w, known = wait(a + fresh_before(lane .. ':' .. seq, data.j))
   local confirmed = redis.call('ZSCORE', K_U, lane .. ':' .. seq) and 0 or 1
   return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE, int(data.j), confirmed }
 end
