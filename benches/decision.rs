@@ -113,7 +113,13 @@ room = "web"
         config.tokens.as_ref().unwrap(),
         store.clone(),
         assets.jwts.clone(),
-        VisitorEvents::register(metrics.registry(), &config.attribution).unwrap(),
+        VisitorEvents::register(
+            metrics.registry(),
+            &config.attribution,
+            std::sync::Arc::new(anteroom::bus::Bus::default()),
+            "bench",
+        )
+        .unwrap(),
         config.store.touch_interval,
     );
     Setup {

@@ -14,6 +14,8 @@ use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Backend, MAX_ADMIT_RATE, MAX_CAPACITY, Secret, State};
+use crate::event::Change;
+use crate::events::VisitorEvents;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::reload::{Attempt, Reloader};
@@ -34,6 +36,10 @@ pub struct Admin {
     /// The config in force (its rooms, its admin token) and how to reload it.
     pub(crate) reloader: Arc<Reloader>,
     pub(crate) store: Arc<dyn Store>,
+    /// Where room changes are told, and the event sinks' health.
+    pub(crate) events: VisitorEvents,
+    /// Whether a failing event sink makes the instance unready.
+    pub(crate) require_sinks: bool,
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Public listeners, probed by `/readyz`.
     pub(crate) listeners: Vec<SocketAddr>,
@@ -417,12 +423,13 @@ impl Admin {
                 }
             }
         }
-        tracing::info!(
-            room = room.name(),
-            capacity = patch.capacity,
-            state = patch.state.as_deref(),
-            admit_rate = patch.admit_rate,
-            "room changed over the admin API"
+        self.events.room_changed(
+            room.name(),
+            Change {
+                state: state.map(|s| s.as_str().to_owned()),
+                capacity: patch.capacity,
+                admit_rate: patch.admit_rate,
+            },
         );
         Reply::json(200, &RoomView::of(room))
     }
@@ -434,6 +441,12 @@ impl Admin {
             draining: bool,
             listeners: Vec<ListenerState>,
             store: StoreState,
+            sinks: Vec<SinkState>,
+        }
+        #[derive(Serialize)]
+        struct SinkState {
+            name: String,
+            up: bool,
         }
         #[derive(Serialize)]
         struct StoreState {
@@ -458,7 +471,16 @@ impl Admin {
         // A store outage does not make an instance unready: it still serves
         // admitted visitors and tells newcomers to wait, which is better than
         // every instance leaving the load balancer at once.
-        let ready = !draining && listeners.iter().all(|l| l.up);
+        let sinks: Vec<SinkState> = self
+            .events
+            .sinks()
+            .into_iter()
+            .map(|(name, up)| SinkState { name, up })
+            .collect();
+        // Likewise a failing event sink, unless `ready_requires_sinks`: its
+        // events wait in the buffer and the dead-letter file.
+        let sinks_ok = !self.require_sinks || sinks.iter().all(|s| s.up);
+        let ready = !draining && listeners.iter().all(|l| l.up) && sinks_ok;
         let status = if ready { 200 } else { 503 };
         if !details {
             #[derive(Serialize)]
@@ -480,6 +502,7 @@ impl Admin {
                     up: ping.is_ok(),
                     error: ping.err().map(|e| e.to_string()),
                 },
+                sinks,
             },
         )
     }

@@ -1,11 +1,17 @@
 //! A visitor's journey through a sessions room: arrived, queued, admitted,
-//! converted, released, expired. Every event is written here, once: one
-//! `anteroom::visitor` log line and its counters.
+//! converted, released, expired, left, refused, rate limited; and an
+//! operator's changes to a room. Every event is written here, once: one
+//! `anteroom::visitor` log line, its counters, and, with `[[events.sink]]`s,
+//! one [`Event`] on the bus.
+
+use std::sync::Arc;
 
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
 use crate::attribution::{Labels, Utm};
+use crate::bus::Bus;
 use crate::config::Attribution;
+use crate::event::{Change, Event, Kind};
 use crate::metrics;
 use crate::queue::Lane;
 use crate::store::{Place, SessionId, SessionInfo};
@@ -17,6 +23,8 @@ const QUEUE_WAIT_BUCKETS: &[f64] = &[
 /// Where visitor events go. Cloning shares the counters.
 #[derive(Clone)]
 pub struct VisitorEvents {
+    bus: Arc<Bus>,
+    instance: Arc<str>,
     labels: Labels,
     arrivals: IntCounterVec,
     admissions: IntCounterVec,
@@ -64,8 +72,12 @@ impl VisitorEvents {
     pub fn register(
         registry: &Registry,
         attribution: &Attribution,
+        bus: Arc<Bus>,
+        instance: &str,
     ) -> Result<VisitorEvents, prometheus::Error> {
         Ok(VisitorEvents {
+            bus,
+            instance: Arc::from(instance),
             labels: Labels::new(attribution),
             arrivals: metrics::counter(
                 registry,
@@ -142,8 +154,18 @@ impl VisitorEvents {
         self.conversions.with_label_values(&[room, "none", "none"]);
     }
 
-    /// A new visitor at the room.
-    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Utm>) {
+    /// Puts an event on the bus, when any sink is configured.
+    fn publish(&self, kind: Kind, room: &str, fill: impl FnOnce(&mut Event)) {
+        if self.bus.is_active() {
+            let mut event = Event::new(kind, room, &self.instance);
+            fill(&mut event);
+            self.bus.publish(event);
+        }
+    }
+
+    /// A new visitor at the room; `journey` is their ticket or, let in at
+    /// once, their session.
+    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Utm>, journey: &str) {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
@@ -153,6 +175,11 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("arrived", room, line);
+        self.publish(Kind::Arrived, room, |e| {
+            e.journey = Some(opaque("journey", room, journey));
+            e.lane = Some(lane.as_str().to_owned());
+            e.attribution = utm.cloned();
+        });
     }
 
     /// A new visitor joined the line.
@@ -165,13 +192,21 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("queued", room, line);
+        self.publish(Kind::Queued, room, |e| {
+            e.journey = Some(opaque("journey", room, &place.ticket));
+            e.lane = Some(place.lane.as_str().to_owned());
+            e.position = Some(place.position());
+            e.wait_ms = place.wait.told();
+            e.attribution = utm.cloned();
+        });
     }
 
-    /// A visitor was let in, at once or from the line.
-    pub fn admitted(&self, room: &str, session: &SessionInfo, from_line: bool) {
-        let how = if from_line { "queue" } else { "direct" };
+    /// A visitor was let in, at once or from the line (with the `ticket`
+    /// they waited with).
+    pub fn admitted(&self, room: &str, session: &SessionInfo, ticket: Option<&str>) {
+        let how = if ticket.is_some() { "queue" } else { "direct" };
         self.admissions.with_label_values(&[room, how]).inc();
-        if from_line {
+        if ticket.is_some() {
             self.queue_wait
                 .with_label_values(&[room])
                 .observe(session.wait_ms as f64 / 1000.0);
@@ -183,6 +218,49 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("admitted", room, line);
+        self.publish(Kind::Admitted, room, |e| {
+            let id = session.id.to_string();
+            e.journey = Some(opaque("journey", room, ticket.unwrap_or(&id)));
+            e.session = Some(opaque("session", room, &id));
+            e.how = Some(how.to_owned());
+            e.wait_ms = Some(session.wait_ms);
+            e.attribution = session.utm.as_deref().cloned();
+        });
+    }
+
+    /// A waiting visitor left the line.
+    pub fn left(&self, room: &str, ticket: &str) {
+        write("left", room, Line::default());
+        self.publish(Kind::Left, room, |e| {
+            e.journey = Some(opaque("journey", room, ticket));
+        });
+    }
+
+    /// A newcomer was turned away (`queue_full`, `maintenance`,
+    /// `store_unavailable`).
+    pub fn refused(&self, room: &str, reason: &'static str, utm: Option<&Utm>) {
+        self.publish(Kind::Refused, room, |e| {
+            e.reason = Some(reason.to_owned());
+            e.attribution = utm.cloned();
+        });
+    }
+
+    /// A request was over one of the room's per-client limits.
+    pub fn rate_limited(&self, room: &str, limit: &'static str) {
+        self.publish(Kind::RateLimited, room, |e| {
+            e.reason = Some(limit.to_owned())
+        });
+    }
+
+    /// An operator changed a room (the admin API).
+    pub fn room_changed(&self, room: &str, change: Change) {
+        tracing::info!(target: "anteroom::visitor", event = "room_changed", room, state = change.state.as_deref(), capacity = change.capacity, admit_rate = change.admit_rate);
+        self.publish(Kind::RoomChanged, room, |e| e.change = Some(change));
+    }
+
+    /// Whether the sinks report healthy, by sink.
+    pub fn sinks(&self) -> Vec<(String, bool)> {
+        self.bus.healthy()
     }
 
     /// An admitted visitor did what the room counts as a conversion.
@@ -199,6 +277,11 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("converted", room, line);
+        self.publish(Kind::Converted, room, |e| {
+            e.session = Some(opaque("session", room, &session.id.to_string()));
+            e.wait_ms = Some(session.wait_ms);
+            e.attribution = utm.cloned();
+        });
     }
 
     /// A session ended at once: the visitor left (`leave`) or the app said so (`command`).
@@ -212,6 +295,12 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("released", room, line);
+        self.publish(Kind::Released, room, |e| {
+            e.session = Some(opaque("session", room, &session.id.to_string()));
+            e.how = Some(how.to_owned());
+            e.visit_ms = Some(now_ms.saturating_sub(session.admitted_at));
+            e.attribution = session.utm.as_deref().cloned();
+        });
     }
 
     /// A session's pass lapsed.
@@ -259,5 +348,24 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("expired", room, line);
+        self.publish(Kind::Expired, room, |e| {
+            e.session = session.map(|s| opaque("session", room, &s.to_string()));
+            e.what = Some(kind.to_owned());
+            e.attribution = utm.cloned();
+        });
     }
+}
+
+/// An id that links a visitor's events without telling the store's own
+/// (SHA-256 of its kind, room and id; the same on every instance).
+fn opaque(kind: &str, room: &str, id: &str) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in ["anteroom", kind, room, id] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish().as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -363,11 +363,12 @@ impl Gate {
         w: &WaitingRoom,
         facts: &Facts<'_>,
         session: SessionInfo,
-        from_line: bool,
+        ticket: Option<&str>,
         again: bool,
     ) -> Box<Visit> {
+        let from_line = ticket.is_some();
         if !again {
-            self.events.admitted(room.name(), &session, from_line);
+            self.events.admitted(room.name(), &session, ticket);
         }
         let pass = self.issue_pass(room, w, &session, facts);
         Box::new(Visit {
@@ -468,12 +469,13 @@ impl Gate {
         };
         if let Err(limited) = w.limits.poll(&claims.sub) {
             room.counters().limited(limited.limit).inc();
+            self.events.rate_limited(name, limited.limit.as_str());
             return Standing::Limited(limited);
         }
         let confirm = self.confirms(name, w, facts, &claims.sub);
         match self.store.poll(name, &claims.sub, confirm).await {
             Ok(Polled::Admitted(session)) => {
-                Standing::Admitted(self.admitted(room, w, facts, session, true, false))
+                Standing::Admitted(self.admitted(room, w, facts, session, Some(&claims.sub), false))
             }
             // A poll claims: never a turn left unclaimed.
             Ok(Polled::Queued(place) | Polled::Turn(place)) => {
@@ -578,6 +580,7 @@ impl Gate {
         let network = facts.ip.map(|ip| clients::network(ip, limits));
         if let Err(limited) = w.limits.arrival(network.as_ref()) {
             room.counters().limited(limited.limit).inc();
+            self.events.rate_limited(name, limited.limit.as_str());
             return Decision::Limited(limited);
         }
         let lane = self.lane(w, facts);
@@ -598,14 +601,15 @@ impl Gate {
         let utm = newcomer.utm.as_deref();
         match arrival {
             Arrival::Admitted(session) => {
-                self.events.arrived(name, lane, utm);
-                Decision::Admit(self.admitted(room, w, facts, session, false, false))
+                self.events
+                    .arrived(name, lane, utm, &session.id.to_string());
+                Decision::Admit(self.admitted(room, w, facts, session, None, false))
             }
             Arrival::AdmittedAgain(session) => {
-                Decision::Admit(self.admitted(room, w, facts, session, false, true))
+                Decision::Admit(self.admitted(room, w, facts, session, None, true))
             }
             Arrival::Queued(place) => {
-                self.events.arrived(name, lane, utm);
+                self.events.arrived(name, lane, utm, &place.ticket);
                 self.events.queued(name, &place, utm);
                 Decision::Wait(self.waiting(room, w, facts, place, None))
             }
@@ -613,16 +617,20 @@ impl Gate {
                 Decision::Wait(self.waiting(room, w, facts, place, None))
             }
             Arrival::Full => {
-                self.events.arrived(name, lane, utm);
                 room.counters().rejected_queue_full.inc();
+                self.events.refused(name, "queue_full", utm);
                 Decision::Full
             }
             Arrival::Limited => {
                 let limited = Limited::tickets();
                 room.counters().limited(limited.limit).inc();
+                self.events.rate_limited(name, limited.limit.as_str());
                 Decision::Limited(limited)
             }
-            Arrival::Maintenance => Decision::Maintenance,
+            Arrival::Maintenance => {
+                self.events.refused(name, "maintenance", utm);
+                Decision::Maintenance
+            }
         }
     }
 
@@ -672,10 +680,15 @@ impl Gate {
             return false;
         };
         self.tokens.forget(ticket.as_bytes());
-        self.store
+        let left = self
+            .store
             .leave(room, &verified.claims.sub)
             .await
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if left {
+            self.events.left(room, &verified.claims.sub);
+        }
+        left
     }
 
     /// Sweeps every sessions room and refreshes their local numbers.

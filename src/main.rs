@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Work with the events of `[[events.sink]]`s.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Start a self-contained showcase on loopback with an embedded toy app.
     Demo {
         /// anteroom's public port.
@@ -76,6 +81,22 @@ enum Command {
         /// The toy app's port.
         #[arg(long, default_value_t = 3000)]
         upstream_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Deliver the events of a dead-letter (or any JSON lines) file to the
+    /// configured sinks again; the file is renamed `<file>.replayed` once
+    /// every event is delivered.
+    Replay {
+        /// The file of events, one JSON object per line.
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Only to this sink (by name); default: every sink.
+        #[arg(long)]
+        sink: Option<String>,
     },
 }
 
@@ -128,6 +149,29 @@ fn run(command: Command) -> anyhow::Result<()> {
                 public.display()
             );
             println!("kid: {kid}");
+        }
+        Command::Events {
+            command:
+                EventsCommand::Replay {
+                    file,
+                    config: ConfigFile { config },
+                    sink,
+                },
+        } => {
+            let c = Config::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let (delivered, skipped) = runtime
+                .block_on(anteroom::sinks::replay(&c.events, &file, sink.as_deref()))
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "{}: {delivered} events delivered{}",
+                file.display(),
+                if skipped > 0 {
+                    format!(", {skipped} lines that are not events skipped")
+                } else {
+                    String::new()
+                }
+            );
         }
         Command::Demo {
             port,

@@ -71,6 +71,18 @@ pub fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, pr
     Ok(g)
 }
 
+/// Registers a gauge family.
+pub fn gauges(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 /// Registers a histogram family.
 pub fn histogram(
     registry: &Registry,

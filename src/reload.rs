@@ -358,6 +358,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             "store.sweep_interval",
             old.store.sweep_interval != new.store.sweep_interval,
         ),
+        ("events", old.events != new.events),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

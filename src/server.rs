@@ -10,7 +10,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::services::background::{GenBackgroundService, background_service};
 use pingora::services::listening::Service;
 use prometheus::Registry;
 
@@ -18,6 +18,7 @@ use pingora::listeners::tls::TlsSettings;
 
 use crate::admin::Admin;
 use crate::assets::Assets;
+use crate::bus::{Bus, BusMetrics, Outlet};
 use crate::config::{Backend, Config, ConfigError};
 use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
 use crate::event_stream::{Listener, StreamMetrics};
@@ -30,6 +31,7 @@ use crate::proxy::Proxy;
 use crate::reload::{Hangups, Reloader};
 use crate::room::{RoomMetrics, Rooms};
 use crate::shutdown::{Drain, Signals};
+use crate::sinks::{self, Delivery};
 use crate::site::{Current, Shared, Site};
 use crate::snapshots::{self, Snapshots, Writer};
 use crate::store::memory::{MemoryStore, SavedSlots};
@@ -76,6 +78,9 @@ pub enum StartError {
     /// The SIGHUP handler could not be installed.
     #[error("cannot install the SIGHUP handler: {0}")]
     Signals(std::io::Error),
+    /// An event sink or its dead-letter directory could not be set up.
+    #[error("events: {0}")]
+    Events(String),
 }
 
 /// How the process ends after a shutdown signal.
@@ -104,6 +109,8 @@ struct Parts {
     shared: Arc<Shared>,
     current: Arc<Current>,
     snapshots: Option<Arc<Snapshots>>,
+    /// Each event sink's buffer, for its delivery task.
+    outlets: Vec<Outlet>,
 }
 
 impl App {
@@ -127,7 +134,7 @@ impl App {
         };
         let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(&config.server));
         server.bootstrap();
-        let parts = Parts::new(config, assets)?;
+        let mut parts = Parts::new(config, assets)?;
 
         let (public, sweeper, certificates) = public_service(&server, config, &parts)?;
         let active = sweeper.active();
@@ -160,6 +167,9 @@ impl App {
             store: Arc::clone(&parts.shared.store),
         };
         server.add_service(background_service("reservations", listener));
+        for delivery in deliveries(config, std::mem::take(&mut parts.outlets))? {
+            server.add_service(delivery);
+        }
         if let Some(snapshots) = &parts.snapshots {
             server.add_service(background_service(
                 "state snapshots",
@@ -209,6 +219,10 @@ impl Parts {
     fn new(config: &Config, assets: Assets) -> Result<Parts, StartError> {
         let metrics = Metrics::new()?;
         let registry = metrics.registry();
+        let events = &config.events;
+        let names: Vec<String> = events.sinks.iter().map(|s| s.name.clone()).collect();
+        let bus_metrics = BusMetrics::register(registry)?;
+        let (bus, outlets) = Bus::new(&names, events.buffer, events.on_full, &bus_metrics);
         let opened = open_store(config, registry)?;
         let (store, leases) = (opened.store, opened.leases);
         let shared = Arc::new(Shared {
@@ -216,7 +230,12 @@ impl Parts {
             leases,
             room_metrics: RoomMetrics::register(registry)?,
             traffic: TrafficMetrics::register(registry)?,
-            events: VisitorEvents::register(registry, &config.attribution)?,
+            events: VisitorEvents::register(
+                registry,
+                &config.attribution,
+                Arc::new(bus),
+                &events.instance,
+            )?,
         });
         let site = Site::build(Arc::new(config.clone()), assets, &shared, None)?;
         let current = Current::new(site);
@@ -241,8 +260,38 @@ impl Parts {
             shared,
             current,
             snapshots,
+            outlets,
         })
     }
+}
+
+/// One delivery task per event sink, with its dead-letter directory made.
+fn deliveries(
+    config: &Config,
+    outlets: Vec<Outlet>,
+) -> Result<Vec<GenBackgroundService<Delivery>>, StartError> {
+    let events = &config.events;
+    let Some(dir) = &events.dead_letter_dir else {
+        return Ok(Vec::new());
+    };
+    if events.sinks.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Events(format!("dead_letter_dir {}: {e}", dir.display())))?;
+    outlets
+        .into_iter()
+        .zip(&events.sinks)
+        .map(|(outlet, sink)| {
+            let open = sinks::open(&sink.kind, events.timeout)
+                .map_err(|e| StartError::Events(format!("sink {:?}: {e}", sink.name)))?;
+            let delivery = Delivery::new(outlet, open, dir, events, config.server.grace_period);
+            Ok(background_service(
+                &format!("events to {}", sink.name),
+                delivery,
+            ))
+        })
+        .collect()
 }
 
 fn server_conf(s: &crate::config::Server) -> ServerConf {
@@ -331,6 +380,8 @@ fn admin_service(config: &Config, parts: &Parts, reloader: &Arc<Reloader>) -> Se
             metrics: parts.metrics.clone(),
             reloader: Arc::clone(reloader),
             store: Arc::clone(&parts.shared.store),
+            events: parts.shared.events.clone(),
+            require_sinks: config.events.ready_requires_sinks,
             lifecycle: Arc::clone(&parts.lifecycle),
             listeners: s
                 .listen

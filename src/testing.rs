@@ -65,7 +65,13 @@ impl Fixture {
             config.tokens.as_ref().unwrap(),
             Arc::clone(&store),
             Arc::clone(&assets.jwts),
-            VisitorEvents::register(registry, &config.attribution).unwrap(),
+            VisitorEvents::register(
+                registry,
+                &config.attribution,
+                std::sync::Arc::new(crate::bus::Bus::default()),
+                "test",
+            )
+            .unwrap(),
             config.store.touch_interval,
         );
         Fixture {

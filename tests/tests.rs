@@ -12,6 +12,7 @@ mod config;
 mod demo;
 mod deploy;
 mod estimates;
+mod event_sinks;
 mod event_stream;
 mod floods;
 mod forwarding;

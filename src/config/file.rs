@@ -29,6 +29,42 @@ pub struct File {
     pub attribution: AttributionFile,
     #[serde(default)]
     pub store: StoreFile,
+    #[serde(default)]
+    pub events: EventsFile,
+}
+
+/// `[events]`: where visitor and room events are delivered.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsFile {
+    pub buffer: Option<i64>,
+    pub on_full: Option<String>,
+    pub dead_letter_dir: Option<String>,
+    pub batch: Option<i64>,
+    pub flush_interval: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub retry_base: Option<String>,
+    pub retry_max: Option<String>,
+    pub timeout: Option<String>,
+    pub ready_requires_sinks: Option<bool>,
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub sink: Vec<SinkFile>,
+}
+
+/// `[[events.sink]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkFile {
+    pub kind: String,
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub subject: Option<String>,
+    pub stream: Option<String>,
+    pub maxlen: Option<i64>,
+    pub secret_file: Option<String>,
+    pub path: Option<String>,
+    pub max_bytes: Option<i64>,
 }
 
 /// `[store]`.

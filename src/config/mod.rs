@@ -49,6 +49,76 @@ pub struct Config {
     pub attribution: Attribution,
     /// Where waiting-room state lives.
     pub store: StoreConfig,
+    /// Where visitor and room events are delivered.
+    pub events: Events,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Events {
+    /// Events each sink may hold undelivered.
+    pub buffer: usize,
+    /// What happens to an event for a sink whose buffer is full.
+    pub on_full: OnFull,
+    /// Where events that could not be delivered are kept, one file per sink.
+    pub dead_letter_dir: Option<PathBuf>,
+    /// Most events per delivery.
+    pub batch: usize,
+    /// Longest an event waits for its batch to fill.
+    pub flush_interval: Duration,
+    /// Deliveries of a batch before it goes to the dead letters.
+    pub max_attempts: u32,
+    /// First pause between attempts (doubled each time, with jitter).
+    pub retry_base: Duration,
+    /// Longest pause between attempts.
+    pub retry_max: Duration,
+    /// Longest one delivery may take.
+    pub timeout: Duration,
+    /// Whether `/readyz` fails while a sink is failing.
+    pub ready_requires_sinks: bool,
+    /// This instance's name in every event.
+    pub instance: String,
+    /// Where events go.
+    pub sinks: Vec<Sink>,
+}
+
+/// What a full buffer does with one more event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Straight to the sink's dead-letter file, for a later `replay`.
+    Spill,
+    /// Dropped, and counted.
+    Drop,
+}
+
+/// `[[events.sink]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sink {
+    /// Its name in metrics and dead-letter files.
+    pub name: String,
+    /// What it is.
+    pub kind: SinkKind,
+}
+
+/// Where one sink delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// A Redis stream (`XADD ... MAXLEN ~`).
+    Redis {
+        /// The server.
+        url: String,
+        /// The stream's key.
+        stream: String,
+        /// About how many entries the stream keeps.
+        maxlen: u64,
+    },
+    /// A JSON lines file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Size at which it is rotated to `<path>.1` (0: never; for logrotate).
+        max_bytes: u64,
+    },
 }
 
 /// `[store]`.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    AttributionFile, File, JwtFile, LimitsFile, RoomFile, RouteFile, RulesFile, StoreFile,
-    TokensFile, UpstreamFile, VerifyKeyFile,
+    AttributionFile, EventsFile, File, JwtFile, LimitsFile, RoomFile, RouteFile, RulesFile,
+    StoreFile, TokensFile, UpstreamFile, VerifyKeyFile,
 };
 use super::{
     AdaptiveLimit, Admin, Attribution, Backend, Bind, Config, ConfigError, Consent, Conversion,
@@ -17,6 +17,7 @@ use super::{
     RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
     StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
 };
+use super::{Events, OnFull, Sink, SinkKind};
 const MAX_THREADS: i64 = 1024;
 /// Longest HSTS `max-age` accepted: two years, what preload lists ask for at most.
 const MAX_HSTS: Duration = Duration::from_secs(730 * 24 * 3600);
@@ -263,6 +264,11 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     }
     let attribution = attribution(&mut p, &file.attribution);
     let store = store(&mut p, &file.store);
+    let events = events(
+        &mut p,
+        &file.events,
+        store.state.as_ref().map(|s| s.dir.clone()),
+    );
 
     if file.routes.is_empty() {
         p.add(
@@ -299,6 +305,7 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
             tokens,
             jwts,
             attribution,
+            events,
             store,
         })
     } else {
@@ -1724,6 +1731,178 @@ fn check_shadowed_routes(p: &mut Problems, routes: &[Route]) {
             );
         }
     }
+}
+
+/// Most events a sink may hold undelivered.
+const MAX_EVENT_BUFFER: i64 = 10_000_000;
+
+fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Events {
+    let buffer = e
+        .buffer
+        .and_then(|n| p.int_in("events.buffer", n, 1, MAX_EVENT_BUFFER))
+        .map_or(100_000, |n| n as usize);
+    let on_full = match e.on_full.as_deref() {
+        None | Some("spill") => OnFull::Spill,
+        Some("drop") => OnFull::Drop,
+        Some(other) => {
+            p.add(
+                "events.on_full",
+                format!(
+                    "{other:?} is not a policy: use \"spill\" (to the dead-letter file) or \"drop\""
+                ),
+            );
+            OnFull::Spill
+        }
+    };
+    let batch = e
+        .batch
+        .and_then(|n| p.int_in("events.batch", n, 1, 10_000))
+        .map_or(100, |n| n as usize);
+    let max_attempts = e
+        .max_attempts
+        .and_then(|n| p.int_in("events.max_attempts", n, 1, 100))
+        .map_or(5, |n| n as u32);
+    let flush_interval = p.duration(
+        "events.flush_interval",
+        e.flush_interval.as_deref(),
+        Duration::from_millis(500),
+    );
+    let retry_base = p.duration(
+        "events.retry_base",
+        e.retry_base.as_deref(),
+        Duration::from_millis(200),
+    );
+    let retry_max = p.duration(
+        "events.retry_max",
+        e.retry_max.as_deref(),
+        Duration::from_secs(30),
+    );
+    if retry_max < retry_base {
+        p.add("events.retry_max", "must be at least retry_base");
+    }
+    let timeout = p.duration(
+        "events.timeout",
+        e.timeout.as_deref(),
+        Duration::from_secs(5),
+    );
+    if timeout.is_zero() {
+        p.add("events.timeout", "must be longer than 0s");
+    }
+    let instance = match &e.instance {
+        Some(name) => {
+            p.name("events.instance", name);
+            name.clone()
+        }
+        None => default_instance(),
+    };
+    let mut names: Vec<String> = Vec::new();
+    let sinks: Vec<Sink> = e
+        .sink
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let key = |k: &str| format!("events.sink[{i}].{k}");
+            let name = s.name.clone().unwrap_or_else(|| format!("{}-{i}", s.kind));
+            p.name(&key("name"), &name);
+            if names.contains(&name) {
+                p.add(key("name"), format!("{name:?} names another sink already"));
+            }
+            names.push(name.clone());
+            let unused = |p: &mut Problems, fields: &[(&str, bool)]| {
+                for (field, set) in fields {
+                    if *set {
+                        p.add(key(field), format!("does not apply to kind = {:?}", s.kind));
+                    }
+                }
+            };
+            let kind = match s.kind.as_str() {
+                "redis" => {
+                    unused(p, &[("subject", s.subject.is_some()), ("secret_file", s.secret_file.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some())]);
+                    let url = s.url.clone().unwrap_or_default();
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                        p.add(key("url"), "a redis:// or rediss:// URL is needed");
+                    }
+                    let stream = s.stream.clone().unwrap_or_else(|| "anteroom:events".to_owned());
+                    if stream.is_empty() {
+                        p.add(key("stream"), "must not be empty");
+                    }
+                    let maxlen = s
+                        .maxlen
+                        .and_then(|n| p.int_in(&key("maxlen"), n, 1, i64::MAX))
+                        .map_or(1_000_000, |n| n as u64);
+                    SinkKind::Redis { url, stream, maxlen }
+                }
+                "file" => {
+                    unused(p, &[("url", s.url.is_some()), ("subject", s.subject.is_some()), ("stream", s.stream.is_some()), ("maxlen", s.maxlen.is_some()), ("secret_file", s.secret_file.is_some())]);
+                    let Some(path) = s.path.as_deref().filter(|p| !p.is_empty()) else {
+                        p.add(key("path"), "a file to write events to is needed");
+                        return None;
+                    };
+                    let path = PathBuf::from(path);
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        if !dir.is_dir() {
+                            p.add(key("path"), format!("{} is not a directory", dir.display()));
+                        }
+                    }
+                    let max_bytes = s
+                        .max_bytes
+                        .and_then(|n| p.int_in(&key("max_bytes"), n, 0, i64::MAX))
+                        .map_or(0, |n| n as u64);
+                    SinkKind::File { path, max_bytes }
+                }
+                "nats" | "webhook" => {
+                    p.add(
+                        key("kind"),
+                        format!("kind = {:?} is not available in this build yet (redis and file are)", s.kind),
+                    );
+                    return None;
+                }
+                other => {
+                    p.add(
+                        key("kind"),
+                        format!("{other:?} is not a sink: use \"nats\", \"redis\", \"webhook\" or \"file\""),
+                    );
+                    return None;
+                }
+            };
+            Some(Sink { name, kind })
+        })
+        .collect();
+    let dead_letter_dir = match (&e.dead_letter_dir, state_dir) {
+        // Made at start if missing, like state_dir.
+        (Some(dir), _) => Some(PathBuf::from(dir)),
+        (None, Some(state)) => Some(state.join("events")),
+        (None, None) => None,
+    };
+    if !sinks.is_empty() && dead_letter_dir.is_none() {
+        p.add(
+            "events.dead_letter_dir",
+            "needed with sinks (or [store] state_dir, under which events/ is used): events that cannot be delivered are kept there",
+        );
+    }
+    Events {
+        buffer,
+        on_full,
+        dead_letter_dir,
+        batch,
+        flush_interval,
+        max_attempts,
+        retry_base,
+        retry_max,
+        timeout,
+        ready_requires_sinks: e.ready_requires_sinks.unwrap_or(false),
+        instance,
+        sinks,
+    }
+}
+
+/// The host's name, else a random one: what tells instances apart in events.
+fn default_instance() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 64)
+        .unwrap_or_else(|| format!("anteroom-{:08x}", rand::random::<u32>()))
 }
 
 #[cfg(test)]

@@ -109,6 +109,12 @@ impl Visitor {
         answer
     }
 
+    /// A `POST` to the app through anteroom, with the visitor's tokens.
+    pub async fn post(&mut self, path: &str) -> (StatusCode, Value) {
+        let resp = self.request(Method::POST, path).send().await.unwrap();
+        self.absorb(resp).await
+    }
+
     /// `GET /__anteroom/status`.
     pub async fn poll(&mut self) -> Value {
         let resp = self

@@ -1,0 +1,431 @@
+//! The event sinks and their delivery, off the request path: each sink has
+//! a task that takes batches from its buffer (`bus`), delivers them with
+//! retries (exponential backoff with jitter, up to `max_attempts`), and
+//! writes what it could not deliver to the sink's dead-letter file, which
+//! `anteroom events replay` sends again later. At shutdown the buffer is
+//! delivered once more, and what is left goes to the dead letters.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::bus::{Outbox, Outlet, Sink, SinkError};
+use crate::config::{Events, SinkKind};
+use crate::event::Event;
+use crate::store::now_millis;
+
+/// The sink a config names.
+pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match kind {
+        SinkKind::File { path, max_bytes } => Box::new(FileSink {
+            path: path.clone(),
+            max_bytes: *max_bytes,
+            file: Mutex::new(None),
+        }),
+        SinkKind::Redis {
+            url,
+            stream,
+            maxlen,
+        } => Box::new(RedisSink {
+            client: redis::Client::open(url.as_str()).map_err(|e| SinkError(e.to_string()))?,
+            connection: Mutex::new(None),
+            stream: stream.clone(),
+            maxlen: *maxlen,
+            timeout,
+        }),
+    })
+}
+
+fn line(event: &Event) -> Vec<u8> {
+    // Our own plain struct: serializing cannot fail.
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// A JSON lines file, rotated to `<path>.1` past `max_bytes`.
+struct FileSink {
+    path: PathBuf,
+    max_bytes: u64,
+    file: Mutex<Option<tokio::fs::File>>,
+}
+
+async fn append(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+        let io = |e: std::io::Error| SinkError(format!("{}: {e}", self.path.display()));
+        let mut file = self.file.lock().await;
+        if self.max_bytes > 0 {
+            let size = tokio::fs::metadata(&self.path).await.map_or(0, |m| m.len());
+            if size >= self.max_bytes {
+                let mut rotated = self.path.clone().into_os_string();
+                rotated.push(".1");
+                tokio::fs::rename(&self.path, rotated).await.map_err(io)?;
+                *file = None;
+            }
+        }
+        // Reopened after a rotation, or when a rename by logrotate left it behind.
+        if file.is_none() || !tokio::fs::try_exists(&self.path).await.unwrap_or(false) {
+            *file = Some(append(&self.path).await.map_err(io)?);
+        }
+        let Some(f) = file.as_mut() else {
+            return Err(SinkError("file not open".into()));
+        };
+        let mut bytes = Vec::new();
+        for event in batch {
+            bytes.extend(line(event));
+        }
+        let written = async {
+            f.write_all(&bytes).await?;
+            f.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            *file = None;
+            return Err(io(e));
+        }
+        Ok(())
+    }
+}
+
+/// A Redis stream: one `XADD ... MAXLEN ~` per event (field `event`, the
+/// JSON), a batch in one pipeline.
+struct RedisSink {
+    client: redis::Client,
+    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    stream: String,
+    maxlen: u64,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl Sink for RedisSink {
+    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+        let err = |e: redis::RedisError| SinkError(e.to_string());
+        let mut slot = self.connection.lock().await;
+        if slot.is_none() {
+            let connect = self.client.get_multiplexed_async_connection();
+            let conn = tokio::time::timeout(self.timeout, connect)
+                .await
+                .map_err(|_| SinkError("connecting timed out".into()))?
+                .map_err(err)?;
+            *slot = Some(conn);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(SinkError("not connected".into()));
+        };
+        let mut pipe = redis::pipe();
+        for event in batch {
+            let json = serde_json::to_string(&**event).unwrap_or_default();
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.maxlen)
+                .arg("*")
+                .arg("event")
+                .arg(json)
+                .ignore();
+        }
+        let sent = tokio::time::timeout(self.timeout, pipe.query_async::<()>(conn)).await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                *slot = None;
+                Err(err(e))
+            }
+            Err(_) => {
+                *slot = None;
+                Err(SinkError("timed out".into()))
+            }
+        }
+    }
+}
+
+/// A sink's dead-letter file: JSON lines, appended.
+pub struct DeadLetters {
+    path: PathBuf,
+}
+
+impl DeadLetters {
+    /// The dead-letter file of `sink` in `dir`.
+    pub fn new(dir: &Path, sink: &str) -> DeadLetters {
+        DeadLetters {
+            path: dir.join(format!("{sink}.jsonl")),
+        }
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn keep(&self, events: &[Arc<Event>]) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        for event in events {
+            bytes.extend(line(event));
+        }
+        let mut f = append(&self.path).await?;
+        f.write_all(&bytes).await?;
+        f.flush().await
+    }
+}
+
+/// How a delivery task retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts per batch.
+    pub max_attempts: u32,
+    /// First pause.
+    pub base: Duration,
+    /// Longest pause.
+    pub max: Duration,
+    /// Longest one attempt may take.
+    pub timeout: Duration,
+}
+
+impl Retry {
+    /// The config's retry settings.
+    pub fn of(events: &Events) -> Retry {
+        Retry {
+            max_attempts: events.max_attempts,
+            base: events.retry_base,
+            max: events.retry_max,
+            timeout: events.timeout,
+        }
+    }
+
+    /// The pause after `attempt` failed attempts: doubling, capped, with
+    /// full jitter in its upper half (so a crowd of instances spreads out).
+    fn pause(&self, attempt: u32) -> Duration {
+        let doubled = self.base.saturating_mul(1 << attempt.min(16)).min(self.max);
+        doubled.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
+    }
+}
+
+/// Delivers `batch` with retries; `Err` with the last error once every
+/// attempt failed (or `stop` said to stop waiting).
+pub async fn deliver(
+    sink: &dyn Sink,
+    batch: &[Arc<Event>],
+    retry: Retry,
+    mut stop: impl FnMut() -> bool,
+    mut failed: impl FnMut(u32),
+) -> Result<(), SinkError> {
+    let mut last = SinkError("no attempt".into());
+    for attempt in 0..retry.max_attempts {
+        let result = tokio::time::timeout(retry.timeout, sink.deliver(batch)).await;
+        match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = SinkError("timed out".into()),
+        }
+        failed(attempt + 1);
+        if attempt + 1 == retry.max_attempts || stop() {
+            break;
+        }
+        tokio::time::sleep(retry.pause(attempt)).await;
+    }
+    Err(last)
+}
+
+/// One sink's delivery task.
+pub struct Delivery {
+    outlet: Mutex<Outlet>,
+    sink: Box<dyn Sink>,
+    dead: DeadLetters,
+    retry: Retry,
+    batch: usize,
+    linger: Duration,
+    /// How long the buffer may take to go out at shutdown.
+    grace: Duration,
+}
+
+impl Delivery {
+    /// The task for one sink of `events`.
+    pub fn new(
+        outlet: Outlet,
+        sink: Box<dyn Sink>,
+        dead_letter_dir: &Path,
+        events: &Events,
+        grace: Duration,
+    ) -> Delivery {
+        let dead = DeadLetters::new(dead_letter_dir, &outlet.outbox.name);
+        Delivery {
+            outlet: Mutex::new(outlet),
+            sink,
+            dead,
+            retry: Retry::of(events),
+            batch: events.batch,
+            linger: events.flush_interval,
+            grace,
+        }
+    }
+
+    async fn send(&self, outbox: &Outbox, batch: Vec<Arc<Event>>, stopping: bool) {
+        let m = &outbox.metrics;
+        let n = batch.len() as u64;
+        let retry = if stopping {
+            Retry {
+                max_attempts: 1,
+                ..self.retry
+            }
+        } else {
+            self.retry
+        };
+        let result = deliver(
+            &*self.sink,
+            &batch,
+            retry,
+            || false,
+            |attempt| {
+                m.failed.inc();
+                m.up.set(0);
+                if attempt < retry.max_attempts {
+                    m.retried.inc_by(n);
+                }
+            },
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                m.up.set(1);
+                m.delivered.inc_by(n);
+                let now = now_millis();
+                for e in &batch {
+                    m.lag
+                        .observe(now.saturating_sub(e.millis()) as f64 / 1000.0);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sink = outbox.name, events = n, error = %e, file = %self.dead.path().display(), "events not delivered; kept in the dead-letter file");
+                self.bury(outbox, &batch).await;
+            }
+        }
+    }
+
+    async fn bury(&self, outbox: &Outbox, events: &[Arc<Event>]) {
+        if events.is_empty() {
+            return;
+        }
+        match self.dead.keep(events).await {
+            Ok(()) => outbox.metrics.dead_lettered.inc_by(events.len() as u64),
+            Err(e) => {
+                tracing::error!(sink = outbox.name, events = events.len(), error = %e, file = %self.dead.path().display(), "events lost: the dead-letter file cannot be written");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Delivery {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut outlet = self.outlet.lock().await;
+        let Outlet { outbox, spilled } = &mut *outlet;
+        loop {
+            tokio::select! {
+                batch = outbox.next_batch(self.batch, self.linger) => {
+                    self.send(outbox, batch, false).await;
+                }
+                Some(first) = spilled.recv() => {
+                    let mut events = vec![first];
+                    while let Ok(e) = spilled.try_recv() {
+                        events.push(e);
+                    }
+                    self.bury(outbox, &events).await;
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        // The buffer goes out once more within the grace period; the rest is kept.
+        let until = tokio::time::Instant::now() + self.grace;
+        loop {
+            let batch = outbox.take(self.batch);
+            if batch.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                self.bury(outbox, &batch).await;
+                continue;
+            }
+            self.send(outbox, batch, true).await;
+        }
+        let mut rest = Vec::new();
+        while let Ok(e) = spilled.try_recv() {
+            rest.push(e);
+        }
+        self.bury(outbox, &rest).await;
+    }
+}
+
+/// Reads a dead-letter (or any JSON lines) file of events; lines that are
+/// not events are counted, not fatal.
+pub fn read_events(path: &Path) -> std::io::Result<(Vec<Arc<Event>>, usize)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut bad = 0;
+    let events = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| match serde_json::from_str::<Event>(l) {
+            Ok(e) => Some(Arc::new(e)),
+            Err(_) => {
+                bad += 1;
+                None
+            }
+        })
+        .collect();
+    Ok((events, bad))
+}
+
+/// `anteroom events replay`: delivers the events of `file` to every sink of
+/// `events` (or the one named), with the configured retries, then renames
+/// the file `<file>.replayed`. Returns the events delivered and the lines
+/// that were not events.
+pub async fn replay(
+    events: &Events,
+    file: &Path,
+    only: Option<&str>,
+) -> Result<(usize, usize), String> {
+    let (all, skipped) =
+        read_events(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let chosen: Vec<_> = events
+        .sinks
+        .iter()
+        .filter(|s| only.is_none_or(|name| s.name == name))
+        .collect();
+    if chosen.is_empty() {
+        return Err(match only {
+            Some(name) => format!("no [[events.sink]] is named {name:?}"),
+            None => "no [[events.sink]] is configured".to_owned(),
+        });
+    }
+    for sink in chosen {
+        let open =
+            open(&sink.kind, events.timeout).map_err(|e| format!("sink {:?}: {e}", sink.name))?;
+        for batch in all.chunks(events.batch) {
+            deliver(&*open, batch, Retry::of(events), || false, |_| {})
+                .await
+                .map_err(|e| format!("sink {:?}: {e} (nothing renamed; run again)", sink.name))?;
+        }
+    }
+    let mut done = file.as_os_str().to_owned();
+    done.push(".replayed");
+    std::fs::rename(file, &done)
+        .map_err(|e| format!("delivered, but cannot rename {}: {e}", file.display()))?;
+    Ok((all.len(), skipped))
+}

@@ -1,0 +1,376 @@
+//! Visitor journeys delivered to event sinks by the real binary: a JSON
+//! lines file and a Redis stream on a real redis-server (complete and in
+//! order per visitor, consent deciding the attribution), a sink that is down
+//! ending in the dead-letter file and `anteroom events replay` delivering it
+//! later, and a graceful stop that flushes the buffer.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::process::Process;
+use crate::common::redis::RedisServer;
+use crate::common::{TestUpstream, eventually, keys};
+
+/// A sessions room of one in front of `upstream`, with these `[events]`
+/// settings and sinks.
+fn config(upstream: &TestUpstream, events: &str, consent: bool) -> String {
+    let attribution = if consent {
+        "[attribution]\nconsent_cookie = \"cmp\"\nconsent_values = [\"yes\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        "[tokens]\nsigning_key = \"{}\"\n[store]\nbackend = \"memory\"\nsweep_interval = \"50ms\"\n\
+         {attribution}[events]\ninstance = \"test-1\"\nflush_interval = \"20ms\"\n{events}\n\
+         [[upstream]]\nname = \"app\"\naddress = \"{}\"\n\
+         [[room]]\nname = \"web\"\nmode = \"sessions\"\ncapacity = 1\n\
+         [[route]]\npath_prefix = \"/\"\nupstream = \"app\"\nroom = \"web\"\n",
+        keys().private.display(),
+        upstream.addr
+    )
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// One visitor let in at once, one who waits, is let in when the first
+/// leaves, and leaves too: their journeys, as the sink received them.
+async fn two_journeys(p: &Process) {
+    let mut first = p.visitor();
+    assert_eq!(
+        first.get("/?utm_source=meta&utm_campaign=launch").await.0,
+        200
+    );
+    let mut second = p.visitor();
+    let (status, _) = second.get("/?utm_source=tiktok").await;
+    assert_eq!(status, 503);
+    assert_eq!(first.leave().await["state"], "released");
+    second.poll_until(|s| s["state"] == "admitted").await;
+    assert_eq!(second.leave().await["state"], "released");
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// The journeys of `two_journeys` are complete, in order, linked, unique.
+fn check_journeys(events: &[Value]) {
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "arrived", "admitted", "arrived", "queued", "released", "admitted", "released"
+        ],
+        "{events:#?}"
+    );
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "every event has its own id");
+    for e in events {
+        assert_eq!(
+            (e["v"].as_u64(), e["room"].as_str(), e["instance"].as_str()),
+            (Some(1), Some("web"), Some("test-1"))
+        );
+        assert!(e["time"].as_str().unwrap().ends_with('Z'));
+    }
+    // The waiting visitor: one journey from arrival to admission, then its session.
+    let (arrived, queued, admitted) = (&events[2], &events[3], &events[5]);
+    assert_eq!(arrived["journey"], queued["journey"]);
+    assert_eq!(queued["journey"], admitted["journey"]);
+    assert_eq!(admitted["how"], "queue");
+    assert_eq!(admitted["session"], events[6]["session"]);
+    assert_eq!(events[6]["how"], "leave");
+    // The first: let in at once, its session released by leaving.
+    assert_eq!(events[0]["journey"], events[1]["journey"]);
+    assert_eq!(events[1]["how"], "direct");
+    assert_eq!(events[1]["session"], events[4]["session"]);
+    assert_ne!(events[1]["session"], events[6]["session"]);
+}
+
+#[tokio::test]
+async fn a_journey_arrives_in_the_file_complete_in_order_and_with_its_campaign() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.path().display(),
+        file.display()
+    );
+    let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
+    two_journeys(&p).await;
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = lines(&file);
+        (events.len() >= 7).then_some(events)
+    })
+    .await;
+    check_journeys(&events);
+    assert_eq!(events[0]["attribution"]["source"], "meta");
+    assert_eq!(events[0]["attribution"]["campaign"], "launch");
+    assert_eq!(events[2]["attribution"]["source"], "tiktok");
+    assert_eq!(events[3]["position"], 1);
+    let metrics = metrics(&p).await;
+    assert!(
+        metrics.contains("anteroom_events_delivered_total{sink=\"file-0\"} 7"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_journey_arrives_in_a_redis_stream() {
+    let upstream = TestUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\nstream = \"anteroom:events\"\n",
+        dir.path().display(),
+        redis.url()
+    );
+    let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
+    two_journeys(&p).await;
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = stream(&redis, "anteroom:events");
+        (events.len() >= 7).then_some(events)
+    })
+    .await;
+    check_journeys(&events);
+}
+
+async fn metrics(p: &Process) -> String {
+    crate::common::client()
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The events of a Redis stream, in order.
+fn stream(redis: &RedisServer, key: &str) -> Vec<Value> {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--raw",
+            "XRANGE",
+            key,
+            "-",
+            "+",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn consent_decides_whether_the_campaign_is_recorded() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.path().display(),
+        file.display()
+    );
+    let p = Process::start("1s", &config(&upstream, &sinks, true)).await;
+    let url = p.url("/?utm_source=meta&gclid=abc");
+    let http = crate::common::client();
+    for cookie in ["cmp=no", "cmp=yes"] {
+        let resp = http
+            .get(&url)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success() || resp.status() == 503);
+    }
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = lines(&file);
+        (of_type(&events, "arrived").len() >= 2).then_some(events)
+    })
+    .await;
+    let arrived = of_type(&events, "arrived");
+    assert!(
+        arrived[0].get("attribution").is_none(),
+        "without consent: {}",
+        arrived[0]
+    );
+    assert!(
+        arrived[0]["journey"].is_string(),
+        "the journey is still counted"
+    );
+    assert_eq!(arrived[1]["attribution"]["source"], "meta");
+    assert_eq!(arrived[1]["attribution"]["gclid"], "abc");
+}
+
+#[tokio::test]
+async fn a_sink_that_is_down_ends_in_the_dead_letters_and_replay_delivers_them() {
+    let upstream = TestUpstream::start().await;
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\nmax_attempts = 2\nretry_base = \"20ms\"\ntimeout = \"500ms\"\n\
+         [[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
+        dir.path().display(),
+        redis.url()
+    );
+    let conf = config(&upstream, &sinks, false);
+    let p = Process::start("1s", &conf).await;
+    two_journeys(&p).await;
+    let dead = dir.path().join("stream.jsonl");
+    let kept = eventually(Duration::from_secs(15), || async {
+        let kept = lines(&dead);
+        (kept.len() >= 7).then_some(kept)
+    })
+    .await;
+    check_journeys(&kept);
+    let metrics = metrics(&p).await;
+    assert!(
+        metrics.contains("anteroom_events_dead_lettered_total{sink=\"stream\"} 7"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anteroom_event_sink_up{sink=\"stream\"} 0"));
+    // The instance stays ready: a sink does not take it out of the load balancer.
+    let ready = crate::common::client()
+        .get(p.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // The server is back: replay delivers what was kept, once, in order.
+    redis.restart();
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_anteroom"))
+        .args(["events", "replay"])
+        .arg(&dead)
+        .arg("--config")
+        .arg(p.dir().join("anteroom.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("7 events delivered"));
+    check_journeys(&stream(&redis, "anteroom:events"));
+    assert!(!dead.exists(), "the replayed file is renamed");
+    assert!(dir.path().join("stream.jsonl.replayed").exists());
+}
+
+#[tokio::test]
+async fn a_graceful_stop_delivers_what_is_buffered() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    // Events wait up to a minute for their batch: only the stop sends them.
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\nbatch = 1000\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.path().display(),
+        file.display()
+    );
+    let conf = config(&upstream, &sinks, false)
+        .replace("flush_interval = \"20ms\"", "flush_interval = \"60s\"");
+    let mut p = Process::start("2s", &conf).await;
+    two_journeys(&p).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lines(&file).is_empty(), "nothing delivered before the stop");
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(p.wait_exit().await.success());
+    check_journeys(&lines(&file));
+}
+
+/// Per campaign: arrivals, waits, admissions and conversions, from the
+/// events file by `scripts/funnel` (the funnel docs/events.md shows).
+#[tokio::test]
+async fn the_funnel_counts_each_campaign_from_the_events() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.path().display(),
+        file.display()
+    );
+    let conf = config(&upstream, &sinks, false).replace(
+        "capacity = 1\n",
+        "capacity = 1\n[room.conversion]\npath_prefix = \"/buy\"\n",
+    );
+    let p = Process::start("1s", &conf).await;
+    // meta: two visitors, the first let in at once, the second after a wait; both buy.
+    // tiktok: one visitor who waits, gets in and does not buy.
+    let mut a = p.visitor();
+    assert_eq!(a.get("/?utm_source=meta&utm_campaign=launch").await.0, 200);
+    let mut b = p.visitor();
+    assert_eq!(b.get("/?utm_source=meta&utm_campaign=launch").await.0, 503);
+    let mut c = p.visitor();
+    assert_eq!(
+        c.get("/?utm_source=tiktok&utm_campaign=teaser").await.0,
+        503
+    );
+    assert_eq!(a.post("/buy").await.0, 200);
+    a.leave().await;
+    b.poll_until(|s| s["state"] == "admitted").await;
+    assert_eq!(b.post("/buy").await.0, 200);
+    b.leave().await;
+    c.poll_until(|s| s["state"] == "admitted").await;
+    c.leave().await;
+    eventually(Duration::from_secs(10), || async {
+        (of_type(&lines(&file), "released").len() >= 3).then_some(())
+    })
+    .await;
+    let out = std::process::Command::new("scripts/funnel")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |source: &str| rows.iter().find(|r| r["source"] == source).unwrap().clone();
+    let meta = row("meta");
+    assert_eq!(
+        (
+            meta["campaign"].as_str(),
+            meta["arrivals"].as_u64(),
+            meta["queued"].as_u64(),
+            meta["admitted"].as_u64(),
+            meta["conversions"].as_u64()
+        ),
+        (Some("launch"), Some(2), Some(1), Some(2), Some(2)),
+        "{rows:?}"
+    );
+    assert_eq!(meta["conversion_rate"], 1.0);
+    assert!(meta["median_wait_ms"].as_f64().unwrap() > 0.0);
+    let tiktok = row("tiktok");
+    assert_eq!(
+        (
+            tiktok["arrivals"].as_u64(),
+            tiktok["admitted"].as_u64(),
+            tiktok["conversions"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    assert_eq!(tiktok["conversion_rate"], 0.0);
+}
