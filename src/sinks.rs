@@ -24,11 +24,18 @@ use crate::store::now_millis;
 /// The sink a config names.
 pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match kind {
-        SinkKind::File { path, max_bytes } => Box::new(FileSink {
-            path: path.clone(),
-            max_bytes: *max_bytes,
-            file: Mutex::new(None),
-        }),
+        // Its directory is made here, at start (or replay), like state_dir.
+        SinkKind::File { path, max_bytes } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| SinkError(format!("{}: {e}", dir.display())))?;
+            }
+            Box::new(FileSink {
+                path: path.clone(),
+                max_bytes: *max_bytes,
+                file: Mutex::new(None),
+            })
+        }
         SinkKind::Redis {
             url,
             stream,
@@ -40,7 +47,148 @@ pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkErr
             maxlen: *maxlen,
             timeout,
         }),
+        SinkKind::Nats {
+            url,
+            subject,
+            stream,
+        } => Box::new(NatsSink {
+            url: url.clone(),
+            subject: subject.clone(),
+            stream: stream.clone(),
+            jetstream: Mutex::new(None),
+            timeout,
+        }),
+        SinkKind::Webhook { url, secret } => Box::new(WebhookSink {
+            url: url.clone(),
+            key: aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                secret.expose().as_bytes(),
+            ),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .user_agent(concat!("anteroom/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| SinkError(e.to_string()))?,
+        }),
     })
+}
+
+/// NATS JetStream: one message per event on `<subject>.<room>.<type>`,
+/// each acknowledged by the stream; `Nats-Msg-Id` is the event's id, so
+/// JetStream drops a repeat within its duplicate window.
+struct NatsSink {
+    url: String,
+    subject: String,
+    stream: String,
+    jetstream: Mutex<Option<async_nats::jetstream::Context>>,
+    timeout: Duration,
+}
+
+impl NatsSink {
+    /// Connected, with the stream there (made if missing).
+    async fn context(&self) -> Result<async_nats::jetstream::Context, SinkError> {
+        let mut slot = self.jetstream.lock().await;
+        if let Some(js) = slot.as_ref() {
+            return Ok(js.clone());
+        }
+        let connect = async_nats::ConnectOptions::new()
+            .connection_timeout(self.timeout)
+            .connect(self.url.as_str());
+        let client = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| SinkError("connecting timed out".into()))?
+            .map_err(|e| SinkError(e.to_string()))?;
+        let mut js = async_nats::jetstream::new(client);
+        js.set_timeout(self.timeout);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.subject)],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| SinkError(format!("stream {}: {e}", self.stream)))?;
+        *slot = Some(js.clone());
+        Ok(js)
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+        let js = self.context().await?;
+        let err = |e: &dyn std::fmt::Display| SinkError(e.to_string());
+        let mut acks = Vec::with_capacity(batch.len());
+        for event in batch {
+            // A subject token has no dots: a room "a.b" publishes as "a_b".
+            let subject = format!(
+                "{}.{}.{}",
+                self.subject,
+                event.room.replace('.', "_"),
+                event.kind.as_str()
+            );
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.id.as_str());
+            let payload = serde_json::to_vec(&**event).unwrap_or_default();
+            let ack = js
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+                .map_err(|e| err(&e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| err(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Batches POSTed as a JSON array to an HTTPS endpoint. Each delivery is
+/// signed: `Anteroom-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+/// "<t>.<body>">`, so a receiver can check it came from anteroom and refuse
+/// an old one replayed.
+struct WebhookSink {
+    url: String,
+    key: aws_lc_rs::hmac::Key,
+    http: reqwest::Client,
+}
+
+/// The `Anteroom-Signature` header of `body` sent at `t` (unix seconds).
+pub fn signature(key: &aws_lc_rs::hmac::Key, t: u64, body: &[u8]) -> String {
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(key);
+    ctx.update(t.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    let tag: String = ctx
+        .sign()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={t},v1={tag}")
+}
+
+#[async_trait]
+impl Sink for WebhookSink {
+    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+        let events: Vec<&Event> = batch.iter().map(|e| &**e).collect();
+        let body = serde_json::to_vec(&events).unwrap_or_default();
+        let t = now_millis() / 1000;
+        let resp = self
+            .http
+            .post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("anteroom-signature", signature(&self.key, t, &body))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SinkError(format!("{}: {e}", self.url)))?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(SinkError(format!("{} answered {status}", self.url)))
+        }
+    }
 }
 
 fn line(event: &Event) -> Vec<u8> {

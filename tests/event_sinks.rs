@@ -2,13 +2,20 @@
 //! lines file and a Redis stream on a real redis-server (complete and in
 //! order per visitor, consent deciding the attribution), a sink that is down
 //! ending in the dead-letter file and `anteroom events replay` delivering it
-//! later, and a graceful stop that flushes the buffer.
+//! later, a graceful stop that flushes the buffer, a webhook receiver that
+//! fails and then takes the batch once with a valid signature, and NATS
+//! JetStream (a real `nats-server -js`) through a 10-second outage.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::common::nats::NatsServer;
 use crate::common::process::Process;
 use crate::common::redis::RedisServer;
 use crate::common::{TestUpstream, eventually, keys};
@@ -373,4 +380,306 @@ async fn the_funnel_counts_each_campaign_from_the_events() {
         (Some(1), Some(1), Some(0))
     );
     assert_eq!(tiktok["conversion_rate"], 0.0);
+}
+
+/// Deliveries a receiver took: (signature header, body).
+type Taken = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A webhook receiver: refuses the first `fail` deliveries (and every one
+/// while `down`), keeps the bodies and signatures of those it takes.
+struct Receiver {
+    url: String,
+    fail: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    attempts: Arc<AtomicUsize>,
+    taken: Taken,
+}
+
+impl Receiver {
+    async fn start(fail: usize) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let fail = Arc::new(AtomicUsize::new(fail));
+        let down = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let taken: Taken = Arc::new(Mutex::new(Vec::new()));
+        let (f, d, a, t) = (fail.clone(), down.clone(), attempts.clone(), taken.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (f, d, a, t) = (f.clone(), d.clone(), a.clone(), t.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (f, d, a, t) = (f.clone(), d.clone(), a.clone(), t.clone());
+                            async move {
+                                a.fetch_add(1, SeqCst);
+                                let signature = req
+                                    .headers()
+                                    .get("anteroom-signature")
+                                    .map(|v| v.to_str().unwrap().to_owned())
+                                    .unwrap_or_default();
+                                let body =
+                                    req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                                let refuse = d.load(SeqCst)
+                                    || f.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+                                let status = if refuse {
+                                    500
+                                } else {
+                                    t.lock().push((signature, body));
+                                    200
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            url,
+            fail,
+            down,
+            attempts,
+            taken,
+        }
+    }
+
+    /// Every event taken, in order, each delivery's signature checked.
+    fn events(&self, secret: &str) -> Vec<Value> {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+        let mut all = Vec::new();
+        for (signature, body) in self.taken.lock().iter() {
+            let (t, v1) = signature
+                .strip_prefix("t=")
+                .and_then(|s| s.split_once(",v1="))
+                .unwrap_or_else(|| panic!("no signature: {signature:?}"));
+            let age = crate::common::unix_now().abs_diff(t.parse::<u64>().unwrap());
+            assert!(age < 120, "the signature's time is now");
+            let mut signed = format!("{t}.").into_bytes();
+            signed.extend(body);
+            let tag: Vec<u8> = (0..v1.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&v1[i..i + 2], 16).unwrap())
+                .collect();
+            aws_lc_rs::hmac::verify(&key, &signed, &tag).expect("a valid signature");
+            let batch: Vec<Value> = serde_json::from_slice(body).unwrap();
+            all.extend(batch);
+        }
+        all
+    }
+}
+
+const SECRET: &str = "webhook-secret-for-the-tests";
+
+fn webhook_sink(dir: &Path, url: &str) -> String {
+    let secret = dir.join("webhook.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    format!(
+        "dead_letter_dir = \"{}\"\nmax_attempts = 4\nretry_base = \"20ms\"\nretry_max = \"100ms\"\n\
+         [[events.sink]]\nkind = \"webhook\"\nname = \"hook\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
+        dir.display(),
+        secret.display()
+    )
+}
+
+#[tokio::test]
+async fn a_webhook_that_fails_three_times_gets_the_batch_once_signed() {
+    let upstream = TestUpstream::start().await;
+    let receiver = Receiver::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(
+        "1s",
+        &config(&upstream, &webhook_sink(dir.path(), &receiver.url), false),
+    )
+    .await;
+    two_journeys(&p).await;
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = receiver.events(SECRET);
+        (events.len() >= 7).then_some(events)
+    })
+    .await;
+    check_journeys(&events);
+    assert!(
+        receiver.attempts.load(SeqCst) >= 4,
+        "three refusals, then taken"
+    );
+    assert_eq!(receiver.fail.load(SeqCst), 0);
+    let metrics = metrics(&p).await;
+    assert!(
+        metrics.contains("anteroom_events_failed_deliveries_total{sink=\"hook\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anteroom_events_dead_lettered_total{sink=\"hook\"} 0"));
+}
+
+#[tokio::test]
+async fn a_webhook_that_always_fails_ends_in_the_dead_letters_and_replay_delivers_later() {
+    let upstream = TestUpstream::start().await;
+    let receiver = Receiver::start(0).await;
+    receiver.down.store(true, SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(
+        "1s",
+        &config(&upstream, &webhook_sink(dir.path(), &receiver.url), false),
+    )
+    .await;
+    two_journeys(&p).await;
+    let dead = dir.path().join("hook.jsonl");
+    eventually(Duration::from_secs(15), || async {
+        (lines(&dead).len() >= 7).then_some(())
+    })
+    .await;
+    assert!(receiver.events(SECRET).is_empty());
+    receiver.down.store(false, SeqCst);
+    // The receiver runs on this test's runtime: the command is awaited, not blocked on.
+    let replay = tokio::process::Command::new(env!("CARGO_BIN_EXE_anteroom"))
+        .args(["events", "replay", "--sink", "hook"])
+        .arg(&dead)
+        .arg("--config")
+        .arg(p.dir().join("anteroom.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    check_journeys(&receiver.events(SECRET));
+}
+
+/// Every message of a JetStream stream, in order: (subject, event).
+async fn jetstream(nats: &NatsServer, stream: &str) -> Vec<(String, Value)> {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let last = s.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push((
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn nats_sink(dir: &Path, nats: &NatsServer) -> String {
+    format!(
+        "dead_letter_dir = \"{}\"\nmax_attempts = 40\nretry_base = \"100ms\"\nretry_max = \"1s\"\ntimeout = \"1s\"\n\
+         [[events.sink]]\nkind = \"nats\"\nname = \"js\"\nurl = \"{}\"\nsubject = \"anteroom.events\"\n",
+        dir.display(),
+        nats.url()
+    )
+}
+
+#[tokio::test]
+async fn a_journey_arrives_in_jetstream_on_a_subject_per_room_and_type() {
+    let upstream = TestUpstream::start().await;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(
+        "1s",
+        &config(&upstream, &nats_sink(dir.path(), &nats), false),
+    )
+    .await;
+    two_journeys(&p).await;
+    let messages = eventually(Duration::from_secs(10), || async {
+        let m = jetstream(&nats, "ANTEROOM_EVENTS").await;
+        (m.len() >= 7).then_some(m)
+    })
+    .await;
+    let events: Vec<Value> = messages.iter().map(|(_, e)| e.clone()).collect();
+    check_journeys(&events);
+    for (subject, event) in &messages {
+        assert_eq!(
+            subject,
+            &format!("anteroom.events.web.{}", event["type"].as_str().unwrap())
+        );
+    }
+}
+
+/// NATS stopped for 10 s under steady traffic, then started again: every
+/// event of the outage arrives once it is back, and admitted requests were
+/// no slower meanwhile (counted over a threshold, not timed one by one).
+#[tokio::test]
+async fn a_nats_outage_loses_nothing_and_slows_no_request() {
+    let upstream = TestUpstream::start().await;
+    let mut nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = config(&upstream, &nats_sink(dir.path(), &nats), false)
+        .replace("capacity = 1\n", "capacity = 1000\n");
+    let p = Process::start("1s", &conf).await;
+    let mut inside = p.visitor();
+    assert_eq!(inside.get("/").await.0, 200);
+    // Steady traffic for `secs`: the one inside, and a newcomer every 100 ms
+    // (two events each). Returns (requests, slower than 250 ms, newcomers).
+    async fn traffic(
+        p: &Process,
+        inside: &mut crate::common::Visitor,
+        secs: u64,
+    ) -> (u32, u32, u32) {
+        let until = Instant::now() + Duration::from_secs(secs);
+        let (mut n, mut slow, mut newcomers) = (0, 0, 0);
+        while Instant::now() < until {
+            let t = Instant::now();
+            assert_eq!(inside.get("/").await.0, 200);
+            n += 1;
+            if t.elapsed() > Duration::from_millis(250) {
+                slow += 1;
+            }
+            if n % 5 == 0 {
+                assert_eq!(p.visitor().get("/").await.0, 200);
+                newcomers += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (n, slow, newcomers)
+    }
+    let before = traffic(&p, &mut inside, 2).await;
+    nats.stop();
+    let during = traffic(&p, &mut inside, 10).await;
+    nats.restart();
+    let after = traffic(&p, &mut inside, 1).await;
+    let expected = 2 + 2 * (before.2 + during.2 + after.2) as usize;
+    let messages = eventually(Duration::from_secs(30), || async {
+        let m = jetstream(&nats, "ANTEROOM_EVENTS").await;
+        (m.len() >= expected).then_some(m)
+    })
+    .await;
+    let mut ids: Vec<String> = messages
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        expected,
+        "every event once (JetStream drops repeats by Nats-Msg-Id)"
+    );
+    assert!(during.0 > 100, "traffic went on: {during:?}");
+    assert!(
+        during.1 <= before.1 + 2,
+        "requests slowed during the outage: {before:?} then {during:?}"
+    );
+    assert!(
+        lines(&dir.path().join("js.jsonl")).is_empty(),
+        "nothing needed the dead letters"
+    );
 }

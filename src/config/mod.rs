@@ -112,6 +112,23 @@ pub enum SinkKind {
         /// About how many entries the stream keeps.
         maxlen: u64,
     },
+    /// NATS JetStream: each event published to `<subject>.<room>.<type>`
+    /// with a publish acknowledgement, `Nats-Msg-Id` its id.
+    Nats {
+        /// The server(s).
+        url: String,
+        /// The subject prefix.
+        subject: String,
+        /// The JetStream stream that captures `<subject>.>` (created if missing).
+        stream: String,
+    },
+    /// Batches as HTTPS POSTs of a JSON array, signed with HMAC-SHA256.
+    Webhook {
+        /// Where.
+        url: String,
+        /// The signing key (from `secret_file`).
+        secret: Secret,
+    },
     /// A JSON lines file.
     File {
         /// The file.

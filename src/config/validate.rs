@@ -1822,6 +1822,7 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
                     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                         p.add(key("url"), "a redis:// or rediss:// URL is needed");
                     }
+                    refuse_credentials(p, &key("url"), &url);
                     let stream = s.stream.clone().unwrap_or_else(|| "anteroom:events".to_owned());
                     if stream.is_empty() {
                         p.add(key("stream"), "must not be empty");
@@ -1838,24 +1839,54 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
                         p.add(key("path"), "a file to write events to is needed");
                         return None;
                     };
+                    // Its directory is made at start, like state_dir.
                     let path = PathBuf::from(path);
-                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                        if !dir.is_dir() {
-                            p.add(key("path"), format!("{} is not a directory", dir.display()));
-                        }
-                    }
                     let max_bytes = s
                         .max_bytes
                         .and_then(|n| p.int_in(&key("max_bytes"), n, 0, i64::MAX))
                         .map_or(0, |n| n as u64);
                     SinkKind::File { path, max_bytes }
                 }
-                "nats" | "webhook" => {
-                    p.add(
-                        key("kind"),
-                        format!("kind = {:?} is not available in this build yet (redis and file are)", s.kind),
-                    );
-                    return None;
+                "nats" => {
+                    unused(p, &[("secret_file", s.secret_file.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some()), ("maxlen", s.maxlen.is_some())]);
+                    let url = s.url.clone().unwrap_or_default();
+                    if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                        p.add(key("url"), "a nats:// or tls:// URL is needed");
+                    }
+                    refuse_credentials(p, &key("url"), &url);
+                    let subject = s.subject.clone().unwrap_or_else(|| "anteroom.events".to_owned());
+                    let token_ok = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                    if !subject.split('.').all(token_ok) {
+                        p.add(key("subject"), format!("{subject:?} is not a subject prefix: dot-separated tokens of letters, digits, '-' and '_'"));
+                    }
+                    let stream = s.stream.clone().unwrap_or_else(|| "ANTEROOM_EVENTS".to_owned());
+                    if !token_ok(&stream) {
+                        p.add(key("stream"), format!("{stream:?} is not a JetStream stream name: letters, digits, '-' and '_'"));
+                    }
+                    SinkKind::Nats { url, subject, stream }
+                }
+                "webhook" => {
+                    unused(p, &[("subject", s.subject.is_some()), ("stream", s.stream.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some()), ("maxlen", s.maxlen.is_some())]);
+                    let url = s.url.clone().unwrap_or_default();
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        p.add(key("url"), "an https:// (or http://) URL is needed");
+                    }
+                    let secret = match s.secret_file.as_deref() {
+                        None => {
+                            p.add(key("secret_file"), "a file with the HMAC key that signs each delivery is needed");
+                            None
+                        }
+                        Some(path) => p.secret_file(&key("secret_file"), path),
+                    };
+                    let secret = match secret {
+                        Some(text) if text.len() >= 16 => text,
+                        Some(_) => {
+                            p.add(key("secret_file"), "the key must be at least 16 characters");
+                            return None;
+                        }
+                        None => return None,
+                    };
+                    SinkKind::Webhook { url, secret: Secret::new(secret) }
                 }
                 other => {
                     p.add(
@@ -1893,6 +1924,16 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
         ready_requires_sinks: e.ready_requires_sinks.unwrap_or(false),
         instance,
         sinks,
+    }
+}
+
+/// Credentials in a URL would reach logs and `/admin/config` with it.
+fn refuse_credentials(p: &mut Problems, key: &str, url: &str) {
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    if authority.contains('@') {
+        p.add(key, "must not hold credentials (they would be logged); use a server reachable without them on a private network");
     }
 }
 

@@ -2,6 +2,7 @@
 //! real upstream, stopped deterministically on drop.
 
 pub mod demo;
+pub mod nats;
 pub mod nginx;
 pub mod process;
 pub mod redis;
@@ -351,4 +352,12 @@ impl Drop for TestProxy {
             let _ = thread.join();
         }
     }
+}
+
+/// Seconds since the UNIX epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
