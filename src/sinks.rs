@@ -198,7 +198,7 @@ fn line(event: &Event) -> Vec<u8> {
     line
 }
 
-/// A JSON lines file, rotated to `<path>.1` past `max_bytes`.
+/// A JSON lines file, rotated to `<path>.<unix ms>` past `max_bytes`.
 struct FileSink {
     path: PathBuf,
     max_bytes: u64,
@@ -221,8 +221,9 @@ impl Sink for FileSink {
         if self.max_bytes > 0 {
             let size = tokio::fs::metadata(&self.path).await.map_or(0, |m| m.len());
             if size >= self.max_bytes {
+                // Named by the time, so no rotation overwrites another.
                 let mut rotated = self.path.clone().into_os_string();
-                rotated.push(".1");
+                rotated.push(format!(".{}", now_millis()));
                 tokio::fs::rename(&self.path, rotated).await.map_err(io)?;
                 *file = None;
             }

@@ -683,3 +683,38 @@ async fn a_nats_outage_loses_nothing_and_slows_no_request() {
         "nothing needed the dead letters"
     );
 }
+
+/// Past `max_bytes` the file is rotated to `<path>.<unix ms>`; nothing is
+/// lost, and the files in name order hold the events in order.
+#[tokio::test]
+async fn the_file_is_rotated_past_its_size() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\nbatch = 1\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\nmax_bytes = 600\n",
+        dir.path().display(),
+        file.display()
+    );
+    let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
+    two_journeys(&p).await;
+    let (all, rotations) = eventually(Duration::from_secs(10), || async {
+        let mut rotated: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("events.jsonl.")
+            })
+            .collect();
+        rotated.sort();
+        let mut all: Vec<Value> = rotated.iter().flat_map(|r| lines(r)).collect();
+        all.extend(lines(&file));
+        (all.len() >= 7).then_some((all, rotated.len()))
+    })
+    .await;
+    assert!(rotations >= 2, "rotated {rotations} times");
+    check_journeys(&all);
+}

@@ -133,7 +133,7 @@ pub enum SinkKind {
     File {
         /// The file.
         path: PathBuf,
-        /// Size at which it is rotated to `<path>.1` (0: never; for logrotate).
+        /// Size at which it is rotated to `<path>.<unix ms>` (0: never; for logrotate).
         max_bytes: u64,
     },
 }
