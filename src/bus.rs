@@ -129,6 +129,8 @@ pub struct Outbox {
     pub name: String,
     queue: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
+    /// Events per delivery.
+    pub batch: usize,
     on_full: OnFull,
     ready: Notify,
     spill: mpsc::UnboundedSender<Arc<Event>>,
@@ -149,9 +151,14 @@ impl Outbox {
         let mut queue = self.queue.lock();
         if queue.len() < self.capacity {
             queue.push_back(Arc::clone(event));
-            self.metrics.buffered.set(queue.len() as i64);
+            let len = queue.len();
+            self.metrics.buffered.set(len as i64);
             drop(queue);
-            self.ready.notify_one();
+            // The delivery task wakes for the first event and for a full
+            // batch, not for each one in between (it lingers meanwhile).
+            if len == 1 || len == self.batch {
+                self.ready.notify_one();
+            }
             return;
         }
         drop(queue);
@@ -166,9 +173,9 @@ impl Outbox {
         }
     }
 
-    /// Up to `max` events: waits for the first, then up to `linger` for the
+    /// A batch: waits for the first event, then up to `linger` for the
     /// batch to fill.
-    pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<Arc<Event>> {
+    pub async fn next_batch(&self, linger: Duration) -> Vec<Arc<Event>> {
         loop {
             let ready = self.ready.notified();
             if !self.queue.lock().is_empty() {
@@ -177,13 +184,13 @@ impl Outbox {
             ready.await;
         }
         let deadline = tokio::time::Instant::now() + linger;
-        while self.queue.lock().len() < max {
+        while self.queue.lock().len() < self.batch {
             let ready = self.ready.notified();
             if tokio::time::timeout_at(deadline, ready).await.is_err() {
                 break;
             }
         }
-        self.take(max)
+        self.take(self.batch)
     }
 
     /// Up to `max` events at once, without waiting.
@@ -203,11 +210,13 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// A bus with a buffer of `capacity` for each named sink; returns what
-    /// each sink's delivery task takes over, in the same order.
+    /// A bus with a buffer of `capacity` for each named sink, delivered in
+    /// batches of `batch`; returns what each sink's delivery task takes
+    /// over, in the same order.
     pub fn new(
         sinks: &[String],
         capacity: usize,
+        batch: usize,
         on_full: OnFull,
         metrics: &BusMetrics,
     ) -> (Bus, Vec<Outlet>) {
@@ -220,6 +229,7 @@ impl Bus {
                     name: name.clone(),
                     queue: Mutex::new(VecDeque::new()),
                     capacity,
+                    batch: batch.max(1),
                     on_full,
                     ready: Notify::new(),
                     spill,
@@ -265,7 +275,7 @@ mod tests {
     fn two_sinks(capacity: usize, on_full: OnFull) -> (Bus, Vec<Outlet>) {
         let registry = Registry::new();
         let metrics = BusMetrics::register(&registry).unwrap();
-        Bus::new(&["a".into(), "b".into()], capacity, on_full, &metrics)
+        Bus::new(&["a".into(), "b".into()], capacity, 3, on_full, &metrics)
     }
 
     #[tokio::test]
@@ -275,7 +285,7 @@ mod tests {
             bus.publish(Event::new(Kind::Arrived, room, "i"));
         }
         for outlet in &outlets {
-            let batch = outlet.outbox.next_batch(10, Duration::ZERO).await;
+            let batch = outlet.outbox.next_batch(Duration::ZERO).await;
             let rooms: Vec<_> = batch.iter().map(|e| e.room.as_str()).collect();
             assert_eq!(rooms, ["1", "2", "3"]);
         }
@@ -307,7 +317,7 @@ mod tests {
         let (bus, outlets) = two_sinks(100, OnFull::Drop);
         bus.publish(Event::new(Kind::Arrived, "web", "i"));
         let outbox = Arc::clone(&outlets[0].outbox);
-        let later = tokio::spawn(async move { outbox.next_batch(3, Duration::from_secs(5)).await });
+        let later = tokio::spawn(async move { outbox.next_batch(Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         bus.publish(Event::new(Kind::Queued, "web", "i"));
         bus.publish(Event::new(Kind::Admitted, "web", "i"));

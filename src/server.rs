@@ -222,7 +222,13 @@ impl Parts {
         let events = &config.events;
         let names: Vec<String> = events.sinks.iter().map(|s| s.name.clone()).collect();
         let bus_metrics = BusMetrics::register(registry)?;
-        let (bus, outlets) = Bus::new(&names, events.buffer, events.on_full, &bus_metrics);
+        let (bus, outlets) = Bus::new(
+            &names,
+            events.buffer,
+            events.batch,
+            events.on_full,
+            &bus_metrics,
+        );
         let opened = open_store(config, registry)?;
         let (store, leases) = (opened.store, opened.leases);
         let shared = Arc::new(Shared {

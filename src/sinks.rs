@@ -128,9 +128,9 @@ impl Sink for NatsSink {
             );
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", event.id.as_str());
-            let payload = serde_json::to_vec(&**event).unwrap_or_default();
+            let payload = bytes::Bytes::copy_from_slice(event.json());
             let ack = js
-                .publish_with_headers(subject, headers, payload.into())
+                .publish_with_headers(subject, headers, payload)
                 .await
                 .map_err(|e| err(&e))?;
             acks.push(ack);
@@ -170,8 +170,15 @@ pub fn signature(key: &aws_lc_rs::hmac::Key, t: u64, body: &[u8]) -> String {
 #[async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
-        let events: Vec<&Event> = batch.iter().map(|e| &**e).collect();
-        let body = serde_json::to_vec(&events).unwrap_or_default();
+        let mut body = Vec::with_capacity(batch.len() * 256 + 2);
+        body.push(b'[');
+        for (i, event) in batch.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event.json());
+        }
+        body.push(b']');
         let t = now_millis() / 1000;
         let resp = self
             .http
@@ -191,11 +198,14 @@ impl Sink for WebhookSink {
     }
 }
 
-fn line(event: &Event) -> Vec<u8> {
-    // Our own plain struct: serializing cannot fail.
-    let mut line = serde_json::to_vec(event).unwrap_or_default();
-    line.push(b'\n');
-    line
+/// Events as JSON lines.
+fn lines(events: &[Arc<Event>]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(events.len() * 256);
+    for event in events {
+        bytes.extend_from_slice(event.json());
+        bytes.push(b'\n');
+    }
+    bytes
 }
 
 /// A JSON lines file, rotated to `<path>.<unix ms>` past `max_bytes`.
@@ -235,10 +245,7 @@ impl Sink for FileSink {
         let Some(f) = file.as_mut() else {
             return Err(SinkError("file not open".into()));
         };
-        let mut bytes = Vec::new();
-        for event in batch {
-            bytes.extend(line(event));
-        }
+        let bytes = lines(batch);
         let written = async {
             f.write_all(&bytes).await?;
             f.flush().await
@@ -280,7 +287,7 @@ impl Sink for RedisSink {
         };
         let mut pipe = redis::pipe();
         for event in batch {
-            let json = serde_json::to_string(&**event).unwrap_or_default();
+            let json = event.json();
             pipe.cmd("XADD")
                 .arg(&self.stream)
                 .arg("MAXLEN")
@@ -325,10 +332,7 @@ impl DeadLetters {
     }
 
     async fn keep(&self, events: &[Arc<Event>]) -> std::io::Result<()> {
-        let mut bytes = Vec::new();
-        for event in events {
-            bytes.extend(line(event));
-        }
+        let bytes = lines(events);
         let mut f = append(&self.path).await?;
         f.write_all(&bytes).await?;
         f.flush().await
@@ -399,7 +403,6 @@ pub struct Delivery {
     sink: Box<dyn Sink>,
     dead: DeadLetters,
     retry: Retry,
-    batch: usize,
     linger: Duration,
     /// How long the buffer may take to go out at shutdown.
     grace: Duration,
@@ -420,7 +423,6 @@ impl Delivery {
             sink,
             dead,
             retry: Retry::of(events),
-            batch: events.batch,
             linger: events.flush_interval,
             grace,
         }
@@ -488,7 +490,7 @@ impl BackgroundService for Delivery {
         let Outlet { outbox, spilled } = &mut *outlet;
         loop {
             tokio::select! {
-                batch = outbox.next_batch(self.batch, self.linger) => {
+                batch = outbox.next_batch(self.linger) => {
                     self.send(outbox, batch, false).await;
                 }
                 Some(first) = spilled.recv() => {
@@ -504,7 +506,7 @@ impl BackgroundService for Delivery {
         // The buffer goes out once more within the grace period; the rest is kept.
         let until = tokio::time::Instant::now() + self.grace;
         loop {
-            let batch = outbox.take(self.batch);
+            let batch = outbox.take(outbox.batch);
             if batch.is_empty() {
                 break;
             }
