@@ -718,3 +718,34 @@ async fn the_file_is_rotated_past_its_size() {
     assert!(rotations >= 2, "rotated {rotations} times");
     check_journeys(&all);
 }
+
+/// An operator's change to a room is an event too, with what changed.
+#[tokio::test]
+async fn an_operators_change_to_a_room_is_an_event() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.path().display(),
+        file.display()
+    );
+    let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
+    let resp = crate::common::client()
+        .patch(p.admin_url("/admin/rooms/web"))
+        .json(&serde_json::json!({"state": "paused", "capacity": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = lines(&file);
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["type"], "room_changed");
+    assert_eq!(events[0]["room"], "web");
+    assert_eq!(events[0]["change"]["state"], "paused");
+    assert_eq!(events[0]["change"]["capacity"], 7);
+    assert!(events[0]["change"].get("admit_rate").is_none());
+}
