@@ -5,8 +5,9 @@ the same run) and with two (a JSON lines file and a Redis stream on a local
 redis-server), alternating in rounds, both driven by the same wrk.
 
 Scenarios: arrivals at a full sessions room (each request a newcomer who
-joins the line: two events, `arrived` and `queued`), and the admitted path
-(a visitor with a pass; no event per request). CPU is anteroom's own
+joins the line: two events, `arrived` and `queued`), as an API client (the
+503 JSON) and as a browser (the waiting page), and the admitted path (a
+visitor with a pass; no event per request). CPU is anteroom's own
 (user + system, /proc), its delivery tasks included, divided by the
 requests wrk completed.
 
@@ -123,6 +124,7 @@ maxlen = 100000
                     for scenario, url, hdrs in (
                         ("admitted (pass)", f"http://127.0.0.1:{port}/x", [f"X-Anteroom-Pass: {pass_}"]),
                         ("arrival (joins the line)", f"http://127.0.0.1:{port}/", ["Accept: application/json"]),
+                        ("browser arrival (the waiting page)", f"http://127.0.0.1:{port}/", ["Accept: text/html"]),
                     ):
                         c0 = cpu_seconds(p.pid)
                         n = wrk(url, args.duration, hdrs)
@@ -136,7 +138,7 @@ maxlen = 100000
         print(f"{args.rounds} rounds of {args.duration} s, alternating; CPU µs per request (median of rounds).\n")
         print("| scenario | no sinks | two sinks (file + Redis stream) | ratio |")
         print("|---|---|---|---|")
-        for scenario in ("arrival (joins the line)", "admitted (pass)"):
+        for scenario in ("arrival (joins the line)", "browser arrival (the waiting page)", "admitted (pass)"):
             base = median(results[(scenario, "no sinks")])
             with_sinks = median(results[(scenario, "two sinks")])
             print(f"| {scenario} | {base:.1f} | {with_sinks:.1f} | {with_sinks / base:.3f} |")
