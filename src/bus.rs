@@ -282,7 +282,7 @@ mod tests {
     async fn every_sink_gets_every_event_in_order() {
         let (bus, outlets) = two_sinks(10, OnFull::Drop);
         for room in ["1", "2", "3"] {
-            bus.publish(Event::new(Kind::Arrived, room, "i"));
+            bus.publish(Event::new(Kind::Arrived, room, &Arc::from("i")));
         }
         for outlet in &outlets {
             let batch = outlet.outbox.next_batch(Duration::ZERO).await;
@@ -295,7 +295,7 @@ mod tests {
     async fn a_full_buffer_spills_or_drops_and_never_waits() {
         let (bus, mut outlets) = two_sinks(2, OnFull::Spill);
         for _ in 0..5 {
-            bus.publish(Event::new(Kind::Arrived, "web", "i"));
+            bus.publish(Event::new(Kind::Arrived, "web", &Arc::from("i")));
         }
         let outlet = &mut outlets[0];
         assert_eq!(outlet.outbox.take(10).len(), 2);
@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(spilled, 3);
         let (bus, outlets) = two_sinks(2, OnFull::Drop);
         for _ in 0..5 {
-            bus.publish(Event::new(Kind::Arrived, "web", "i"));
+            bus.publish(Event::new(Kind::Arrived, "web", &Arc::from("i")));
         }
         assert_eq!(outlets[1].outbox.metrics.dropped.get(), 3);
         assert_eq!(outlets[1].outbox.take(10).len(), 2);
@@ -315,13 +315,13 @@ mod tests {
     #[tokio::test]
     async fn a_batch_waits_its_linger_to_fill_up_to_its_size() {
         let (bus, outlets) = two_sinks(100, OnFull::Drop);
-        bus.publish(Event::new(Kind::Arrived, "web", "i"));
+        bus.publish(Event::new(Kind::Arrived, "web", &Arc::from("i")));
         let outbox = Arc::clone(&outlets[0].outbox);
         let later = tokio::spawn(async move { outbox.next_batch(Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        bus.publish(Event::new(Kind::Queued, "web", "i"));
-        bus.publish(Event::new(Kind::Admitted, "web", "i"));
-        bus.publish(Event::new(Kind::Converted, "web", "i"));
+        bus.publish(Event::new(Kind::Queued, "web", &Arc::from("i")));
+        bus.publish(Event::new(Kind::Admitted, "web", &Arc::from("i")));
+        bus.publish(Event::new(Kind::Converted, "web", &Arc::from("i")));
         let batch = later.await.unwrap();
         assert_eq!(batch.len(), 3, "full at its size, before the linger ends");
         assert_eq!(outlets[0].outbox.take(10).len(), 1);

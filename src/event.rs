@@ -2,7 +2,7 @@
 //! schema version 1 (docs/events.md). Written once, by `events`, and
 //! delivered at least once: `id` tells a repeat from a new event.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,7 @@ pub struct Event {
     /// The room.
     pub room: String,
     /// The instance that saw it (`[events] instance`).
-    pub instance: String,
+    pub instance: Arc<str>,
     /// Links a visitor's events from arrival to admission (opaque; the
     /// same on every instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,7 +118,7 @@ pub struct Event {
     /// The campaign (UTM parameters and click ids), only with the
     /// visitor's consent when the site asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attribution: Option<Utm>,
+    pub attribution: Option<Arc<Utm>>,
     /// What an operator changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<Change>,
@@ -132,15 +132,15 @@ pub struct Event {
 
 impl Event {
     /// A new event of `kind` in `room`, now, with a fresh id.
-    pub fn new(kind: Kind, room: &str, instance: &str) -> Event {
+    pub fn new(kind: Kind, room: &str, instance: &Arc<str>) -> Event {
         let now = SystemTime::now();
         Event {
             v: VERSION,
-            id: format!("{:032x}", rand::random::<u128>()),
+            id: hex(&rand::random::<u128>().to_be_bytes()),
             kind,
             time: humantime::format_rfc3339_millis(now).to_string(),
             room: room.to_owned(),
-            instance: instance.to_owned(),
+            instance: Arc::clone(instance),
             journey: None,
             session: None,
             lane: None,
@@ -178,18 +178,29 @@ impl Event {
     }
 }
 
+/// Lower-case hex, without a `format!` per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn an_event_is_versioned_json_and_reads_back() {
-        let mut e = Event::new(Kind::Admitted, "web", "a1");
+        let mut e = Event::new(Kind::Admitted, "web", &Arc::from("a1"));
         e.wait_ms = Some(1200);
-        e.attribution = Some(Utm {
+        e.attribution = Some(Arc::new(Utm {
             source: Some("meta".into()),
             ..Utm::default()
-        });
+        }));
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["type"], "admitted");

@@ -11,7 +11,7 @@ use prometheus::{HistogramVec, IntCounterVec, Registry};
 use crate::attribution::{Labels, Utm};
 use crate::bus::Bus;
 use crate::config::Attribution;
-use crate::event::{Change, Event, Kind};
+use crate::event::{Change, Event, Kind, hex};
 use crate::metrics;
 use crate::queue::Lane;
 use crate::store::{Place, SessionId, SessionInfo};
@@ -165,13 +165,13 @@ impl VisitorEvents {
 
     /// A new visitor at the room; `journey` is their ticket or, let in at
     /// once, their session.
-    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Utm>, journey: &str) {
+    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, journey: &str) {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
         let line = Line {
             lane: Some(lane.as_str()),
-            utm,
+            utm: utm.map(|u| &**u),
             ..Line::default()
         };
         write("arrived", room, line);
@@ -183,12 +183,12 @@ impl VisitorEvents {
     }
 
     /// A new visitor joined the line.
-    pub fn queued(&self, room: &str, place: &Place, utm: Option<&Utm>) {
+    pub fn queued(&self, room: &str, place: &Place, utm: Option<&Arc<Utm>>) {
         let line = Line {
             lane: Some(place.lane.as_str()),
             position: Some(place.position()),
             wait_ms: Some(place.wait.ms),
-            utm,
+            utm: utm.map(|u| &**u),
             ..Line::default()
         };
         write("queued", room, line);
@@ -224,7 +224,7 @@ impl VisitorEvents {
             e.session = Some(opaque("session", room, &id));
             e.how = Some(how.to_owned());
             e.wait_ms = Some(session.wait_ms);
-            e.attribution = session.utm.as_deref().cloned();
+            e.attribution = session.utm.clone();
         });
     }
 
@@ -238,7 +238,7 @@ impl VisitorEvents {
 
     /// A newcomer was turned away (`queue_full`, `maintenance`,
     /// `store_unavailable`).
-    pub fn refused(&self, room: &str, reason: &'static str, utm: Option<&Utm>) {
+    pub fn refused(&self, room: &str, reason: &'static str, utm: Option<&Arc<Utm>>) {
         self.publish(Kind::Refused, room, |e| {
             e.reason = Some(reason.to_owned());
             e.attribution = utm.cloned();
@@ -280,7 +280,7 @@ impl VisitorEvents {
         self.publish(Kind::Converted, room, |e| {
             e.session = Some(opaque("session", room, &session.id.to_string()));
             e.wait_ms = Some(session.wait_ms);
-            e.attribution = utm.cloned();
+            e.attribution = session.utm.clone();
         });
     }
 
@@ -299,17 +299,17 @@ impl VisitorEvents {
             e.session = Some(opaque("session", room, &session.id.to_string()));
             e.how = Some(how.to_owned());
             e.visit_ms = Some(now_ms.saturating_sub(session.admitted_at));
-            e.attribution = session.utm.as_deref().cloned();
+            e.attribution = session.utm.clone();
         });
     }
 
     /// A session's pass lapsed.
     pub fn session_expired(&self, room: &str, session: &SessionInfo) {
-        self.expired(room, "session", Some(session.id), session.utm.as_deref());
+        self.expired(room, "session", Some(session.id), session.utm.as_ref());
     }
 
     /// A ticket was forgotten after `rejoin_grace` of silence.
-    pub fn ticket_expired(&self, room: &str, utm: Option<&Utm>) {
+    pub fn ticket_expired(&self, room: &str, utm: Option<&Arc<Utm>>) {
         self.expired(room, "ticket", None, utm);
     }
 
@@ -338,13 +338,13 @@ impl VisitorEvents {
         room: &str,
         kind: &'static str,
         session: Option<SessionId>,
-        utm: Option<&Utm>,
+        utm: Option<&Arc<Utm>>,
     ) {
         self.expirations.with_label_values(&[room, kind]).inc();
         let line = Line {
             kind: Some(kind),
             session,
-            utm,
+            utm: utm.map(|u| &**u),
             ..Line::default()
         };
         write("expired", room, line);
@@ -364,11 +364,5 @@ fn opaque(kind: &str, room: &str, id: &str) -> String {
         ctx.update(&(part.len() as u64).to_be_bytes());
         ctx.update(part.as_bytes());
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for b in &ctx.finish().as_ref()[..16] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
+    hex(&ctx.finish().as_ref()[..16])
 }

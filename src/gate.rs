@@ -598,7 +598,7 @@ impl Gate {
             Ok(arrival) => arrival,
             Err(e) => return self.unavailable(room, &e),
         };
-        let utm = newcomer.utm.as_deref();
+        let utm = newcomer.utm.as_ref();
         match arrival {
             Arrival::Admitted(session) => {
                 self.events
@@ -703,7 +703,7 @@ impl Gate {
                         self.events.session_expired(name, s);
                     }
                     for utm in &swept.tickets_expired {
-                        self.events.ticket_expired(name, utm.as_deref());
+                        self.events.ticket_expired(name, utm.as_ref());
                     }
                     self.events
                         .reservations_lapsed(name, swept.reservations_lapsed);
