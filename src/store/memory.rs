@@ -51,10 +51,14 @@ struct Rate {
 }
 
 impl Rate {
-    fn record(&mut self, now: Millis) {
+    /// One admission from the line. A silence longer than `gap` (a visit:
+    /// a full room lets someone in far more often) ends the run, so that the
+    /// pace is measured while the line moves, not across the pause between
+    /// two bursts.
+    fn record(&mut self, now: Millis, gap: f64) {
         let decayed = self.decayed(now);
-        // After a long silence the old average says nothing: start afresh.
-        if self.samples == 0 || now.saturating_sub(self.at) as f64 > 5.0 * RATE_TAU_MS {
+        let silence = now.saturating_sub(self.at) as f64;
+        if self.samples == 0 || silence > gap.min(5.0 * RATE_TAU_MS) {
             *self = Rate {
                 since: now,
                 ..Rate::default()
@@ -346,7 +350,8 @@ impl RoomState {
         );
         // The line's pace counts visitors who are really there.
         if confirmed {
-            self.admissions.record(now);
+            let gap = self.visit_ms().max(1000.0);
+            self.admissions.record(now, gap);
         }
         SessionInfo {
             id,
@@ -621,11 +626,12 @@ impl RoomState {
             self.promote(now);
             return None;
         }
+        let gap = self.visit_ms().max(1000.0);
         let s = self.sessions.get_mut(&id.0)?;
         s.last_seen = now;
         if !s.confirmed {
             s.confirmed = true;
-            self.admissions.record(now);
+            self.admissions.record(now, gap);
         }
         Some(SessionInfo {
             id,

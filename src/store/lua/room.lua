@@ -86,9 +86,11 @@ end
 local function rate_decayed()
   return num('r_sum') * math.exp(-math.max(0, NOW - num('r_at')) / TAU)
 end
+-- A silence longer than a visit ends the run (RoomState's Rate::record).
 local function rate_record()
   local sum
-  if num('r_n') == 0 or NOW - num('r_at') > 5 * TAU then
+  local gap = math.min(math.max(tonumber(S.visit_avg or AVG) or AVG, 1000), 5 * TAU)
+  if num('r_n') == 0 or NOW - num('r_at') > gap then
     set('r_since', NOW)
     set('r_n', 0)
     sum = 0
