@@ -165,7 +165,13 @@ impl VisitorEvents {
 
     /// A new visitor at the room; `journey` is their ticket or, let in at
     /// once, their session.
-    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, journey: &str) {
+    pub fn arrived(
+        &self,
+        room: &str,
+        lane: Lane,
+        utm: Option<&Arc<Utm>>,
+        journey: &dyn std::fmt::Display,
+    ) {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
@@ -176,7 +182,7 @@ impl VisitorEvents {
         };
         write("arrived", room, line);
         self.publish(Kind::Arrived, room, |e| {
-            e.journey = Some(opaque("journey", room, journey));
+            e.journey = Some(opaque("journey", room, &journey.to_string()));
             e.lane = Some(lane.as_str().to_owned());
             e.attribution = utm.cloned();
         });

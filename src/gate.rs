@@ -601,8 +601,7 @@ impl Gate {
         let utm = newcomer.utm.as_ref();
         match arrival {
             Arrival::Admitted(session) => {
-                self.events
-                    .arrived(name, lane, utm, &session.id.to_string());
+                self.events.arrived(name, lane, utm, &session.id);
                 Decision::Admit(self.admitted(room, w, facts, session, None, false))
             }
             Arrival::AdmittedAgain(session) => {

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::common::redis::RedisServer;
-use crate::common::{Backend, TestProxy, TestUpstream, Visitor, waiting_room_config};
+use crate::common::{Backend, Store, TestProxy, TestUpstream, Visitor, waiting_room_config};
 
 /// One estimate: when it was told, what it said, the visitor's place then.
 #[derive(Clone, Copy)]
@@ -72,12 +72,6 @@ async fn visit(proxy: Arc<TestProxy>) -> Option<(Vec<Told>, Instant)> {
     tokio::time::sleep(stay).await;
     v.leave().await;
     Some((told, admitted))
-}
-
-/// Where the room keeps its state.
-enum Store<'a> {
-    Memory,
-    Redis(&'a RedisServer),
 }
 
 /// The relative errors' median and 90th percentile, as a line of the report.

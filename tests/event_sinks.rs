@@ -39,6 +39,16 @@ fn config(upstream: &TestUpstream, events: &str, consent: bool) -> String {
     )
 }
 
+/// `[events]` with one file sink writing `file`, dead letters in `dir`,
+/// and `extra` `[events]` keys.
+fn file_sink(dir: &Path, file: &Path, extra: &str) -> String {
+    format!(
+        "dead_letter_dir = \"{}\"\n{extra}[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
+        dir.display(),
+        file.display()
+    )
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -107,11 +117,7 @@ async fn a_journey_arrives_in_the_file_complete_in_order_and_with_its_campaign()
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
-        dir.path().display(),
-        file.display()
-    );
+    let sinks = file_sink(dir.path(), &file, "");
     let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
     two_journeys(&p).await;
     let events = eventually(Duration::from_secs(10), || async {
@@ -188,11 +194,7 @@ async fn consent_decides_whether_the_campaign_is_recorded() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
-        dir.path().display(),
-        file.display()
-    );
+    let sinks = file_sink(dir.path(), &file, "");
     let p = Process::start("1s", &config(&upstream, &sinks, true)).await;
     let url = p.url("/?utm_source=meta&gclid=abc");
     let http = crate::common::client();
@@ -286,11 +288,7 @@ async fn a_graceful_stop_delivers_what_is_buffered() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
     // Events wait up to a minute for their batch: only the stop sends them.
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\nbatch = 1000\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
-        dir.path().display(),
-        file.display()
-    );
+    let sinks = file_sink(dir.path(), &file, "batch = 1000\n");
     let conf = config(&upstream, &sinks, false)
         .replace("flush_interval = \"20ms\"", "flush_interval = \"60s\"");
     let mut p = Process::start("2s", &conf).await;
@@ -309,11 +307,7 @@ async fn the_funnel_counts_each_campaign_from_the_events() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
-        dir.path().display(),
-        file.display()
-    );
+    let sinks = file_sink(dir.path(), &file, "");
     let conf = config(&upstream, &sinks, false).replace(
         "capacity = 1\n",
         "capacity = 1\n[room.conversion]\npath_prefix = \"/buy\"\n",
@@ -691,11 +685,7 @@ async fn the_file_is_rotated_past_its_size() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\nbatch = 1\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\nmax_bytes = 600\n",
-        dir.path().display(),
-        file.display()
-    );
+    let sinks = file_sink(dir.path(), &file, "batch = 1\n") + "max_bytes = 600\n";
     let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
     two_journeys(&p).await;
     let (all, rotations) = eventually(Duration::from_secs(10), || async {
@@ -725,11 +715,7 @@ async fn an_operators_change_to_a_room_is_an_event() {
     let upstream = TestUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.jsonl");
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"file\"\npath = \"{}\"\n",
-        dir.path().display(),
-        file.display()
-    );
+    let sinks = file_sink(dir.path(), &file, "");
     let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
     let resp = crate::common::client()
         .patch(p.admin_url("/admin/rooms/web"))

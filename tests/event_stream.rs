@@ -9,14 +9,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::common::process::Process;
-use crate::common::redis::RedisServer;
-use crate::common::{TestUpstream, Visitor, client, keys};
-
-/// Where the instances keep their state.
-enum Store<'a> {
-    Memory,
-    Redis(&'a RedisServer),
-}
+use crate::common::{Store, TestUpstream, Visitor, client, keys};
 
 /// A room of one where polls and heartbeats come only every 10 s, so that a
 /// turn heard within a second was pushed.
@@ -191,29 +184,7 @@ async fn a_stream_without_a_ticket_says_expired(store: Store<'_>) {
     assert_eq!(post.status(), 405);
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Store::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let redis = super::RedisServer::start();
-                    super::$name(super::Store::Redis(&redis)).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+crate::on_both_stores!(
     a_turn_is_heard_at_once,
     a_stream_without_a_ticket_says_expired
 );

@@ -15,14 +15,7 @@ use anteroom::demo::llm::Quota;
 use parking_lot::Mutex;
 
 use crate::common::process::Process;
-use crate::common::redis::RedisServer;
-use crate::common::{TestUpstream, client, get_json};
-
-/// Where the instances keep their state: alone in memory, or three on Redis.
-enum Store<'a> {
-    Memory,
-    Redis(&'a RedisServer),
-}
+use crate::common::{Store, TestUpstream, client, get_json};
 
 /// Starts the instances in front of `upstream` with `rooms_and_routes`.
 async fn instances(
@@ -118,31 +111,9 @@ fn room(keys: &str, route_keys: &str) -> String {
     )
 }
 
-/// Each scenario on the memory store (one instance) and on three instances
-/// sharing a redis-server.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Store::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let redis = super::RedisServer::start();
-                    super::$name(super::Store::Redis(&redis)).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+// Each scenario on the memory store (one instance) and on three instances
+// sharing a redis-server.
+crate::on_both_stores!(
     overload_is_waiting_at_the_apis_rate_in_fair_shares,
     an_adaptive_limit_follows_the_api_down,
     over_budget_calls_get_queue_required,

@@ -23,13 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import free_port, http, median, nginx_conf, wait_port  # noqa: E402
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from harness import cpu_seconds, free_port, http, median, nginx_conf, wait_port  # noqa: E402
 
 
 def wrk(url, seconds, headers=()):

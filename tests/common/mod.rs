@@ -361,3 +361,35 @@ pub fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Where a test's instances keep their state: in memory, or on a
+/// redis-server the test started.
+pub enum Store<'a> {
+    Memory,
+    Redis(&'a redis::RedisServer),
+}
+
+/// Runs each named scenario `async fn name(store: Store<'_>)` twice: on the
+/// memory store (`memory::name`) and on a fresh redis-server (`redis::name`).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Store::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let redis = $crate::common::redis::RedisServer::start();
+                    super::$name($crate::common::Store::Redis(&redis)).await;
+                }
+            )*
+        }
+    };
+}
