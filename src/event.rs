@@ -160,10 +160,47 @@ impl Event {
     }
 
     /// The event as JSON, serialized at most once (every sink shares it).
+    /// Written field by field, in the order and form serde gives it (a
+    /// test holds the two equal): ids and times need no escaping, so most
+    /// of an event is copied rather than escaped byte by byte.
     pub fn json(&self) -> &[u8] {
-        // Our own plain struct: serializing cannot fail.
-        self.json
-            .get_or_init(|| serde_json::to_vec(self).unwrap_or_default())
+        self.json.get_or_init(|| {
+            let mut out = Json(Vec::with_capacity(384));
+            out.0.extend_from_slice(b"{\"v\":");
+            out.number(u64::from(self.v));
+            out.field("id", &self.id);
+            out.field("type", self.kind.as_str());
+            out.field("time", &self.time);
+            out.field("room", &self.room);
+            out.field("instance", &self.instance);
+            out.maybe("journey", self.journey.as_deref());
+            out.maybe("session", self.session.as_deref());
+            out.maybe("lane", self.lane.as_deref());
+            if let Some(n) = self.position {
+                out.key("position");
+                out.number(u64::from(n));
+            }
+            for (key, n) in [("wait_ms", self.wait_ms), ("visit_ms", self.visit_ms)] {
+                if let Some(n) = n {
+                    out.key(key);
+                    out.number(n);
+                }
+            }
+            out.maybe("how", self.how.as_deref());
+            out.maybe("what", self.what.as_deref());
+            out.maybe("reason", self.reason.as_deref());
+            // Rare or small: serde writes these (plain structs: cannot fail).
+            if let Some(utm) = &self.attribution {
+                out.key("attribution");
+                let _ = serde_json::to_writer(&mut out.0, &**utm);
+            }
+            if let Some(change) = &self.change {
+                out.key("change");
+                let _ = serde_json::to_writer(&mut out.0, change);
+            }
+            out.0.push(b'}');
+            out.0
+        })
     }
 
     /// Milliseconds since the UNIX epoch it happened at (0 if unreadable).
@@ -175,6 +212,40 @@ impl Event {
             .ok()
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// An event's JSON as it is written.
+struct Json(Vec<u8>);
+
+impl Json {
+    fn key(&mut self, key: &str) {
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+    }
+
+    fn field(&mut self, key: &str, value: &str) {
+        self.key(key);
+        if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            // serde escapes what needs it (a string cannot fail).
+            let _ = serde_json::to_writer(&mut self.0, value);
+        } else {
+            self.0.push(b'"');
+            self.0.extend_from_slice(value.as_bytes());
+            self.0.push(b'"');
+        }
+    }
+
+    fn maybe(&mut self, key: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.field(key, value);
+        }
+    }
+
+    fn number(&mut self, n: u64) {
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
 }
 
@@ -192,6 +263,36 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_written_by_hand_is_what_serde_writes() {
+        let plain = Event::new(Kind::Arrived, "web", &Arc::from("a1"));
+        assert_eq!(plain.json(), serde_json::to_vec(&plain).unwrap());
+        let mut full = Event::new(Kind::RoomChanged, "we\"b\\\n\u{e9}", &Arc::from("i\t1"));
+        full.journey = Some("j".into());
+        full.session = Some("s".into());
+        full.lane = Some("priority".into());
+        full.position = Some(7);
+        full.wait_ms = Some(0);
+        full.visit_ms = Some(u64::MAX);
+        full.how = Some("queue".into());
+        full.what = Some("ticket".into());
+        full.reason = Some("queue_full".into());
+        full.attribution = Some(Arc::new(Utm {
+            campaign: Some("sp\"ring".into()),
+            gclid: Some("g".into()),
+            ..Utm::default()
+        }));
+        full.change = Some(Change {
+            state: Some("paused".into()),
+            capacity: Some(3),
+            admit_rate: Some(1.5),
+        });
+        assert_eq!(
+            String::from_utf8(full.json().to_vec()).unwrap(),
+            serde_json::to_string(&full).unwrap()
+        );
+    }
 
     #[test]
     fn an_event_is_versioned_json_and_reads_back() {

@@ -163,15 +163,42 @@ impl VisitorEvents {
         }
     }
 
-    /// A new visitor at the room; `journey` is their ticket or, let in at
-    /// once, their session.
-    pub fn arrived(
-        &self,
-        room: &str,
-        lane: Lane,
-        utm: Option<&Arc<Utm>>,
-        journey: &dyn std::fmt::Display,
-    ) {
+    /// A new visitor let in at once; `session` is their journey.
+    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, session: SessionId) {
+        let journey = self
+            .bus
+            .is_active()
+            .then(|| opaque("journey", room, &session.to_string()));
+        self.arrival(room, lane, utm, journey);
+    }
+
+    /// A new visitor joined the line: `arrived`, then `queued`, one
+    /// journey id for both.
+    pub fn queued(&self, room: &str, place: &Place, utm: Option<&Arc<Utm>>) {
+        let journey = self
+            .bus
+            .is_active()
+            .then(|| opaque("journey", room, &place.ticket));
+        self.arrival(room, place.lane, utm, journey.clone());
+        let line = Line {
+            lane: Some(place.lane.as_str()),
+            position: Some(place.position()),
+            wait_ms: Some(place.wait.ms),
+            utm: utm.map(|u| &**u),
+            ..Line::default()
+        };
+        write("queued", room, line);
+        self.publish(Kind::Queued, room, |e| {
+            e.journey = journey;
+            e.lane = Some(place.lane.as_str().to_owned());
+            e.position = Some(place.position());
+            e.wait_ms = place.wait.told();
+            e.attribution = utm.cloned();
+        });
+    }
+
+    /// A new visitor at the room (`journey` made when a sink takes it).
+    fn arrival(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, journey: Option<String>) {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
@@ -182,27 +209,8 @@ impl VisitorEvents {
         };
         write("arrived", room, line);
         self.publish(Kind::Arrived, room, |e| {
-            e.journey = Some(opaque("journey", room, &journey.to_string()));
+            e.journey = journey;
             e.lane = Some(lane.as_str().to_owned());
-            e.attribution = utm.cloned();
-        });
-    }
-
-    /// A new visitor joined the line.
-    pub fn queued(&self, room: &str, place: &Place, utm: Option<&Arc<Utm>>) {
-        let line = Line {
-            lane: Some(place.lane.as_str()),
-            position: Some(place.position()),
-            wait_ms: Some(place.wait.ms),
-            utm: utm.map(|u| &**u),
-            ..Line::default()
-        };
-        write("queued", room, line);
-        self.publish(Kind::Queued, room, |e| {
-            e.journey = Some(opaque("journey", room, &place.ticket));
-            e.lane = Some(place.lane.as_str().to_owned());
-            e.position = Some(place.position());
-            e.wait_ms = place.wait.told();
             e.attribution = utm.cloned();
         });
     }

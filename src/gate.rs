@@ -601,14 +601,13 @@ impl Gate {
         let utm = newcomer.utm.as_ref();
         match arrival {
             Arrival::Admitted(session) => {
-                self.events.arrived(name, lane, utm, &session.id);
+                self.events.arrived(name, lane, utm, session.id);
                 Decision::Admit(self.admitted(room, w, facts, session, None, false))
             }
             Arrival::AdmittedAgain(session) => {
                 Decision::Admit(self.admitted(room, w, facts, session, None, true))
             }
             Arrival::Queued(place) => {
-                self.events.arrived(name, lane, utm, &place.ticket);
                 self.events.queued(name, &place, utm);
                 Decision::Wait(self.waiting(room, w, facts, place, None))
             }

@@ -5,6 +5,7 @@
 //! `anteroom events replay` sends again later. At shutdown the buffer is
 //! delivered once more, and what is left goes to the dead letters.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use crate::bus::{Outbox, Outlet, Sink, SinkError};
@@ -33,7 +33,7 @@ pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkErr
             Box::new(FileSink {
                 path: path.clone(),
                 max_bytes: *max_bytes,
-                file: Mutex::new(None),
+                file: parking_lot::Mutex::new(None),
             })
         }
         SinkKind::Redis {
@@ -43,6 +43,7 @@ pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkErr
         } => Box::new(RedisSink {
             client: redis::Client::open(url.as_str()).map_err(|e| SinkError(e.to_string()))?,
             connection: Mutex::new(None),
+            script: redis::Script::new(XADD_BATCH),
             stream: stream.clone(),
             maxlen: *maxlen,
             timeout,
@@ -209,49 +210,47 @@ fn lines(events: &[Arc<Event>]) -> Vec<u8> {
 }
 
 /// A JSON lines file, rotated to `<path>.<unix ms>` past `max_bytes`.
+/// Written with plain blocking calls: a batch is one `write` to the page
+/// cache, and the task runs on the sink's own thread, so nothing else
+/// waits for it (tokio's file calls would hop to a blocking pool and back,
+/// twice per call).
 struct FileSink {
     path: PathBuf,
     max_bytes: u64,
-    file: Mutex<Option<tokio::fs::File>>,
+    file: parking_lot::Mutex<Option<std::fs::File>>,
 }
 
-async fn append(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .await
 }
 
 #[async_trait]
 impl Sink for FileSink {
     async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
         let io = |e: std::io::Error| SinkError(format!("{}: {e}", self.path.display()));
-        let mut file = self.file.lock().await;
-        if self.max_bytes > 0 {
-            let size = tokio::fs::metadata(&self.path).await.map_or(0, |m| m.len());
-            if size >= self.max_bytes {
+        let mut file = self.file.lock();
+        // One stat tells the size and whether logrotate moved the file away.
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if self.max_bytes > 0 && meta.len() >= self.max_bytes => {
                 // Named by the time, so no rotation overwrites another.
                 let mut rotated = self.path.clone().into_os_string();
                 rotated.push(format!(".{}", now_millis()));
-                tokio::fs::rename(&self.path, rotated).await.map_err(io)?;
+                std::fs::rename(&self.path, rotated).map_err(io)?;
                 *file = None;
             }
+            Ok(_) => {}
+            Err(_) => *file = None,
         }
-        // Reopened after a rotation, or when a rename by logrotate left it behind.
-        if file.is_none() || !tokio::fs::try_exists(&self.path).await.unwrap_or(false) {
-            *file = Some(append(&self.path).await.map_err(io)?);
+        if file.is_none() {
+            *file = Some(append(&self.path).map_err(io)?);
         }
         let Some(f) = file.as_mut() else {
             return Err(SinkError("file not open".into()));
         };
-        let bytes = lines(batch);
-        let written = async {
-            f.write_all(&bytes).await?;
-            f.flush().await
-        }
-        .await;
-        if let Err(e) = written {
+        if let Err(e) = f.write_all(&lines(batch)) {
             *file = None;
             return Err(io(e));
         }
@@ -260,14 +259,26 @@ impl Sink for FileSink {
 }
 
 /// A Redis stream: one `XADD ... MAXLEN ~` per event (field `event`, the
-/// JSON), a batch in one pipeline.
+/// JSON), a batch in one script call, so one reply comes back for the
+/// batch rather than an entry id per event.
 struct RedisSink {
     client: redis::Client,
     connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    script: redis::Script,
     stream: String,
     maxlen: u64,
     timeout: Duration,
 }
+
+/// `XADD`s every event of a batch (`ARGV[2..]`) to the stream `KEYS[1]`,
+/// trimmed to about `ARGV[1]` entries; answers how many.
+const XADD_BATCH: &str = r"
+local maxlen = ARGV[1]
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event', ARGV[i])
+end
+return #ARGV - 1
+";
 
 #[async_trait]
 impl Sink for RedisSink {
@@ -285,22 +296,14 @@ impl Sink for RedisSink {
         let Some(conn) = slot.as_mut() else {
             return Err(SinkError("not connected".into()));
         };
-        let mut pipe = redis::pipe();
+        let mut call = self.script.key(&self.stream);
+        call.arg(self.maxlen);
         for event in batch {
-            let json = event.json();
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.maxlen)
-                .arg("*")
-                .arg("event")
-                .arg(json)
-                .ignore();
+            call.arg(event.json());
         }
-        let sent = tokio::time::timeout(self.timeout, pipe.query_async::<()>(conn)).await;
+        let sent = tokio::time::timeout(self.timeout, call.invoke_async::<u64>(conn)).await;
         match sent {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 *slot = None;
                 Err(err(e))
@@ -331,11 +334,8 @@ impl DeadLetters {
         &self.path
     }
 
-    async fn keep(&self, events: &[Arc<Event>]) -> std::io::Result<()> {
-        let bytes = lines(events);
-        let mut f = append(&self.path).await?;
-        f.write_all(&bytes).await?;
-        f.flush().await
+    fn keep(&self, events: &[Arc<Event>]) -> std::io::Result<()> {
+        append(&self.path)?.write_all(&lines(events))
     }
 }
 
@@ -474,7 +474,7 @@ impl Delivery {
         if events.is_empty() {
             return;
         }
-        match self.dead.keep(events).await {
+        match self.dead.keep(events) {
             Ok(()) => outbox.metrics.dead_lettered.inc_by(events.len() as u64),
             Err(e) => {
                 tracing::error!(sink = outbox.name, events = events.len(), error = %e, file = %self.dead.path().display(), "events lost: the dead-letter file cannot be written");

@@ -11,6 +11,10 @@ and shutdown cancel out.
 
   benches/load/instructions.py --bin-dir target/release [--bin-dir other/build ...]
 
+With `--sinks`, each build is also measured with two event sinks (a JSON
+lines file and a Redis stream on a redis-server this script starts): what
+the events cost each request, delivery tasks included.
+
 Needs valgrind and nginx (the upstream); benches/load/run.sh installs nginx.
 """
 
@@ -100,12 +104,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--bin-dir", action="append", required=True, help="a build to measure (repeatable)")
     ap.add_argument("--state", action="store_true", help="also measure each build with [store] state_dir (snapshots every 1 s)")
+    ap.add_argument("--only", help="measure only the scenarios whose name contains this")
+    ap.add_argument("--sinks", action="store_true", help="also measure each build with two event sinks (file + Redis stream)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="anteroom-instructions-")
+    scenarios = {k: v for k, v in SCENARIOS.items() if not args.only or args.only in k}
     nginx = "nginx" if subprocess.run(["which", "nginx"], capture_output=True).returncode == 0 else "/usr/sbin/nginx"
     up = free_port()
     nginx_conf(f"{tmp}/up.conf", tmp, up, 1)
     upstream = subprocess.Popen([nginx, "-c", f"{tmp}/up.conf", "-g", "daemon off;"], start_new_session=True)
+    redis = None
+    if args.sinks:
+        redis_port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                                 stdout=subprocess.DEVNULL, start_new_session=True)
+        wait_port(redis_port)
     results = {}
     try:
         wait_port(up)
@@ -118,6 +131,19 @@ def main():
             stores = [("", '[store]\nbackend = "memory"')]
             if args.state:
                 stores.append((" + state_dir", f'[store]\nbackend = "memory"\nstate_dir = "{tmp}/state"\nsnapshot_interval = "1s"'))
+            if args.sinks:
+                stores.append((" + two sinks", f'''[store]
+backend = "memory"
+[events]
+dead_letter_dir = "{tmp}/dead"
+[[events.sink]]
+kind = "file"
+path = "{tmp}/events.jsonl"
+[[events.sink]]
+kind = "redis"
+url = "redis://127.0.0.1:{redis_port}/0"
+stream = "anteroom:events"
+maxlen = 100000'''))
             for suffix, store in stores:
                 port, admin = free_port(), free_port()
                 anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", store, anteroom)
@@ -126,14 +152,16 @@ def main():
                     continue
                 cmd = [anteroom, "run", "--config", f"{tmp}/ant.toml"]
                 row = {"plain pingora, forward": plain_count}
-                for name, (path, needs) in SCENARIOS.items():
+                for name, (path, needs) in scenarios.items():
                     row[name] = per_request(cmd, port, path, needs, tmp)
                     print(f"{bin_dir}{suffix}: {name}: {row[name]:,.0f}", file=sys.stderr)
                 results[bin_dir + suffix] = row
     finally:
-        os.killpg(upstream.pid, signal.SIGKILL)
-        upstream.wait()
-    names = ["plain pingora, forward"] + list(SCENARIOS)
+        for p in (upstream, redis):
+            if p:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    names = ["plain pingora, forward"] + list(scenarios)
     print("| scenario | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     for name in names:
