@@ -26,7 +26,8 @@ use crate::events::VisitorEvents;
 use crate::facts::Facts;
 use crate::room::{Room, Rooms, WaitingRoom};
 use crate::store::{
-    Arrival, Lane, Newcomer, Place, Polled, SessionId, SessionInfo, Store, StoreError, now_millis,
+    Adopt, Arrival, Lane, Newcomer, Place, Polled, SessionId, SessionInfo, Store, StoreError,
+    now_millis,
 };
 use crate::token::{Claims, Kind, Tokens, now_secs};
 
@@ -303,7 +304,11 @@ impl Gate {
                 return Some(seen.info.clone());
             }
         }
-        match self.store.touch(room, id).await {
+        let adopt = Adopt {
+            admitted_at: claims.adm.unwrap_or(claims.iat * 1000),
+            until: claims.exp * 1000,
+        };
+        match self.store.touch(room, id, Some(adopt)).await {
             Ok(Some(info)) => {
                 self.seen.insert(
                     id.0,
@@ -351,6 +356,7 @@ impl Gate {
             self.tokens
                 .claims(Kind::Pass, room.name(), session.id.to_string(), None, ttl);
         claims.bnd = self.binding(w, facts);
+        claims.adm = Some(session.admitted_at);
         // A signed token is base64url and dots: always a valid header value.
         HeaderValue::try_from(self.tokens.sign(&claims)).unwrap_or(HeaderValue::from_static(""))
     }
@@ -393,7 +399,10 @@ impl Gate {
     ) -> Box<Waiting> {
         let now = now_secs();
         let (ticket, set_ticket) = match ticket {
-            Some((token, claims)) if !claims.needs_renewal(now) => (token, false),
+            // A ticket the store took back under a new id is given anew.
+            Some((token, claims)) if !claims.needs_renewal(now) && claims.sub == place.ticket => {
+                (token, false)
+            }
             renewed => {
                 let issued = if renewed.is_some() {
                     now

@@ -488,7 +488,8 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError
                 .map(|r| (r.name.clone(), r.capacity))
                 .collect();
             let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)
-                .map_err(|e| StartError::Store(e.to_string()))?;
+                .map_err(|e| StartError::Store(e.to_string()))?
+                .with_rebuild_grace(config.store.rebuild_grace);
             let shared = Arc::new(Observed::new(store, metrics));
             Opened {
                 store: shared.clone(),

@@ -316,6 +316,11 @@ pub struct Claims {
     /// and network), when its room binds tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bnd: Option<String>,
+    /// When the session began, ms since the epoch (passes): a store that
+    /// lost the session takes it back with its true age, so `session_max`
+    /// still ends it on time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adm: Option<u64>,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
     /// Not before.
@@ -519,6 +524,7 @@ impl Tokens {
             kind,
             lane: lane.map(str::to_owned),
             bnd: None,
+            adm: None,
             iat: issued,
             nbf: issued.saturating_sub(1),
             exp: issued + ttl.as_secs().max(1),
@@ -782,6 +788,7 @@ mod tests {
             kind: Kind::Pass,
             lane: None,
             bnd: None,
+            adm: None,
             iat: 100,
             nbf: 100,
             exp: 200,

@@ -16,7 +16,7 @@ use crate::common::{TestUpstream, Visitor, client, eventually, get_json, get_tex
 fn shared(upstream: &TestUpstream, redis: &RedisServer, rooms_and_routes: &str) -> String {
     let store = redis.shared_store(
         "cluster",
-        "sweep_interval = \"100ms\"\ntouch_interval = \"500ms\"\nlease = \"1s\"\ntimeout = \"300ms\"",
+        "sweep_interval = \"100ms\"\ntouch_interval = \"500ms\"\nrebuild_grace = \"1s\"\nlease = \"1s\"\ntimeout = \"300ms\"",
     );
     format!(
         "{store}\n[[upstream]]\nname = \"app\"\naddress = \"{}\"\nread_timeout = \"60s\"\n\n{rooms_and_routes}\n",
@@ -342,28 +342,35 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
     .await;
     assert_eq!(later.get("/echo").await.0, 200);
 
-    // Redis restarted empty: connections come back and rooms are set up again
-    // on first use; within moments newcomers are admitted, with no restart of anteroom.
+    // Redis restarted empty: connections come back and rooms are set up
+    // again on first use, and the passes are taken back: both holders keep
+    // going on every instance (never queued as newcomers) and hold their
+    // slots, so a newcomer waits.
     redis.restart();
     let mut answers = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut after = instances[2].visitor();
-        let (status, body) = after.get("/echo").await;
-        answers.push((status, body["code"].clone(), body["state"].clone()));
-        if status == 200 {
-            break;
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        for (i, holder) in [&inside, &later].into_iter().enumerate() {
+            let mut v = instances[i + 1].visitor();
+            v.pass = holder.pass.clone();
+            answers.push(v.get("/echo").await.0);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never admitted after Redis restarted: {answers:?}"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        answers.len() <= 4,
-        "service came back within a few requests: {answers:?}"
+        answers.iter().all(|&s| s == 200),
+        "pass holders after Redis restarted: {answers:?}"
     );
+    let (status, body) = instances[2].visitor().get("/echo").await;
+    assert_eq!(
+        (status.as_u16(), body["state"].as_str()),
+        (503, Some("queued"))
+    );
+    let (_, capacity) = instances[0]
+        .visitor()
+        .get("/__anteroom/capacity?room=web")
+        .await;
+    assert_eq!(capacity["inUse"], 2, "{capacity}");
     let ready = get_json(instances[0].admin_url("/readyz")).await;
     assert_eq!(ready["store"]["up"], true);
 }

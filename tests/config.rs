@@ -115,6 +115,8 @@ upstream = "ap"
         ("store.url", format!("[store]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n{BASE}")),
         ("store.url", format!("[store]\nurl = \"redis://127.0.0.1:6379\"\n{BASE}")),
         ("store.timeout", format!("[store]\nbackend = \"redis\"\ntimeout = \"0s\"\n{BASE}")),
+        ("store.rebuild_grace", format!("[store]\nbackend = \"redis\"\ntouch_interval = \"10s\"\nrebuild_grace = \"5s\"\n{BASE}")),
+        ("store.rebuild_grace", format!("[store]\nrebuild_grace = \"soon\"\n{BASE}")),
         ("room[0].on_store_error", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\non_store_error = \"maybe\"\n")),
         ("room[0].challenge", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nchallenge = \"captcha\"\n")),
         ("room[0].challenge_difficulty", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\nchallenge = \"pow\"\nchallenge_difficulty = 40\n")),

@@ -14,7 +14,8 @@ use anteroom::config::{RedisConfig, State};
 use anteroom::store::memory::MemoryStore;
 use anteroom::store::redis::RedisStore;
 use anteroom::store::{
-    Arrival, Lane, Newcomer, Place, Polled, RoomSpec, SessionInfo, Settings, SettingsPatch, Store,
+    Adopt, Arrival, Lane, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
+    SettingsPatch, Store, now_millis,
 };
 
 use crate::common::eventually;
@@ -116,6 +117,8 @@ backends!(
     the_backend_names_itself,
     a_heartbeat_keeps_the_place_and_never_claims,
     a_reserved_slot_wakes_its_tickets_stream,
+    a_pass_the_store_does_not_know_is_taken_back,
+    session_max_ends_a_session_taken_back,
 );
 
 /// A room "web" with generous windows; scenarios shorten the ones they test.
@@ -376,7 +379,7 @@ async fn sessions_slide_and_lapse(backend: Backend) {
     let start = Instant::now();
     while start.elapsed() < ttl * 2 {
         assert!(
-            store.touch("web", a.id).await.unwrap().is_some(),
+            store.touch("web", a.id, None).await.unwrap().is_some(),
             "lapsed while active"
         );
         tokio::time::sleep(ttl / 5).await;
@@ -389,7 +392,7 @@ async fn sessions_slide_and_lapse(backend: Backend) {
     .await;
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].id, a.id);
-    assert!(store.touch("web", a.id).await.unwrap().is_none());
+    assert!(store.touch("web", a.id, None).await.unwrap().is_none());
     assert_eq!(store.snapshot("web").await.unwrap().in_use(), 0);
 }
 
@@ -411,7 +414,7 @@ async fn session_max_caps_an_active_session(backend: Backend) {
     eventually(DEADLINE, || async {
         tokio::time::sleep(ttl / 6).await;
         store
-            .touch("web", a.id)
+            .touch("web", a.id, None)
             .await
             .unwrap()
             .is_none()
@@ -437,7 +440,7 @@ async fn a_lapsed_session_frees_its_slot_for_the_line(backend: Backend) {
     .await;
     let store = &*s.store;
     let inside = admitted(store, Lane::Normal).await;
-    store.touch("web", inside.id).await.unwrap();
+    store.touch("web", inside.id, None).await.unwrap();
     let t1 = queued(store, Lane::Normal).await;
     eventually(DEADLINE, || async {
         store.sweep("web").await.unwrap();
@@ -612,11 +615,15 @@ async fn unknown_tickets_are_expired(backend: Backend) {
     let store = &*s.store;
     admitted(store, Lane::Normal).await;
     let t = queued(store, Lane::Normal).await;
-    // Another room's ticket means nothing here (each room has its own epoch).
-    assert_eq!(
-        store.poll("other", &t.ticket, true).await.unwrap(),
-        Polled::Expired
-    );
+    // Another room's ticket (another epoch): the memory store never gave it
+    // out; a Redis room takes a ticket of an earlier epoch back (its state
+    // may have been lost), which is why the gate verifies a ticket's room
+    // (`aud`) before the store sees it.
+    let foreign = store.poll("other", &t.ticket, true).await.unwrap();
+    match backend {
+        Backend::Memory => assert_eq!(foreign, Polled::Expired),
+        Backend::Redis => assert!(matches!(foreign, Polled::Admitted(_)), "{foreign:?}"),
+    }
     for garbage in ["", "x", "1.2", "zz.1.0", "0.9.0", "0.1.0.0", "0:0", "\u{0}"] {
         assert_eq!(poll(store, garbage).await, Polled::Expired, "{garbage:?}");
     }
@@ -655,7 +662,7 @@ async fn unconfirmed_tickets_are_offered_nothing_and_forgotten(backend: Backend)
     .await;
     let store = &*s.store;
     let inside = admitted(store, Lane::Normal).await;
-    store.touch("web", inside.id).await.unwrap();
+    store.touch("web", inside.id, None).await.unwrap();
     let bots: Vec<Place> =
         futures_util::future::join_all((0..50).map(|_| arrives_queued(store, Lane::Normal))).await;
     let person = queued(store, Lane::Normal).await;
@@ -693,7 +700,7 @@ async fn a_place_let_in_at_once_waits_for_the_visitor_to_come_back(backend: Back
     let keeps = admitted(store, Lane::Normal).await;
     let bot = admitted(store, Lane::Normal).await;
     // The visitor who keeps the pass comes back with it: the place is theirs.
-    assert!(store.touch("web", keeps.id).await.unwrap().is_some());
+    assert!(store.touch("web", keeps.id, None).await.unwrap().is_some());
     let lapsed = eventually(DEADLINE, || async {
         let swept = store.sweep("web").await.unwrap();
         (swept.unconfirmed_sessions > 0).then_some(swept)
@@ -704,8 +711,8 @@ async fn a_place_let_in_at_once_waits_for_the_visitor_to_come_back(backend: Back
         lapsed.sessions_expired.is_empty(),
         "a bot's place is no visit"
     );
-    assert!(store.touch("web", bot.id).await.unwrap().is_none());
-    assert!(store.touch("web", keeps.id).await.unwrap().is_some());
+    assert!(store.touch("web", bot.id, None).await.unwrap().is_none());
+    assert!(store.touch("web", keeps.id, None).await.unwrap().is_some());
     assert_eq!(store.snapshot("web").await.unwrap().sessions, 1);
 }
 
@@ -746,7 +753,7 @@ async fn a_poll_that_does_not_confirm_leaves_the_ticket_uncounted(backend: Backe
     let store = &*s.store;
     // Inside for good: it came back with its pass.
     let inside = admitted(store, Lane::Normal).await;
-    store.touch("web", inside.id).await.unwrap();
+    store.touch("web", inside.id, None).await.unwrap();
     let solver = arrives_queued(store, Lane::Normal).await;
     let idler = arrives_queued(store, Lane::Normal).await;
     assert!(!solver.confirmed && !idler.confirmed);
@@ -820,7 +827,7 @@ async fn a_network_holds_at_most_its_tickets(backend: Backend) {
     let store = &*s.store;
     // Inside for good: it came back with its pass.
     let inside = admitted(store, Lane::Normal).await;
-    store.touch("web", inside.id).await.unwrap();
+    store.touch("web", inside.id, None).await.unwrap();
     let from = |net: &str| Newcomer {
         network: Some(net.to_owned()),
         ..newcomer(Lane::Normal)
@@ -877,7 +884,13 @@ async fn a_reload_keeps_the_line_and_what_the_admin_set(backend: Backend) {
     assert_eq!(position(store, &t2.ticket).await, 2);
     let web = store.snapshot("web").await.unwrap();
     assert_eq!((web.settings.state, web.sessions), (State::Paused, 1));
-    assert!(store.touch("web", session.id).await.unwrap().is_some());
+    assert!(
+        store
+            .touch("web", session.id, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(matches!(
         store.arrive("api", &newcomer(Lane::Normal)).await.unwrap(),
         Arrival::Admitted(_)
@@ -960,4 +973,220 @@ async fn a_shared_adaptive_limit_moves_once_per_round_trip_and_caps_leases() {
         4,
         "the capacity"
     );
+}
+
+/// What a verified pass says of its session, valid for a minute more.
+fn pass_of(session: &SessionInfo) -> Adopt {
+    Adopt {
+        admitted_at: session.admitted_at,
+        until: now_millis() + 60_000,
+    }
+}
+
+async fn a_pass_the_store_does_not_know_is_taken_back(backend: Backend) {
+    let s = open(backend, spec(1)).await;
+    let store = &*s.store;
+    let stranger = SessionId::random();
+    let admitted_at = now_millis() - 5_000;
+    let pass = Adopt {
+        admitted_at,
+        until: now_millis() + 60_000,
+    };
+    assert!(
+        store.touch("web", stranger, None).await.unwrap().is_none(),
+        "nothing to take it back from"
+    );
+    let expired = Adopt {
+        until: now_millis() - 1,
+        ..pass
+    };
+    assert!(
+        store
+            .touch("web", stranger, Some(expired))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let back = store
+        .touch("web", stranger, Some(pass))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.id, back.admitted_at), (stranger, admitted_at));
+    // Its slot is counted: the next newcomer waits.
+    assert_eq!(store.snapshot("web").await.unwrap().sessions, 1);
+    let waiting = queued(store, Lane::Normal).await;
+    assert_eq!(waiting.position(), 1);
+    // Touched again, it is the same session, not another one.
+    assert!(
+        store
+            .touch("web", stranger, Some(pass))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.snapshot("web").await.unwrap().sessions, 1);
+    // Released, its pass does not bring it back.
+    store.release("web", stranger).await.unwrap();
+    assert!(
+        store
+            .touch("web", stranger, Some(pass))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let inside = until_admitted(store, &waiting.ticket).await;
+    store.release("web", inside.id).await.unwrap();
+    assert!(
+        store
+            .touch("web", inside.id, Some(pass_of(&inside)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn session_max_ends_a_session_taken_back(backend: Backend) {
+    let mut room = spec(2);
+    room.session_max = Some(Duration::from_secs(10));
+    let s = open(backend, room).await;
+    let store = &*s.store;
+    let old = Adopt {
+        admitted_at: now_millis() - 11_000,
+        until: now_millis() + 60_000,
+    };
+    assert!(
+        store
+            .touch("web", SessionId::random(), Some(old))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.snapshot("web").await.unwrap().sessions, 0);
+}
+
+/// The memory store restored from a state file written before some
+/// visitors came: their passes are taken back, their tickets rejoin at the
+/// place their numbers give, behind the earlier ones and ahead of new ones.
+#[tokio::test]
+async fn a_restored_memory_store_takes_back_what_came_after_its_state_file() {
+    let specs = [spec(1)];
+    let before = MemoryStore::new(&specs);
+    let early = admitted(&before, Lane::Normal).await;
+    let t1 = queued(&before, Lane::Normal).await;
+    let saved = before.export(&[]).unwrap();
+    let t2 = queued(&before, Lane::Normal).await;
+    let t3 = queued(&before, Lane::Normal).await;
+    assert_eq!(position(&before, &t3.ticket).await, 3);
+
+    let (after, _) = MemoryStore::restore(&specs, &saved).unwrap();
+    assert!(
+        after
+            .touch("web", early.id, Some(pass_of(&early)))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A pass given after the state file (by the crashed process).
+    let late = SessionId::random();
+    let pass = Adopt {
+        admitted_at: now_millis(),
+        until: now_millis() + 60_000,
+    };
+    assert!(
+        after
+            .touch("web", late, Some(pass))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(after.snapshot("web").await.unwrap().sessions, 2);
+    // t3 comes back before t2 does (behind t1; t2 not back yet counts for
+    // nobody, like a silent ticket), and still waits behind t2.
+    assert_eq!(position(&after, &t3.ticket).await, 2);
+    assert_eq!(position(&after, &t2.ticket).await, 2);
+    assert_eq!(position(&after, &t3.ticket).await, 3);
+    assert_eq!(position(&after, &t1.ticket).await, 1);
+    let newcomer = queued(&after, Lane::Normal).await;
+    assert_eq!(newcomer.position(), 4);
+    // The places are kept: t1 is let in first once a slot frees.
+    after.release("web", early.id).await.unwrap();
+    after.release("web", late).await.unwrap();
+    until_admitted(&after, &t1.ticket).await;
+    assert_eq!(position(&after, &t2.ticket).await, 1);
+}
+
+/// Redis killed and restarted empty (as a server without persistence, or
+/// a failover to a replica that had not caught up, leaves it): passes are taken back and hold
+/// their slots while newcomers wait `rebuild_grace`; tickets rejoin in the
+/// order they arrived, ahead of every new one.
+#[tokio::test]
+async fn redis_that_lost_everything_is_rebuilt_from_the_tokens() {
+    let mut server = RedisServer::start();
+    let config = RedisConfig {
+        url: server.url(),
+        username: None,
+        password: None,
+        key_prefix: "rebuild".to_owned(),
+        connections: 1,
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        lease: Duration::from_secs(10),
+        ca_file: None,
+    };
+    let specs = [spec(2)];
+    let store = RedisStore::new(&config, &specs, &[], Duration::from_millis(50))
+        .unwrap()
+        .with_rebuild_grace(Duration::from_secs(2));
+    store.prepare().await.unwrap();
+    let a = admitted(&store, Lane::Normal).await;
+    let b = admitted(&store, Lane::Normal).await;
+    let tickets = [
+        queued(&store, Lane::Normal).await,
+        queued(&store, Lane::Normal).await,
+        queued(&store, Lane::Normal).await,
+    ];
+    server.restart();
+    eventually(DEADLINE, || async { store.ping().await.ok() }).await;
+
+    // The newest ticket is the first back, and still the last of the three.
+    let mut ids: Vec<String> = tickets.iter().map(|t| t.ticket.clone()).collect();
+    for i in [2, 0, 1] {
+        match poll(&store, &ids[i]).await {
+            Polled::Queued(p) => ids[i] = p.ticket,
+            other => panic!("ticket {i} should rejoin, got {other:?}"),
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(position(&store, id).await as usize, i + 1, "ticket {i}");
+    }
+    // Nobody is let in while the passes come back, though both slots are free.
+    let newcomer = arrives_queued(&store, Lane::Normal).await;
+    assert_eq!(store.snapshot("web").await.unwrap().reserved, 0);
+    assert!(
+        store
+            .touch("web", a.id, Some(pass_of(&a)))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .touch("web", b.id, Some(pass_of(&b)))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let snap = store.snapshot("web").await.unwrap();
+    assert_eq!(
+        (snap.sessions, snap.reserved),
+        (2, 0),
+        "both passes hold their slots"
+    );
+    assert_eq!(position(&store, &newcomer.ticket).await, 4);
+    // After the hold, a freed slot goes to the first ticket in line.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store.release("web", a.id).await.unwrap();
+    until_admitted(&store, &ids[0]).await;
+    assert_eq!(position(&store, &ids[1]).await, 1);
 }

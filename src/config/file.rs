@@ -74,6 +74,7 @@ pub struct StoreFile {
     pub backend: Option<String>,
     pub sweep_interval: Option<String>,
     pub touch_interval: Option<String>,
+    pub rebuild_grace: Option<String>,
     pub url: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,

@@ -147,6 +147,9 @@ pub struct StoreConfig {
     pub sweep_interval: Duration,
     /// Longest time between store touches of an admitted visitor's session.
     pub touch_interval: Duration,
+    /// After the store lost a room's state, how long newcomers wait while
+    /// the visitors holding passes come back and take their slots again.
+    pub rebuild_grace: Duration,
     /// Where the memory store keeps its state across restarts (`None`: it does not).
     pub state: Option<StateDir>,
 }

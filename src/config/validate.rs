@@ -1436,6 +1436,22 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
             Some(StateDir { dir, interval })
         }
     };
+    let touch_interval = positive(p, "store.touch_interval", &s.touch_interval, touch_default);
+    let rebuild_grace = p.duration(
+        "store.rebuild_grace",
+        s.rebuild_grace.as_deref(),
+        Duration::from_secs(15).max(touch_interval),
+    );
+    if !rebuild_grace.is_zero() && rebuild_grace < touch_interval {
+        p.add(
+            "store.rebuild_grace",
+            format!(
+                "{} is shorter than store.touch_interval ({}): a visitor with a pass reaches the store at most that often, so not all could be back in time (\"0s\" turns the hold off)",
+                humantime::format_duration(rebuild_grace),
+                humantime::format_duration(touch_interval)
+            ),
+        );
+    }
     StoreConfig {
         backend,
         sweep_interval: positive(
@@ -1444,7 +1460,8 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
             &s.sweep_interval,
             Duration::from_secs(1),
         ),
-        touch_interval: positive(p, "store.touch_interval", &s.touch_interval, touch_default),
+        touch_interval,
+        rebuild_grace,
         state,
     }
 }

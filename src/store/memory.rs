@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Arrival, FRESH, FRESH_MAX, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId,
+    Adopt, Arrival, FRESH, FRESH_MAX, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId,
     SessionInfo, Settings, SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
@@ -20,6 +20,9 @@ use crate::config::State;
 use crate::queue::{Queue, TicketState};
 use crate::turns::Turns;
 
+/// Most tickets a rejoining ticket may be ahead of the last one given out
+/// (those issued between the last state file and a crash).
+const REJOIN_GAP: u64 = 100_000;
 /// Tickets examined per lock hold by the sweeper, so requests never wait long.
 const SWEEP_CHUNK: usize = 16_384;
 /// Synthetic visitors added per lock hold.
@@ -167,6 +170,10 @@ pub struct RoomState {
     /// Mean absolute deviation of the visits from their average, in ms.
     #[serde(default)]
     visit_spread_ms: f64,
+    /// Sessions that ended → until when their passes could still come
+    /// back: those are not taken back (added last, as above).
+    #[serde(default)]
+    ended: HashMap<u128, Millis>,
     /// Tickets given a slot in the current step, to wake after it.
     #[serde(skip)]
     turned: Vec<String>,
@@ -197,6 +204,7 @@ impl RoomState {
             avg_claim_ms: 0.0,
             visits_measured: 0,
             visit_spread_ms: 0.0,
+            ended: HashMap::new(),
             sweep_from: [0, 0],
             per_network: HashMap::new(),
             idempotent: HashMap::new(),
@@ -361,8 +369,16 @@ impl RoomState {
         }
     }
 
-    fn end_session(&mut self, id: u128, now: Millis) -> Option<SessionInfo> {
+    /// Ends a session. One `released`, or never confirmed, is remembered
+    /// until its pass lapses (at most a session_ttl past its last renewal),
+    /// so that it is not taken back; one that lapsed unused has a pass that
+    /// lapses with it.
+    fn end_session(&mut self, id: u128, now: Millis, released: bool) -> Option<SessionInfo> {
         let s = self.sessions.remove(&id)?;
+        if released || !s.confirmed {
+            self.ended
+                .insert(id, now + self.spec.session_ttl.as_millis() as u64);
+        }
         // Sessions admitted in the same millisecond lie together, in any order.
         let from = self.ages.partition_point(|&(t, _)| t < s.admitted_at);
         if let Some(i) = self.ages[from..].iter().position(|&(_, x)| x == id) {
@@ -566,6 +582,7 @@ impl RoomState {
         let Some((lane, seq)) = self.parse_ticket(ticket) else {
             return Polled::Expired;
         };
+        self.rejoin(now, lane, seq);
         let Some((state, seen)) = self
             .queue
             .lane(lane)
@@ -610,19 +627,45 @@ impl RoomState {
         }
     }
 
+    /// A verified ticket this state never gave out (issued after the state
+    /// file it was restored from was written) takes the place its number
+    /// gives: behind every ticket given out before it, ahead of every later
+    /// one. A number far past the last one given is refused.
+    fn rejoin(&mut self, now: Millis, lane: Lane, seq: u64) {
+        let q = self.queue.lane_mut(lane);
+        let next = q.next_seq();
+        if seq < next || seq - next > REJOIN_GAP {
+            return;
+        }
+        // The tickets between, not back yet, keep their places as silent
+        // ones do (and are forgotten like them if they never come).
+        for _ in next..seq {
+            q.push(now, None, None, TicketState::Stale);
+        }
+        q.push(now, None, None, TicketState::Waiting);
+    }
+
     /// The tickets given a slot since the last call.
     pub fn take_turned(&mut self) -> Vec<String> {
         std::mem::take(&mut self.turned)
     }
 
     /// See [`Store::touch`].
-    pub fn touch(&mut self, now: Millis, id: SessionId) -> Option<SessionInfo> {
+    pub fn touch(
+        &mut self,
+        now: Millis,
+        id: SessionId,
+        adopt: Option<Adopt>,
+    ) -> Option<SessionInfo> {
+        if !self.sessions.contains_key(&id.0) {
+            return self.adopt(now, id, adopt?);
+        }
         let lapsed = self
             .sessions
             .get(&id.0)
             .map(|s| self.session_lapsed(s, now))?;
         if lapsed {
-            self.end_session(id.0, now);
+            self.end_session(id.0, now, false);
             self.promote(now);
             return None;
         }
@@ -641,9 +684,40 @@ impl RoomState {
         })
     }
 
+    /// A session this state does not know, from its verified pass: taken
+    /// back unless it ended here or its pass (or `session_max`) ran out.
+    fn adopt(&mut self, now: Millis, id: SessionId, adopt: Adopt) -> Option<SessionInfo> {
+        let max = self.spec.session_max.map(|d| d.as_millis() as u64);
+        if adopt.until <= now
+            || self.ended.contains_key(&id.0)
+            || max.is_some_and(|m| now >= adopt.admitted_at + m)
+        {
+            return None;
+        }
+        let admitted_at = adopt.admitted_at.min(now);
+        let at = self.ages.partition_point(|&(t, _)| t <= admitted_at);
+        self.ages.insert(at, (admitted_at, id.0));
+        self.sessions.insert(
+            id.0,
+            Session {
+                admitted_at,
+                last_seen: now,
+                wait_ms: 0,
+                utm: None,
+                confirmed: true,
+            },
+        );
+        Some(SessionInfo {
+            id,
+            admitted_at,
+            wait_ms: 0,
+            utm: None,
+        })
+    }
+
     /// See [`Store::release`].
     pub fn release(&mut self, now: Millis, id: SessionId) -> Option<SessionInfo> {
-        let info = self.end_session(id.0, now);
+        let info = self.end_session(id.0, now, true);
         self.promote(now);
         info
     }
@@ -671,6 +745,7 @@ impl RoomState {
     pub fn sweep_sessions(&mut self, now: Millis, out: &mut Swept) {
         out.reservations_lapsed += self.lapse_reservations(now);
         self.idempotent.retain(|_, (_, until)| *until > now);
+        self.ended.retain(|_, until| *until > now);
         let lapsed: Vec<u128> = self
             .sessions
             .iter()
@@ -679,7 +754,7 @@ impl RoomState {
             .collect();
         for id in lapsed {
             let confirmed = self.sessions.get(&id).is_some_and(|s| s.confirmed);
-            if let Some(info) = self.end_session(id, now) {
+            if let Some(info) = self.end_session(id, now, false) {
                 if confirmed {
                     out.sessions_expired.push(info);
                 } else {
@@ -961,8 +1036,9 @@ impl Store for MemoryStore {
         &self,
         room: &str,
         session: SessionId,
+        adopt: Option<Adopt>,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        self.step(room, |r| r.touch(now_millis(), session))
+        self.step(room, |r| r.touch(now_millis(), session, adopt))
     }
 
     async fn release(

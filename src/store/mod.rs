@@ -230,6 +230,18 @@ pub struct SessionInfo {
     pub utm: Option<Arc<Utm>>,
 }
 
+/// What a verified pass tells the store of its session, so that a store
+/// that lost the session (restarted empty, failed over to a replica that
+/// had not caught up) takes it back rather than forgetting a visitor who
+/// was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopt {
+    /// When the session began (the pass's `adm`, or its `iat` when older).
+    pub admitted_at: Millis,
+    /// When the pass expires: it is never taken back after that.
+    pub until: Millis,
+}
+
 /// The answer to a new visitor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arrival {
@@ -356,11 +368,15 @@ pub trait Store: Send + Sync {
     }
 
     /// An admitted visitor's request: slides the session's expiry. `None`
-    /// when the session is gone (released, expired, unknown).
+    /// when the session is gone (released or expired: the store remembers
+    /// which for a session's lifetime). A session the store does not know
+    /// at all is taken back when `adopt` (from a verified pass) is given
+    /// and still valid: counted as a session again, even past capacity.
     async fn touch(
         &self,
         room: &str,
         session: SessionId,
+        adopt: Option<Adopt>,
     ) -> Result<Option<SessionInfo>, StoreError>;
 
     /// Ends a session at once, freeing its slot.
@@ -597,8 +613,10 @@ impl<S: Store> Store for Observed<S> {
         &self,
         room: &str,
         session: SessionId,
+        adopt: Option<Adopt>,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        self.record("touch", self.inner.touch(room, session)).await
+        self.record("touch", self.inner.touch(room, session, adopt))
+            .await
     }
     async fn release(
         &self,

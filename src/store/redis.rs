@@ -22,8 +22,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
 
 use super::{
-    Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo, Settings,
-    SettingsPatch, Snapshot, Step, Store, StoreError, Swept, Wait, now_millis,
+    Adopt, Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo,
+    Settings, SettingsPatch, Snapshot, Step, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
@@ -79,8 +79,11 @@ impl Scripts {
 
 /// A sessions room's keys and how to set it up.
 struct RoomKeys {
-    keys: [String; 16],
+    keys: [String; 17],
     spec: RoomSpec,
+    /// When this instance last got an answer for the room (ms): a room
+    /// found gone soon after was lost, not idle for long.
+    used: AtomicU64,
 }
 
 /// A requests room's keys and capacity.
@@ -103,7 +106,7 @@ impl Layout {
                 let b = base(prefix, &spec.name);
                 let keys = [
                     "s", "ss", "sd", "l0", "l1", "e0", "e1", "seen", "t", "rv", "rq", "u", "net",
-                    "idem", "idemx", "sa",
+                    "idem", "idemx", "sa", "end",
                 ]
                 .map(|k| format!("{b}:{k}"));
                 (
@@ -111,6 +114,7 @@ impl Layout {
                     RoomKeys {
                         keys,
                         spec: spec.clone(),
+                        used: AtomicU64::new(0),
                     },
                 )
             })
@@ -163,9 +167,20 @@ pub struct RedisStore {
     /// Where every instance's scripts publish the slots they reserve.
     channel: String,
     turns: Arc<Turns>,
+    /// How long a room set up anew after this instance used it holds
+    /// newcomers back (`[store] rebuild_grace`).
+    rebuild_grace: Duration,
 }
 
 impl RedisStore {
+    /// After the store lost a room this instance was using, newcomers wait
+    /// this long while visitors with passes come back and take their slots
+    /// (0: no hold).
+    pub fn with_rebuild_grace(mut self, grace: Duration) -> RedisStore {
+        self.rebuild_grace = grace;
+        self
+    }
+
     /// Sets up the connections (established lazily, reconnected
     /// automatically) and the rooms' keys. Nothing is sent yet, so anteroom
     /// starts even while Redis is down.
@@ -226,6 +241,7 @@ impl RedisStore {
             answered: AtomicBool::new(false),
             channel: format!("{}:turns", config.key_prefix),
             turns: Turns::new(),
+            rebuild_grace: Duration::ZERO,
         })
     }
 
@@ -327,7 +343,9 @@ impl RedisStore {
                 .bounded(invocation.invoke_async::<Value>(&mut conn))
                 .await?
             {
-                Err(e) if e.code() == Some("NOINIT") && attempt == 0 => self.init(room).await?,
+                Err(e) if e.code() == Some("NOINIT") && attempt == 0 => {
+                    self.init(room, true).await?;
+                }
                 Err(e) => return Err(StoreError::Unavailable(e.to_string())),
                 Ok(value) => return Ok(value),
             }
@@ -344,22 +362,30 @@ impl RedisStore {
         args: &[String],
     ) -> Result<Value, StoreError> {
         let layout = self.layout.load_full();
-        let keys = &layout
+        let r = layout
             .rooms
             .get(room)
-            .ok_or_else(|| StoreError::UnknownRoom(room.to_owned()))?
-            .keys;
-        self.invoke(keys, script, args, room).await
+            .ok_or_else(|| StoreError::UnknownRoom(room.to_owned()))?;
+        let value = self.invoke(&r.keys, script, args, room).await?;
+        r.used.store(now_millis(), Ordering::Relaxed);
+        Ok(value)
     }
 
-    /// A step on one session (touch, release): its data, if it is still there.
+    /// A step on one session (touch, release, with what to take it back
+    /// from): its data, if it is there.
     async fn session_call(
         &self,
         room: &str,
         script: &Script,
         session: SessionId,
+        adopt: Option<Adopt>,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        let v = self.room_call(room, script, &[session.to_string()]).await?;
+        let (a, until) = adopt.map_or((String::new(), String::new()), |a| {
+            (a.admitted_at.to_string(), a.until.to_string())
+        });
+        let v = self
+            .room_call(room, script, &[session.to_string(), a, until])
+            .await?;
         touched(session, &v)
     }
 
@@ -375,7 +401,10 @@ impl RedisStore {
 
     /// Writes a room's configured settings (unless admin changes of the same
     /// configuration are in place) and gives it an epoch if it has none.
-    async fn init(&self, room: &str) -> Result<(), StoreError> {
+    /// `lost`: the room was found gone; if this instance used it within a
+    /// session's lifetime, its state was lost (not idle past its keys'
+    /// expiry), and newcomers are held back for `rebuild_grace`.
+    async fn init(&self, room: &str, lost: bool) -> Result<(), StoreError> {
         let layout = self.layout.load_full();
         if let Some(r) = layout.rooms.get(room) {
             let s = &r.spec;
@@ -413,6 +442,14 @@ impl RedisStore {
             args.push(rand::random::<u32>().to_string());
             args.push(self.channel.clone());
             args.push(room.to_owned());
+            let used = r.used.load(Ordering::Relaxed);
+            let recent = used > 0 && now_millis().saturating_sub(used) < ms(s.session_ttl);
+            let hold = if lost && recent {
+                ms(self.rebuild_grace)
+            } else {
+                0
+            };
+            args.push(hold.to_string());
             let value = self
                 .invoke_plain(&r.keys, &self.scripts.init, &args)
                 .await?;
@@ -725,8 +762,10 @@ impl Store for RedisStore {
         &self,
         room: &str,
         session: SessionId,
+        adopt: Option<Adopt>,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        self.session_call(room, &self.scripts.touch, session).await
+        self.session_call(room, &self.scripts.touch, session, adopt)
+            .await
     }
 
     async fn release(
@@ -734,7 +773,7 @@ impl Store for RedisStore {
         room: &str,
         session: SessionId,
     ) -> Result<Option<SessionInfo>, StoreError> {
-        self.session_call(room, &self.scripts.release, session)
+        self.session_call(room, &self.scripts.release, session, None)
             .await
     }
 
@@ -840,7 +879,7 @@ impl Store for RedisStore {
             .cloned()
             .collect();
         for room in names {
-            self.init(&room).await?;
+            self.init(&room, false).await?;
         }
         Ok(())
     }

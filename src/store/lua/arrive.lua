@@ -30,7 +30,8 @@ local function remember(what)
   redis.call('HSET', K_IDEM, key, what)
   redis.call('ZADD', K_IDEMX, NOW + IDEM_MS, key)
 end
-if STATE == 'active' and redis.call('ZCARD', K_E[1]) + redis.call('ZCARD', K_E[2]) == 0
+if STATE == 'active' and NOW >= num('hold_until')
+    and redis.call('ZCARD', K_E[1]) + redis.call('ZCARD', K_E[2]) == 0
     and redis.call('HLEN', K_RV) == 0 and free() > 0 and bucket_take() then
   local r = admit(id, 0, utm, false)
   remember('s:' .. id)

@@ -4,12 +4,24 @@
 -- an event stream's heartbeat).
 if uninitialised() then return redis.error_reply('NOINIT room') end
 lapse()
-local lane, seq = parse_ticket(ARGV[2])
-if lane == nil or redis.call('HEXISTS', K_T, lane .. ':' .. seq) == 0 then
+local lane, seq, same = parse_any_ticket(ARGV[2])
+if lane == nil then
   save()
   return { 'expired' }
 end
 local tkey = lane .. ':' .. seq
+if redis.call('HEXISTS', K_T, tkey) == 0 then
+  local counter = 'seq' .. lane
+  if same and tonumber(seq) < num(counter) then
+    -- Given out here and forgotten since (silent past rejoin_grace, or it left).
+    save()
+    return { 'expired' }
+  end
+  -- A verified ticket this state never held (the store lost its state, or failed over to a
+  -- replica that had not caught up): back at the place its number gives, never ahead of it.
+  if tonumber(seq) >= num(counter) then set(counter, tonumber(seq) + 1) end
+  redis.call('HSET', K_T, tkey, cjson.encode({ j = NOW, a = ahead(lane, seq) }))
+end
 local arrived = redis.call('ZSCORE', K_U, tkey)
 if arrived and tonumber(arrived) <= NOW - CONFIRM then
   -- Too late to confirm, swept or not: a stale solution finds nothing.

@@ -12,13 +12,14 @@
 --                                             KEYS[14] Idempotency-Key -> what it got (hash)
 --                                             KEYS[15] Idempotency-Keys by expiry (zset)
 --                                             KEYS[16] sessions by admission time (zset)
+--                                             KEYS[17] ended sessions by when their passes lapse (zset)
 -- Lane 0 is priority, 1 normal; a ticket is "<lane>:<seq>", its id "<epoch>.<lane>.<seq>".
 -- It runs after clock.lua (NOW, and the deadline in ARGV[1]).
 local K_S, K_SS, K_SD = KEYS[1], KEYS[2], KEYS[3]
 local K_L = { KEYS[4], KEYS[5] }
 local K_E = { KEYS[6], KEYS[7] }
 local K_SEEN, K_T, K_RV, K_RQ, K_U = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local K_NET, K_IDEM, K_IDEMX, K_SA = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local K_NET, K_IDEM, K_IDEMX, K_SA, K_END = KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
 -- store::FRESH and store::FRESH_MAX: recent places not confirmed yet that count as ahead.
 local FRESH_MS, FRESH_MAX = 2000, 1000
 local TAU = 60000
@@ -172,6 +173,12 @@ local function ahead(lane, seq)
 end
 
 local function ticket_id(lane, seq) return S.epoch .. '.' .. lane .. '.' .. seq end
+-- A ticket of any state of the room: lane, sequence (canonical), and whether it is of this one.
+local function parse_any_ticket(id)
+  local epoch, lane, seq = string.match(id, '^(%d+)%.([01])%.(%d+)$')
+  if epoch == nil then return nil end
+  return tonumber(lane), int(tonumber(seq)), epoch == S.epoch
+end
 local function parse_ticket(id)
   local epoch, lane, seq = string.match(id, '^(%d+)%.([01])%.(%d+)$')
   if epoch == nil or epoch ~= S.epoch then return nil end
@@ -229,7 +236,8 @@ end
 
 -- Offers every free slot to the head of the line.
 local function promote()
-  if STATE ~= 'active' then return end
+  -- Just rebuilt: the slots are the returning passes' first (init.lua).
+  if STATE ~= 'active' or NOW < num('hold_until') then return end
   local claim_until = NOW + CLAIM
   while free() > 0 do
     local lane = next_lane()
@@ -262,13 +270,17 @@ local function admit(id, wait_ms, utm, confirmed)
   return { 'admitted', id, int(NOW), int(wait_ms), utm }
 end
 
-local function end_session(id)
+-- Ends a session. One `released`, or never confirmed, is remembered until its pass lapses
+-- (at most a session_ttl past its last renewal) so touch.lua does not take it back; one
+-- that lapsed unused has a pass that lapses with it.
+local function end_session(id, released)
   local raw = redis.call('HGET', K_SD, id)
   redis.call('ZREM', K_SS, id)
   redis.call('ZREM', K_SA, id)
   redis.call('HDEL', K_SD, id)
   if not raw then return nil end
   local data = cjson.decode(raw)
+  if released or data.c == 0 then redis.call('ZADD', K_END, NOW + TTL, id) end
   if data.c ~= 0 then
     local visit = NOW - data.a
     local avg = visit

@@ -14,7 +14,7 @@ local sessions = {}
 local unconfirmed_sessions = 0
 local due = redis.call('ZRANGEBYSCORE', K_SS, '-inf', NOW, 'LIMIT', 0, limit)
 for _, id in ipairs(due) do
-  local data = end_session(id)
+  local data = end_session(id, false)
   if data and data.c == 0 then
     unconfirmed_sessions = unconfirmed_sessions + 1
   else
@@ -33,6 +33,7 @@ for _, tkey in ipairs(never) do
 end
 if #never >= limit then more = 1 end
 
+redis.call('ZREMRANGEBYSCORE', K_END, '-inf', NOW)
 local spent = redis.call('ZRANGEBYSCORE', K_IDEMX, '-inf', NOW, 'LIMIT', 0, limit)
 for _, key in ipairs(spent) do
   redis.call('ZREM', K_IDEMX, key)
