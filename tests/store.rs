@@ -46,17 +46,7 @@ impl Backend {
             },
             Backend::Redis => {
                 let server = RedisServer::start();
-                let config = RedisConfig {
-                    url: format!("redis://127.0.0.1:{}/0", server.port),
-                    username: None,
-                    password: None,
-                    key_prefix: "conformance".to_owned(),
-                    connections: 1,
-                    timeout: Duration::from_secs(2),
-                    connect_timeout: Duration::from_secs(2),
-                    lease: Duration::from_secs(10),
-                    ca_file: None,
-                };
+                let config = redis_config(&server, "conformance");
                 let store =
                     RedisStore::new(&config, specs, &[], Duration::from_millis(50)).unwrap();
                 store.prepare().await.unwrap();
@@ -120,6 +110,21 @@ backends!(
     a_pass_the_store_does_not_know_is_taken_back,
     session_max_ends_a_session_taken_back,
 );
+
+/// A store config for the test's own redis-server, its keys under `prefix`.
+fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url: server.url(),
+        username: None,
+        password: None,
+        key_prefix: prefix.to_owned(),
+        connections: 1,
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        lease: Duration::from_secs(10),
+        ca_file: None,
+    }
+}
 
 /// A room "web" with generous windows; scenarios shorten the ones they test.
 fn spec(capacity: u32) -> RoomSpec {
@@ -928,17 +933,7 @@ async fn the_backend_names_itself(backend: Backend) {
 async fn a_shared_adaptive_limit_moves_once_per_round_trip_and_caps_leases() {
     use anteroom::store::{Leases, Step};
     let server = RedisServer::start();
-    let config = RedisConfig {
-        url: format!("redis://127.0.0.1:{}/0", server.port),
-        username: None,
-        password: None,
-        key_prefix: "adapt".to_owned(),
-        connections: 1,
-        timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(2),
-        lease: Duration::from_secs(10),
-        ca_file: None,
-    };
+    let config = redis_config(&server, "adapt");
     let store = RedisStore::new(
         &config,
         &[],
@@ -1123,17 +1118,7 @@ async fn a_restored_memory_store_takes_back_what_came_after_its_state_file() {
 #[tokio::test]
 async fn redis_that_lost_everything_is_rebuilt_from_the_tokens() {
     let mut server = RedisServer::start();
-    let config = RedisConfig {
-        url: server.url(),
-        username: None,
-        password: None,
-        key_prefix: "rebuild".to_owned(),
-        connections: 1,
-        timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(2),
-        lease: Duration::from_secs(10),
-        ca_file: None,
-    };
+    let config = redis_config(&server, "rebuild");
     let specs = [spec(2)];
     let store = RedisStore::new(&config, &specs, &[], Duration::from_millis(50))
         .unwrap()
@@ -1184,8 +1169,8 @@ async fn redis_that_lost_everything_is_rebuilt_from_the_tokens() {
         "both passes hold their slots"
     );
     assert_eq!(position(&store, &newcomer.ticket).await, 4);
-    // After the hold, a freed slot goes to the first ticket in line.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A freed slot goes to the first ticket in line once the hold ends
+    // (its polls go on until then).
     store.release("web", a.id).await.unwrap();
     until_admitted(&store, &ids[0]).await;
     assert_eq!(position(&store, &ids[1]).await, 1);

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import cpu_seconds, free_port, http, median, nginx_conf, wait_port  # noqa: E402
+from harness import cpu_seconds, free_port, http, median, nginx_conf, two_sinks, wait_port  # noqa: E402
 
 
 def wrk(url, seconds, headers=()):
@@ -84,18 +84,7 @@ def main():
                          stdout=subprocess.DEVNULL, start_new_session=True),
     ]
     subprocess.run([anteroom, "keygen", "--out", tmp, "--force"], check=True, capture_output=True)
-    sinks = f"""
-[events]
-dead_letter_dir = "{tmp}/dead"
-[[events.sink]]
-kind = "file"
-path = "{tmp}/events.jsonl"
-[[events.sink]]
-kind = "redis"
-url = "redis://127.0.0.1:{redis_port}/0"
-stream = "anteroom:events"
-maxlen = 100000
-"""
+    sinks = two_sinks(tmp, redis_port)
     results = {}
     try:
         wait_port(up)

@@ -587,3 +587,20 @@ def report(args, results, extra, pin, use_redis):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def two_sinks(tmp, redis_port):
+    """The `[events]` of the sink benchmarks: a JSON lines file and a Redis
+    stream on the redis-server at `redis_port`."""
+    return f"""
+[events]
+dead_letter_dir = "{tmp}/dead"
+[[events.sink]]
+kind = "file"
+path = "{tmp}/events.jsonl"
+[[events.sink]]
+kind = "redis"
+url = "redis://127.0.0.1:{redis_port}/0"
+stream = "anteroom:events"
+maxlen = 100000
+"""

@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import anteroom_conf, free_port, http, nginx_conf, set_cookie, wait_port  # noqa: E402
+from harness import anteroom_conf, free_port, http, nginx_conf, set_cookie, two_sinks, wait_port  # noqa: E402
 
 SCENARIOS = {
     "forward, no room": ("/", []),
@@ -132,18 +132,7 @@ def main():
             if args.state:
                 stores.append((" + state_dir", f'[store]\nbackend = "memory"\nstate_dir = "{tmp}/state"\nsnapshot_interval = "1s"'))
             if args.sinks:
-                stores.append((" + two sinks", f'''[store]
-backend = "memory"
-[events]
-dead_letter_dir = "{tmp}/dead"
-[[events.sink]]
-kind = "file"
-path = "{tmp}/events.jsonl"
-[[events.sink]]
-kind = "redis"
-url = "redis://127.0.0.1:{redis_port}/0"
-stream = "anteroom:events"
-maxlen = 100000'''))
+                stores.append((" + two sinks", '[store]\nbackend = "memory"\n' + two_sinks(tmp, redis_port)))
             for suffix, store in stores:
                 port, admin = free_port(), free_port()
                 anteroom_conf(f"{tmp}/ant.toml", port, admin, up, 1, f"{tmp}/anteroom.key.pem", "warn", store, anteroom)
