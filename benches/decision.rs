@@ -22,7 +22,7 @@ use std::time::Duration;
 use anteroom::assets::Assets;
 use anteroom::challenge;
 use anteroom::clients::ClientLimits;
-use anteroom::config::{Config, RedisConfig};
+use anteroom::config::{Config, Deployment, RedisConfig};
 use anteroom::events::VisitorEvents;
 use anteroom::facts::Facts;
 use anteroom::gate::{Decision, Gate};
@@ -91,7 +91,7 @@ room = "web"
         Some(port) => Arc::new(
             RedisStore::new(
                 &RedisConfig {
-                    url: format!("redis://127.0.0.1:{port}/0"),
+                    deployment: Deployment::Server(format!("redis://127.0.0.1:{port}/0")),
                     username: None,
                     password: None,
                     key_prefix: format!("bench{}", rand::random::<u32>()),

@@ -326,7 +326,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     let tls = |s: &crate::config::Server| s.tls.iter().map(|t| t.listen).collect::<Vec<_>>();
     let backend = |c: &Config| match &c.store.backend {
         Backend::Memory => "memory".to_owned(),
-        Backend::Redis(r) => format!("redis {} {}", r.url, r.key_prefix),
+        Backend::Redis(r) => format!("redis {} {}", r.deployment.describe(), r.key_prefix),
     };
     [
         ("server.listen", o.listen != n.listen),

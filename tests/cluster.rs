@@ -563,3 +563,99 @@ room = "llm"
     }
     assert_eq!(upstream.seen.requests.load(SeqCst), 3);
 }
+
+/// A `requests` room of `capacity` for `/slow` and `/echo`, with `extra` keys.
+fn requests_room(capacity: u32, extra: &str) -> String {
+    format!(
+        "[[room]]\nname = \"llm\"\nmode = \"requests\"\ncapacity = {capacity}\n{extra}\n\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\nroom = \"llm\"\n"
+    )
+}
+
+/// The common case is local: an instance serves a `requests` room from the
+/// allowance it leased, not with two Redis round trips per request.
+#[tokio::test]
+async fn a_shared_requests_room_needs_no_round_trip_per_request() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let instance = Process::start("1s", &shared(&upstream, &redis, &requests_room(8, ""))).await;
+    let http = client();
+    // Warm: the first request leases the allowance.
+    assert_eq!(
+        http.get(instance.url("/echo"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let before = redis.scripts_run();
+    for _ in 0..50 {
+        let answers = join_all((0..4).map(|_| http.get(instance.url("/echo")).send())).await;
+        assert!(answers.into_iter().all(|r| r.unwrap().status() == 200));
+    }
+    let scripts = redis.scripts_run() - before;
+    // 200 requests; the instance's background steps (sweeps, renewals,
+    // reports) run a few scripts a second whatever the traffic.
+    assert!(
+        scripts < 100,
+        "{scripts} scripts for 200 requests (two per request without allowances)"
+    );
+    assert_eq!(upstream.seen.requests.load(SeqCst), 201);
+}
+
+/// Demand moving from one instance to another takes the whole capacity
+/// with it, and two instances that both want more than their share are
+/// both served, never more than the capacity at once.
+#[tokio::test]
+async fn request_allowances_follow_demand_between_instances() {
+    let redis = RedisServer::start();
+    let upstream = TestUpstream::start().await;
+    let instances = three(&shared(&upstream, &redis, &requests_room(4, ""))).await;
+    let http = client();
+    let slow = |i: usize, n: usize, ms: u64| {
+        let url = instances[i].url(&format!("/slow?ms={ms}"));
+        let http = http.clone();
+        join_all((0..n).map(move |_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(url).send().await.unwrap().status().as_u16() }
+        }))
+    };
+    // All four slots through the first instance; the second finds none.
+    let first = tokio::spawn(slow(0, 4, 800));
+    eventually(Duration::from_secs(5), || async {
+        (upstream.seen.in_flight.load(SeqCst) == 4).then_some(())
+    })
+    .await;
+    assert_eq!(slow(1, 1, 10).await, vec![503], "the room is full");
+    assert_eq!(first.await.unwrap(), vec![200; 4]);
+    // Then all four through the second: the first gave its allowance back.
+    let second = eventually(Duration::from_secs(5), || async {
+        let answers = slow(1, 4, 300).await;
+        answers.iter().all(|s| *s == 200).then_some(answers)
+    })
+    .await;
+    assert_eq!(second.len(), 4);
+    assert!(upstream.seen.peak.load(SeqCst) <= 4, "over capacity");
+
+    // Both want six, waiting for slots: all twelve served, four at a time at most.
+    let waiting = three(&shared(
+        &upstream,
+        &redis,
+        &requests_room(4, "max_wait = \"10s\""),
+    ))
+    .await;
+    upstream.seen.peak.store(0, SeqCst);
+    let wave = |i: usize| {
+        let url = waiting[i].url("/slow?ms=200");
+        let http = http.clone();
+        join_all((0..6).map(move |_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(url).send().await.unwrap().status().as_u16() }
+        }))
+    };
+    let (a, b) = tokio::join!(wave(0), wave(1));
+    assert_eq!(a, vec![200; 6], "the first instance's requests");
+    assert_eq!(b, vec![200; 6], "the second instance's requests");
+    let peak = upstream.seen.peak.load(SeqCst);
+    assert!((2..=4).contains(&peak), "peak {peak}");
+}

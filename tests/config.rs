@@ -115,6 +115,18 @@ upstream = "ap"
         ("store.url", format!("[store]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n{BASE}")),
         ("store.url", format!("[store]\nurl = \"redis://127.0.0.1:6379\"\n{BASE}")),
         ("store.timeout", format!("[store]\nbackend = \"redis\"\ntimeout = \"0s\"\n{BASE}")),
+        ("store.sentinels", format!("[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nsentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"\n{BASE}")),
+        ("store.cluster_nodes", format!("[store]\nbackend = \"redis\"\nsentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"m\"\ncluster_nodes = [\"redis://127.0.0.1:7000\"]\n{BASE}")),
+        ("store.sentinel_master", format!("[store]\nbackend = \"redis\"\nsentinels = [\"redis://127.0.0.1:26379\"]\n{BASE}")),
+        ("store.sentinel_master", format!("[store]\nbackend = \"redis\"\nsentinel_master = \"m\"\n{BASE}")),
+        ("store.sentinel_password", format!("[store]\nbackend = \"redis\"\ncluster_nodes = [\"redis://127.0.0.1:7000\"]\nsentinel_password = \"pw\"\n{BASE}")),
+        ("store.sentinels", format!("[store]\nbackend = \"redis\"\nsentinels = []\nsentinel_master = \"m\"\n{BASE}")),
+        ("store.sentinels[1]", format!("[store]\nbackend = \"redis\"\nsentinels = [\"redis://127.0.0.1:26379\", \"http://127.0.0.1:26380\"]\nsentinel_master = \"m\"\n{BASE}")),
+        ("store.cluster_nodes[0]", format!("[store]\nbackend = \"redis\"\ncluster_nodes = [\"redis://u:p@127.0.0.1:7000\"]\n{BASE}")),
+        ("store.cluster_nodes[0]", format!("[store]\nbackend = \"redis\"\ncluster_nodes = [\"redis://127.0.0.1:7000/3\"]\n{BASE}")),
+        ("store.cluster_nodes", format!("[store]\nbackend = \"redis\"\ncluster_nodes = [\"redis://127.0.0.1:7000\", \"rediss://127.0.0.1:7001\"]\n{BASE}")),
+        ("store.cluster_nodes", format!("[store]\ncluster_nodes = [\"redis://127.0.0.1:7000\"]\n{BASE}")),
+        ("store.ca_file", format!("[store]\nbackend = \"redis\"\ncluster_nodes = [\"redis://127.0.0.1:7000\"]\nca_file = \"Cargo.toml\"\n{BASE}")),
         ("store.rebuild_grace", format!("[store]\nbackend = \"redis\"\ntouch_interval = \"10s\"\nrebuild_grace = \"5s\"\n{BASE}")),
         ("store.rebuild_grace", format!("[store]\nrebuild_grace = \"soon\"\n{BASE}")),
         ("room[0].on_store_error", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\non_store_error = \"maybe\"\n")),
@@ -183,6 +195,55 @@ retry_429 = true              # hold and retry an upstream 429 within max_wait (
     assert_eq!(room.adaptive.map(|a| a.min), Some(1));
     assert_eq!(room.fair.by, anteroom::config::FairBy::Client);
     assert!(config.routes[0].retry_429);
+}
+
+/// The three ways to reach Redis, as `[store]` gives them.
+#[test]
+fn redis_deployments_load_as_given() {
+    use anteroom::config::{Backend, Deployment};
+    let load = |keys: &str| {
+        let text = format!("[store]\nbackend = \"redis\"\n{keys}\n{BASE}");
+        match Config::from_toml(&text, Path::new("store.toml"))
+            .unwrap()
+            .store
+            .backend
+        {
+            Backend::Redis(r) => *r,
+            Backend::Memory => panic!("not redis"),
+        }
+    };
+    assert_eq!(
+        load("").deployment,
+        Deployment::Server("redis://127.0.0.1:6379/0".into())
+    );
+    let sentinel = load(
+        "sentinels = [\"redis://10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\nsentinel_master = \"primary\"\nsentinel_password = \"sentinel secret\"\nusername = \"anteroom\"\npassword = \"data secret\"",
+    );
+    let Deployment::Sentinel {
+        sentinels,
+        master,
+        username,
+        password,
+    } = &sentinel.deployment
+    else {
+        panic!("{:?}", sentinel.deployment);
+    };
+    assert_eq!(sentinels.len(), 2);
+    assert_eq!(master, "primary");
+    assert_eq!(username, &None);
+    assert_eq!(
+        password.as_ref().map(|p| p.expose()),
+        Some("sentinel secret")
+    );
+    assert_eq!(sentinel.username.as_deref(), Some("anteroom"));
+    let described = sentinel.deployment.describe();
+    assert!(!described.contains("secret"), "{described}");
+    let cluster = load("cluster_nodes = [\"rediss://10.0.0.1:7000\"]");
+    assert_eq!(
+        cluster.deployment,
+        Deployment::Cluster(vec!["rediss://10.0.0.1:7000".into()])
+    );
+    assert!(cluster.deployment.tls());
 }
 
 #[test]

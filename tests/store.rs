@@ -1,7 +1,8 @@
 //! The store conformance suite: the rules of a waiting room, checked against
 //! `dyn Store` on every backend (the memory store, and the Redis store on a
-//! redis-server this suite starts). A new backend is added to `backends!`
-//! and must pass every scenario unchanged.
+//! redis-server and on a three-shard Redis Cluster this suite starts, one
+//! cluster for every scenario, each under its own key prefix). A new backend
+//! is added to `backends!` and must pass every scenario unchanged.
 //!
 //! The stores keep real time (Redis its own clock), so rooms here have short
 //! windows and the scenarios wait for the rule to take effect, with a
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anteroom::config::{RedisConfig, State};
+use anteroom::config::{Deployment, RedisConfig, State};
 use anteroom::store::memory::MemoryStore;
 use anteroom::store::redis::RedisStore;
 use anteroom::store::{
@@ -20,6 +21,7 @@ use anteroom::store::{
 
 use crate::common::eventually;
 use crate::common::redis::RedisServer;
+use crate::common::redis_deployments::{RedisCluster, Sentinels};
 
 /// How long a rule may take to show.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -35,6 +37,8 @@ struct Subject {
 enum Backend {
     Memory,
     Redis,
+    /// The Redis store on a cluster of three primaries.
+    Cluster,
 }
 
 impl Backend {
@@ -53,6 +57,22 @@ impl Backend {
                 Subject {
                     store: Arc::new(store),
                     _server: Some(server),
+                }
+            }
+            Backend::Cluster => {
+                let cluster = tokio::task::spawn_blocking(RedisCluster::shared)
+                    .await
+                    .unwrap();
+                let config = RedisConfig {
+                    deployment: Deployment::Cluster(cluster.urls()),
+                    ..redis_config(&cluster.nodes[0], &format!("c{:x}", rand::random::<u64>()))
+                };
+                let store =
+                    RedisStore::new(&config, specs, &[], Duration::from_millis(50)).unwrap();
+                store.prepare().await.unwrap();
+                Subject {
+                    store: Arc::new(store),
+                    _server: None,
                 }
             }
         }
@@ -74,6 +94,14 @@ macro_rules! backends {
                 #[tokio::test]
                 async fn $name() {
                     super::$name(super::Backend::Redis).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Cluster).await;
                 }
             )*
         }
@@ -114,7 +142,7 @@ backends!(
 /// A store config for the test's own redis-server, its keys under `prefix`.
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
     RedisConfig {
-        url: server.url(),
+        deployment: Deployment::Server(server.url()),
         username: None,
         password: None,
         key_prefix: prefix.to_owned(),
@@ -295,7 +323,7 @@ async fn a_reserved_slot_wakes_its_tickets_stream(backend: Backend) {
     );
     let (mut woken1, mut woken2) = (w1.woken(), w2.woken());
     // Subscribed before the slot frees (a shared store's listener connects).
-    if backend == Backend::Redis {
+    if backend != Backend::Memory {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     store.release("web", a.id).await.unwrap();
@@ -627,7 +655,9 @@ async fn unknown_tickets_are_expired(backend: Backend) {
     let foreign = store.poll("other", &t.ticket, true).await.unwrap();
     match backend {
         Backend::Memory => assert_eq!(foreign, Polled::Expired),
-        Backend::Redis => assert!(matches!(foreign, Polled::Admitted(_)), "{foreign:?}"),
+        Backend::Redis | Backend::Cluster => {
+            assert!(matches!(foreign, Polled::Admitted(_)), "{foreign:?}");
+        }
     }
     for garbage in ["", "x", "1.2", "zz.1.0", "0.9.0", "0.1.0.0", "0:0", "\u{0}"] {
         assert_eq!(poll(store, garbage).await, Polled::Expired, "{garbage:?}");
@@ -920,7 +950,7 @@ async fn the_backend_names_itself(backend: Backend) {
     let s = open(backend, spec(1)).await;
     let expected = match backend {
         Backend::Memory => "memory",
-        Backend::Redis => "redis",
+        Backend::Redis | Backend::Cluster => "redis",
     };
     assert_eq!(s.store.backend(), expected);
     s.store.ping().await.unwrap();
@@ -954,12 +984,31 @@ async fn a_shared_adaptive_limit_moves_once_per_round_trip_and_caps_leases() {
     assert_eq!(store.adapt("llm", down(0)).await.unwrap(), 2);
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(store.adapt("llm", down(0)).await.unwrap(), 2, "the floor");
-    // Two leases under the limit of 2; the capacity of 4 alone allows more.
-    for id in ["a", "b"] {
-        assert!(store.acquire("llm", id, true).await.unwrap());
-    }
-    assert!(!store.acquire("llm", "c", true).await.unwrap());
-    assert!(store.acquire("llm", "c", false).await.unwrap());
+    // Allowances under the limit of 2; the capacity of 4 alone allows more.
+    assert_eq!(
+        store
+            .allow("llm", &ask("a", 2, 2, true))
+            .await
+            .unwrap()
+            .granted,
+        2
+    );
+    assert_eq!(
+        store
+            .allow("llm", &ask("c", 1, 1, true))
+            .await
+            .unwrap()
+            .granted,
+        0
+    );
+    assert_eq!(
+        store
+            .allow("llm", &ask("c", 1, 1, false))
+            .await
+            .unwrap()
+            .granted,
+        1
+    );
     for _ in 0..5 {
         store.adapt("llm", Step::Up).await.unwrap();
     }
@@ -968,6 +1017,84 @@ async fn a_shared_adaptive_limit_moves_once_per_round_trip_and_caps_leases() {
         4,
         "the capacity"
     );
+}
+
+/// An instance's ask for `need` slots of a requests room, `want` with headroom.
+fn ask(instance: &str, need: u32, want: u32, limited: bool) -> anteroom::store::AllowanceAsk<'_> {
+    anteroom::store::AllowanceAsk {
+        instance,
+        need,
+        want,
+        in_flight: need.saturating_sub(1),
+        taking: 0,
+        limited,
+    }
+}
+
+/// Allowances of a requests room: together never past the capacity; an
+/// instance short of what it needs makes the others give back; the share of
+/// an instance that stops renewing it comes back after one lease.
+#[tokio::test]
+async fn allowances_share_the_capacity_follow_demand_and_lapse() {
+    use anteroom::store::{Allowance, Leases};
+    let server = RedisServer::start();
+    let config = RedisConfig {
+        lease: Duration::from_millis(300),
+        ..redis_config(&server, "allow")
+    };
+    let store = RedisStore::new(
+        &config,
+        &[],
+        &[("llm".to_owned(), 4)],
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    store.prepare().await.unwrap();
+    let allow = |i, need, want| {
+        let store = &store;
+        async move {
+            store
+                .allow("llm", &ask(i, need, want, false))
+                .await
+                .unwrap()
+        }
+    };
+    let grant = |granted, contended| Allowance { granted, contended };
+    assert_eq!(allow("a", 2, 3).await, grant(3, false), "need and headroom");
+    assert_eq!(
+        allow("b", 2, 3).await,
+        grant(1, false),
+        "what is left; b is short"
+    );
+    assert_eq!(
+        allow("a", 2, 3).await,
+        grant(3, true),
+        "a hears that b is short"
+    );
+    assert_eq!(allow("a", 1, 1).await, grant(1, true), "a gives back");
+    assert_eq!(allow("b", 3, 3).await, grant(3, false), "b has its share");
+    assert_eq!(
+        allow("a", 2, 2).await,
+        grant(1, false),
+        "never past the capacity"
+    );
+    assert_eq!(
+        store.usage("llm").await.unwrap(),
+        (4, 3),
+        "in flight, as each told"
+    );
+    // Only b renews: a's share comes back within a lease.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let granted = allow("b", 4, 4).await.granted;
+        if granted == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a's allowance never lapsed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(allow("b", 0, 0).await, grant(0, false), "all given back");
+    assert_eq!(store.usage("llm").await.unwrap(), (4, 0));
 }
 
 /// What a verified pass says of its session, valid for a minute more.
@@ -1174,4 +1301,112 @@ async fn redis_that_lost_everything_is_rebuilt_from_the_tokens() {
     store.release("web", a.id).await.unwrap();
     until_admitted(&store, &ids[0]).await;
     assert_eq!(position(&store, &ids[1]).await, 1);
+}
+
+/// The Redis store on Sentinel follows a failover by itself: steps go to the
+/// new primary (where the replica had the line), and a turn published there
+/// still wakes a stream here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_and_turns_are_still_heard() {
+    let mut set = tokio::task::block_in_place(Sentinels::start);
+    let config = RedisConfig {
+        deployment: Deployment::Sentinel {
+            sentinels: set.urls(),
+            master: Sentinels::MASTER.to_owned(),
+            username: None,
+            password: None,
+        },
+        ..redis_config(&set.primary, "follow")
+    };
+    let store: Arc<dyn Store> =
+        Arc::new(RedisStore::new(&config, &[spec(1)], &[], Duration::from_millis(50)).unwrap());
+    store.prepare().await.unwrap();
+    let inside = admitted(&*store, Lane::Normal).await;
+    let t = queued(&*store, Lane::Normal).await;
+    tokio::task::block_in_place(|| {
+        set.replicated();
+        set.fail_over();
+    });
+    let listening = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            loop {
+                let _ = store.listen().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let polled = eventually(DEADLINE * 2, || async {
+        store.poll("web", &t.ticket, true).await.ok()
+    })
+    .await;
+    assert!(
+        matches!(&polled, Polled::Queued(p) if p.position() == 1),
+        "{polled:?}"
+    );
+    let watch = store.turns().watch("web", &t.ticket);
+    let mut woken = watch.woken();
+    // Until the listener has subscribed on the new primary, a turn goes unheard.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    store.release("web", inside.id).await.unwrap();
+    tokio::time::timeout(DEADLINE, &mut woken)
+        .await
+        .expect("a turn published on the new primary was not heard");
+    listening.abort();
+}
+
+/// What a failover to a replica that had not caught up does to an arrival
+/// (Redis only): the store forgets it, but never gives its number to
+/// someone else, so two visitors never hold the same ticket.
+#[tokio::test]
+async fn an_arrival_the_store_lost_is_never_numbered_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(
+        &redis_config(&server, "lost"),
+        &[spec(1)],
+        &[],
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    store.prepare().await.unwrap();
+    admitted(&store, Lane::Normal).await;
+    let first = queued(&store, Lane::Normal).await;
+    // What a lagging replica holds: every key of the room as it is now.
+    let mut c = server.connection();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("{lost:web}*")
+        .query(&mut c)
+        .unwrap();
+    let saved: Vec<(String, Vec<u8>)> = keys
+        .into_iter()
+        .map(|k| {
+            let dump: Vec<u8> = ::redis::cmd("DUMP").arg(&k).query(&mut c).unwrap();
+            (k, dump)
+        })
+        .collect();
+    let lost = arrives_queued(&store, Lane::Normal).await;
+    // The failover: the arrival acknowledged since is gone.
+    let _: () = ::redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    for (k, dump) in &saved {
+        let _: () = ::redis::cmd("RESTORE")
+            .arg(k)
+            .arg(0)
+            .arg(dump)
+            .query(&mut c)
+            .unwrap();
+    }
+    // A failover takes seconds (the sentinels' down-after-milliseconds at least).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let next = arrives_queued(&store, Lane::Normal).await;
+    assert_ne!(
+        next.ticket, lost.ticket,
+        "a lost ticket's number given out again"
+    );
+    assert_eq!(position(&store, &first.ticket).await, 1);
+    assert_eq!(position(&store, &next.ticket).await, 2);
+    assert_eq!(
+        poll(&store, &lost.ticket).await,
+        Polled::Expired,
+        "a lost ticket numbered before a later arrival is not taken back"
+    );
 }

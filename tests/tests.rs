@@ -21,6 +21,7 @@ mod hardening;
 mod http2;
 mod llm;
 mod load;
+mod redis_deployments;
 mod reload;
 mod request_rooms;
 mod restart;

@@ -252,14 +252,14 @@ pub enum Backend {
     /// This process's memory (one instance).
     Memory,
     /// A Redis (or Redis-compatible) server shared by every instance.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// `[store] backend = "redis"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` or `rediss://` for TLS (no credentials in it).
-    pub url: String,
+    /// Where the data is: one server, a primary watched by Sentinel, or a Cluster.
+    pub deployment: Deployment,
     /// ACL user name.
     pub username: Option<String>,
     /// Password.
@@ -273,10 +273,55 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Limit on establishing a connection.
     pub connect_timeout: Duration,
-    /// A request slot held by an instance that stops renewing it comes back after this long.
+    /// An instance's allowance of a `requests` room's slots lasts this long unless renewed.
     pub lease: Duration,
     /// For `rediss://`: trust these CA certificates (PEM) instead of the public roots.
     pub ca_file: Option<PathBuf>,
+}
+
+/// How a Redis deployment is reached. Every URL is `redis://host:port` or
+/// `rediss://` for TLS, with no credentials in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deployment {
+    /// `url`: one server (`redis://host:port/db`).
+    Server(String),
+    /// `sentinels` and `sentinel_master`: the primary the sentinels name,
+    /// followed through failovers.
+    Sentinel {
+        /// The sentinels to ask (any one that answers will do).
+        sentinels: Vec<String>,
+        /// The name they monitor the primary under.
+        master: String,
+        /// ACL user of the sentinels themselves, if they need one.
+        username: Option<String>,
+        /// The sentinels' own password, if they need one.
+        password: Option<Secret>,
+    },
+    /// `cluster_nodes`: seed nodes of a Redis Cluster (the rest are discovered).
+    Cluster(Vec<String>),
+}
+
+impl Deployment {
+    /// Every URL given, for logs and the reload comparison (never credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            Deployment::Server(url) => url.clone(),
+            Deployment::Sentinel {
+                sentinels, master, ..
+            } => format!("sentinel {master} at {}", sentinels.join(",")),
+            Deployment::Cluster(nodes) => format!("cluster at {}", nodes.join(",")),
+        }
+    }
+
+    /// Whether the connections use TLS.
+    pub fn tls(&self) -> bool {
+        let tls = |u: &String| u.starts_with("rediss://");
+        match self {
+            Deployment::Server(url) => tls(url),
+            Deployment::Sentinel { sentinels, .. } => sentinels.iter().any(tls),
+            Deployment::Cluster(nodes) => nodes.iter().any(tls),
+        }
+    }
 }
 
 /// What happens to path forms that servers read differently (`%2F`, `\\`,

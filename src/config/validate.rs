@@ -12,9 +12,9 @@ use super::file::{
 };
 use super::{
     AdaptiveLimit, Admin, Attribution, Backend, Bind, Config, ConfigError, Consent, Conversion,
-    FairBy, Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat, MAX_ADMIT_RATE,
-    MAX_CAPACITY, OnStoreError, PathPolicy, Problem, ProofOfWork, RESERVED_PREFIX, Rate,
-    RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
+    Deployment, FairBy, Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat,
+    MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy, Problem, ProofOfWork, RESERVED_PREFIX,
+    Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
     StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
 };
 use super::{Events, OnFull, Sink, SinkKind};
@@ -1363,6 +1363,12 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
     };
     let redis_keys = [
         ("url", s.url.is_some()),
+        ("sentinels", s.sentinels.is_some()),
+        ("sentinel_master", s.sentinel_master.is_some()),
+        ("sentinel_username", s.sentinel_username.is_some()),
+        ("sentinel_password", s.sentinel_password.is_some()),
+        ("sentinel_password_file", s.sentinel_password_file.is_some()),
+        ("cluster_nodes", s.cluster_nodes.is_some()),
         ("username", s.username.is_some()),
         ("password", s.password.is_some()),
         ("password_file", s.password_file.is_some()),
@@ -1385,7 +1391,7 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
             }
             Backend::Memory
         }
-        "redis" => Backend::Redis(redis(p, s)),
+        "redis" => Backend::Redis(Box::new(redis(p, s))),
         other => {
             p.add(
                 "store.backend",
@@ -1466,15 +1472,21 @@ fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
     }
 }
 
-fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
-    let url = s
-        .url
-        .clone()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned());
-    match redis::parse_redis_url(&url) {
+/// A Redis URL: `redis://` or `rediss://`, without credentials; `server`:
+/// a database number may follow (Sentinel and Cluster nodes take none).
+fn redis_url(p: &mut Problems, key: &str, url: &str, server: bool) {
+    match redis::parse_redis_url(url) {
         Some(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => {
             if !parsed.username().is_empty() || parsed.password().is_some() {
-                p.add("store.url", "put credentials in store.username and store.password (or password_file), not in the URL, so they stay out of logs");
+                p.add(key, "put credentials in store.username and store.password (or password_file), not in the URL, so they stay out of logs");
+            }
+            if !server && !matches!(parsed.path(), "" | "/" | "/0") {
+                p.add(
+                    key,
+                    format!(
+                        "{url:?}: no database number here (Sentinel and Cluster use database 0)"
+                    ),
+                );
             }
         }
         _ => {
@@ -1485,13 +1497,98 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
                 format!("{url:?}")
             };
             p.add(
-                "store.url",
+                key,
                 format!(
                     "{shown} is not a redis:// or rediss:// URL (e.g. \"redis://127.0.0.1:6379/0\")"
                 ),
             );
         }
     }
+}
+
+/// A list of node URLs: at least one, all well formed, all with or all without TLS.
+fn redis_nodes(p: &mut Problems, key: &str, nodes: &[String]) -> Vec<String> {
+    if nodes.is_empty() {
+        p.add(format!("store.{key}"), "give at least one node");
+    }
+    for (i, url) in nodes.iter().enumerate() {
+        redis_url(p, &format!("store.{key}[{i}]"), url, false);
+    }
+    let tls = nodes.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls != 0 && tls != nodes.len() {
+        p.add(
+            format!("store.{key}"),
+            "use rediss:// for every node or for none",
+        );
+    }
+    nodes.to_vec()
+}
+
+/// Where the Redis data is: `url`, `sentinels` + `sentinel_master`, or `cluster_nodes`.
+fn deployment(p: &mut Problems, s: &StoreFile) -> Deployment {
+    let given = [
+        ("url", s.url.is_some()),
+        ("sentinels", s.sentinels.is_some()),
+        ("cluster_nodes", s.cluster_nodes.is_some()),
+    ];
+    if given.iter().filter(|(_, g)| *g).count() > 1 {
+        let names: Vec<_> = given.iter().filter(|(_, g)| *g).map(|(k, _)| *k).collect();
+        p.add(
+            format!("store.{}", names[1]),
+            format!(
+                "give one of url, sentinels or cluster_nodes, not {}",
+                names.join(" and ")
+            ),
+        );
+    }
+    if s.sentinels.is_none() {
+        for (key, given) in [
+            ("sentinel_master", s.sentinel_master.is_some()),
+            ("sentinel_username", s.sentinel_username.is_some()),
+            ("sentinel_password", s.sentinel_password.is_some()),
+            ("sentinel_password_file", s.sentinel_password_file.is_some()),
+        ] {
+            if given {
+                p.add(format!("store.{key}"), "only applies with store.sentinels");
+            }
+        }
+    }
+    if let Some(sentinels) = &s.sentinels {
+        let master = s.sentinel_master.clone().unwrap_or_default();
+        if master.is_empty() || master.contains(char::is_whitespace) {
+            p.add(
+                "store.sentinel_master",
+                "the name the sentinels monitor the primary under is needed (e.g. \"mymaster\")",
+            );
+        }
+        let password = p
+            .inline_or_file(
+                "store.sentinel_password",
+                s.sentinel_password.as_ref(),
+                s.sentinel_password_file.as_ref(),
+                "store.sentinel_password_file",
+            )
+            .map(Secret);
+        return Deployment::Sentinel {
+            sentinels: redis_nodes(p, "sentinels", sentinels),
+            master,
+            username: s.sentinel_username.clone(),
+            password,
+        };
+    }
+    if let Some(nodes) = &s.cluster_nodes {
+        return Deployment::Cluster(redis_nodes(p, "cluster_nodes", nodes));
+    }
+    let url = s
+        .url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned());
+    redis_url(p, "store.url", &url, true);
+    Deployment::Server(url)
+}
+
+fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
+    let deployment = deployment(p, s);
     let password = p
         .inline_or_file(
             "store.password",
@@ -1517,8 +1614,9 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
         }
         d
     };
+    let tls = deployment.tls();
     RedisConfig {
-        url,
+        deployment,
         username: s.username.clone(),
         password,
         key_prefix,
@@ -1535,13 +1633,8 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
         ),
         lease: d(p, "store.lease", &s.lease, Duration::from_secs(10)),
         ca_file: s.ca_file.as_deref().map(|f| {
-            if !s
-                .url
-                .as_deref()
-                .unwrap_or_default()
-                .starts_with("rediss://")
-            {
-                p.add("store.ca_file", "ca_file is only used with a rediss:// URL");
+            if !tls {
+                p.add("store.ca_file", "ca_file is only used with rediss:// URLs");
             }
             p.readable_file("store.ca_file", f)
         }),

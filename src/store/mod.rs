@@ -6,6 +6,7 @@
 
 pub mod memory;
 pub mod redis;
+mod redis_deployment;
 pub mod state_file;
 
 use std::fmt;
@@ -429,14 +430,11 @@ pub trait Store: Send + Sync {
 /// after one lease period.
 #[async_trait]
 pub trait Leases: Send + Sync {
-    /// Takes a slot under this lease id; false when the room is full (or,
-    /// `limited`, at its adaptive limit).
-    async fn acquire(&self, room: &str, id: &str, limited: bool) -> Result<bool, StoreError>;
-    /// Returns a slot.
-    async fn release(&self, room: &str, id: &str) -> Result<(), StoreError>;
-    /// Extends the leases still in flight by one lease period.
-    async fn renew(&self, room: &str, ids: &[String]) -> Result<(), StoreError>;
-    /// Capacity and slots in use across all instances.
+    /// Sets an instance's allowance of the room's slots for one lease
+    /// period: up to `want`, within the capacity (or, `limited`, the
+    /// adaptive limit) less every other instance's allowance.
+    async fn allow(&self, room: &str, ask: &AllowanceAsk<'_>) -> Result<Allowance, StoreError>;
+    /// Capacity and slots in use across all instances (as each last told).
     async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError>;
     /// Changes the capacity for every instance.
     async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError>;
@@ -467,6 +465,33 @@ pub trait Leases: Send + Sync {
     async fn adapt(&self, room: &str, step: Step) -> Result<u32, StoreError>;
     /// How long a lease lasts without renewal.
     fn lease(&self) -> std::time::Duration;
+}
+
+/// What an instance asks of a room's slots ([`Leases::allow`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AllowanceAsk<'a> {
+    /// The instance's name in the store.
+    pub instance: &'a str,
+    /// What its requests hold and wait for: granted less, other instances
+    /// are told it is short.
+    pub need: u32,
+    /// What it would hold (`need` and a headroom).
+    pub want: u32,
+    /// What its requests hold now (counted in the room's use).
+    pub in_flight: u32,
+    /// Slots about to be taken from the grant (counted in use if granted).
+    pub taking: u32,
+    /// The adaptive limit counts too.
+    pub limited: bool,
+}
+
+/// What the store granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// The instance's allowance now.
+    pub granted: u32,
+    /// Another instance is short of what it needs: give back what is returned.
+    pub contended: bool,
 }
 
 /// A move of a shared adaptive limit.
@@ -524,7 +549,7 @@ impl StoreMetrics {
 }
 
 /// Every operation `Observed` records, so their series exist from the start.
-const OPERATIONS: [&str; 21] = [
+const OPERATIONS: [&str; 19] = [
     "arrive",
     "poll",
     "heartbeat",
@@ -537,9 +562,7 @@ const OPERATIONS: [&str; 21] = [
     "fill",
     "prepare",
     "ping",
-    "lease_acquire",
-    "lease_release",
-    "lease_renew",
+    "lease_allow",
     "lease_usage",
     "lease_capacity",
     "lease_pace",
@@ -658,16 +681,8 @@ impl<S: Store> Store for Observed<S> {
 
 #[async_trait]
 impl<S: Leases> Leases for Observed<S> {
-    async fn acquire(&self, room: &str, id: &str, limited: bool) -> Result<bool, StoreError> {
-        self.record("lease_acquire", self.inner.acquire(room, id, limited))
-            .await
-    }
-    async fn release(&self, room: &str, id: &str) -> Result<(), StoreError> {
-        self.record("lease_release", self.inner.release(room, id))
-            .await
-    }
-    async fn renew(&self, room: &str, ids: &[String]) -> Result<(), StoreError> {
-        self.record("lease_renew", self.inner.renew(room, ids))
+    async fn allow(&self, room: &str, ask: &AllowanceAsk<'_>) -> Result<Allowance, StoreError> {
+        self.record("lease_allow", self.inner.allow(room, ask))
             .await
     }
     async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError> {

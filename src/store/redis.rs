@@ -12,18 +12,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, Script, ScriptInvocation, Value};
+use redis::{Script, ScriptInvocation, Value};
 
+use super::redis_deployment::{Connection, Link};
 use super::{
-    Adopt, Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec, SessionId, SessionInfo,
-    Settings, SettingsPatch, Snapshot, Step, Store, StoreError, Swept, Wait, now_millis,
+    Adopt, Allowance, AllowanceAsk, Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec,
+    SessionId, SessionInfo, Settings, SettingsPatch, Snapshot, Step, Store, StoreError, Swept,
+    Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
@@ -88,7 +89,7 @@ struct RoomKeys {
 
 /// A requests room's keys and capacity.
 struct LeaseKeys {
-    keys: [String; 2],
+    keys: [String; 5],
     capacity: u32,
 }
 
@@ -123,7 +124,7 @@ impl Layout {
             .iter()
             .map(|(name, capacity)| {
                 let b = base(prefix, name);
-                let keys = [format!("{b}:s"), format!("{b}:lease")];
+                let keys = ["s", "lease", "alw", "alwn", "short"].map(|k| format!("{b}:{k}"));
                 (
                     name.clone(),
                     LeaseKeys {
@@ -143,13 +144,7 @@ fn base(prefix: &str, room: &str) -> String {
 
 /// The shared store.
 pub struct RedisStore {
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
-    pool_size: usize,
-    /// Made on first use, from inside a Tokio runtime (the manager spawns
-    /// its reconnection tasks there).
-    connections: tokio::sync::OnceCell<Vec<ConnectionManager>>,
-    next: AtomicUsize,
+    link: Link,
     timeout: Duration,
     lease: Duration,
     prefix: String,
@@ -190,44 +185,8 @@ impl RedisStore {
         request_rooms: &[(String, u32)],
         sweep_interval: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| StoreError::Unavailable(format!("store.url: {e}")))?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(user) = &config.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password.expose());
-        }
-        info = info.set_redis_settings(settings);
-        let client = match &config.ca_file {
-            None => redis::Client::open(info),
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    StoreError::Unavailable(format!("store.ca_file {}: {e}", path.display()))
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                redis::Client::build_with_tls(info, certs)
-            }
-        }
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
         Ok(RedisStore {
-            client,
-            manager_config,
-            pool_size: config.connections.max(1),
-            connections: tokio::sync::OnceCell::new(),
-            next: AtomicUsize::new(0),
+            link: Link::new(config)?,
             timeout: config.timeout,
             lease: config.lease,
             prefix: config.key_prefix.clone(),
@@ -245,23 +204,8 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let pool = self
-            .connections
-            .get_or_try_init(|| async {
-                (0..self.pool_size)
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(
-                            self.client.clone(),
-                            self.manager_config.clone(),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))
-            })
-            .await?;
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
-        Ok(pool[i].clone())
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        self.link.connection().await
     }
 
     /// How long to wait for one step: its timeout, plus the time to connect
@@ -281,13 +225,15 @@ impl RedisStore {
     ) -> Result<redis::RedisResult<T>, StoreError> {
         let budget = self.budget();
         let answer = tokio::time::timeout(budget, call).await.map_err(|_| {
+            self.link.failed(None);
             StoreError::Unavailable(format!(
                 "no answer within {}",
                 humantime::format_duration(budget)
             ))
         })?;
-        if answer.is_ok() {
-            self.answered.store(true, Ordering::Relaxed);
+        match &answer {
+            Ok(_) => self.answered.store(true, Ordering::Relaxed),
+            Err(e) => self.link.failed(Some(e)),
         }
         Ok(answer)
     }
@@ -737,11 +683,7 @@ impl Store for RedisStore {
 
     async fn listen(&self) -> Result<(), StoreError> {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable(e.to_string());
-        let connect = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub());
-        let mut pubsub = connect
-            .await
-            .map_err(|_| StoreError::Unavailable("connecting timed out".to_owned()))?
-            .map_err(unavailable)?;
+        let mut pubsub = self.link.pubsub().await?;
         pubsub.subscribe(&self.channel).await.map_err(unavailable)?;
         tracing::debug!(channel = self.channel, "listening for reservations");
         let mut messages = pubsub.into_on_message();
@@ -905,27 +847,23 @@ impl Store for RedisStore {
 
 #[async_trait]
 impl Leases for RedisStore {
-    async fn acquire(&self, room: &str, id: &str, limited: bool) -> Result<bool, StoreError> {
+    async fn allow(&self, room: &str, ask: &AllowanceAsk<'_>) -> Result<Allowance, StoreError> {
         let args = [
-            "acquire".to_owned(),
-            id.to_owned(),
+            "allow".to_owned(),
+            ask.instance.to_owned(),
+            ask.need.to_string(),
+            ask.want.to_string(),
+            ask.in_flight.to_string(),
             self.lease.as_millis().to_string(),
-            u8::from(limited).to_string(),
+            u8::from(ask.limited).to_string(),
+            ask.taking.to_string(),
         ];
-        Ok(int(&self.lease_call(room, &args).await?) == Some(1))
-    }
-
-    async fn release(&self, room: &str, id: &str) -> Result<(), StoreError> {
-        self.lease_call(room, &["release".to_owned(), id.to_owned()])
-            .await?;
-        Ok(())
-    }
-
-    async fn renew(&self, room: &str, ids: &[String]) -> Result<(), StoreError> {
-        let mut args = vec!["renew".to_owned(), self.lease.as_millis().to_string()];
-        args.extend(ids.iter().cloned());
-        self.lease_call(room, &args).await?;
-        Ok(())
+        let v = self.lease_call(room, &args).await?;
+        let items = items(&v)?;
+        Ok(Allowance {
+            granted: u32_of(items.first())?,
+            contended: uint(items.get(1))? == 1,
+        })
     }
 
     async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError> {

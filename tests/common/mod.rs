@@ -6,6 +6,7 @@ pub mod nats;
 pub mod nginx;
 pub mod process;
 pub mod redis;
+pub mod redis_deployments;
 pub mod upstream;
 pub mod visitor;
 

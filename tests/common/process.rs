@@ -131,9 +131,11 @@ impl Process {
         process
     }
 
-    /// Waits until the admin and public listeners answer (10 s at most).
+    /// Waits until the admin and public listeners answer (10 s at most);
+    /// otherwise fails with what the process logged.
     pub async fn serving(&self) {
-        eventually(Duration::from_secs(10), || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
             let up = client()
                 .get(self.admin_url("/healthz"))
                 .send()
@@ -142,9 +144,16 @@ impl Process {
                 && tokio::net::TcpStream::connect(("127.0.0.1", self.public))
                     .await
                     .is_ok();
-            up.then_some(())
-        })
-        .await;
+            if up {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "anteroom did not start serving within 10 s; it logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The public base URL.

@@ -12,19 +12,40 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
-    /// Extra arguments (TLS, password).
+    /// Arguments in place of `--port` (TLS, password).
     args: Vec<String>,
+    /// Arguments added to the usual ones (cluster mode, replication).
+    extra: Vec<String>,
+    /// Killed when the test process ends, even if never dropped (a server
+    /// shared by the tests, in a static).
+    watched: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A server started with `extra` arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with(extra: &[String]) -> RedisServer {
+        RedisServer::start_full(extra, false)
+    }
+
+    /// A server that outlives no test process: for one shared by the tests.
+    pub fn start_watched(extra: &[String]) -> RedisServer {
+        RedisServer::start_full(extra, true)
+    }
+
+    fn start_full(extra: &[String], watched: bool) -> RedisServer {
         let port = super::free_port();
         let mut server = RedisServer {
             port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
             args: Vec::new(),
+            extra: extra.to_vec(),
+            watched,
         };
         server.spawn();
         server
@@ -72,6 +93,8 @@ impl RedisServer {
                 "--requirepass".into(),
                 password.into(),
             ],
+            extra: Vec::new(),
+            watched: false,
             dir,
         };
         server.spawn();
@@ -85,7 +108,20 @@ impl RedisServer {
         } else {
             self.args.clone()
         };
-        let child = Command::new("redis-server")
+        // Watched: a shell runs the server and kills it once this process is gone.
+        let mut command = if self.watched {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!(
+                    "redis-server \"$@\" & r=$!; while kill -0 {} 2>/dev/null; do sleep 0.5; done; kill -9 $r",
+                    std::process::id()
+                ))
+                .arg("sh");
+            sh
+        } else {
+            Command::new("redis-server")
+        };
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .args(port_args)
             .args([
@@ -98,6 +134,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(std::fs::File::create(self.dir.path().join("redis.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -135,6 +172,33 @@ impl RedisServer {
             && tcp
                 .read(&mut buf)
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// A connection of the test's own, for commands it sends itself.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap()
+    }
+
+    /// How many scripts the server has run (`EVALSHA` and `EVAL`) since it started.
+    pub fn scripts_run(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
     }
 
     /// What the server logged.

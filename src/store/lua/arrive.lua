@@ -50,8 +50,10 @@ if net ~= '' then
   redis.call('HINCRBY', K_NET, net, 1)
 end
 local counter = 'seq' .. lane
-local seq = int(num(counter))
-set(counter, num(counter) + 1)
+-- Never numbered below the clock (ms x 1000): a replica promoted before it had
+-- the last arrivals numbers past the tickets it lost, never the same again.
+local seq = int(math.max(num(counter), NOW * 1000))
+set(counter, seq + 1)
 -- Not in line yet: the ticket counts from its holder's first poll, at this place.
 local tkey = lane .. ':' .. seq
 redis.call('ZADD', K_U, NOW, tkey)

@@ -3,7 +3,7 @@
 if uninitialised() then return redis.error_reply('NOINIT room') end
 local lane, count = tonumber(ARGV[2]), tonumber(ARGV[3])
 local counter = 'seq' .. lane
-local first = num(counter)
+local first = math.max(num(counter), NOW * 1000)
 for i = 0, count - 1 do
   local seq = int(first + i)
   redis.call('ZADD', K_L[lane + 1], seq, seq)

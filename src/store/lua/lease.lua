@@ -1,12 +1,17 @@
--- Request slots as leases, after clock.lua. KEYS[1] settings (hash, field
--- capacity), KEYS[2] leases by expiry (zset). ARGV[1]: the deadline;
--- ARGV[2]: op; the rest depends on it.
+-- Request slots, after clock.lua. KEYS[1] settings (hash, field capacity);
+-- KEYS[2] per-request leases by expiry (zset; only instances of versions
+-- before allowances take them, counted here so a rolling upgrade respects
+-- them); KEYS[3] allowances by expiry (zset of instances); KEYS[4] each
+-- instance's allowance and in-flight count (hash, "granted:in_flight");
+-- KEYS[5] instances short of what they need, until when (zset).
+-- ARGV[1]: the deadline; ARGV[2]: op; the rest depends on it.
 --   init    cfg capacity keep_ms  -> 1  (the deadline first, always)
---   acquire id lease_ms limited   -> 1 taken, 0 full (limited: 1 when the
---           adaptive limit counts too)
---   release id                    -> 1
---   renew   lease_ms id...        -> renewed count
---   usage                         -> {capacity, in use}
+--   allow   instance need want in_flight lease_ms limited taking
+--           -> {granted, contended}: the instance's allowance set to at most
+--           want within the capacity (limited: and the adaptive limit) less
+--           the others'; its use: in_flight, and the taking it was granted;
+--           contended: another instance is short
+--   usage                         -> {capacity, in flight}
 --   capacity n                    -> 1
 --   line    field per_ms units max_wait_ms ahead_ms -> {1, wait_ms} reserved,
 --           {0, retry_ms} too far (a rate: field next; a token budget: tnext)
@@ -23,31 +28,59 @@ end
 local capacity = tonumber(redis.call('HGET', KEYS[1], 'capacity') or '')
 if capacity == nil then return redis.error_reply('NOINIT room') end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', NOW)
-if op == 'acquire' then
+-- The allowances of instances that stopped renewing them (they died) come back.
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', NOW)
+if #gone > 0 then
+  redis.call('HDEL', KEYS[4], unpack(gone))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', NOW)
+end
+-- Each instance's allowance and in-flight count.
+local function allowances()
+  local all = redis.call('HGETALL', KEYS[4])
+  local out = {}
+  for i = 1, #all, 2 do
+    local granted, flying = string.match(all[i + 1], '^(%d+):(%d+)$')
+    out[all[i]] = { tonumber(granted) or 0, tonumber(flying) or 0 }
+  end
+  return out
+end
+if op == 'allow' then
+  local me, need, want = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+  local flying, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
   local cap = capacity
-  if ARGV[5] == '1' then
+  if ARGV[8] == '1' then
     cap = math.min(cap, tonumber(redis.call('HGET', KEYS[1], 'limit') or capacity))
   end
-  if redis.call('ZCARD', KEYS[2]) >= cap then return 0 end
-  redis.call('ZADD', KEYS[2], NOW + tonumber(ARGV[4]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
-  return 1
-elseif op == 'release' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return 1
-elseif op == 'renew' then
-  local args = { 'XX', 'CH' }
-  for i = 4, #ARGV do
-    args[#args + 1] = NOW + tonumber(ARGV[3])
-    args[#args + 1] = ARGV[i]
+  local others = redis.call('ZCARD', KEYS[2])
+  for instance, a in pairs(allowances()) do
+    if instance ~= me then others = others + a[1] end
   end
-  local renewed = 0
-  if #args > 2 then renewed = redis.call('ZADD', KEYS[2], unpack(args)) end
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 100)
-  return renewed
+  local granted = math.max(0, math.min(want, cap - others))
+  flying = flying + math.min(tonumber(ARGV[9]) or 0, math.max(0, granted - flying))
+  if granted > 0 or flying > 0 then
+    redis.call('HSET', KEYS[4], me, granted .. ':' .. flying)
+    redis.call('ZADD', KEYS[3], NOW + lease, me)
+  else
+    redis.call('HDEL', KEYS[4], me)
+    redis.call('ZREM', KEYS[3], me)
+  end
+  -- Short of what its requests need: the others give back what is returned
+  -- to them until it asks again and has it (or for a second at most).
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', NOW)
+  if granted < need then
+    redis.call('ZADD', KEYS[5], NOW + math.min(lease, 1000), me)
+  else
+    redis.call('ZREM', KEYS[5], me)
+  end
+  local shorts = redis.call('ZCARD', KEYS[5])
+  if redis.call('ZSCORE', KEYS[5], me) then shorts = shorts - 1 end
+  for k = 3, 5 do redis.call('PEXPIRE', KEYS[k], lease * 2) end
+  redis.call('PEXPIRE', KEYS[1], lease * 100)
+  return { granted, shorts > 0 and 1 or 0 }
 elseif op == 'usage' then
-  return { capacity, redis.call('ZCARD', KEYS[2]) }
+  local flying = redis.call('ZCARD', KEYS[2])
+  for _, a in pairs(allowances()) do flying = flying + a[2] end
+  return { capacity, flying }
 elseif op == 'capacity' then
   redis.call('HSET', KEYS[1], 'capacity', ARGV[3])
   return 1
