@@ -45,6 +45,7 @@ pub mod room;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod simulate;
 pub mod sinks;
 pub mod site;
 pub mod slots;

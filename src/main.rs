@@ -70,6 +70,32 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Replay an arrival curve against a sessions room of a config, in
+    /// simulated time, on the waiting room's own rules: what visitors would
+    /// experience and what a Redis store would see (docs/scaling.md).
+    Simulate {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// `campaign:PEAK:SECONDS` (a spike, halving every fifth of the span),
+        /// `steady:RATE:SECONDS`, `burst:COUNT`, or a CSV file of arrivals per second.
+        #[arg(long)]
+        arrivals: String,
+        /// The sessions room (default: the config's first).
+        #[arg(long)]
+        room: Option<String>,
+        /// How long a visit lasts: `"2m"`, or a range `"1m..5m"` (uniform).
+        #[arg(long, default_value = "1m..5m")]
+        visit: String,
+        /// A waiting visitor gives up after this long (default: never).
+        #[arg(long)]
+        patience: Option<String>,
+        /// Visitors leave explicitly at the end of a visit (default: their session lapses).
+        #[arg(long)]
+        leave: bool,
+        /// Seed of the visit lengths (the same seed, the same run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Start a self-contained showcase on loopback with an embedded toy app.
     Demo {
         /// anteroom's public port.
@@ -140,6 +166,33 @@ fn run(command: Command) -> anyhow::Result<()> {
             anteroom::admin::check_health(c.admin.listen, std::time::Duration::from_secs(2))
                 .map_err(anyhow::Error::msg)?;
             println!("healthy");
+        }
+        Command::Simulate {
+            config: ConfigFile { config },
+            arrivals,
+            room,
+            visit,
+            patience,
+            leave,
+            seed,
+        } => {
+            let c = Config::load(&config)?;
+            let duration = |what: &str, v: &str| {
+                humantime::parse_duration(v.trim())
+                    .map_err(|e| anyhow::anyhow!("--{what} {v:?}: {e}"))
+            };
+            let (shortest, longest) = visit.split_once("..").unwrap_or((&visit, &visit));
+            let model = anteroom::simulate::Model {
+                visit: (duration("visit", shortest)?, duration("visit", longest)?),
+                patience: patience.map(|p| duration("patience", &p)).transpose()?,
+                leave,
+                seed,
+            };
+            let curve = anteroom::simulate::Curve::parse(&arrivals)?;
+            print!(
+                "{}",
+                anteroom::simulate::run(&c, room.as_deref(), &curve, &model)?
+            );
         }
         Command::Keygen { out, bits, force } => {
             let (private, public, kid) = anteroom::token::keygen(&out, bits as usize, force)?;

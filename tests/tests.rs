@@ -25,6 +25,7 @@ mod redis_deployments;
 mod reload;
 mod request_rooms;
 mod restart;
+mod simulate;
 mod store;
 mod tokens;
 mod waiting_room;
