@@ -341,6 +341,14 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
     })
     .await;
     assert_eq!(later.get("/echo").await.0, 200);
+    // Three in line behind the two inside, through the three instances.
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let mut v = instances[i].visitor();
+        let (status, body) = v.get("/echo").await;
+        assert_eq!((status.as_u16(), body["position"].as_u64()), (503, Some(i as u64 + 1)));
+        waiting.push(v);
+    }
 
     // Redis restarted empty: connections come back and rooms are set up
     // again on first use, and the passes are taken back: both holders keep
@@ -361,11 +369,24 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
         answers.iter().all(|&s| s == 200),
         "pass holders after Redis restarted: {answers:?}"
     );
-    let (status, body) = instances[2].visitor().get("/echo").await;
+    let mut newcomer = instances[2].visitor();
+    let (status, body) = newcomer.get("/echo").await;
     assert_eq!(
         (status.as_u16(), body["state"].as_str()),
         (503, Some("queued"))
     );
+    // Those in line come back, the last first and each through another
+    // instance: they keep their order, ahead of the newcomer.
+    for (i, v) in waiting.iter_mut().enumerate().rev() {
+        let mut back = Visitor::new(instances[(i + 1) % 3].base());
+        back.ticket = v.ticket.clone();
+        assert_eq!(back.poll().await["state"], "queued");
+        v.ticket = back.ticket.clone();
+    }
+    for (i, v) in waiting.iter_mut().enumerate() {
+        assert_eq!(v.poll().await["position"], i + 1, "the line's order after the loss");
+    }
+    assert_eq!(newcomer.poll().await["position"], 4, "behind everyone who was in line");
     let (_, capacity) = instances[0]
         .visitor()
         .get("/__anteroom/capacity?room=web")
