@@ -346,7 +346,10 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
     for i in 0..3 {
         let mut v = instances[i].visitor();
         let (status, body) = v.get("/echo").await;
-        assert_eq!((status.as_u16(), body["position"].as_u64()), (503, Some(i as u64 + 1)));
+        assert_eq!(
+            (status.as_u16(), body["position"].as_u64()),
+            (503, Some(i as u64 + 1))
+        );
         waiting.push(v);
     }
 
@@ -384,9 +387,17 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
         v.ticket = back.ticket.clone();
     }
     for (i, v) in waiting.iter_mut().enumerate() {
-        assert_eq!(v.poll().await["position"], i + 1, "the line's order after the loss");
+        assert_eq!(
+            v.poll().await["position"],
+            i + 1,
+            "the line's order after the loss"
+        );
     }
-    assert_eq!(newcomer.poll().await["position"], 4, "behind everyone who was in line");
+    assert_eq!(
+        newcomer.poll().await["position"],
+        4,
+        "behind everyone who was in line"
+    );
     let (_, capacity) = instances[0]
         .visitor()
         .get("/__anteroom/capacity?room=web")

@@ -1410,3 +1410,45 @@ async fn an_arrival_the_store_lost_is_never_numbered_again() {
         "a lost ticket numbered before a later arrival is not taken back"
     );
 }
+
+/// A cluster that requires a password: the store authenticates to every
+/// node it discovers, and to the node it hears reservations on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_password_is_reached_with_it() {
+    use anteroom::config::Secret;
+    let cluster = tokio::task::block_in_place(|| {
+        RedisCluster::start_with_password(3, "cluster-s3cret-for-tests")
+    });
+    let store_with = |password: Option<&str>| {
+        let config = RedisConfig {
+            deployment: Deployment::Cluster(cluster.urls()),
+            password: password.map(|p| Secret::new(p.to_owned())),
+            ..redis_config(&cluster.nodes[0], "acl")
+        };
+        RedisStore::new(&config, &[spec(1)], &[], Duration::from_millis(50)).unwrap()
+    };
+    assert!(
+        store_with(None).prepare().await.is_err(),
+        "a cluster that requires a password let the store in without one"
+    );
+    let store: Arc<dyn Store> = Arc::new(store_with(Some("cluster-s3cret-for-tests")));
+    store.prepare().await.unwrap();
+    let listening = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.listen().await }
+    });
+    let inside = admitted(&*store, Lane::Normal).await;
+    let t = queued(&*store, Lane::Normal).await;
+    let watch = store.turns().watch("web", &t.ticket);
+    let mut woken = watch.woken();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the listener subscribes
+    store.release("web", inside.id).await.unwrap();
+    tokio::time::timeout(DEADLINE, &mut woken)
+        .await
+        .expect("the turn was not heard on the cluster");
+    assert!(matches!(
+        poll(&*store, &t.ticket).await,
+        Polled::Admitted(_)
+    ));
+    listening.abort();
+}

@@ -19,6 +19,8 @@ pub struct RedisServer {
     /// Killed when the test process ends, even if never dropped (a server
     /// shared by the tests, in a static).
     watched: bool,
+    /// The password it requires (`--requirepass` among `extra`).
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -44,6 +46,10 @@ impl RedisServer {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             args: Vec::new(),
+            password: extra
+                .iter()
+                .position(|a| a == "--requirepass")
+                .and_then(|i| extra.get(i + 1).cloned()),
             extra: extra.to_vec(),
             watched,
         };
@@ -95,6 +101,7 @@ impl RedisServer {
             ],
             extra: Vec::new(),
             watched: false,
+            password: Some(password.to_owned()),
             dir,
         };
         server.spawn();
@@ -153,7 +160,7 @@ impl RedisServer {
 
     /// Whether the server accepts connections (and, without TLS, answers PING).
     fn listening(&self) -> bool {
-        if self.args.is_empty() {
+        if self.args.is_empty() && self.password.is_none() {
             self.answers()
         } else {
             std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
@@ -176,7 +183,11 @@ impl RedisServer {
 
     /// A connection of the test's own, for commands it sends itself.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{}/", self.port))
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(2))
             .unwrap()

@@ -30,16 +30,25 @@ impl RedisCluster {
     /// with the process.
     pub fn shared() -> &'static RedisCluster {
         static SHARED: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| RedisCluster::form(3, RedisServer::start_watched))
+        SHARED.get_or_init(|| RedisCluster::form(3, None, RedisServer::start_watched))
     }
 
     /// Starts `primaries` nodes and forms the cluster; returns once every node sees it healthy.
     pub fn start(primaries: usize) -> RedisCluster {
-        RedisCluster::form(primaries, RedisServer::start_with)
+        RedisCluster::form(primaries, None, RedisServer::start_with)
     }
 
-    fn form(primaries: usize, start: fn(&[String]) -> RedisServer) -> RedisCluster {
-        let args: Vec<String> = [
+    /// A cluster whose every node requires `password`.
+    pub fn start_with_password(primaries: usize, password: &str) -> RedisCluster {
+        RedisCluster::form(primaries, Some(password), RedisServer::start_with)
+    }
+
+    fn form(
+        primaries: usize,
+        password: Option<&str>,
+        start: fn(&[String]) -> RedisServer,
+    ) -> RedisCluster {
+        let mut args: Vec<String> = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -49,8 +58,15 @@ impl RedisCluster {
         ]
         .map(String::from)
         .to_vec();
+        if let Some(p) = password {
+            args.extend(["--requirepass", p, "--masterauth", p].map(String::from));
+        }
         let nodes: Vec<RedisServer> = (0..primaries).map(|_| start(&args)).collect();
-        let status = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(p) = password {
+            cli.args(["--no-auth-warning", "-a", p]);
+        }
+        let status = cli
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
