@@ -343,8 +343,8 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
     assert_eq!(later.get("/echo").await.0, 200);
     // Three in line behind the two inside, through the three instances.
     let mut waiting = Vec::new();
-    for i in 0..3 {
-        let mut v = instances[i].visitor();
+    for (i, instance) in instances.iter().enumerate() {
+        let mut v = instance.visitor();
         let (status, body) = v.get("/echo").await;
         assert_eq!(
             (status.as_u16(), body["position"].as_u64()),
