@@ -67,8 +67,12 @@ async fn browse_with(room: &str, script: &'static str, args: &[&'static str]) {
     run(script, format!("http://{}", proxy.addr), args.to_vec()).await;
 }
 
-/// Runs a Playwright script against `base`.
+/// Runs a Playwright script against `base`, one browser at a time: on two
+/// cores, Chromiums started together starve each other past the scripts'
+/// own timeouts.
 async fn run(script: &'static str, base: String, args: Vec<&'static str>) {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)

@@ -61,7 +61,15 @@ impl RedisCluster {
         if let Some(p) = password {
             args.extend(["--requirepass", p, "--masterauth", p].map(String::from));
         }
-        let nodes: Vec<RedisServer> = (0..primaries).map(|_| start(&args)).collect();
+        // The cluster bus port is chosen too: by default it is the port plus
+        // 10,000, which may be taken, or past 65,535.
+        let nodes: Vec<RedisServer> = (0..primaries)
+            .map(|_| {
+                let mut args = args.clone();
+                args.extend(["--cluster-port".to_owned(), super::free_port().to_string()]);
+                start(&args)
+            })
+            .collect();
         let mut cli = Command::new("redis-cli");
         if let Some(p) = password {
             cli.args(["--no-auth-warning", "-a", p]);
