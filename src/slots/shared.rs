@@ -33,7 +33,7 @@ use crate::fair::{FairLine, Turn};
 use crate::store::{AllowanceAsk, Leases, StoreError};
 
 /// How often the head of the local line asks the store again.
-const RETRY: Duration = Duration::from_millis(10);
+const RETRY: Duration = Duration::from_millis(20);
 /// A take that found no allowance within this long after the store said
 /// there was none fails without asking again.
 const SHORT_FOR: Duration = Duration::from_millis(5);
@@ -332,12 +332,16 @@ impl SharedSlots {
         let since = now.saturating_sub(self.synced.load(Ordering::Relaxed));
         let lease = u64::try_from(self.store.lease().as_millis()).unwrap_or(u64::MAX);
         let keep = c.in_flight + self.headroom(now);
+        // An adaptive room's requests ask and give back by themselves:
+        // its allowance needs only renewing.
+        let limited = self.limited.load(Ordering::Relaxed);
         let due = (c.allowance > 0 && since >= lease / 3)
             || self.returned.load(Ordering::Relaxed)
             || c.allowance > keep
-            || self.waiting.load(Ordering::SeqCst) > 0
+            || (!limited && self.waiting.load(Ordering::SeqCst) > 0)
             || (self.contended.load(Ordering::Relaxed) && since >= lease / 3)
-            || (c.in_flight != self.reported.load(Ordering::Relaxed)
+            || (!limited
+                && c.in_flight != self.reported.load(Ordering::Relaxed)
                 && since >= REPORT_EVERY.as_millis() as u64);
         if due {
             self.set_allowance(0).await?;
