@@ -373,15 +373,16 @@ fn enter(
 }
 
 fn pick<'a>(config: &'a Config, room: Option<&str>) -> Result<&'a Room, SimulateError> {
-    let sessions = || config.rooms.iter().filter(|r| r.sessions.is_some());
     match room {
         Some(name) => config
             .rooms
             .iter()
             .find(|r| r.name == name)
             .ok_or_else(|| SimulateError::Room(format!("no room {name:?} in the config"))),
-        None => sessions()
-            .next()
+        None => config
+            .rooms
+            .iter()
+            .find(|r| r.sessions.is_some())
             .ok_or_else(|| SimulateError::Room("the config has no sessions room".into())),
     }
 }

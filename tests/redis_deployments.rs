@@ -176,7 +176,14 @@ async fn a_sentinel_failover_loses_no_session_and_never_over_admits() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = |at_least: u64| {
+        let answers = answers.clone();
+        eventually(Duration::from_secs(10), move || {
+            let answers = answers.clone();
+            async move { (answers.load(SeqCst) >= at_least).then_some(()) }
+        })
+    };
+    asked(10).await;
     let before = answers.load(SeqCst);
     tokio::task::block_in_place(|| {
         set.replicated();
@@ -190,7 +197,8 @@ async fn a_sentinel_failover_loses_no_session_and_never_over_admits() {
         })
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // And on for a while on the new primary.
+    asked(answers.load(SeqCst) + 10).await;
     stop.store(true, SeqCst);
     holders.await.unwrap();
     watcher.await.unwrap();

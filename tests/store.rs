@@ -985,30 +985,16 @@ async fn a_shared_adaptive_limit_moves_once_per_round_trip_and_caps_leases() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(store.adapt("llm", down(0)).await.unwrap(), 2, "the floor");
     // Allowances under the limit of 2; the capacity of 4 alone allows more.
-    assert_eq!(
-        store
-            .allow("llm", &ask("a", 2, 2, true))
-            .await
-            .unwrap()
-            .granted,
-        2
-    );
-    assert_eq!(
-        store
-            .allow("llm", &ask("c", 1, 1, true))
-            .await
-            .unwrap()
-            .granted,
-        0
-    );
-    assert_eq!(
-        store
-            .allow("llm", &ask("c", 1, 1, false))
-            .await
-            .unwrap()
-            .granted,
-        1
-    );
+    let granted = |instance, need, limited| {
+        let store = &store;
+        async move {
+            let ask = ask(instance, need, need, limited);
+            store.allow("llm", &ask).await.unwrap().granted
+        }
+    };
+    assert_eq!(granted("a", 2, true).await, 2);
+    assert_eq!(granted("c", 1, true).await, 0);
+    assert_eq!(granted("c", 1, false).await, 1);
     for _ in 0..5 {
         store.adapt("llm", Step::Up).await.unwrap();
     }
@@ -1347,7 +1333,10 @@ async fn a_sentinel_failover_is_followed_and_turns_are_still_heard() {
     let watch = store.turns().watch("web", &t.ticket);
     let mut woken = watch.woken();
     // Until the listener has subscribed on the new primary, a turn goes unheard.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(DEADLINE, || async {
+        (set.replica.subscribers("follow:turns") > 0).then_some(())
+    })
+    .await;
     store.release("web", inside.id).await.unwrap();
     tokio::time::timeout(DEADLINE, &mut woken)
         .await
@@ -1441,7 +1430,15 @@ async fn a_cluster_with_a_password_is_reached_with_it() {
     let t = queued(&*store, Lane::Normal).await;
     let watch = store.turns().watch("web", &t.ticket);
     let mut woken = watch.woken();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the listener subscribes
+    eventually(DEADLINE, || async {
+        let subscribed: u64 = cluster
+            .nodes
+            .iter()
+            .map(|n| n.subscribers("acl:turns"))
+            .sum();
+        (subscribed > 0).then_some(())
+    })
+    .await;
     store.release("web", inside.id).await.unwrap();
     tokio::time::timeout(DEADLINE, &mut woken)
         .await

@@ -135,7 +135,15 @@ impl SharedSlots {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.store.lease().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn count(&self) -> Count {
@@ -169,7 +177,8 @@ impl SharedSlots {
 
     /// A slot of the allowance, if one is free and the allowance still held.
     fn take_local(self: &Arc<Self>) -> Option<SharedPermit> {
-        let now = self.now();
+        let since = Instant::now();
+        let now = self.ms_at(since);
         if now >= self.valid_until.load(Ordering::Acquire) {
             return None;
         }
@@ -182,7 +191,7 @@ impl SharedSlots {
         self.last_take.store(now, Ordering::Relaxed);
         Some(SharedPermit {
             slots: Arc::clone(self),
-            since: Instant::now(),
+            since,
         })
     }
 
@@ -302,7 +311,7 @@ impl SharedSlots {
             })
         });
         self.contended.store(granted.contended, Ordering::Relaxed);
-        let lease = u64::try_from(self.store.lease().as_millis()).unwrap_or(u64::MAX);
+        let lease = self.lease_ms();
         self.valid_until
             .store(started.saturating_add(lease), Ordering::Release);
         self.synced.store(started, Ordering::Relaxed);
@@ -330,7 +339,7 @@ impl SharedSlots {
         let now = self.now();
         let c = self.count();
         let since = now.saturating_sub(self.synced.load(Ordering::Relaxed));
-        let lease = u64::try_from(self.store.lease().as_millis()).unwrap_or(u64::MAX);
+        let lease = self.lease_ms();
         let keep = c.in_flight + self.headroom(now);
         // An adaptive room's requests ask and give back by themselves:
         // its allowance needs only renewing.
@@ -356,6 +365,7 @@ impl SharedSlots {
         }
         self.try_take().await
     }
+
     /// Takes a slot after `try_acquire` found none, waiting in this
     /// instance's line up to `max_wait`, served in `turn`.
     pub async fn acquire(

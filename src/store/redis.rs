@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::{Script, ScriptInvocation, Value};
 
-use super::redis_deployment::{Connection, Link};
+use super::redis_deployment::Link;
 use super::{
     Adopt, Allowance, AllowanceAsk, Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec,
     SessionId, SessionInfo, Settings, SettingsPatch, Snapshot, Step, Store, StoreError, Swept,
@@ -204,10 +204,6 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<Connection, StoreError> {
-        self.link.connection().await
-    }
-
     /// How long to wait for one step: its timeout, plus the time to connect
     /// until the store has answered once.
     fn budget(&self) -> Duration {
@@ -251,7 +247,7 @@ impl RedisStore {
 
     /// Measures Redis's clock against this instance's (half a round trip of error).
     async fn sync_clock(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.link.connection().await?;
         let before = now_millis();
         let command = redis::cmd("TIME");
         let (secs, micros) = self
@@ -284,7 +280,7 @@ impl RedisStore {
             for arg in args {
                 invocation.arg(arg);
             }
-            let mut conn = self.connection().await?;
+            let mut conn = self.link.connection().await?;
             match self
                 .bounded(invocation.invoke_async::<Value>(&mut conn))
                 .await?
@@ -479,7 +475,7 @@ impl RedisStore {
         for arg in args {
             invocation.arg(arg);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.link.connection().await?;
         self.bounded(invocation.invoke_async::<Value>(&mut conn))
             .await?
             .map_err(|e| StoreError::Unavailable(e.to_string()))
@@ -827,7 +823,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.link.connection().await?;
         let command = redis::cmd("PING");
         self.bounded(command.query_async::<String>(&mut conn))
             .await?

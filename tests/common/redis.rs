@@ -212,6 +212,19 @@ impl RedisServer {
             .sum()
     }
 
+    /// How many clients of this server are subscribed to `channel`.
+    pub fn subscribers(&self, channel: &str) -> u64 {
+        let counts: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut self.connection())
+            .unwrap();
+        match counts.get(1) {
+            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// What the server logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
