@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -131,6 +130,9 @@ pub struct Outbox {
     capacity: usize,
     /// Events per delivery.
     pub batch: usize,
+    /// A buffer this full wakes its delivery task: a batch, or half the
+    /// buffer if that is less.
+    full: usize,
     on_full: OnFull,
     ready: Notify,
     spill: mpsc::UnboundedSender<Arc<Event>>,
@@ -154,9 +156,11 @@ impl Outbox {
             let len = queue.len();
             self.metrics.buffered.set(len as i64);
             drop(queue);
-            // The delivery task wakes for the first event and for a full
-            // batch, not for each one in between (it lingers meanwhile).
-            if len == 1 || len == self.batch {
+            // The delivery task comes by itself every `flush_interval`; it
+            // is woken early only for a full batch. Waking it for the first
+            // event of each batch too (a syscall into its thread) cost an
+            // arrival more than its events.
+            if len == self.full {
                 self.ready.notify_one();
             }
             return;
@@ -173,24 +177,26 @@ impl Outbox {
         }
     }
 
-    /// A batch: waits for the first event, then up to `linger` for the
-    /// batch to fill.
-    pub async fn next_batch(&self, linger: Duration) -> Vec<Arc<Event>> {
+    /// Waits until a full batch is buffered (the delivery task's early
+    /// wake; it otherwise comes every `flush_interval`).
+    pub async fn full_batch(&self) {
         loop {
             let ready = self.ready.notified();
-            if !self.queue.lock().is_empty() {
-                break;
+            if self.queue.lock().len() >= self.full {
+                return;
             }
             ready.await;
         }
-        let deadline = tokio::time::Instant::now() + linger;
-        while self.queue.lock().len() < self.batch {
-            let ready = self.ready.notified();
-            if tokio::time::timeout_at(deadline, ready).await.is_err() {
-                break;
-            }
-        }
-        self.take(self.batch)
+    }
+
+    /// How many events make the delivery task come early.
+    pub fn full(&self) -> usize {
+        self.full
+    }
+
+    /// Events buffered.
+    pub fn buffered(&self) -> usize {
+        self.queue.lock().len()
     }
 
     /// Up to `max` events at once, without waiting.
@@ -230,6 +236,7 @@ impl Bus {
                     queue: Mutex::new(VecDeque::new()),
                     capacity,
                     batch: batch.max(1),
+                    full: batch.min(capacity / 2).max(1),
                     on_full,
                     ready: Notify::new(),
                     spill,
@@ -270,7 +277,7 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Kind;
+    use crate::event::{Fields, Kind};
 
     fn two_sinks(capacity: usize, on_full: OnFull) -> (Bus, Vec<Outlet>) {
         let registry = Registry::new();
@@ -282,11 +289,11 @@ mod tests {
     async fn every_sink_gets_every_event_in_order() {
         let (bus, outlets) = two_sinks(10, OnFull::Drop);
         for room in ["1", "2", "3"] {
-            bus.publish(Event::new(Kind::Arrived, room, &Arc::from("i")));
+            bus.publish(Event::new(Kind::Arrived, room, "i", &Fields::default()));
         }
         for outlet in &outlets {
-            let batch = outlet.outbox.next_batch(Duration::ZERO).await;
-            let rooms: Vec<_> = batch.iter().map(|e| e.room.as_str()).collect();
+            let batch = outlet.outbox.take(10);
+            let rooms: Vec<_> = batch.iter().map(|e| e.room()).collect();
             assert_eq!(rooms, ["1", "2", "3"]);
         }
     }
@@ -295,7 +302,7 @@ mod tests {
     async fn a_full_buffer_spills_or_drops_and_never_waits() {
         let (bus, mut outlets) = two_sinks(2, OnFull::Spill);
         for _ in 0..5 {
-            bus.publish(Event::new(Kind::Arrived, "web", &Arc::from("i")));
+            bus.publish(Event::new(Kind::Arrived, "web", "i", &Fields::default()));
         }
         let outlet = &mut outlets[0];
         assert_eq!(outlet.outbox.take(10).len(), 2);
@@ -306,24 +313,27 @@ mod tests {
         assert_eq!(spilled, 3);
         let (bus, outlets) = two_sinks(2, OnFull::Drop);
         for _ in 0..5 {
-            bus.publish(Event::new(Kind::Arrived, "web", &Arc::from("i")));
+            bus.publish(Event::new(Kind::Arrived, "web", "i", &Fields::default()));
         }
         assert_eq!(outlets[1].outbox.metrics.dropped.get(), 3);
         assert_eq!(outlets[1].outbox.take(10).len(), 2);
     }
 
     #[tokio::test]
-    async fn a_batch_waits_its_linger_to_fill_up_to_its_size() {
+    async fn a_full_batch_wakes_its_delivery_task_and_no_less() {
         let (bus, outlets) = two_sinks(100, OnFull::Drop);
-        bus.publish(Event::new(Kind::Arrived, "web", &Arc::from("i")));
         let outbox = Arc::clone(&outlets[0].outbox);
-        let later = tokio::spawn(async move { outbox.next_batch(Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        bus.publish(Event::new(Kind::Queued, "web", &Arc::from("i")));
-        bus.publish(Event::new(Kind::Admitted, "web", &Arc::from("i")));
-        bus.publish(Event::new(Kind::Converted, "web", &Arc::from("i")));
-        let batch = later.await.unwrap();
-        assert_eq!(batch.len(), 3, "full at its size, before the linger ends");
-        assert_eq!(outlets[0].outbox.take(10).len(), 1);
+        let mut woken = tokio::spawn(async move { outbox.full_batch().await });
+        for _ in 0..2 {
+            bus.publish(Event::new(Kind::Arrived, "web", "i", &Fields::default()));
+        }
+        tokio::task::yield_now().await;
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut woken).is_none(),
+            "two events of a batch of three wake nobody"
+        );
+        bus.publish(Event::new(Kind::Queued, "web", "i", &Fields::default()));
+        woken.await.unwrap();
+        assert_eq!(outlets[0].outbox.take(100).len(), 3);
     }
 }

@@ -2,12 +2,14 @@
 //! schema version 1 (docs/events.md). Written once, by `events`, and
 //! delivered at least once: `id` tells a repeat from a new event.
 
-use std::sync::{Arc, OnceLock};
+use std::cell::Cell;
+use std::io::Write;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::attribution::Utm;
+use crate::config::is_name;
 
 /// The schema version every event carries in `v`.
 pub const VERSION: u32 = 1;
@@ -70,148 +72,239 @@ pub struct Change {
     pub admit_rate: Option<f64>,
 }
 
-/// One event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Schema version ([`VERSION`]).
-    pub v: u32,
-    /// Unique (128 random bits, hex): the same id is the same event.
-    pub id: String,
-    /// What happened.
-    #[serde(rename = "type")]
-    pub kind: Kind,
-    /// When, RFC 3339 in UTC with milliseconds.
-    pub time: String,
-    /// The room.
-    pub room: String,
-    /// The instance that saw it (`[events] instance`).
-    pub instance: Arc<str>,
+/// What an event says beside its kind, room and instance, borrowed from
+/// the caller: written straight into the event's JSON, in the schema's
+/// order, so an event is two allocations (its JSON and its room) rather
+/// than a string per field.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fields<'a> {
     /// Links a visitor's events from arrival to admission (opaque; the
     /// same on every instance).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub journey: Option<String>,
+    pub journey: Option<&'a str>,
     /// Links an admitted visitor's events (opaque).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
+    pub session: Option<&'a str>,
     /// `priority` or `normal`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lane: Option<String>,
+    pub lane: Option<&'a str>,
     /// Place in line when queued.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u32>,
     /// Wait told when queued; waited when admitted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
     /// How long a released visit lasted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visit_ms: Option<u64>,
     /// How a session ended (`leave`, `command`) or a visitor was admitted
     /// (`direct`, `queue`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub how: Option<String>,
+    pub how: Option<&'a str>,
     /// What expired (`session`, `ticket`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub what: Option<String>,
+    pub what: Option<&'a str>,
     /// Why a newcomer was refused, or which limit was hit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
     /// The campaign (UTM parameters and click ids), only with the
     /// visitor's consent when the site asks for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attribution: Option<Arc<Utm>>,
+    pub attribution: Option<&'a Utm>,
     /// What an operator changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub change: Option<Change>,
-    /// The JSON, made once for every sink.
-    #[serde(skip)]
-    json: OnceLock<Vec<u8>>,
-    /// `time` in ms since the UNIX epoch, when made here (0 when read back).
-    #[serde(skip)]
+    pub change: Option<&'a Change>,
+}
+
+/// One event: its JSON, made once for every sink, and what the sinks
+/// route it by. Two allocations: this and the JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unique (128 random bits): the same id is the same event.
+    id: u128,
+    kind: Kind,
+    /// When, in ms since the UNIX epoch.
     at: u64,
+    /// Where the room's name is in the JSON (names need no escaping).
+    room: (u32, u32),
+    json: Vec<u8>,
+}
+
+/// The schema as serde reads and writes it: what a dead-letter file is
+/// read back with, and what the hand-written JSON is tested against.
+#[derive(Debug, Serialize, Deserialize)]
+struct Wire {
+    v: u32,
+    id: String,
+    #[serde(rename = "type")]
+    kind: Kind,
+    time: String,
+    room: String,
+    instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    journey: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lane: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    visit_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    how: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    what: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attribution: Option<Utm>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    change: Option<Change>,
+}
+
+/// A line that is not an event of this schema.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON of an event.
+    #[error("not an event: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A field with a value no event has.
+    #[error("not an event: {0}")]
+    Field(&'static str),
 }
 
 impl Event {
     /// A new event of `kind` in `room`, now, with a fresh id.
-    pub fn new(kind: Kind, room: &str, instance: &Arc<str>) -> Event {
-        let now = SystemTime::now();
-        Event {
-            v: VERSION,
-            id: hex(&rand::random::<u128>().to_be_bytes()),
-            kind,
-            time: humantime::format_rfc3339_millis(now).to_string(),
-            room: room.to_owned(),
-            instance: Arc::clone(instance),
-            journey: None,
-            session: None,
-            lane: None,
-            position: None,
-            wait_ms: None,
-            visit_ms: None,
-            how: None,
-            what: None,
-            reason: None,
-            attribution: None,
-            change: None,
-            json: OnceLock::new(),
-            at: now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        }
+    pub fn new(kind: Kind, room: &str, instance: &str, fields: &Fields<'_>) -> Event {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Event::write(rand::random(), kind, at, room, instance, fields)
     }
 
-    /// The event as JSON, serialized at most once (every sink shares it).
-    /// Written field by field, in the order and form serde gives it (a
-    /// test holds the two equal): ids and times need no escaping, so most
-    /// of an event is copied rather than escaped byte by byte.
-    pub fn json(&self) -> &[u8] {
-        self.json.get_or_init(|| {
-            let mut out = Json(Vec::with_capacity(384));
-            out.0.extend_from_slice(b"{\"v\":");
-            out.number(u64::from(self.v));
-            out.field("id", &self.id);
-            out.field("type", self.kind.as_str());
-            out.field("time", &self.time);
-            out.field("room", &self.room);
-            out.field("instance", &self.instance);
-            out.maybe("journey", self.journey.as_deref());
-            out.maybe("session", self.session.as_deref());
-            out.maybe("lane", self.lane.as_deref());
-            if let Some(n) = self.position {
-                out.key("position");
-                out.number(u64::from(n));
-            }
-            for (key, n) in [("wait_ms", self.wait_ms), ("visit_ms", self.visit_ms)] {
-                if let Some(n) = n {
-                    out.key(key);
-                    out.number(n);
-                }
-            }
-            out.maybe("how", self.how.as_deref());
-            out.maybe("what", self.what.as_deref());
-            out.maybe("reason", self.reason.as_deref());
-            // Rare or small: serde writes these (plain structs: cannot fail).
-            if let Some(utm) = &self.attribution {
-                out.key("attribution");
-                let _ = serde_json::to_writer(&mut out.0, &**utm);
-            }
-            if let Some(change) = &self.change {
-                out.key("change");
-                let _ = serde_json::to_writer(&mut out.0, change);
-            }
-            out.0.push(b'}');
-            out.0
-        })
-    }
-
-    /// Milliseconds since the UNIX epoch it happened at (0 if unreadable).
-    pub fn millis(&self) -> u64 {
-        if self.at > 0 {
-            return self.at;
+    /// An event read back (a dead-letter file), written again the same
+    /// way: its id, time (to the millisecond) and fields are kept.
+    pub fn parse(line: &str) -> Result<Event, ParseError> {
+        let wire: Wire = serde_json::from_str(line)?;
+        if !is_name(&wire.room) {
+            return Err(ParseError::Field("room is not a room name"));
         }
-        humantime::parse_rfc3339(&self.time)
+        let id = u128::from_str_radix(&wire.id, 16)
+            .ok()
+            .filter(|_| wire.id.len() == 32)
+            .ok_or(ParseError::Field("id is not 32 hex digits"))?;
+        let at = humantime::parse_rfc3339(&wire.time)
             .ok()
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .ok_or(ParseError::Field("time is not an RFC 3339 time"))?;
+        let fields = Fields {
+            journey: wire.journey.as_deref(),
+            session: wire.session.as_deref(),
+            lane: wire.lane.as_deref(),
+            position: wire.position,
+            wait_ms: wire.wait_ms,
+            visit_ms: wire.visit_ms,
+            how: wire.how.as_deref(),
+            what: wire.what.as_deref(),
+            reason: wire.reason.as_deref(),
+            attribution: wire.attribution.as_ref(),
+            change: wire.change.as_ref(),
+        };
+        Ok(Event::write(
+            id,
+            wire.kind,
+            at,
+            &wire.room,
+            &wire.instance,
+            &fields,
+        ))
+    }
+
+    /// The JSON, field by field in the order and form serde gives it (a
+    /// test holds the two equal): ids and times need no escaping, so most
+    /// of an event is copied rather than escaped byte by byte.
+    fn write(
+        id: u128,
+        kind: Kind,
+        at: u64,
+        room: &str,
+        instance: &str,
+        fields: &Fields<'_>,
+    ) -> Event {
+        let mut out = Json(Vec::with_capacity(256));
+        out.0.extend_from_slice(b"{\"v\":");
+        out.number(u64::from(VERSION));
+        out.field("id", Hex16::of(&id.to_be_bytes()).as_str());
+        out.field("type", kind.as_str());
+        out.key("time");
+        out.time(at);
+        out.key("room");
+        let start = out.0.len() + 1;
+        out.string(room);
+        // Where the name is. Room names need no escaping (config and
+        // `parse` allow none that would); one that did reads as empty.
+        let end = out.0.len() - 1;
+        let room_at = if end - start == room.len() {
+            (start as u32, end as u32)
+        } else {
+            (end as u32, end as u32)
+        };
+        out.field("instance", instance);
+        out.maybe("journey", fields.journey);
+        out.maybe("session", fields.session);
+        out.maybe("lane", fields.lane);
+        if let Some(n) = fields.position {
+            out.key("position");
+            out.number(u64::from(n));
+        }
+        for (key, n) in [("wait_ms", fields.wait_ms), ("visit_ms", fields.visit_ms)] {
+            if let Some(n) = n {
+                out.key(key);
+                out.number(n);
+            }
+        }
+        out.maybe("how", fields.how);
+        out.maybe("what", fields.what);
+        out.maybe("reason", fields.reason);
+        // Rare or small: serde writes these (plain structs: cannot fail).
+        if let Some(utm) = fields.attribution {
+            out.key("attribution");
+            let _ = serde_json::to_writer(&mut out.0, utm);
+        }
+        if let Some(change) = fields.change {
+            out.key("change");
+            let _ = serde_json::to_writer(&mut out.0, change);
+        }
+        out.0.push(b'}');
+        Event {
+            id,
+            kind,
+            at,
+            room: room_at,
+            json: out.0,
+        }
+    }
+
+    /// The id, as the JSON has it (32 lower-case hex digits).
+    pub fn id(&self) -> String {
+        Hex16::of(&self.id.to_be_bytes()).as_str().to_owned()
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The room.
+    pub fn room(&self) -> &str {
+        let (start, end) = (self.room.0 as usize, self.room.1 as usize);
+        self.json
+            .get(start..end)
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .unwrap_or_default()
+    }
+
+    /// The event as JSON (every sink shares it).
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// Milliseconds since the UNIX epoch it happened at.
+    pub fn millis(&self) -> u64 {
+        self.at
     }
 }
 
@@ -227,7 +320,16 @@ impl Json {
 
     fn field(&mut self, key: &str, value: &str) {
         self.key(key);
-        if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        self.string(value);
+    }
+
+    fn string(&mut self, value: &str) {
+        // A fold rather than `any`: no early exit, so it runs many bytes
+        // at a time (an event's strings need no escaping).
+        let escape = value.bytes().fold(false, |seen, b| {
+            seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if escape {
             // serde escapes what needs it (a string cannot fail).
             let _ = serde_json::to_writer(&mut self.0, value);
         } else {
@@ -247,74 +349,194 @@ impl Json {
         self.0
             .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
+
+    /// `at` (ms since the UNIX epoch) as RFC 3339 in UTC with
+    /// milliseconds, quoted. Events come many a second: the second's text
+    /// is made once per thread and second, and only the milliseconds after.
+    fn time(&mut self, at: u64) {
+        thread_local! {
+            static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+        }
+        let (secs, ms) = (at / 1000, at % 1000);
+        let prefix = SECOND.with(|cached| {
+            let (second, text) = cached.get();
+            if second == secs {
+                return text;
+            }
+            // "YYYY-MM-DDTHH:MM:SSZ", 20 bytes.
+            let mut text = [0; 20];
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let _ = write!(&mut text[..], "{}", humantime::format_rfc3339_seconds(t));
+            cached.set((secs, text));
+            text
+        });
+        self.0.push(b'"');
+        // Up to the seconds; the milliseconds go where the "Z" was.
+        self.0.extend_from_slice(&prefix[..19]);
+        self.0.push(b'.');
+        self.0.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+            b'"',
+        ]);
+    }
 }
 
-/// Lower-case hex, without a `format!` per byte.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of 16 bytes, kept on the stack: an opaque id that two
+/// events can share without an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hex16([u8; 32]);
+
+impl Hex16 {
+    /// The hex of `bytes`.
+    pub fn of(bytes: &[u8; 16]) -> Hex16 {
+        let mut out = [0; 32];
+        for (i, b) in bytes.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+        }
+        Hex16(out)
     }
-    out
+
+    /// As text.
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What serde writes of the event's JSON read back.
+    fn serde_form(e: &Event) -> String {
+        let wire: Wire = serde_json::from_slice(e.json()).unwrap();
+        serde_json::to_string(&wire).unwrap()
+    }
+
     #[test]
     fn the_json_written_by_hand_is_what_serde_writes() {
-        let plain = Event::new(Kind::Arrived, "web", &Arc::from("a1"));
-        assert_eq!(plain.json(), serde_json::to_vec(&plain).unwrap());
-        let mut full = Event::new(Kind::RoomChanged, "we\"b\\\n\u{e9}", &Arc::from("i\t1"));
-        full.journey = Some("j".into());
-        full.session = Some("s".into());
-        full.lane = Some("priority".into());
-        full.position = Some(7);
-        full.wait_ms = Some(0);
-        full.visit_ms = Some(u64::MAX);
-        full.how = Some("queue".into());
-        full.what = Some("ticket".into());
-        full.reason = Some("queue_full".into());
-        full.attribution = Some(Arc::new(Utm {
+        let plain = Event::new(Kind::Arrived, "web", "a1", &Fields::default());
+        assert_eq!(plain.json(), serde_form(&plain).as_bytes());
+        let utm = Utm {
             campaign: Some("sp\"ring".into()),
             gclid: Some("g".into()),
             ..Utm::default()
-        }));
-        full.change = Some(Change {
+        };
+        let change = Change {
             state: Some("paused".into()),
             capacity: Some(3),
             admit_rate: Some(1.5),
-        });
+        };
+        let full = Event::new(
+            Kind::RoomChanged,
+            "web.shop-1",
+            "i\t1\"\\\u{e9}",
+            &Fields {
+                journey: Some("j"),
+                session: Some("s"),
+                lane: Some("priority"),
+                position: Some(7),
+                wait_ms: Some(0),
+                visit_ms: Some(u64::MAX),
+                how: Some("queue"),
+                what: Some("ticket"),
+                reason: Some("queue_full"),
+                attribution: Some(&utm),
+                change: Some(&change),
+            },
+        );
         assert_eq!(
             String::from_utf8(full.json().to_vec()).unwrap(),
-            serde_json::to_string(&full).unwrap()
+            serde_form(&full)
+        );
+        assert_eq!(full.room(), "web.shop-1");
+        assert_eq!(
+            Event::parse(std::str::from_utf8(full.json()).unwrap()).unwrap(),
+            full
         );
     }
 
     #[test]
     fn an_event_is_versioned_json_and_reads_back() {
-        let mut e = Event::new(Kind::Admitted, "web", &Arc::from("a1"));
-        e.wait_ms = Some(1200);
-        e.attribution = Some(Arc::new(Utm {
+        let utm = Utm {
             source: Some("meta".into()),
             ..Utm::default()
-        }));
-        let json = serde_json::to_value(&e).unwrap();
+        };
+        let fields = Fields {
+            wait_ms: Some(1200),
+            attribution: Some(&utm),
+            ..Fields::default()
+        };
+        let e = Event::new(Kind::Admitted, "web", "a1", &fields);
+        let json: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["type"], "admitted");
+        assert_eq!(json["id"], e.id());
         assert_eq!(json["attribution"]["source"], "meta");
         assert!(json.get("session").is_none(), "absent fields are left out");
-        assert_eq!(e.id.len(), 32);
-        assert!(e.time.ends_with('Z'));
-        let back: Event = serde_json::from_value(json).unwrap();
-        assert_eq!(back.id, e.id);
-        assert_eq!(back.attribution, e.attribution);
-        assert_eq!(back.json(), e.json());
-        // Its time reads back to the same millisecond.
-        assert_eq!(back.millis(), e.millis());
+        assert_eq!(e.id().len(), 32);
+        assert!(json["time"].as_str().unwrap().ends_with('Z'));
+        let back = Event::parse(std::str::from_utf8(e.json()).unwrap()).unwrap();
+        assert_eq!(back, e, "the same id, kind, room, time and JSON");
         assert!(e.millis() > 1_700_000_000_000);
+        // Two events never share an id.
+        assert_ne!(
+            Event::new(Kind::Admitted, "web", "a1", &fields).id(),
+            e.id()
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_an_event_is_refused() {
+        let good = Event::new(Kind::Left, "web", "a1", &Fields::default());
+        let text = std::str::from_utf8(good.json()).unwrap();
+        for bad in [
+            "{}".to_owned(),
+            "not json".to_owned(),
+            text.replace(&good.id(), "xyz"),
+            text.replace("\"time\":\"", "\"time\":\"yesterday"),
+            text.replace("\"left\"", "\"jumped\""),
+            text.replace("\"web\"", "\"we b\""),
+        ] {
+            assert!(Event::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_milliseconds_as_humantime_writes_them() {
+        for at in [
+            0,
+            999,
+            1_000,
+            1_764_700_000_001,
+            1_764_700_000_999,
+            1_764_700_001_000,
+            253_402_300_799_999,
+        ] {
+            let mut out = Json(Vec::new());
+            out.time(at);
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at);
+            assert_eq!(
+                String::from_utf8(out.0).unwrap(),
+                format!("\"{}\"", humantime::format_rfc3339_millis(t))
+            );
+        }
+    }
+
+    #[test]
+    fn hex16_is_lower_case_hex() {
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xab;
+        bytes[15] = 0x01;
+        assert_eq!(
+            Hex16::of(&bytes).as_str(),
+            "ab000000000000000000000000000001"
+        );
     }
 }

@@ -11,7 +11,7 @@ use prometheus::{HistogramVec, IntCounterVec, Registry};
 use crate::attribution::{Labels, Utm};
 use crate::bus::Bus;
 use crate::config::Attribution;
-use crate::event::{Change, Event, Kind, hex};
+use crate::event::{Change, Event, Fields, Hex16, Kind};
 use crate::metrics;
 use crate::queue::Lane;
 use crate::store::{Place, SessionId, SessionInfo};
@@ -154,12 +154,12 @@ impl VisitorEvents {
         self.conversions.with_label_values(&[room, "none", "none"]);
     }
 
-    /// Puts an event on the bus, when any sink is configured.
-    fn publish(&self, kind: Kind, room: &str, fill: impl FnOnce(&mut Event)) {
+    /// Puts an event on the bus, when any sink is configured (`fields`
+    /// is made only then).
+    fn publish<'a>(&self, kind: Kind, room: &str, fields: impl FnOnce() -> Fields<'a>) {
         if self.bus.is_active() {
-            let mut event = Event::new(kind, room, &self.instance);
-            fill(&mut event);
-            self.bus.publish(event);
+            self.bus
+                .publish(Event::new(kind, room, &self.instance, &fields()));
         }
     }
 
@@ -169,7 +169,7 @@ impl VisitorEvents {
             .bus
             .is_active()
             .then(|| opaque("journey", room, &session.to_string()));
-        self.arrival(room, lane, utm, journey);
+        self.arrival(room, lane, utm, journey.as_ref());
     }
 
     /// A new visitor joined the line: `arrived`, then `queued`, one
@@ -179,7 +179,7 @@ impl VisitorEvents {
             .bus
             .is_active()
             .then(|| opaque("journey", room, &place.ticket));
-        self.arrival(room, place.lane, utm, journey.clone());
+        self.arrival(room, place.lane, utm, journey.as_ref());
         let line = Line {
             lane: Some(place.lane.as_str()),
             position: Some(place.position()),
@@ -188,17 +188,18 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("queued", room, line);
-        self.publish(Kind::Queued, room, |e| {
-            e.journey = journey;
-            e.lane = Some(place.lane.as_str().to_owned());
-            e.position = Some(place.position());
-            e.wait_ms = place.wait.told();
-            e.attribution = utm.cloned();
+        self.publish(Kind::Queued, room, || Fields {
+            journey: journey.as_ref().map(Hex16::as_str),
+            lane: Some(place.lane.as_str()),
+            position: Some(place.position()),
+            wait_ms: place.wait.told(),
+            attribution: utm.map(|u| &**u),
+            ..Fields::default()
         });
     }
 
     /// A new visitor at the room (`journey` made when a sink takes it).
-    fn arrival(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, journey: Option<String>) {
+    fn arrival(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, journey: Option<&Hex16>) {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
@@ -208,10 +209,11 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("arrived", room, line);
-        self.publish(Kind::Arrived, room, |e| {
-            e.journey = journey;
-            e.lane = Some(lane.as_str().to_owned());
-            e.attribution = utm.cloned();
+        self.publish(Kind::Arrived, room, || Fields {
+            journey: journey.map(Hex16::as_str),
+            lane: Some(lane.as_str()),
+            attribution: utm.map(|u| &**u),
+            ..Fields::default()
         });
     }
 
@@ -232,44 +234,58 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("admitted", room, line);
-        self.publish(Kind::Admitted, room, |e| {
+        if self.bus.is_active() {
             let id = session.id.to_string();
-            e.journey = Some(opaque("journey", room, ticket.unwrap_or(&id)));
-            e.session = Some(opaque("session", room, &id));
-            e.how = Some(how.to_owned());
-            e.wait_ms = Some(session.wait_ms);
-            e.attribution = session.utm.clone();
-        });
+            let journey = opaque("journey", room, ticket.unwrap_or(&id));
+            let digest = opaque("session", room, &id);
+            self.publish(Kind::Admitted, room, || Fields {
+                journey: Some(journey.as_str()),
+                session: Some(digest.as_str()),
+                how: Some(how),
+                wait_ms: Some(session.wait_ms),
+                attribution: session.utm.as_deref(),
+                ..Fields::default()
+            });
+        }
     }
 
     /// A waiting visitor left the line.
     pub fn left(&self, room: &str, ticket: &str) {
         write("left", room, Line::default());
-        self.publish(Kind::Left, room, |e| {
-            e.journey = Some(opaque("journey", room, ticket));
-        });
+        if self.bus.is_active() {
+            let journey = opaque("journey", room, ticket);
+            self.publish(Kind::Left, room, || Fields {
+                journey: Some(journey.as_str()),
+                ..Fields::default()
+            });
+        }
     }
 
     /// A newcomer was turned away (`queue_full`, `maintenance`,
     /// `store_unavailable`).
     pub fn refused(&self, room: &str, reason: &'static str, utm: Option<&Arc<Utm>>) {
-        self.publish(Kind::Refused, room, |e| {
-            e.reason = Some(reason.to_owned());
-            e.attribution = utm.cloned();
+        self.publish(Kind::Refused, room, || Fields {
+            reason: Some(reason),
+            attribution: utm.map(|u| &**u),
+            ..Fields::default()
         });
     }
 
     /// A request was over one of the room's per-client limits.
     pub fn rate_limited(&self, room: &str, limit: &'static str) {
-        self.publish(Kind::RateLimited, room, |e| {
-            e.reason = Some(limit.to_owned())
+        self.publish(Kind::RateLimited, room, || Fields {
+            reason: Some(limit),
+            ..Fields::default()
         });
     }
 
     /// An operator changed a room (the admin API).
     pub fn room_changed(&self, room: &str, change: Change) {
         tracing::info!(target: "anteroom::visitor", event = "room_changed", room, state = change.state.as_deref(), capacity = change.capacity, admit_rate = change.admit_rate);
-        self.publish(Kind::RoomChanged, room, |e| e.change = Some(change));
+        self.publish(Kind::RoomChanged, room, || Fields {
+            change: Some(&change),
+            ..Fields::default()
+        });
     }
 
     /// Whether the sinks report healthy, by sink.
@@ -291,11 +307,15 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("converted", room, line);
-        self.publish(Kind::Converted, room, |e| {
-            e.session = Some(opaque("session", room, &session.id.to_string()));
-            e.wait_ms = Some(session.wait_ms);
-            e.attribution = session.utm.clone();
-        });
+        if self.bus.is_active() {
+            let digest = opaque("session", room, &session.id.to_string());
+            self.publish(Kind::Converted, room, || Fields {
+                session: Some(digest.as_str()),
+                wait_ms: Some(session.wait_ms),
+                attribution: session.utm.as_deref(),
+                ..Fields::default()
+            });
+        }
     }
 
     /// A session ended at once: the visitor left (`leave`) or the app said so (`command`).
@@ -309,12 +329,16 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("released", room, line);
-        self.publish(Kind::Released, room, |e| {
-            e.session = Some(opaque("session", room, &session.id.to_string()));
-            e.how = Some(how.to_owned());
-            e.visit_ms = Some(now_ms.saturating_sub(session.admitted_at));
-            e.attribution = session.utm.clone();
-        });
+        if self.bus.is_active() {
+            let digest = opaque("session", room, &session.id.to_string());
+            self.publish(Kind::Released, room, || Fields {
+                session: Some(digest.as_str()),
+                how: Some(how),
+                visit_ms: Some(now_ms.saturating_sub(session.admitted_at)),
+                attribution: session.utm.as_deref(),
+                ..Fields::default()
+            });
+        }
     }
 
     /// A session's pass lapsed.
@@ -362,21 +386,30 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("expired", room, line);
-        self.publish(Kind::Expired, room, |e| {
-            e.session = session.map(|s| opaque("session", room, &s.to_string()));
-            e.what = Some(kind.to_owned());
-            e.attribution = utm.cloned();
-        });
+        if self.bus.is_active() {
+            let digest = session.map(|s| opaque("session", room, &s.to_string()));
+            self.publish(Kind::Expired, room, || Fields {
+                session: digest.as_ref().map(Hex16::as_str),
+                what: Some(kind),
+                attribution: utm.map(|u| &**u),
+                ..Fields::default()
+            });
+        }
     }
 }
 
 /// An id that links a visitor's events without telling the store's own
 /// (SHA-256 of its kind, room and id; the same on every instance).
-fn opaque(kind: &str, room: &str, id: &str) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in ["anteroom", kind, room, id] {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part.as_bytes());
+fn opaque(kind: &str, room: &str, id: &str) -> Hex16 {
+    // One digest call over the parts, each after its length.
+    let parts = ["anteroom", kind, room, id];
+    let mut input = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for part in parts {
+        input.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        input.extend_from_slice(part.as_bytes());
     }
-    hex(&ctx.finish().as_ref()[..16])
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    let mut first = [0; 16];
+    first.copy_from_slice(&digest.as_ref()[..16]);
+    Hex16::of(&first)
 }

@@ -124,11 +124,11 @@ impl Sink for NatsSink {
             let subject = format!(
                 "{}.{}.{}",
                 self.subject,
-                event.room.replace('.', "_"),
-                event.kind.as_str()
+                event.room().replace('.', "_"),
+                event.kind().as_str()
             );
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.id.as_str());
+            headers.insert("Nats-Msg-Id", event.id().as_str());
             let payload = bytes::Bytes::copy_from_slice(event.json());
             let ack = js
                 .publish_with_headers(subject, headers, payload)
@@ -296,12 +296,29 @@ impl Sink for RedisSink {
         let Some(conn) = slot.as_mut() else {
             return Err(SinkError("not connected".into()));
         };
-        let mut call = self.script.key(&self.stream);
-        call.arg(self.maxlen);
+        // EVALSHA by hand: each event's JSON is copied once into the
+        // command, not first into an argument list of its own.
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(self.script.get_hash())
+            .arg(1)
+            .arg(&self.stream)
+            .arg(self.maxlen);
         for event in batch {
             call.arg(event.json());
         }
-        let sent = tokio::time::timeout(self.timeout, call.invoke_async::<u64>(conn)).await;
+        let sent = tokio::time::timeout(self.timeout, async {
+            match call.query_async::<u64>(conn).await {
+                // A restarted server has forgotten the script.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.script.load_async(conn).await?;
+                    call.query_async::<u64>(conn).await
+                }
+                other => other,
+            }
+        })
+        .await;
         match sent {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
@@ -403,7 +420,8 @@ pub struct Delivery {
     sink: Box<dyn Sink>,
     dead: DeadLetters,
     retry: Retry,
-    linger: Duration,
+    /// How often the buffer goes out (`flush_interval`).
+    interval: Duration,
     /// How long the buffer may take to go out at shutdown.
     grace: Duration,
 }
@@ -423,7 +441,7 @@ impl Delivery {
             sink,
             dead,
             retry: Retry::of(events),
-            linger: events.flush_interval,
+            interval: events.flush_interval,
             grace,
         }
     }
@@ -470,6 +488,23 @@ impl Delivery {
         }
     }
 
+    /// Delivers what the buffer holds now (not what comes meanwhile: a
+    /// sink slower than the requests must still hear the shutdown), in
+    /// batches: all of it, or, woken for a full batch, only full batches,
+    /// the rest waiting for more.
+    async fn drain(&self, outbox: &Outbox, all: bool) {
+        let mut left = outbox.buffered();
+        let least = if all { 1 } else { outbox.full() };
+        while left >= least {
+            let batch = outbox.take(outbox.batch.min(left));
+            if batch.is_empty() {
+                break;
+            }
+            left -= batch.len();
+            self.send(outbox, batch, false).await;
+        }
+    }
+
     async fn bury(&self, outbox: &Outbox, events: &[Arc<Event>]) {
         if events.is_empty() {
             return;
@@ -488,11 +523,14 @@ impl BackgroundService for Delivery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut outlet = self.outlet.lock().await;
         let Outlet { outbox, spilled } = &mut *outlet;
+        // Every `flush_interval`, or at once when a batch is full, what is
+        // buffered goes out.
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                batch = outbox.next_batch(self.linger) => {
-                    self.send(outbox, batch, false).await;
-                }
+                _ = tick.tick() => self.drain(outbox, true).await,
+                () = outbox.full_batch() => self.drain(outbox, false).await,
                 Some(first) = spilled.recv() => {
                     let mut events = vec![first];
                     while let Ok(e) = spilled.try_recv() {
@@ -532,7 +570,7 @@ pub fn read_events(path: &Path) -> std::io::Result<(Vec<Arc<Event>>, usize)> {
     let events = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| match serde_json::from_str::<Event>(l) {
+        .filter_map(|l| match Event::parse(l) {
             Ok(e) => Some(Arc::new(e)),
             Err(_) => {
                 bad += 1;

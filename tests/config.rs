@@ -86,6 +86,7 @@ upstream = "ap"
         ("events.dead_letter_dir", format!("{BASE}[[events.sink]]\nkind = \"file\"\npath = \"/tmp/e.jsonl\"\n")),
         ("events.sink[0].url", format!("{BASE}[events]\ndead_letter_dir = \"/tmp\"\n[[events.sink]]\nkind = \"nats\"\nurl = \"nats://u:p@127.0.0.1:4222\"\n")),
         ("events.sink[0].secret_file", format!("{BASE}[events]\ndead_letter_dir = \"/tmp\"\n[[events.sink]]\nkind = \"webhook\"\nurl = \"https://h.example/\"\n")),
+        ("events.flush_interval", format!("{BASE}[events]\ndead_letter_dir = \"/tmp\"\nflush_interval = \"0s\"\n[[events.sink]]\nkind = \"file\"\npath = \"/tmp/e.jsonl\"\n")),
         ("events.on_full", format!("{BASE}[events]\non_full = \"block\"\n")),
         ("events.buffer", format!("{BASE}[events]\nbuffer = 0\n")),
         ("log.level", format!("[log]\nlevel = \"loud[\"\n{BASE}")),

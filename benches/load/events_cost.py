@@ -17,6 +17,7 @@ requests wrk completed.
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import cpu_seconds, free_port, http, median, nginx_conf, two_sinks, wait_port  # noqa: E402
 
 
+def pinned(core, cmd):
+    """`cmd` on one core when taskset is there: anteroom (worker and delivery
+    threads) on core 0, wrk and redis-server on core 1, so the load and the
+    measured process do not take turns on a core (runs vary less)."""
+    return ["taskset", "-c", str(core)] + cmd if shutil.which("taskset") else cmd
+
+
 def wrk(url, seconds, headers=()):
     cmd = ["wrk", "-t1", "-c32", f"-d{seconds}s", url]
     for h in headers:
         cmd[1:1] = ["-H", h]
+    cmd = pinned(1, cmd)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     total = re.search(r"(\d+) requests in", out)
     return int(total.group(1)) if total else 0
@@ -80,7 +89,7 @@ def main():
     nginx_conf(f"{tmp}/up.conf", tmp, up, 1)
     procs = [
         subprocess.Popen([nginx, "-c", f"{tmp}/up.conf", "-g", "daemon off;"], start_new_session=True),
-        subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+        subprocess.Popen(pinned(1, ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"]),
                          stdout=subprocess.DEVNULL, start_new_session=True),
     ]
     subprocess.run([anteroom, "keygen", "--out", tmp, "--force"], check=True, capture_output=True)
@@ -94,7 +103,7 @@ def main():
                 port, admin = free_port(), free_port()
                 conf = f"{tmp}/{r}-{name.replace(' ', '-')}.toml"
                 config(conf, port, admin, up, f"{tmp}/anteroom.key.pem", extra)
-                p = subprocess.Popen([anteroom, "run", "--config", conf], stdout=subprocess.DEVNULL,
+                p = subprocess.Popen(pinned(0, [anteroom, "run", "--config", conf]), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
                 try:
                     wait_port(port)

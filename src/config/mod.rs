@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use validate::is_name;
+
 /// Paths anteroom reserves for itself on the public listener: answered by
 /// anteroom, never proxied, so no route may use them.
 pub const RESERVED_PREFIX: &str = "/__anteroom/";

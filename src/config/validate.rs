@@ -47,6 +47,17 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Most open client connections a cap may allow.
 const MAX_CONNECTIONS: i64 = 10_000_000;
 
+/// Whether `name` is a valid name of an upstream, room, sink or instance:
+/// 1 to 64 letters, digits, '-', '_' or '.' (nothing a subject, a label or
+/// JSON would need to escape).
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Collects problems while the rest of the file is still checked.
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -115,12 +126,7 @@ impl Problems {
     }
 
     fn name(&mut self, key: &str, name: &str) {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !ok {
+        if !is_name(name) {
             self.add(
                 key,
                 format!(
@@ -1867,7 +1873,7 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
     let batch = e
         .batch
         .and_then(|n| p.int_in("events.batch", n, 1, 10_000))
-        .map_or(100, |n| n as usize);
+        .map_or(1000, |n| n as usize);
     let max_attempts = e
         .max_attempts
         .and_then(|n| p.int_in("events.max_attempts", n, 1, 100))
@@ -1877,6 +1883,12 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
         e.flush_interval.as_deref(),
         Duration::from_millis(500),
     );
+    if flush_interval < Duration::from_millis(1) {
+        p.add(
+            "events.flush_interval",
+            "must be at least 1ms (each sink's buffer goes out this often)",
+        );
+    }
     let retry_base = p.duration(
         "events.retry_base",
         e.retry_base.as_deref(),
