@@ -31,7 +31,7 @@ pub struct SinkError(pub String);
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Delivers a batch.
-    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError>;
+    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError>;
 }
 
 /// The sinks' metric families, by `sink`.
@@ -126,7 +126,7 @@ impl SinkMetrics {
 pub struct Outbox {
     /// The sink's name.
     pub name: String,
-    queue: Mutex<VecDeque<Arc<Event>>>,
+    queue: Mutex<VecDeque<Event>>,
     capacity: usize,
     /// Events per delivery.
     pub batch: usize,
@@ -135,7 +135,7 @@ pub struct Outbox {
     full: usize,
     on_full: OnFull,
     ready: Notify,
-    spill: mpsc::UnboundedSender<Arc<Event>>,
+    spill: mpsc::UnboundedSender<Event>,
     /// The sink's metrics.
     pub metrics: SinkMetrics,
 }
@@ -145,14 +145,14 @@ pub struct Outlet {
     /// The buffer.
     pub outbox: Arc<Outbox>,
     /// Events for the dead-letter file straight away (a full buffer).
-    pub spilled: mpsc::UnboundedReceiver<Arc<Event>>,
+    pub spilled: mpsc::UnboundedReceiver<Event>,
 }
 
 impl Outbox {
-    fn push(&self, event: &Arc<Event>) {
+    fn push(&self, event: &Event) {
         let mut queue = self.queue.lock();
         if queue.len() < self.capacity {
-            queue.push_back(Arc::clone(event));
+            queue.push_back(event.clone());
             let len = queue.len();
             self.metrics.buffered.set(len as i64);
             drop(queue);
@@ -170,7 +170,7 @@ impl Outbox {
             OnFull::Drop => self.metrics.dropped.inc(),
             // Only fails once the delivery task is gone (shutdown): counted.
             OnFull::Spill => {
-                if self.spill.send(Arc::clone(event)).is_err() {
+                if self.spill.send(event.clone()).is_err() {
                     self.metrics.dropped.inc();
                 }
             }
@@ -200,7 +200,7 @@ impl Outbox {
     }
 
     /// Up to `max` events at once, without waiting.
-    pub fn take(&self, max: usize) -> Vec<Arc<Event>> {
+    pub fn take(&self, max: usize) -> Vec<Event> {
         let mut queue = self.queue.lock();
         let n = queue.len().min(max);
         let batch: Vec<_> = queue.drain(..n).collect();
@@ -259,7 +259,6 @@ impl Bus {
 
     /// Hands an event to every sink's buffer. Never waits.
     pub fn publish(&self, event: Event) {
-        let event = Arc::new(event);
         for outbox in &self.outboxes {
             outbox.push(&event);
         }

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -105,8 +106,8 @@ pub struct Fields<'a> {
     pub change: Option<&'a Change>,
 }
 
-/// One event: its JSON, made once for every sink, and what the sinks
-/// route it by. Two allocations: this and the JSON.
+/// One event: its JSON, made once and shared by every sink (a clone is a
+/// reference count), and what the sinks route it by. One allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Unique (128 random bits): the same id is the same event.
@@ -116,7 +117,7 @@ pub struct Event {
     at: u64,
     /// Where the room's name is in the JSON (names need no escaping).
     room: (u32, u32),
-    json: Vec<u8>,
+    json: Arc<[u8]>,
 }
 
 /// The schema as serde reads and writes it: what a dead-letter file is
@@ -274,7 +275,7 @@ impl Event {
             kind,
             at,
             room: room_at,
-            json: out.0,
+            json: Arc::from(out.0),
         }
     }
 

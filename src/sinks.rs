@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -115,7 +114,7 @@ impl NatsSink {
 
 #[async_trait]
 impl Sink for NatsSink {
-    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
         let js = self.context().await?;
         let err = |e: &dyn std::fmt::Display| SinkError(e.to_string());
         let mut acks = Vec::with_capacity(batch.len());
@@ -170,7 +169,7 @@ pub fn signature(key: &aws_lc_rs::hmac::Key, t: u64, body: &[u8]) -> String {
 
 #[async_trait]
 impl Sink for WebhookSink {
-    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
         let mut body = Vec::with_capacity(batch.len() * 256 + 2);
         body.push(b'[');
         for (i, event) in batch.iter().enumerate() {
@@ -200,7 +199,7 @@ impl Sink for WebhookSink {
 }
 
 /// Events as JSON lines.
-fn lines(events: &[Arc<Event>]) -> Vec<u8> {
+fn lines(events: &[Event]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(events.len() * 256);
     for event in events {
         bytes.extend_from_slice(event.json());
@@ -229,7 +228,7 @@ fn append(path: &Path) -> std::io::Result<std::fs::File> {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
         let io = |e: std::io::Error| SinkError(format!("{}: {e}", self.path.display()));
         let mut file = self.file.lock();
         // One stat tells the size and whether logrotate moved the file away.
@@ -282,7 +281,7 @@ return #ARGV - 1
 
 #[async_trait]
 impl Sink for RedisSink {
-    async fn deliver(&self, batch: &[Arc<Event>]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
         let err = |e: redis::RedisError| SinkError(e.to_string());
         let mut slot = self.connection.lock().await;
         if slot.is_none() {
@@ -351,7 +350,7 @@ impl DeadLetters {
         &self.path
     }
 
-    fn keep(&self, events: &[Arc<Event>]) -> std::io::Result<()> {
+    fn keep(&self, events: &[Event]) -> std::io::Result<()> {
         append(&self.path)?.write_all(&lines(events))
     }
 }
@@ -392,7 +391,7 @@ impl Retry {
 /// attempt failed (or `stop` said to stop waiting).
 pub async fn deliver(
     sink: &dyn Sink,
-    batch: &[Arc<Event>],
+    batch: &[Event],
     retry: Retry,
     mut stop: impl FnMut() -> bool,
     mut failed: impl FnMut(u32),
@@ -446,7 +445,7 @@ impl Delivery {
         }
     }
 
-    async fn send(&self, outbox: &Outbox, batch: Vec<Arc<Event>>, stopping: bool) {
+    async fn send(&self, outbox: &Outbox, batch: Vec<Event>, stopping: bool) {
         let m = &outbox.metrics;
         let n = batch.len() as u64;
         let retry = if stopping {
@@ -476,10 +475,13 @@ impl Delivery {
                 m.up.set(1);
                 m.delivered.inc_by(n);
                 let now = now_millis();
+                // Counted here, then added to the shared histogram at once
+                // (one set of atomic steps per batch, not per event).
+                let lag = m.lag.local();
                 for e in &batch {
-                    m.lag
-                        .observe(now.saturating_sub(e.millis()) as f64 / 1000.0);
+                    lag.observe(now.saturating_sub(e.millis()) as f64 / 1000.0);
                 }
+                lag.flush();
             }
             Err(e) => {
                 tracing::warn!(sink = outbox.name, events = n, error = %e, file = %self.dead.path().display(), "events not delivered; kept in the dead-letter file");
@@ -505,7 +507,7 @@ impl Delivery {
         }
     }
 
-    async fn bury(&self, outbox: &Outbox, events: &[Arc<Event>]) {
+    async fn bury(&self, outbox: &Outbox, events: &[Event]) {
         if events.is_empty() {
             return;
         }
@@ -564,14 +566,14 @@ impl BackgroundService for Delivery {
 
 /// Reads a dead-letter (or any JSON lines) file of events; lines that are
 /// not events are counted, not fatal.
-pub fn read_events(path: &Path) -> std::io::Result<(Vec<Arc<Event>>, usize)> {
+pub fn read_events(path: &Path) -> std::io::Result<(Vec<Event>, usize)> {
     let text = std::fs::read_to_string(path)?;
     let mut bad = 0;
     let events = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .filter_map(|l| match Event::parse(l) {
-            Ok(e) => Some(Arc::new(e)),
+            Ok(e) => Some(e),
             Err(_) => {
                 bad += 1;
                 None
