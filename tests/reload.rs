@@ -30,9 +30,11 @@ async fn hangup(p: &Process) -> serde_json::Value {
     eventually(Duration::from_secs(10), || async {
         let now = get_json(p.admin_url("/admin/config")).await;
         let last = &now["lastReload"];
+        // The attempt's own fields: the new config is in force a moment
+        // before its attempt is recorded.
         let changed = !last.is_null()
             && (last["at"].as_u64() != at
-                || now["generation"] != before["generation"]
+                || last["generation"] != before["lastReload"]["generation"]
                 || (last["result"] == "failed") != failed);
         changed.then_some(now)
     })
