@@ -12,8 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use validate::is_name;
-
 /// Paths anteroom reserves for itself on the public listener: answered by
 /// anteroom, never proxied, so no route may use them.
 pub const RESERVED_PREFIX: &str = "/__anteroom/";
@@ -844,4 +842,15 @@ impl fmt::Display for Problems<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `name` is a valid name of an upstream, room, sink or instance:
+/// 1 to 64 letters, digits, '-', '_' or '.' (nothing a subject, a label or
+/// JSON would need to escape).
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

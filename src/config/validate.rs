@@ -17,7 +17,7 @@ use super::{
     Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
     StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
 };
-use super::{Events, OnFull, Sink, SinkKind};
+use super::{Events, OnFull, Sink, SinkKind, is_name};
 const MAX_THREADS: i64 = 1024;
 /// Longest HSTS `max-age` accepted: two years, what preload lists ask for at most.
 const MAX_HSTS: Duration = Duration::from_secs(730 * 24 * 3600);
@@ -46,17 +46,6 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Most open client connections a cap may allow.
 const MAX_CONNECTIONS: i64 = 10_000_000;
-
-/// Whether `name` is a valid name of an upstream, room, sink or instance:
-/// 1 to 64 letters, digits, '-', '_' or '.' (nothing a subject, a label or
-/// JSON would need to escape).
-pub fn is_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
 
 /// Collects problems while the rest of the file is still checked.
 #[derive(Default)]
