@@ -75,8 +75,7 @@ pub struct Change {
 
 /// What an event says beside its kind, room and instance, borrowed from
 /// the caller: written straight into the event's JSON, in the schema's
-/// order, so an event is two allocations (its JSON and its room) rather
-/// than a string per field.
+/// order, rather than kept as a string per field.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fields<'a> {
     /// Links a visitor's events from arrival to admission (opaque; the

@@ -154,31 +154,37 @@ impl VisitorEvents {
         self.conversions.with_label_values(&[room, "none", "none"]);
     }
 
-    /// Puts an event on the bus, when any sink is configured (`fields`
-    /// is made only then).
-    fn publish<'a>(&self, kind: Kind, room: &str, fields: impl FnOnce() -> Fields<'a>) {
+    /// Puts an event on the bus, when any sink is configured.
+    fn publish(&self, kind: Kind, room: &str, fields: Fields<'_>) {
         if self.bus.is_active() {
             self.bus
-                .publish(Event::new(kind, room, &self.instance, &fields()));
+                .publish(Event::new(kind, room, &self.instance, &fields));
         }
+    }
+
+    /// The opaque id of a ticket, made only when a sink will take it (a
+    /// digest each).
+    fn opaque(&self, kind: &str, room: &str, ticket: &str) -> Option<Hex16> {
+        self.bus.is_active().then(|| opaque(kind, room, ticket))
+    }
+
+    /// The same for a session (its id written out only then).
+    fn opaque_session(&self, kind: &str, room: &str, session: SessionId) -> Option<Hex16> {
+        self.bus
+            .is_active()
+            .then(|| opaque(kind, room, &session.to_string()))
     }
 
     /// A new visitor let in at once; `session` is their journey.
     pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, session: SessionId) {
-        let journey = self
-            .bus
-            .is_active()
-            .then(|| opaque("journey", room, &session.to_string()));
+        let journey = self.opaque_session("journey", room, session);
         self.arrival(room, lane, utm, journey.as_ref());
     }
 
     /// A new visitor joined the line: `arrived`, then `queued`, one
     /// journey id for both.
     pub fn queued(&self, room: &str, place: &Place, utm: Option<&Arc<Utm>>) {
-        let journey = self
-            .bus
-            .is_active()
-            .then(|| opaque("journey", room, &place.ticket));
+        let journey = self.opaque("journey", room, &place.ticket);
         self.arrival(room, place.lane, utm, journey.as_ref());
         let line = Line {
             lane: Some(place.lane.as_str()),
@@ -188,14 +194,18 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("queued", room, line);
-        self.publish(Kind::Queued, room, || Fields {
-            journey: journey.as_ref().map(Hex16::as_str),
-            lane: Some(place.lane.as_str()),
-            position: Some(place.position()),
-            wait_ms: place.wait.told(),
-            attribution: utm.map(|u| &**u),
-            ..Fields::default()
-        });
+        self.publish(
+            Kind::Queued,
+            room,
+            Fields {
+                journey: journey.as_ref().map(Hex16::as_str),
+                lane: Some(place.lane.as_str()),
+                position: Some(place.position()),
+                wait_ms: place.wait.told(),
+                attribution: utm.map(|u| &**u),
+                ..Fields::default()
+            },
+        );
     }
 
     /// A new visitor at the room (`journey` made when a sink takes it).
@@ -209,12 +219,16 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("arrived", room, line);
-        self.publish(Kind::Arrived, room, || Fields {
-            journey: journey.map(Hex16::as_str),
-            lane: Some(lane.as_str()),
-            attribution: utm.map(|u| &**u),
-            ..Fields::default()
-        });
+        self.publish(
+            Kind::Arrived,
+            room,
+            Fields {
+                journey: journey.map(Hex16::as_str),
+                lane: Some(lane.as_str()),
+                attribution: utm.map(|u| &**u),
+                ..Fields::default()
+            },
+        );
     }
 
     /// A visitor was let in, at once or from the line (with the `ticket`
@@ -234,58 +248,76 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("admitted", room, line);
-        if self.bus.is_active() {
-            let id = session.id.to_string();
-            let journey = opaque("journey", room, ticket.unwrap_or(&id));
-            let digest = opaque("session", room, &id);
-            self.publish(Kind::Admitted, room, || Fields {
-                journey: Some(journey.as_str()),
-                session: Some(digest.as_str()),
+        let journey = match ticket {
+            Some(ticket) => self.opaque("journey", room, ticket),
+            None => self.opaque_session("journey", room, session.id),
+        };
+        let digest = self.opaque_session("session", room, session.id);
+        self.publish(
+            Kind::Admitted,
+            room,
+            Fields {
+                journey: journey.as_ref().map(Hex16::as_str),
+                session: digest.as_ref().map(Hex16::as_str),
                 how: Some(how),
                 wait_ms: Some(session.wait_ms),
                 attribution: session.utm.as_deref(),
                 ..Fields::default()
-            });
-        }
+            },
+        );
     }
 
     /// A waiting visitor left the line.
     pub fn left(&self, room: &str, ticket: &str) {
         write("left", room, Line::default());
-        if self.bus.is_active() {
-            let journey = opaque("journey", room, ticket);
-            self.publish(Kind::Left, room, || Fields {
-                journey: Some(journey.as_str()),
+        let journey = self.opaque("journey", room, ticket);
+        self.publish(
+            Kind::Left,
+            room,
+            Fields {
+                journey: journey.as_ref().map(Hex16::as_str),
                 ..Fields::default()
-            });
-        }
+            },
+        );
     }
 
     /// A newcomer was turned away (`queue_full`, `maintenance`,
     /// `store_unavailable`).
     pub fn refused(&self, room: &str, reason: &'static str, utm: Option<&Arc<Utm>>) {
-        self.publish(Kind::Refused, room, || Fields {
-            reason: Some(reason),
-            attribution: utm.map(|u| &**u),
-            ..Fields::default()
-        });
+        self.publish(
+            Kind::Refused,
+            room,
+            Fields {
+                reason: Some(reason),
+                attribution: utm.map(|u| &**u),
+                ..Fields::default()
+            },
+        );
     }
 
     /// A request was over one of the room's per-client limits.
     pub fn rate_limited(&self, room: &str, limit: &'static str) {
-        self.publish(Kind::RateLimited, room, || Fields {
-            reason: Some(limit),
-            ..Fields::default()
-        });
+        self.publish(
+            Kind::RateLimited,
+            room,
+            Fields {
+                reason: Some(limit),
+                ..Fields::default()
+            },
+        );
     }
 
     /// An operator changed a room (the admin API).
     pub fn room_changed(&self, room: &str, change: Change) {
         tracing::info!(target: "anteroom::visitor", event = "room_changed", room, state = change.state.as_deref(), capacity = change.capacity, admit_rate = change.admit_rate);
-        self.publish(Kind::RoomChanged, room, || Fields {
-            change: Some(&change),
-            ..Fields::default()
-        });
+        self.publish(
+            Kind::RoomChanged,
+            room,
+            Fields {
+                change: Some(&change),
+                ..Fields::default()
+            },
+        );
     }
 
     /// Whether the sinks report healthy, by sink.
@@ -307,15 +339,17 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("converted", room, line);
-        if self.bus.is_active() {
-            let digest = opaque("session", room, &session.id.to_string());
-            self.publish(Kind::Converted, room, || Fields {
-                session: Some(digest.as_str()),
+        let digest = self.opaque_session("session", room, session.id);
+        self.publish(
+            Kind::Converted,
+            room,
+            Fields {
+                session: digest.as_ref().map(Hex16::as_str),
                 wait_ms: Some(session.wait_ms),
                 attribution: session.utm.as_deref(),
                 ..Fields::default()
-            });
-        }
+            },
+        );
     }
 
     /// A session ended at once: the visitor left (`leave`) or the app said so (`command`).
@@ -329,16 +363,18 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("released", room, line);
-        if self.bus.is_active() {
-            let digest = opaque("session", room, &session.id.to_string());
-            self.publish(Kind::Released, room, || Fields {
-                session: Some(digest.as_str()),
+        let digest = self.opaque_session("session", room, session.id);
+        self.publish(
+            Kind::Released,
+            room,
+            Fields {
+                session: digest.as_ref().map(Hex16::as_str),
                 how: Some(how),
                 visit_ms: Some(now_ms.saturating_sub(session.admitted_at)),
                 attribution: session.utm.as_deref(),
                 ..Fields::default()
-            });
-        }
+            },
+        );
     }
 
     /// A session's pass lapsed.
@@ -386,15 +422,17 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("expired", room, line);
-        if self.bus.is_active() {
-            let digest = session.map(|s| opaque("session", room, &s.to_string()));
-            self.publish(Kind::Expired, room, || Fields {
+        let digest = session.and_then(|s| self.opaque_session("session", room, s));
+        self.publish(
+            Kind::Expired,
+            room,
+            Fields {
                 session: digest.as_ref().map(Hex16::as_str),
                 what: Some(kind),
                 attribution: utm.map(|u| &**u),
                 ..Fields::default()
-            });
-        }
+            },
+        );
     }
 }
 
