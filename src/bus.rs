@@ -149,29 +149,32 @@ pub struct Outlet {
 }
 
 impl Outbox {
-    fn push(&self, event: &Event) {
+    /// Buffers `events` (those of one request, under one lock).
+    fn push(&self, events: &[Event]) {
         let mut queue = self.queue.lock();
-        if queue.len() < self.capacity {
-            queue.push_back(event.clone());
-            let len = queue.len();
-            self.metrics.buffered.set(len as i64);
-            drop(queue);
-            // The delivery task comes by itself every `flush_interval`; it
-            // is woken early only for a full batch. Waking it for the first
-            // event of each batch too (a syscall into its thread) cost an
-            // arrival more than its events.
-            if len == self.full {
-                self.ready.notify_one();
-            }
-            return;
-        }
+        let before = queue.len();
+        let (kept, over) = events.split_at(self.capacity.saturating_sub(before).min(events.len()));
+        queue.extend(kept.iter().cloned());
+        let len = queue.len();
         drop(queue);
-        match self.on_full {
-            OnFull::Drop => self.metrics.dropped.inc(),
-            // Only fails once the delivery task is gone (shutdown): counted.
-            OnFull::Spill => {
-                if self.spill.send(event.clone()).is_err() {
-                    self.metrics.dropped.inc();
+        if !kept.is_empty() {
+            self.metrics.buffered.set(len as i64);
+        }
+        // The delivery task comes by itself every `flush_interval`; it is
+        // woken early only when a batch fills. Waking it for the first
+        // event of each batch too (a syscall into its thread) cost an
+        // arrival more than its events.
+        if before < self.full && len >= self.full {
+            self.ready.notify_one();
+        }
+        for event in over {
+            match self.on_full {
+                OnFull::Drop => self.metrics.dropped.inc(),
+                // Only fails once the delivery task is gone (shutdown): counted.
+                OnFull::Spill => {
+                    if self.spill.send(event.clone()).is_err() {
+                        self.metrics.dropped.inc();
+                    }
                 }
             }
         }
@@ -257,10 +260,10 @@ impl Bus {
         !self.outboxes.is_empty()
     }
 
-    /// Hands an event to every sink's buffer. Never waits.
-    pub fn publish(&self, event: Event) {
+    /// Hands events to every sink's buffer, in order. Never waits.
+    pub fn publish(&self, events: &[Event]) {
         for outbox in &self.outboxes {
-            outbox.push(&event);
+            outbox.push(events);
         }
     }
 
@@ -288,7 +291,7 @@ mod tests {
     async fn every_sink_gets_every_event_in_order() {
         let (bus, outlets) = two_sinks(10, OnFull::Drop);
         for room in ["1", "2", "3"] {
-            bus.publish(Event::new(Kind::Arrived, room, "i", &Fields::default()));
+            bus.publish(&[Event::new(Kind::Arrived, room, "i", &Fields::default())]);
         }
         for outlet in &outlets {
             let batch = outlet.outbox.take(10);
@@ -301,7 +304,7 @@ mod tests {
     async fn a_full_buffer_spills_or_drops_and_never_waits() {
         let (bus, mut outlets) = two_sinks(2, OnFull::Spill);
         for _ in 0..5 {
-            bus.publish(Event::new(Kind::Arrived, "web", "i", &Fields::default()));
+            bus.publish(&[Event::new(Kind::Arrived, "web", "i", &Fields::default())]);
         }
         let outlet = &mut outlets[0];
         assert_eq!(outlet.outbox.take(10).len(), 2);
@@ -312,10 +315,23 @@ mod tests {
         assert_eq!(spilled, 3);
         let (bus, outlets) = two_sinks(2, OnFull::Drop);
         for _ in 0..5 {
-            bus.publish(Event::new(Kind::Arrived, "web", "i", &Fields::default()));
+            bus.publish(&[Event::new(Kind::Arrived, "web", "i", &Fields::default())]);
         }
         assert_eq!(outlets[1].outbox.metrics.dropped.get(), 3);
         assert_eq!(outlets[1].outbox.take(10).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_requests_events_past_the_buffers_room_spill_in_order() {
+        let (bus, mut outlets) = two_sinks(3, OnFull::Spill);
+        let event = |kind| Event::new(kind, "web", "i", &Fields::default());
+        bus.publish(&[event(Kind::Arrived), event(Kind::Queued)]);
+        bus.publish(&[event(Kind::Arrived), event(Kind::Queued)]);
+        let outlet = &mut outlets[0];
+        let kinds: Vec<_> = outlet.outbox.take(10).iter().map(Event::kind).collect();
+        assert_eq!(kinds, [Kind::Arrived, Kind::Queued, Kind::Arrived]);
+        assert_eq!(outlet.spilled.try_recv().unwrap().kind(), Kind::Queued);
+        assert!(outlet.spilled.try_recv().is_err());
     }
 
     #[tokio::test]
@@ -324,14 +340,14 @@ mod tests {
         let outbox = Arc::clone(&outlets[0].outbox);
         let mut woken = tokio::spawn(async move { outbox.full_batch().await });
         for _ in 0..2 {
-            bus.publish(Event::new(Kind::Arrived, "web", "i", &Fields::default()));
+            bus.publish(&[Event::new(Kind::Arrived, "web", "i", &Fields::default())]);
         }
         tokio::task::yield_now().await;
         assert!(
             futures_util::FutureExt::now_or_never(&mut woken).is_none(),
             "two events of a batch of three wake nobody"
         );
-        bus.publish(Event::new(Kind::Queued, "web", "i", &Fields::default()));
+        bus.publish(&[Event::new(Kind::Queued, "web", "i", &Fields::default())]);
         woken.await.unwrap();
         assert_eq!(outlets[0].outbox.take(100).len(), 3);
     }

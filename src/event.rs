@@ -2,7 +2,7 @@
 //! schema version 1 (docs/events.md). Written once, by `events`, and
 //! delivered at least once: `id` tells a repeat from a new event.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -224,58 +224,23 @@ impl Event {
         instance: &str,
         fields: &Fields<'_>,
     ) -> Event {
-        let mut out = Json(Vec::with_capacity(256));
-        out.0.extend_from_slice(b"{\"v\":");
-        out.number(u64::from(VERSION));
-        out.field("id", Hex16::of(&id.to_be_bytes()).as_str());
-        out.field("type", kind.as_str());
-        out.key("time");
-        out.time(at);
-        out.key("room");
-        let start = out.0.len() + 1;
-        out.string(room);
-        // Where the name is. Room names need no escaping (config and
-        // `parse` allow none that would); one that did reads as empty.
-        let end = out.0.len() - 1;
-        let room_at = if end - start == room.len() {
-            (start as u32, end as u32)
-        } else {
-            (end as u32, end as u32)
-        };
-        out.field("instance", instance);
-        out.maybe("journey", fields.journey);
-        out.maybe("session", fields.session);
-        out.maybe("lane", fields.lane);
-        if let Some(n) = fields.position {
-            out.key("position");
-            out.number(u64::from(n));
+        thread_local! {
+            /// Where an event's JSON is written before it is copied, at its
+            /// size, into the one allocation every sink shares.
+            static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
         }
-        for (key, n) in [("wait_ms", fields.wait_ms), ("visit_ms", fields.visit_ms)] {
-            if let Some(n) = n {
-                out.key(key);
-                out.number(n);
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            let mut out = Json(scratch);
+            let room_at = out.event(id, kind, at, room, instance, fields);
+            Event {
+                id,
+                kind,
+                at,
+                room: room_at,
+                json: Arc::from(&out.0[..]),
             }
-        }
-        out.maybe("how", fields.how);
-        out.maybe("what", fields.what);
-        out.maybe("reason", fields.reason);
-        // Rare or small: serde writes these (plain structs: cannot fail).
-        if let Some(utm) = fields.attribution {
-            out.key("attribution");
-            let _ = serde_json::to_writer(&mut out.0, utm);
-        }
-        if let Some(change) = fields.change {
-            out.key("change");
-            let _ = serde_json::to_writer(&mut out.0, change);
-        }
-        out.0.push(b'}');
-        Event {
-            id,
-            kind,
-            at,
-            room: room_at,
-            json: Arc::from(out.0),
-        }
+        })
     }
 
     /// The id, as the JSON has it (32 lower-case hex digits).
@@ -309,9 +274,69 @@ impl Event {
 }
 
 /// An event's JSON as it is written.
-struct Json(Vec<u8>);
+struct Json<'a>(&'a mut Vec<u8>);
 
-impl Json {
+impl Json<'_> {
+    /// Writes the event; answers where the room's name is in it.
+    fn event(
+        &mut self,
+        id: u128,
+        kind: Kind,
+        at: u64,
+        room: &str,
+        instance: &str,
+        fields: &Fields<'_>,
+    ) -> (u32, u32) {
+        self.0.extend_from_slice(b"{\"v\":");
+        self.number(u64::from(VERSION));
+        // The id and the type are hex and a name: nothing to escape.
+        self.key("id");
+        self.quoted(Hex16::of(&id.to_be_bytes()).as_str());
+        self.key("type");
+        self.quoted(kind.as_str());
+        self.key("time");
+        self.time(at);
+        self.key("room");
+        let start = self.0.len() + 1;
+        self.string(room);
+        // Where the name is. Room names need no escaping (config and
+        // `parse` allow none that would); one that did reads as empty.
+        let end = self.0.len() - 1;
+        let room_at = if end - start == room.len() {
+            (start as u32, end as u32)
+        } else {
+            (end as u32, end as u32)
+        };
+        self.field("instance", instance);
+        self.maybe("journey", fields.journey);
+        self.maybe("session", fields.session);
+        self.maybe("lane", fields.lane);
+        if let Some(n) = fields.position {
+            self.key("position");
+            self.number(u64::from(n));
+        }
+        for (key, n) in [("wait_ms", fields.wait_ms), ("visit_ms", fields.visit_ms)] {
+            if let Some(n) = n {
+                self.key(key);
+                self.number(n);
+            }
+        }
+        self.maybe("how", fields.how);
+        self.maybe("what", fields.what);
+        self.maybe("reason", fields.reason);
+        // Rare or small: serde writes these (plain structs: cannot fail).
+        if let Some(utm) = fields.attribution {
+            self.key("attribution");
+            let _ = serde_json::to_writer(&mut *self.0, utm);
+        }
+        if let Some(change) = fields.change {
+            self.key("change");
+            let _ = serde_json::to_writer(&mut *self.0, change);
+        }
+        self.0.push(b'}');
+        room_at
+    }
+
     fn key(&mut self, key: &str) {
         self.0.extend_from_slice(b",\"");
         self.0.extend_from_slice(key.as_bytes());
@@ -331,12 +356,17 @@ impl Json {
         });
         if escape {
             // serde escapes what needs it (a string cannot fail).
-            let _ = serde_json::to_writer(&mut self.0, value);
+            let _ = serde_json::to_writer(&mut *self.0, value);
         } else {
-            self.0.push(b'"');
-            self.0.extend_from_slice(value.as_bytes());
-            self.0.push(b'"');
+            self.quoted(value);
         }
+    }
+
+    /// A string known to need no escaping.
+    fn quoted(&mut self, value: &str) {
+        self.0.push(b'"');
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.push(b'"');
     }
 
     fn maybe(&mut self, key: &str, value: Option<&str>) {
@@ -519,11 +549,11 @@ mod tests {
             1_764_700_001_000,
             253_402_300_799_999,
         ] {
-            let mut out = Json(Vec::new());
-            out.time(at);
+            let mut text = Vec::new();
+            Json(&mut text).time(at);
             let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at);
             assert_eq!(
-                String::from_utf8(out.0).unwrap(),
+                String::from_utf8(text).unwrap(),
                 format!("\"{}\"", humantime::format_rfc3339_millis(t))
             );
         }

@@ -154,38 +154,50 @@ impl VisitorEvents {
         self.conversions.with_label_values(&[room, "none", "none"]);
     }
 
+    /// An event for the bus, made only when a sink will take it.
+    fn event(&self, kind: Kind, room: &str, fields: Fields<'_>) -> Option<Event> {
+        self.bus
+            .is_active()
+            .then(|| Event::new(kind, room, &self.instance, &fields))
+    }
+
     /// Puts an event on the bus, when any sink is configured.
     fn publish(&self, kind: Kind, room: &str, fields: Fields<'_>) {
-        if self.bus.is_active() {
-            self.bus
-                .publish(Event::new(kind, room, &self.instance, &fields));
+        if let Some(event) = self.event(kind, room, fields) {
+            self.bus.publish(&[event]);
         }
     }
 
-    /// The opaque id of a ticket, made only when a sink will take it (a
-    /// digest each).
-    fn opaque(&self, kind: &str, room: &str, ticket: &str) -> Option<Hex16> {
-        self.bus.is_active().then(|| opaque(kind, room, ticket))
-    }
-
-    /// The same for a session (its id written out only then).
-    fn opaque_session(&self, kind: &str, room: &str, session: SessionId) -> Option<Hex16> {
+    /// The opaque id of a ticket's journey, made only when a sink will
+    /// take it (a digest each).
+    fn journey(&self, room: &str, ticket: &str) -> Option<Hex16> {
         self.bus
             .is_active()
-            .then(|| opaque(kind, room, &session.to_string()))
+            .then(|| opaque(Of::Journey, room, ticket.as_bytes()))
+    }
+
+    /// The same for a session: what a visitor let in at once is followed
+    /// by as their journey (`of`), and every admitted visitor as their
+    /// session.
+    fn opaque_session(&self, of: Of, room: &str, session: SessionId) -> Option<Hex16> {
+        self.bus
+            .is_active()
+            .then(|| opaque(of, room, &session.0.to_be_bytes()))
     }
 
     /// A new visitor let in at once; `session` is their journey.
     pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, session: SessionId) {
-        let journey = self.opaque_session("journey", room, session);
-        self.arrival(room, lane, utm, journey.as_ref());
+        let journey = self.opaque_session(Of::Journey, room, session);
+        if let Some(event) = self.arrival(room, lane, utm, journey.as_ref()) {
+            self.bus.publish(&[event]);
+        }
     }
 
     /// A new visitor joined the line: `arrived`, then `queued`, one
-    /// journey id for both.
+    /// journey id for both, on the bus together.
     pub fn queued(&self, room: &str, place: &Place, utm: Option<&Arc<Utm>>) {
-        let journey = self.opaque("journey", room, &place.ticket);
-        self.arrival(room, place.lane, utm, journey.as_ref());
+        let journey = self.journey(room, &place.ticket);
+        let arrived = self.arrival(room, place.lane, utm, journey.as_ref());
         let line = Line {
             lane: Some(place.lane.as_str()),
             position: Some(place.position()),
@@ -194,7 +206,7 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("queued", room, line);
-        self.publish(
+        let queued = self.event(
             Kind::Queued,
             room,
             Fields {
@@ -206,10 +218,20 @@ impl VisitorEvents {
                 ..Fields::default()
             },
         );
+        if let (Some(arrived), Some(queued)) = (arrived, queued) {
+            self.bus.publish(&[arrived, queued]);
+        }
     }
 
-    /// A new visitor at the room (`journey` made when a sink takes it).
-    fn arrival(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, journey: Option<&Hex16>) {
+    /// A new visitor at the room (`journey` made when a sink takes it):
+    /// counted and logged; the event is for the caller to publish.
+    fn arrival(
+        &self,
+        room: &str,
+        lane: Lane,
+        utm: Option<&Arc<Utm>>,
+        journey: Option<&Hex16>,
+    ) -> Option<Event> {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
@@ -219,7 +241,7 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("arrived", room, line);
-        self.publish(
+        self.event(
             Kind::Arrived,
             room,
             Fields {
@@ -228,7 +250,7 @@ impl VisitorEvents {
                 attribution: utm.map(|u| &**u),
                 ..Fields::default()
             },
-        );
+        )
     }
 
     /// A visitor was let in, at once or from the line (with the `ticket`
@@ -249,10 +271,10 @@ impl VisitorEvents {
         };
         write("admitted", room, line);
         let journey = match ticket {
-            Some(ticket) => self.opaque("journey", room, ticket),
-            None => self.opaque_session("journey", room, session.id),
+            Some(ticket) => self.journey(room, ticket),
+            None => self.opaque_session(Of::Journey, room, session.id),
         };
-        let digest = self.opaque_session("session", room, session.id);
+        let digest = self.opaque_session(Of::Session, room, session.id);
         self.publish(
             Kind::Admitted,
             room,
@@ -270,7 +292,7 @@ impl VisitorEvents {
     /// A waiting visitor left the line.
     pub fn left(&self, room: &str, ticket: &str) {
         write("left", room, Line::default());
-        let journey = self.opaque("journey", room, ticket);
+        let journey = self.journey(room, ticket);
         self.publish(
             Kind::Left,
             room,
@@ -339,7 +361,7 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("converted", room, line);
-        let digest = self.opaque_session("session", room, session.id);
+        let digest = self.opaque_session(Of::Session, room, session.id);
         self.publish(
             Kind::Converted,
             room,
@@ -363,7 +385,7 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("released", room, line);
-        let digest = self.opaque_session("session", room, session.id);
+        let digest = self.opaque_session(Of::Session, room, session.id);
         self.publish(
             Kind::Released,
             room,
@@ -422,7 +444,7 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("expired", room, line);
-        let digest = session.and_then(|s| self.opaque_session("session", room, s));
+        let digest = session.and_then(|s| self.opaque_session(Of::Session, room, s));
         self.publish(
             Kind::Expired,
             room,
@@ -436,18 +458,70 @@ impl VisitorEvents {
     }
 }
 
+/// What an opaque id follows: the digests of the two never meet.
+#[derive(Debug, Clone, Copy)]
+enum Of {
+    /// A visitor from arrival to admission.
+    Journey,
+    /// An admitted visitor.
+    Session,
+}
+
 /// An id that links a visitor's events without telling the store's own
-/// (SHA-256 of its kind, room and id; the same on every instance).
-fn opaque(kind: &str, room: &str, id: &str) -> Hex16 {
-    // One digest call over the parts, each after its length.
-    let parts = ["anteroom", kind, room, id];
-    let mut input = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+/// (SHA-256 of what it follows, the room and the id; the same on every
+/// instance).
+fn opaque(of: Of, room: &str, id: &[u8]) -> Hex16 {
+    let tag: &[u8] = match of {
+        Of::Journey => b"anteroom.journey",
+        Of::Session => b"anteroom.session",
+    };
+    // The room after its length (names are at most 64 bytes), so no two
+    // rooms and ids run together. Kept on the stack: for the usual room
+    // name and id the input is one block of the digest.
+    let room_len = [u8::try_from(room.len()).unwrap_or(u8::MAX)];
+    let parts = [tag, &room_len, room.as_bytes(), id];
+    let len = parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut stack = [0; 119];
+    let mut heap = Vec::new();
+    let input = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    let mut at = 0;
     for part in parts {
-        input.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        input.extend_from_slice(part.as_bytes());
+        input[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
     }
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input);
     let mut first = [0; 16];
     first.copy_from_slice(&digest.as_ref()[..16]);
     Hex16::of(&first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_opaque_id_is_the_same_for_the_same_visitor_and_apart_otherwise() {
+        let id = opaque(Of::Journey, "web", b"19a2.1.7");
+        assert_eq!(id, opaque(Of::Journey, "web", b"19a2.1.7"));
+        for other in [
+            opaque(Of::Session, "web", b"19a2.1.7"),
+            opaque(Of::Journey, "web2", b"19a2.1.7"),
+            opaque(Of::Journey, "web", b"19a2.1.8"),
+            // The room's length keeps room and id apart.
+            opaque(Of::Journey, "we", b"b19a2.1.7"),
+        ] {
+            assert_ne!(id, other);
+        }
+        // Past the stack buffer (a long room and id) the digest is the
+        // same function of its parts.
+        let room = "r".repeat(64);
+        let long = opaque(Of::Journey, &room, &[7; 80]);
+        assert_eq!(long, opaque(Of::Journey, &room, &[7; 80]));
+        assert_ne!(long, opaque(Of::Journey, &room, &[7; 81]));
+    }
 }

@@ -32,7 +32,7 @@ pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkErr
             Box::new(FileSink {
                 path: path.clone(),
                 max_bytes: *max_bytes,
-                file: parking_lot::Mutex::new(None),
+                open: parking_lot::Mutex::new(Open::default()),
             })
         }
         SinkKind::Redis {
@@ -200,12 +200,18 @@ impl Sink for WebhookSink {
 
 /// Events as JSON lines.
 fn lines(events: &[Event]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(events.len() * 256);
+    let mut bytes = Vec::new();
+    lines_into(events, &mut bytes);
+    bytes
+}
+
+/// Events as JSON lines, after what `bytes` holds.
+fn lines_into(events: &[Event], bytes: &mut Vec<u8>) {
+    bytes.reserve(events.iter().map(|e| e.json().len() + 1).sum());
     for event in events {
         bytes.extend_from_slice(event.json());
         bytes.push(b'\n');
     }
-    bytes
 }
 
 /// A JSON lines file, rotated to `<path>.<unix ms>` past `max_bytes`.
@@ -216,7 +222,15 @@ fn lines(events: &[Event]) -> Vec<u8> {
 struct FileSink {
     path: PathBuf,
     max_bytes: u64,
-    file: parking_lot::Mutex<Option<std::fs::File>>,
+    open: parking_lot::Mutex<Open>,
+}
+
+/// The file, while it is open, and the batch's lines (kept, so a batch
+/// reuses the memory of the one before rather than faulting in its own).
+#[derive(Default)]
+struct Open {
+    file: Option<std::fs::File>,
+    lines: Vec<u8>,
 }
 
 fn append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -230,7 +244,8 @@ fn append(path: &Path) -> std::io::Result<std::fs::File> {
 impl Sink for FileSink {
     async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
         let io = |e: std::io::Error| SinkError(format!("{}: {e}", self.path.display()));
-        let mut file = self.file.lock();
+        let mut open = self.open.lock();
+        let Open { file, lines } = &mut *open;
         // One stat tells the size and whether logrotate moved the file away.
         match std::fs::metadata(&self.path) {
             Ok(meta) if self.max_bytes > 0 && meta.len() >= self.max_bytes => {
@@ -249,7 +264,9 @@ impl Sink for FileSink {
         let Some(f) = file.as_mut() else {
             return Err(SinkError("file not open".into()));
         };
-        if let Err(e) = f.write_all(&lines(batch)) {
+        lines.clear();
+        lines_into(batch, lines);
+        if let Err(e) = f.write_all(lines) {
             *file = None;
             return Err(io(e));
         }
@@ -297,8 +314,10 @@ impl Sink for RedisSink {
         };
         // EVALSHA by hand: each event's JSON is copied once into the
         // command, not first into an argument list of its own.
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(self.script.get_hash())
+        let size = batch.iter().map(|e| e.json().len()).sum::<usize>() + 128;
+        let mut call = redis::Cmd::with_capacity(batch.len() + 5, size);
+        call.arg("EVALSHA")
+            .arg(self.script.get_hash())
             .arg(1)
             .arg(&self.stream)
             .arg(self.maxlen);

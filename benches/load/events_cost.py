@@ -137,6 +137,10 @@ def main():
             base, with_sinks = median(runs), median(with_runs)
             paired = median([w / b for b, w in zip(runs, with_runs)])
             print(f"| {scenario} | {base:.1f} | {with_sinks:.1f} | {with_sinks / base:.3f} | {paired:.3f} |")
+        print("\nEach round (no sinks / two sinks, CPU µs per request):\n")
+        for scenario in ("arrival (joins the line)", "browser arrival (the waiting page)", "admitted (pass)"):
+            pairs = zip(results[(scenario, "no sinks")], results[(scenario, "two sinks")])
+            print(f"- {scenario}: " + ", ".join(f"{b:.1f} / {w:.1f}" for b, w in pairs))
         delivered = subprocess.run(["redis-cli", "-p", str(redis_port), "XLEN", "anteroom:events"],
                                    capture_output=True, text=True).stdout.strip()
         print(f"\nEvents in the Redis stream at the end (MAXLEN ~100000): {delivered}")
