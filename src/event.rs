@@ -273,6 +273,13 @@ impl Event {
     }
 }
 
+/// `,"name":`, what comes before a field's value, as one literal.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
 /// An event's JSON as it is written.
 struct Json<'a>(&'a mut Vec<u8>);
 
@@ -290,13 +297,13 @@ impl Json<'_> {
         self.0.extend_from_slice(b"{\"v\":");
         self.number(u64::from(VERSION));
         // The id and the type are hex and a name: nothing to escape.
-        self.key("id");
+        self.key(key!("id"));
         self.quoted(Hex16::of(&id.to_be_bytes()).as_str());
-        self.key("type");
+        self.key(key!("type"));
         self.quoted(kind.as_str());
-        self.key("time");
+        self.key(key!("time"));
         self.time(at);
-        self.key("room");
+        self.key(key!("room"));
         let start = self.0.len() + 1;
         self.string(room);
         // Where the name is. Room names need no escaping (config and
@@ -307,43 +314,45 @@ impl Json<'_> {
         } else {
             (end as u32, end as u32)
         };
-        self.field("instance", instance);
-        self.maybe("journey", fields.journey);
-        self.maybe("session", fields.session);
-        self.maybe("lane", fields.lane);
+        self.field(key!("instance"), instance);
+        self.maybe(key!("journey"), fields.journey);
+        self.maybe(key!("session"), fields.session);
+        self.maybe(key!("lane"), fields.lane);
         if let Some(n) = fields.position {
-            self.key("position");
+            self.key(key!("position"));
             self.number(u64::from(n));
         }
-        for (key, n) in [("wait_ms", fields.wait_ms), ("visit_ms", fields.visit_ms)] {
+        for (key, n) in [
+            (key!("wait_ms"), fields.wait_ms),
+            (key!("visit_ms"), fields.visit_ms),
+        ] {
             if let Some(n) = n {
                 self.key(key);
                 self.number(n);
             }
         }
-        self.maybe("how", fields.how);
-        self.maybe("what", fields.what);
-        self.maybe("reason", fields.reason);
+        self.maybe(key!("how"), fields.how);
+        self.maybe(key!("what"), fields.what);
+        self.maybe(key!("reason"), fields.reason);
         // Rare or small: serde writes these (plain structs: cannot fail).
         if let Some(utm) = fields.attribution {
-            self.key("attribution");
+            self.key(key!("attribution"));
             let _ = serde_json::to_writer(&mut *self.0, utm);
         }
         if let Some(change) = fields.change {
-            self.key("change");
+            self.key(key!("change"));
             let _ = serde_json::to_writer(&mut *self.0, change);
         }
         self.0.push(b'}');
         room_at
     }
 
-    fn key(&mut self, key: &str) {
-        self.0.extend_from_slice(b",\"");
-        self.0.extend_from_slice(key.as_bytes());
-        self.0.extend_from_slice(b"\":");
+    /// A key with its quotes, comma and colon: one literal (`key!`).
+    fn key(&mut self, key: &[u8]) {
+        self.0.extend_from_slice(key);
     }
 
-    fn field(&mut self, key: &str, value: &str) {
+    fn field(&mut self, key: &[u8], value: &str) {
         self.key(key);
         self.string(value);
     }
@@ -369,7 +378,7 @@ impl Json<'_> {
         self.0.push(b'"');
     }
 
-    fn maybe(&mut self, key: &str, value: Option<&str>) {
+    fn maybe(&mut self, key: &[u8], value: Option<&str>) {
         if let Some(value) = value {
             self.field(key, value);
         }
