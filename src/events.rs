@@ -185,11 +185,14 @@ impl VisitorEvents {
             .then(|| opaque(of, room, &session.0.to_be_bytes()))
     }
 
-    /// A new visitor let in at once; `session` is their journey.
-    pub fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, session: SessionId) {
-        let journey = self.opaque_session(Of::Journey, room, session);
-        if let Some(event) = self.arrival(room, lane, utm, journey.as_ref()) {
-            self.bus.publish(&[event]);
+    /// A new visitor let in at once: `arrived`, then `admitted`, their
+    /// session as their journey, on the bus together.
+    pub fn let_in(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, session: &SessionInfo) {
+        let journey = self.opaque_session(Of::Journey, room, session.id);
+        let arrived = self.arrival(room, lane, utm, journey.as_ref());
+        let admitted = self.admission(room, session, false, journey.as_ref());
+        if let (Some(arrived), Some(admitted)) = (arrived, admitted) {
+            self.bus.publish(&[arrived, admitted]);
         }
     }
 
@@ -253,12 +256,27 @@ impl VisitorEvents {
         )
     }
 
-    /// A visitor was let in, at once or from the line (with the `ticket`
-    /// they waited with).
-    pub fn admitted(&self, room: &str, session: &SessionInfo, ticket: Option<&str>) {
-        let how = if ticket.is_some() { "queue" } else { "direct" };
+    /// A visitor was let in from the line, with the `ticket` they waited
+    /// with.
+    pub fn admitted(&self, room: &str, session: &SessionInfo, ticket: &str) {
+        let journey = self.journey(room, ticket);
+        if let Some(event) = self.admission(room, session, true, journey.as_ref()) {
+            self.bus.publish(&[event]);
+        }
+    }
+
+    /// An admission, at once or `from_line`: counted and logged; the event
+    /// is for the caller to publish.
+    fn admission(
+        &self,
+        room: &str,
+        session: &SessionInfo,
+        from_line: bool,
+        journey: Option<&Hex16>,
+    ) -> Option<Event> {
+        let how = if from_line { "queue" } else { "direct" };
         self.admissions.with_label_values(&[room, how]).inc();
-        if ticket.is_some() {
+        if from_line {
             self.queue_wait
                 .with_label_values(&[room])
                 .observe(session.wait_ms as f64 / 1000.0);
@@ -270,23 +288,19 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("admitted", room, line);
-        let journey = match ticket {
-            Some(ticket) => self.journey(room, ticket),
-            None => self.opaque_session(Of::Journey, room, session.id),
-        };
         let digest = self.opaque_session(Of::Session, room, session.id);
-        self.publish(
+        self.event(
             Kind::Admitted,
             room,
             Fields {
-                journey: journey.as_ref().map(Hex16::as_str),
+                journey: journey.map(Hex16::as_str),
                 session: digest.as_ref().map(Hex16::as_str),
                 how: Some(how),
                 wait_ms: Some(session.wait_ms),
                 attribution: session.utm.as_deref(),
                 ..Fields::default()
             },
-        );
+        )
     }
 
     /// A waiting visitor left the line.

@@ -362,7 +362,7 @@ impl Gate {
     }
 
     /// A visitor the store has just admitted, at once or from the line
-    /// (`again`: the same arrival repeated with its `Idempotency-Key`).
+    /// (their events told by the caller).
     fn admitted(
         &self,
         room: &Room,
@@ -370,12 +370,8 @@ impl Gate {
         facts: &Facts<'_>,
         session: SessionInfo,
         ticket: Option<&str>,
-        again: bool,
     ) -> Box<Visit> {
         let from_line = ticket.is_some();
-        if !again {
-            self.events.admitted(room.name(), &session, ticket);
-        }
         let pass = self.issue_pass(room, w, &session, facts);
         Box::new(Visit {
             session,
@@ -484,7 +480,8 @@ impl Gate {
         let confirm = self.confirms(name, w, facts, &claims.sub);
         match self.store.poll(name, &claims.sub, confirm).await {
             Ok(Polled::Admitted(session)) => {
-                Standing::Admitted(self.admitted(room, w, facts, session, Some(&claims.sub), false))
+                self.events.admitted(name, &session, &claims.sub);
+                Standing::Admitted(self.admitted(room, w, facts, session, Some(&claims.sub)))
             }
             // A poll claims: never a turn left unclaimed.
             Ok(Polled::Queued(place) | Polled::Turn(place)) => {
@@ -610,11 +607,12 @@ impl Gate {
         let utm = newcomer.utm.as_ref();
         match arrival {
             Arrival::Admitted(session) => {
-                self.events.arrived(name, lane, utm, session.id);
-                Decision::Admit(self.admitted(room, w, facts, session, None, false))
+                self.events.let_in(name, lane, utm, &session);
+                Decision::Admit(self.admitted(room, w, facts, session, None))
             }
+            // The same arrival repeated with its `Idempotency-Key`: told once.
             Arrival::AdmittedAgain(session) => {
-                Decision::Admit(self.admitted(room, w, facts, session, None, true))
+                Decision::Admit(self.admitted(room, w, facts, session, None))
             }
             Arrival::Queued(place) => {
                 self.events.queued(name, &place, utm);
