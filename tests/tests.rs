@@ -11,7 +11,6 @@ mod cluster;
 mod config;
 mod demo;
 mod deploy;
-mod estimates;
 mod event_sinks;
 mod event_stream;
 mod floods;
