@@ -105,6 +105,13 @@ pub struct Fields<'a> {
     pub change: Option<&'a Change>,
 }
 
+/// `,"name":`, what comes before a field's value, as one literal.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
 /// One event: its JSON, made once and shared by every sink (a clone is a
 /// reference count), and what the sinks route it by. One allocation.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,7 +239,56 @@ impl Event {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             let mut out = Json(scratch);
-            let room_at = out.event(id, kind, at, room, instance, fields);
+            out.0.extend_from_slice(b"{\"v\":");
+            out.number(u64::from(VERSION));
+            // The id and the type are hex and a name: nothing to escape.
+            out.key(key!("id"));
+            out.quoted(Hex16::of(&id.to_be_bytes()).as_str());
+            out.key(key!("type"));
+            out.quoted(kind.as_str());
+            out.key(key!("time"));
+            out.time(at);
+            out.key(key!("room"));
+            let start = out.0.len() + 1;
+            out.string(room);
+            // Where the name is. Room names need no escaping (config and
+            // `parse` allow none that would); one that did reads as empty.
+            let end = out.0.len() - 1;
+            let room_at = if end - start == room.len() {
+                (start as u32, end as u32)
+            } else {
+                (end as u32, end as u32)
+            };
+            out.field(key!("instance"), instance);
+            out.maybe(key!("journey"), fields.journey);
+            out.maybe(key!("session"), fields.session);
+            out.maybe(key!("lane"), fields.lane);
+            if let Some(n) = fields.position {
+                out.key(key!("position"));
+                out.number(u64::from(n));
+            }
+            for (key, n) in [
+                (key!("wait_ms"), fields.wait_ms),
+                (key!("visit_ms"), fields.visit_ms),
+            ] {
+                if let Some(n) = n {
+                    out.key(key);
+                    out.number(n);
+                }
+            }
+            out.maybe(key!("how"), fields.how);
+            out.maybe(key!("what"), fields.what);
+            out.maybe(key!("reason"), fields.reason);
+            // Rare or small: serde writes these (plain structs: cannot fail).
+            if let Some(utm) = fields.attribution {
+                out.key(key!("attribution"));
+                let _ = serde_json::to_writer(&mut *out.0, utm);
+            }
+            if let Some(change) = fields.change {
+                out.key(key!("change"));
+                let _ = serde_json::to_writer(&mut *out.0, change);
+            }
+            out.0.push(b'}');
             Event {
                 id,
                 kind,
@@ -273,80 +329,10 @@ impl Event {
     }
 }
 
-/// `,"name":`, what comes before a field's value, as one literal.
-macro_rules! key {
-    ($name:literal) => {
-        concat!(",\"", $name, "\":").as_bytes()
-    };
-}
-
 /// An event's JSON as it is written.
 struct Json<'a>(&'a mut Vec<u8>);
 
 impl Json<'_> {
-    /// Writes the event; answers where the room's name is in it.
-    fn event(
-        &mut self,
-        id: u128,
-        kind: Kind,
-        at: u64,
-        room: &str,
-        instance: &str,
-        fields: &Fields<'_>,
-    ) -> (u32, u32) {
-        self.0.extend_from_slice(b"{\"v\":");
-        self.number(u64::from(VERSION));
-        // The id and the type are hex and a name: nothing to escape.
-        self.key(key!("id"));
-        self.quoted(Hex16::of(&id.to_be_bytes()).as_str());
-        self.key(key!("type"));
-        self.quoted(kind.as_str());
-        self.key(key!("time"));
-        self.time(at);
-        self.key(key!("room"));
-        let start = self.0.len() + 1;
-        self.string(room);
-        // Where the name is. Room names need no escaping (config and
-        // `parse` allow none that would); one that did reads as empty.
-        let end = self.0.len() - 1;
-        let room_at = if end - start == room.len() {
-            (start as u32, end as u32)
-        } else {
-            (end as u32, end as u32)
-        };
-        self.field(key!("instance"), instance);
-        self.maybe(key!("journey"), fields.journey);
-        self.maybe(key!("session"), fields.session);
-        self.maybe(key!("lane"), fields.lane);
-        if let Some(n) = fields.position {
-            self.key(key!("position"));
-            self.number(u64::from(n));
-        }
-        for (key, n) in [
-            (key!("wait_ms"), fields.wait_ms),
-            (key!("visit_ms"), fields.visit_ms),
-        ] {
-            if let Some(n) = n {
-                self.key(key);
-                self.number(n);
-            }
-        }
-        self.maybe(key!("how"), fields.how);
-        self.maybe(key!("what"), fields.what);
-        self.maybe(key!("reason"), fields.reason);
-        // Rare or small: serde writes these (plain structs: cannot fail).
-        if let Some(utm) = fields.attribution {
-            self.key(key!("attribution"));
-            let _ = serde_json::to_writer(&mut *self.0, utm);
-        }
-        if let Some(change) = fields.change {
-            self.key(key!("change"));
-            let _ = serde_json::to_writer(&mut *self.0, change);
-        }
-        self.0.push(b'}');
-        room_at
-    }
-
     /// A key with its quotes, comma and colon: one literal (`key!`).
     fn key(&mut self, key: &[u8]) {
         self.0.extend_from_slice(key);

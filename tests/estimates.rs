@@ -113,11 +113,11 @@ async fn a_burst_is_told_honest_waits(store: Store<'_>) {
         ))
         .await,
     );
-    // Two bursts, the second once the first has gone in: a room that has
-    // seen visits, and one that has not.
     // The stays (1.2 to 2.8 s) are drawn from a fixed seed: every run
     // replays the same bursts, so only the proxy's answers vary.
     let mut stays = StdRng::seed_from_u64(7);
+    // Two bursts, the second once the first has gone in: a room that has
+    // seen visits, and one that has not.
     let results = Arc::new(Mutex::new(Vec::new()));
     for _ in 0..2 {
         let burst = Arc::new(Mutex::new(Vec::new()));
