@@ -3,9 +3,11 @@
 //! sink's buffer, or, the buffer full, to that sink's spill (its dead-letter
 //! file, written by its delivery task) or is dropped and counted, as
 //! `[events] on_full` says. A slow or dead sink therefore costs a request
-//! nothing, and costs the other sinks nothing either.
+//! nothing, and costs the other sinks nothing either. A buffer is a
+//! [`Batch`]: a request's events are copied into it (a few hundred bytes
+//! each), and a delivery takes it whole, leaving its own emptied buffer in
+//! its place, so events cost no allocation from one batch to the next.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,10 +15,10 @@ use parking_lot::Mutex;
 use prometheus::{
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::config::OnFull;
-use crate::event::Event;
+use crate::event::Batch;
 use crate::metrics;
 
 const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0];
@@ -31,7 +33,7 @@ pub struct SinkError(pub String);
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Delivers a batch.
-    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError>;
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError>;
 }
 
 /// The sinks' metric families, by `sink`.
@@ -126,7 +128,7 @@ impl SinkMetrics {
 pub struct Outbox {
     /// The sink's name.
     pub name: String,
-    queue: Mutex<VecDeque<Event>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     /// Events per delivery.
     pub batch: usize,
@@ -135,48 +137,45 @@ pub struct Outbox {
     full: usize,
     on_full: OnFull,
     ready: Notify,
-    spill: mpsc::UnboundedSender<Event>,
     /// The sink's metrics.
     pub metrics: SinkMetrics,
 }
 
-/// What a sink's delivery task takes over: its buffer and its spill.
-pub struct Outlet {
-    /// The buffer.
-    pub outbox: Arc<Outbox>,
-    /// Events for the dead-letter file straight away (a full buffer).
-    pub spilled: mpsc::UnboundedReceiver<Event>,
+/// What waits for a sink's delivery task.
+#[derive(Default)]
+struct Queue {
+    /// Events to deliver, at most `capacity`.
+    pending: Batch,
+    /// Events past the buffer's room, for the dead-letter file at once
+    /// (`on_full = "spill"`).
+    spilled: Batch,
 }
 
 impl Outbox {
     /// Buffers `events` (those of one request, under one lock).
-    fn push(&self, events: &[Event]) {
+    fn push(&self, events: &Batch) {
         let mut queue = self.queue.lock();
-        let before = queue.len();
-        let (kept, over) = events.split_at(self.capacity.saturating_sub(before).min(events.len()));
-        queue.extend(kept.iter().cloned());
-        let len = queue.len();
+        let before = queue.pending.len();
+        let kept = self.capacity.saturating_sub(before).min(events.len());
+        queue.pending.extend_first(events, kept);
+        let len = queue.pending.len();
+        let over = events.len() - kept;
+        if over > 0 && self.on_full == OnFull::Spill {
+            queue.spilled.extend_from(events, kept);
+        }
         drop(queue);
-        if !kept.is_empty() {
+        if kept > 0 {
             self.metrics.buffered.set(len as i64);
         }
+        if over > 0 && self.on_full == OnFull::Drop {
+            self.metrics.dropped.inc_by(over as u64);
+        }
         // The delivery task comes by itself every `flush_interval`; it is
-        // woken early only when a batch fills. Waking it for the first
-        // event of each batch too (a syscall into its thread) cost an
-        // arrival more than its events.
+        // woken early only when a batch fills (events spill only from a
+        // full buffer). Waking it for the first event of each batch too (a
+        // syscall into its thread) cost an arrival more than its events.
         if before < self.full && len >= self.full {
             self.ready.notify_one();
-        }
-        for event in over {
-            match self.on_full {
-                OnFull::Drop => self.metrics.dropped.inc(),
-                // Only fails once the delivery task is gone (shutdown): counted.
-                OnFull::Spill => {
-                    if self.spill.send(event.clone()).is_err() {
-                        self.metrics.dropped.inc();
-                    }
-                }
-            }
         }
     }
 
@@ -185,7 +184,7 @@ impl Outbox {
     pub async fn full_batch(&self) {
         loop {
             let ready = self.ready.notified();
-            if self.queue.lock().len() >= self.full {
+            if self.buffered() >= self.full {
                 return;
             }
             ready.await;
@@ -199,16 +198,22 @@ impl Outbox {
 
     /// Events buffered.
     pub fn buffered(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().pending.len()
     }
 
-    /// Up to `max` events at once, without waiting.
-    pub fn take(&self, max: usize) -> Vec<Event> {
+    /// Moves up to `max` events into `into` (empty: it then takes the
+    /// buffer's memory, and leaves its own), without waiting.
+    pub fn take(&self, max: usize, into: &mut Batch) {
         let mut queue = self.queue.lock();
-        let n = queue.len().min(max);
-        let batch: Vec<_> = queue.drain(..n).collect();
-        self.metrics.buffered.set(queue.len() as i64);
-        batch
+        queue.pending.move_front(max, into);
+        self.metrics.buffered.set(queue.pending.len() as i64);
+    }
+
+    /// Moves the events that spilled into `into`.
+    pub fn take_spilled(&self, into: &mut Batch) {
+        let mut queue = self.queue.lock();
+        let n = queue.spilled.len();
+        queue.spilled.move_front(n, into);
     }
 }
 
@@ -220,39 +225,36 @@ pub struct Bus {
 
 impl Bus {
     /// A bus with a buffer of `capacity` for each named sink, delivered in
-    /// batches of `batch`; returns what each sink's delivery task takes
-    /// over, in the same order.
+    /// batches of `batch`; returns each sink's buffer, for its delivery
+    /// task, in the same order.
     pub fn new(
         sinks: &[String],
         capacity: usize,
         batch: usize,
         on_full: OnFull,
         metrics: &BusMetrics,
-    ) -> (Bus, Vec<Outlet>) {
-        let mut outlets = Vec::new();
-        let outboxes = sinks
+    ) -> (Bus, Vec<Arc<Outbox>>) {
+        let outboxes: Vec<_> = sinks
             .iter()
             .map(|name| {
-                let (spill, spilled) = mpsc::unbounded_channel();
-                let outbox = Arc::new(Outbox {
+                Arc::new(Outbox {
                     name: name.clone(),
-                    queue: Mutex::new(VecDeque::new()),
+                    queue: Mutex::new(Queue::default()),
                     capacity,
                     batch: batch.max(1),
                     full: batch.min(capacity / 2).max(1),
                     on_full,
                     ready: Notify::new(),
-                    spill,
                     metrics: SinkMetrics::of(metrics, name),
-                });
-                outlets.push(Outlet {
-                    outbox: Arc::clone(&outbox),
-                    spilled,
-                });
-                outbox
+                })
             })
             .collect();
-        (Bus { outboxes }, outlets)
+        (
+            Bus {
+                outboxes: outboxes.clone(),
+            },
+            outboxes,
+        )
     }
 
     /// Whether any sink is configured (events are built only then).
@@ -261,7 +263,7 @@ impl Bus {
     }
 
     /// Hands events to every sink's buffer, in order. Never waits.
-    pub fn publish(&self, events: &[Event]) {
+    pub fn publish(&self, events: &Batch) {
         for outbox in &self.outboxes {
             outbox.push(events);
         }
@@ -281,74 +283,105 @@ mod tests {
     use super::*;
     use crate::event::{Fields, Kind};
 
-    fn two_sinks(capacity: usize, on_full: OnFull) -> (Bus, Vec<Outlet>) {
+    fn two_sinks(capacity: usize, on_full: OnFull) -> (Bus, Vec<Arc<Outbox>>) {
         let registry = Registry::new();
         let metrics = BusMetrics::register(&registry).unwrap();
         Bus::new(&["a".into(), "b".into()], capacity, 3, on_full, &metrics)
     }
 
+    /// A request's events, of these kinds.
+    fn events(kinds: &[Kind], room: &str) -> Batch {
+        let mut batch = Batch::default();
+        for &kind in kinds {
+            batch.push(kind, room, "i", &Fields::default());
+        }
+        batch
+    }
+
+    fn taken(outbox: &Outbox, max: usize) -> Batch {
+        let mut batch = Batch::default();
+        outbox.take(max, &mut batch);
+        batch
+    }
+
+    fn rooms(batch: &Batch) -> Vec<String> {
+        batch.iter().map(|e| e.room().to_owned()).collect()
+    }
+
     #[tokio::test]
     async fn every_sink_gets_every_event_in_order() {
-        let (bus, outlets) = two_sinks(10, OnFull::Drop);
+        let (bus, outboxes) = two_sinks(10, OnFull::Drop);
         for room in ["1", "2", "3"] {
-            bus.publish(&[Event::new(Kind::Arrived, room, "i", &Fields::default())]);
+            bus.publish(&events(&[Kind::Arrived], room));
         }
-        for outlet in &outlets {
-            let batch = outlet.outbox.take(10);
-            let rooms: Vec<_> = batch.iter().map(|e| e.room()).collect();
-            assert_eq!(rooms, ["1", "2", "3"]);
+        for outbox in &outboxes {
+            assert_eq!(rooms(&taken(outbox, 10)), ["1", "2", "3"]);
         }
     }
 
     #[tokio::test]
     async fn a_full_buffer_spills_or_drops_and_never_waits() {
-        let (bus, mut outlets) = two_sinks(2, OnFull::Spill);
+        let (bus, outboxes) = two_sinks(2, OnFull::Spill);
         for _ in 0..5 {
-            bus.publish(&[Event::new(Kind::Arrived, "web", "i", &Fields::default())]);
+            bus.publish(&events(&[Kind::Arrived], "web"));
         }
-        let outlet = &mut outlets[0];
-        assert_eq!(outlet.outbox.take(10).len(), 2);
-        let mut spilled = 0;
-        while outlet.spilled.try_recv().is_ok() {
-            spilled += 1;
-        }
-        assert_eq!(spilled, 3);
-        let (bus, outlets) = two_sinks(2, OnFull::Drop);
+        let outbox = &outboxes[0];
+        assert_eq!(taken(outbox, 10).len(), 2);
+        let mut spilled = Batch::default();
+        outbox.take_spilled(&mut spilled);
+        assert_eq!(spilled.len(), 3);
+        let (bus, outboxes) = two_sinks(2, OnFull::Drop);
         for _ in 0..5 {
-            bus.publish(&[Event::new(Kind::Arrived, "web", "i", &Fields::default())]);
+            bus.publish(&events(&[Kind::Arrived], "web"));
         }
-        assert_eq!(outlets[1].outbox.metrics.dropped.get(), 3);
-        assert_eq!(outlets[1].outbox.take(10).len(), 2);
+        assert_eq!(outboxes[1].metrics.dropped.get(), 3);
+        assert_eq!(taken(&outboxes[1], 10).len(), 2);
+        let mut spilled = Batch::default();
+        outboxes[1].take_spilled(&mut spilled);
+        assert!(spilled.is_empty(), "dropped, not spilled");
     }
 
     #[tokio::test]
     async fn a_requests_events_past_the_buffers_room_spill_in_order() {
-        let (bus, mut outlets) = two_sinks(3, OnFull::Spill);
-        let event = |kind| Event::new(kind, "web", "i", &Fields::default());
-        bus.publish(&[event(Kind::Arrived), event(Kind::Queued)]);
-        bus.publish(&[event(Kind::Arrived), event(Kind::Queued)]);
-        let outlet = &mut outlets[0];
-        let kinds: Vec<_> = outlet.outbox.take(10).iter().map(Event::kind).collect();
+        let (bus, outboxes) = two_sinks(3, OnFull::Spill);
+        bus.publish(&events(&[Kind::Arrived, Kind::Queued], "web"));
+        bus.publish(&events(&[Kind::Arrived, Kind::Queued], "web"));
+        let outbox = &outboxes[0];
+        let kinds: Vec<_> = taken(outbox, 10).iter().map(|e| e.kind()).collect();
         assert_eq!(kinds, [Kind::Arrived, Kind::Queued, Kind::Arrived]);
-        assert_eq!(outlet.spilled.try_recv().unwrap().kind(), Kind::Queued);
-        assert!(outlet.spilled.try_recv().is_err());
+        let mut spilled = Batch::default();
+        outbox.take_spilled(&mut spilled);
+        let kinds: Vec<_> = spilled.iter().map(|e| e.kind()).collect();
+        assert_eq!(kinds, [Kind::Queued]);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_takes_a_batch_at_most_and_leaves_the_rest_in_order() {
+        let (bus, outboxes) = two_sinks(10, OnFull::Drop);
+        for room in ["1", "2", "3", "4"] {
+            bus.publish(&events(&[Kind::Arrived], room));
+        }
+        assert_eq!(rooms(&taken(&outboxes[0], 3)), ["1", "2", "3"]);
+        assert_eq!(outboxes[0].buffered(), 1);
+        assert_eq!(rooms(&taken(&outboxes[0], 3)), ["4"]);
+        assert_eq!(outboxes[0].buffered(), 0);
     }
 
     #[tokio::test]
     async fn a_full_batch_wakes_its_delivery_task_and_no_less() {
-        let (bus, outlets) = two_sinks(100, OnFull::Drop);
-        let outbox = Arc::clone(&outlets[0].outbox);
+        let (bus, outboxes) = two_sinks(100, OnFull::Drop);
+        let outbox = Arc::clone(&outboxes[0]);
         let mut woken = tokio::spawn(async move { outbox.full_batch().await });
         for _ in 0..2 {
-            bus.publish(&[Event::new(Kind::Arrived, "web", "i", &Fields::default())]);
+            bus.publish(&events(&[Kind::Arrived], "web"));
         }
         tokio::task::yield_now().await;
         assert!(
             futures_util::FutureExt::now_or_never(&mut woken).is_none(),
             "two events of a batch of three wake nobody"
         );
-        bus.publish(&[Event::new(Kind::Queued, "web", "i", &Fields::default())]);
+        bus.publish(&events(&[Kind::Queued], "web"));
         woken.await.unwrap();
-        assert_eq!(outlets[0].outbox.take(100).len(), 3);
+        assert_eq!(taken(&outboxes[0], 100).len(), 3);
     }
 }

@@ -2,9 +2,8 @@
 //! schema version 1 (docs/events.md). Written once, by `events`, and
 //! delivered at least once: `id` tells a repeat from a new event.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -112,18 +111,38 @@ macro_rules! key {
     };
 }
 
-/// One event: its JSON, made once and shared by every sink (a clone is a
-/// reference count), and what the sinks route it by. One allocation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+/// Events as JSON lines in one buffer, and what the sinks route each by:
+/// what the request path writes them into, each sink's buffer holds, and a
+/// delivery sends. Memory is reused from batch to batch: a request's events
+/// cost no allocation of their own, and the file sink writes the lines as
+/// they are.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Batch {
+    /// Each event's JSON, followed by a newline.
+    lines: Vec<u8>,
+    events: Vec<Meta>,
+}
+
+/// What an event is routed by, beside its line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Meta {
     /// Unique (128 random bits): the same id is the same event.
     id: u128,
-    kind: Kind,
     /// When, in ms since the UNIX epoch.
     at: u64,
-    /// Where the room's name is in the JSON (names need no escaping).
+    kind: Kind,
+    /// The line's length, its newline included.
+    len: u32,
+    /// Where the room's name is in the line (names need no escaping).
     room: (u32, u32),
-    json: Arc<[u8]>,
+}
+
+/// One event of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    meta: &'a Meta,
+    /// The JSON, without its newline.
+    json: &'a [u8],
 }
 
 /// The schema as serde reads and writes it: what a dead-letter file is
@@ -172,18 +191,18 @@ pub enum ParseError {
     Field(&'static str),
 }
 
-impl Event {
-    /// A new event of `kind` in `room`, now, with a fresh id.
-    pub fn new(kind: Kind, room: &str, instance: &str, fields: &Fields<'_>) -> Event {
+impl Batch {
+    /// Adds a new event of `kind` in `room`, now, with a fresh id.
+    pub fn push(&mut self, kind: Kind, room: &str, instance: &str, fields: &Fields<'_>) {
         let at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Event::write(rand::random(), kind, at, room, instance, fields)
+        self.write(rand::random(), kind, at, room, instance, fields);
     }
 
-    /// An event read back (a dead-letter file), written again the same
-    /// way: its id, time (to the millisecond) and fields are kept.
-    pub fn parse(line: &str) -> Result<Event, ParseError> {
+    /// Adds an event read back (a dead-letter line), written again the
+    /// same way: its id, time (to the millisecond) and fields are kept.
+    pub fn push_line(&mut self, line: &str) -> Result<(), ParseError> {
         let wire: Wire = serde_json::from_str(line)?;
         if !is_name(&wire.room) {
             return Err(ParseError::Field("room is not a room name"));
@@ -210,122 +229,189 @@ impl Event {
             attribution: wire.attribution.as_ref(),
             change: wire.change.as_ref(),
         };
-        Ok(Event::write(
-            id,
-            wire.kind,
-            at,
-            &wire.room,
-            &wire.instance,
-            &fields,
-        ))
+        self.write(id, wire.kind, at, &wire.room, &wire.instance, &fields);
+        Ok(())
     }
 
     /// The JSON, field by field in the order and form serde gives it (a
     /// test holds the two equal): ids and times need no escaping, so most
     /// of an event is copied rather than escaped byte by byte.
     fn write(
+        &mut self,
         id: u128,
         kind: Kind,
         at: u64,
         room: &str,
         instance: &str,
         fields: &Fields<'_>,
-    ) -> Event {
-        thread_local! {
-            /// Where an event's JSON is written before it is copied, at its
-            /// size, into the one allocation every sink shares.
-            static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    ) {
+        let begin = self.lines.len();
+        let mut out = Json(&mut self.lines);
+        out.0.extend_from_slice(b"{\"v\":");
+        out.number(u64::from(VERSION));
+        // The id and the type are hex and a name: nothing to escape.
+        out.key(key!("id"));
+        out.quoted(Hex16::of(&id.to_be_bytes()).as_str());
+        out.key(key!("type"));
+        out.quoted(kind.as_str());
+        out.key(key!("time"));
+        out.time(at);
+        out.key(key!("room"));
+        let start = out.0.len() + 1 - begin;
+        out.string(room);
+        // Where the name is. Room names need no escaping (config and
+        // `push_line` allow none that would); one that did reads as empty.
+        let end = out.0.len() - 1 - begin;
+        let room_at = if end - start == room.len() {
+            (start as u32, end as u32)
+        } else {
+            (end as u32, end as u32)
+        };
+        out.field(key!("instance"), instance);
+        out.maybe(key!("journey"), fields.journey);
+        out.maybe(key!("session"), fields.session);
+        out.maybe(key!("lane"), fields.lane);
+        if let Some(n) = fields.position {
+            out.key(key!("position"));
+            out.number(u64::from(n));
         }
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            let mut out = Json(scratch);
-            out.0.extend_from_slice(b"{\"v\":");
-            out.number(u64::from(VERSION));
-            // The id and the type are hex and a name: nothing to escape.
-            out.key(key!("id"));
-            out.quoted(Hex16::of(&id.to_be_bytes()).as_str());
-            out.key(key!("type"));
-            out.quoted(kind.as_str());
-            out.key(key!("time"));
-            out.time(at);
-            out.key(key!("room"));
-            let start = out.0.len() + 1;
-            out.string(room);
-            // Where the name is. Room names need no escaping (config and
-            // `parse` allow none that would); one that did reads as empty.
-            let end = out.0.len() - 1;
-            let room_at = if end - start == room.len() {
-                (start as u32, end as u32)
-            } else {
-                (end as u32, end as u32)
-            };
-            out.field(key!("instance"), instance);
-            out.maybe(key!("journey"), fields.journey);
-            out.maybe(key!("session"), fields.session);
-            out.maybe(key!("lane"), fields.lane);
-            if let Some(n) = fields.position {
-                out.key(key!("position"));
-                out.number(u64::from(n));
+        for (key, n) in [
+            (key!("wait_ms"), fields.wait_ms),
+            (key!("visit_ms"), fields.visit_ms),
+        ] {
+            if let Some(n) = n {
+                out.key(key);
+                out.number(n);
             }
-            for (key, n) in [
-                (key!("wait_ms"), fields.wait_ms),
-                (key!("visit_ms"), fields.visit_ms),
-            ] {
-                if let Some(n) = n {
-                    out.key(key);
-                    out.number(n);
-                }
-            }
-            out.maybe(key!("how"), fields.how);
-            out.maybe(key!("what"), fields.what);
-            out.maybe(key!("reason"), fields.reason);
-            // Rare or small: serde writes these (plain structs: cannot fail).
-            if let Some(utm) = fields.attribution {
-                out.key(key!("attribution"));
-                let _ = serde_json::to_writer(&mut *out.0, utm);
-            }
-            if let Some(change) = fields.change {
-                out.key(key!("change"));
-                let _ = serde_json::to_writer(&mut *out.0, change);
-            }
-            out.0.push(b'}');
+        }
+        out.maybe(key!("how"), fields.how);
+        out.maybe(key!("what"), fields.what);
+        out.maybe(key!("reason"), fields.reason);
+        // Rare or small: serde writes these (plain structs: cannot fail).
+        if let Some(utm) = fields.attribution {
+            out.key(key!("attribution"));
+            let _ = serde_json::to_writer(&mut *out.0, utm);
+        }
+        if let Some(change) = fields.change {
+            out.key(key!("change"));
+            let _ = serde_json::to_writer(&mut *out.0, change);
+        }
+        out.0.extend_from_slice(b"}\n");
+        self.events.push(Meta {
+            id,
+            at,
+            kind,
+            len: (self.lines.len() - begin) as u32,
+            room: room_at,
+        });
+    }
+
+    /// How many events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Every event's JSON, a line each.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// The events, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Event<'_>> {
+        let mut at = 0;
+        self.events.iter().map(move |meta| {
+            let line = self
+                .lines
+                .get(at..at + meta.len as usize)
+                .unwrap_or_default();
+            at += meta.len as usize;
             Event {
-                id,
-                kind,
-                at,
-                room: room_at,
-                json: Arc::from(&out.0[..]),
+                meta,
+                json: line.strip_suffix(b"\n").unwrap_or(line),
             }
         })
     }
 
+    /// Where the line of the `n`th event starts.
+    fn offset(&self, n: usize) -> usize {
+        self.events.iter().take(n).map(|m| m.len as usize).sum()
+    }
+
+    /// Adds the events `from..` of `other`, in order.
+    pub fn extend_from(&mut self, other: &Batch, from: usize) {
+        let Some(events) = other.events.get(from..) else {
+            return;
+        };
+        let start = other.offset(from);
+        self.lines
+            .extend_from_slice(other.lines.get(start..).unwrap_or_default());
+        self.events.extend_from_slice(events);
+    }
+
+    /// Adds the first `n` events of `other` (all there are, at most).
+    pub fn extend_first(&mut self, other: &Batch, n: usize) {
+        let n = n.min(other.len());
+        let end = other.offset(n);
+        self.lines
+            .extend_from_slice(other.lines.get(..end).unwrap_or_default());
+        self.events.extend_from_slice(&other.events[..n]);
+    }
+
+    /// Moves the first `n` events (all there are, at most) to the end of
+    /// `into`. Taking them all into an empty batch swaps the two buffers:
+    /// nothing is copied, and each keeps its memory for the next time.
+    pub fn move_front(&mut self, n: usize, into: &mut Batch) {
+        if n >= self.len() && into.is_empty() {
+            std::mem::swap(self, into);
+            return;
+        }
+        let n = n.min(self.len());
+        into.extend_first(self, n);
+        let end = self.offset(n);
+        self.lines.drain(..end);
+        self.events.drain(..n);
+    }
+
+    /// Empties it, keeping its memory.
+    pub fn clear(&mut self) {
+        self.lines.clear();
+        self.events.clear();
+    }
+}
+
+impl<'a> Event<'a> {
     /// The id, as the JSON has it (32 lower-case hex digits).
-    pub fn id(&self) -> String {
-        Hex16::of(&self.id.to_be_bytes()).as_str().to_owned()
+    pub fn id(&self) -> Hex16 {
+        Hex16::of(&self.meta.id.to_be_bytes())
     }
 
     /// What happened.
     pub fn kind(&self) -> Kind {
-        self.kind
+        self.meta.kind
     }
 
     /// The room.
-    pub fn room(&self) -> &str {
-        let (start, end) = (self.room.0 as usize, self.room.1 as usize);
+    pub fn room(&self) -> &'a str {
+        let (start, end) = (self.meta.room.0 as usize, self.meta.room.1 as usize);
         self.json
             .get(start..end)
             .and_then(|name| std::str::from_utf8(name).ok())
             .unwrap_or_default()
     }
 
-    /// The event as JSON (every sink shares it).
-    pub fn json(&self) -> &[u8] {
-        &self.json
+    /// The event as JSON.
+    pub fn json(&self) -> &'a [u8] {
+        self.json
     }
 
     /// Milliseconds since the UNIX epoch it happened at.
     pub fn millis(&self) -> u64 {
-        self.at
+        self.meta.at
     }
 }
 
@@ -439,15 +525,32 @@ mod tests {
     use super::*;
 
     /// What serde writes of the event's JSON read back.
-    fn serde_form(e: &Event) -> String {
+    fn serde_form(e: Event<'_>) -> String {
         let wire: Wire = serde_json::from_slice(e.json()).unwrap();
         serde_json::to_string(&wire).unwrap()
     }
 
+    /// A batch of one new event.
+    fn one(kind: Kind, room: &str, instance: &str, fields: &Fields<'_>) -> Batch {
+        let mut batch = Batch::default();
+        batch.push(kind, room, instance, fields);
+        batch
+    }
+
+    fn first(batch: &Batch) -> Event<'_> {
+        batch.iter().next().unwrap()
+    }
+
+    /// A batch of the one event `line` reads as.
+    fn read(line: &str) -> Result<Batch, ParseError> {
+        let mut batch = Batch::default();
+        batch.push_line(line).map(|()| batch)
+    }
+
     #[test]
     fn the_json_written_by_hand_is_what_serde_writes() {
-        let plain = Event::new(Kind::Arrived, "web", "a1", &Fields::default());
-        assert_eq!(plain.json(), serde_form(&plain).as_bytes());
+        let plain = one(Kind::Arrived, "web", "a1", &Fields::default());
+        assert_eq!(first(&plain).json(), serde_form(first(&plain)).as_bytes());
         let utm = Utm {
             campaign: Some("sp\"ring".into()),
             gclid: Some("g".into()),
@@ -458,7 +561,7 @@ mod tests {
             capacity: Some(3),
             admit_rate: Some(1.5),
         };
-        let full = Event::new(
+        let full = one(
             Kind::RoomChanged,
             "web.shop-1",
             "i\t1\"\\\u{e9}",
@@ -476,15 +579,10 @@ mod tests {
                 change: Some(&change),
             },
         );
-        assert_eq!(
-            String::from_utf8(full.json().to_vec()).unwrap(),
-            serde_form(&full)
-        );
-        assert_eq!(full.room(), "web.shop-1");
-        assert_eq!(
-            Event::parse(std::str::from_utf8(full.json()).unwrap()).unwrap(),
-            full
-        );
+        let e = first(&full);
+        assert_eq!(String::from_utf8(e.json().to_vec()).unwrap(), serde_form(e));
+        assert_eq!(e.room(), "web.shop-1");
+        assert_eq!(read(std::str::from_utf8(e.json()).unwrap()).unwrap(), full);
     }
 
     #[test]
@@ -498,38 +596,37 @@ mod tests {
             attribution: Some(&utm),
             ..Fields::default()
         };
-        let e = Event::new(Kind::Admitted, "web", "a1", &fields);
+        let batch = one(Kind::Admitted, "web", "a1", &fields);
+        let e = first(&batch);
         let json: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(json["v"], 1);
         assert_eq!(json["type"], "admitted");
-        assert_eq!(json["id"], e.id());
+        assert_eq!(json["id"], e.id().as_str());
         assert_eq!(json["attribution"]["source"], "meta");
         assert!(json.get("session").is_none(), "absent fields are left out");
-        assert_eq!(e.id().len(), 32);
+        assert_eq!(e.id().as_str().len(), 32);
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
-        let back = Event::parse(std::str::from_utf8(e.json()).unwrap()).unwrap();
-        assert_eq!(back, e, "the same id, kind, room, time and JSON");
+        let back = read(std::str::from_utf8(e.json()).unwrap()).unwrap();
+        assert_eq!(back, batch, "the same id, kind, room, time and JSON");
         assert!(e.millis() > 1_700_000_000_000);
         // Two events never share an id.
-        assert_ne!(
-            Event::new(Kind::Admitted, "web", "a1", &fields).id(),
-            e.id()
-        );
+        let other = one(Kind::Admitted, "web", "a1", &fields);
+        assert_ne!(first(&other).id(), e.id());
     }
 
     #[test]
     fn a_line_that_is_not_an_event_is_refused() {
-        let good = Event::new(Kind::Left, "web", "a1", &Fields::default());
-        let text = std::str::from_utf8(good.json()).unwrap();
+        let good = one(Kind::Left, "web", "a1", &Fields::default());
+        let text = std::str::from_utf8(first(&good).json()).unwrap();
         for bad in [
             "{}".to_owned(),
             "not json".to_owned(),
-            text.replace(&good.id(), "xyz"),
+            text.replace(first(&good).id().as_str(), "xyz"),
             text.replace("\"time\":\"", "\"time\":\"yesterday"),
             text.replace("\"left\"", "\"jumped\""),
             text.replace("\"web\"", "\"we b\""),
         ] {
-            assert!(Event::parse(&bad).is_err(), "{bad}");
+            assert!(read(&bad).is_err(), "{bad}");
         }
     }
 
@@ -552,6 +649,37 @@ mod tests {
                 format!("\"{}\"", humantime::format_rfc3339_millis(t))
             );
         }
+    }
+
+    #[test]
+    fn a_batch_moves_its_events_in_order_and_keeps_each_whole() {
+        let mut from = Batch::default();
+        for room in ["a", "b", "c"] {
+            from.push(Kind::Arrived, room, "i", &Fields::default());
+        }
+        let rooms = |b: &Batch| b.iter().map(|e| e.room().to_owned()).collect::<Vec<_>>();
+        assert_eq!(from.lines().iter().filter(|&&b| b == b'\n').count(), 3);
+        let mut into = Batch::default();
+        from.move_front(2, &mut into);
+        assert_eq!(
+            (rooms(&into), rooms(&from)),
+            (vec!["a".into(), "b".into()], vec!["c".into()])
+        );
+        for e in into.iter().chain(from.iter()) {
+            assert!(e.json().starts_with(b"{") && e.json().ends_with(b"}"));
+        }
+        // All of them into an empty batch: the buffers swap.
+        let mut all = Batch::default();
+        into.move_front(5, &mut all);
+        assert!(into.is_empty());
+        all.extend_from(&from, 0);
+        all.extend_first(&from, 0);
+        assert_eq!(rooms(&all), ["a", "b", "c"]);
+        let mut rest = Batch::default();
+        rest.extend_from(&all, 1);
+        assert_eq!(rooms(&rest), ["b", "c"]);
+        rest.extend_from(&all, 9);
+        assert_eq!(rest.len(), 2);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! converted, released, expired, left, refused, rate limited; and an
 //! operator's changes to a room. Every event is written here, once: one
 //! `anteroom::visitor` log line, its counters, and, with `[[events.sink]]`s,
-//! one [`Event`] on the bus.
+//! one event on the bus.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use prometheus::{HistogramVec, IntCounterVec, Registry};
@@ -11,7 +12,7 @@ use prometheus::{HistogramVec, IntCounterVec, Registry};
 use crate::attribution::{Labels, Utm};
 use crate::bus::Bus;
 use crate::config::Attribution;
-use crate::event::{Change, Event, Fields, Hex16, Kind};
+use crate::event::{Batch, Change, Fields, Hex16, Kind};
 use crate::metrics;
 use crate::queue::Lane;
 use crate::store::{Place, SessionId, SessionInfo};
@@ -154,53 +155,50 @@ impl VisitorEvents {
         self.conversions.with_label_values(&[room, "none", "none"]);
     }
 
-    /// An event for the bus, made only when a sink will take it.
-    fn event(&self, kind: Kind, room: &str, fields: Fields<'_>) -> Option<Event> {
-        self.bus
-            .is_active()
-            .then(|| Event::new(kind, room, &self.instance, &fields))
-    }
-
-    /// Puts an event on the bus, when any sink is configured.
-    fn publish(&self, kind: Kind, room: &str, fields: Fields<'_>) {
-        if let Some(event) = self.event(kind, room, fields) {
-            self.bus.publish(&[event]);
+    /// Puts the events `write` adds on the bus, together, when any sink
+    /// is configured (they are not even written otherwise).
+    fn publish_with(&self, write: impl FnOnce(&mut Batch)) {
+        thread_local! {
+            /// Where a request's events are written before the bus copies
+            /// them into each sink's buffer: memory kept from one request
+            /// to the next.
+            static DRAFT: Cell<Batch> = Cell::new(Batch::default());
         }
+        if !self.bus.is_active() {
+            return;
+        }
+        let mut draft = DRAFT.take();
+        draft.clear();
+        write(&mut draft);
+        self.bus.publish(&draft);
+        DRAFT.set(draft);
     }
 
-    /// The opaque id of a ticket's journey, made only when a sink will
-    /// take it (a digest each).
-    fn journey(&self, room: &str, ticket: &str) -> Option<Hex16> {
-        self.bus
-            .is_active()
-            .then(|| opaque(Of::Journey, room, ticket.as_bytes()))
+    /// Puts one event on the bus, when any sink is configured.
+    fn publish(&self, kind: Kind, room: &str, fields: Fields<'_>) {
+        self.publish_with(|events| self.push(events, kind, room, fields));
     }
 
-    /// The same for a session: what a visitor let in at once is followed
-    /// by as their journey (`of`), and every admitted visitor as their
-    /// session.
-    fn opaque_session(&self, of: Of, room: &str, session: SessionId) -> Option<Hex16> {
-        self.bus
-            .is_active()
-            .then(|| opaque(of, room, &session.0.to_be_bytes()))
+    fn push(&self, events: &mut Batch, kind: Kind, room: &str, fields: Fields<'_>) {
+        events.push(kind, room, &self.instance, &fields);
     }
 
     /// A new visitor let in at once: `arrived`, then `admitted`, their
     /// session as their journey, on the bus together.
     pub fn let_in(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>, session: &SessionInfo) {
-        let journey = self.opaque_session(Of::Journey, room, session.id);
-        let arrived = self.arrival(room, lane, utm, journey.as_ref());
-        let admitted = self.admission(room, session, false, journey.as_ref());
-        if let (Some(arrived), Some(admitted)) = (arrived, admitted) {
-            self.bus.publish(&[arrived, admitted]);
-        }
+        self.arrived(room, lane, utm);
+        self.count_admission(room, session, false);
+        self.publish_with(|events| {
+            let journey = opaque(Of::Journey, room, &session.id.0.to_be_bytes());
+            self.arrival(events, room, lane, utm, &journey);
+            self.admission(events, room, session, false, &journey);
+        });
     }
 
     /// A new visitor joined the line: `arrived`, then `queued`, one
     /// journey id for both, on the bus together.
     pub fn queued(&self, room: &str, place: &Place, utm: Option<&Arc<Utm>>) {
-        let journey = self.journey(room, &place.ticket);
-        let arrived = self.arrival(room, place.lane, utm, journey.as_ref());
+        self.arrived(room, place.lane, utm);
         let line = Line {
             lane: Some(place.lane.as_str()),
             position: Some(place.position()),
@@ -209,32 +207,23 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("queued", room, line);
-        let queued = self.event(
-            Kind::Queued,
-            room,
-            Fields {
-                journey: journey.as_ref().map(Hex16::as_str),
+        self.publish_with(|events| {
+            let journey = opaque(Of::Journey, room, place.ticket.as_bytes());
+            self.arrival(events, room, place.lane, utm, &journey);
+            let fields = Fields {
+                journey: Some(journey.as_str()),
                 lane: Some(place.lane.as_str()),
                 position: Some(place.position()),
                 wait_ms: place.wait.told(),
                 attribution: utm.map(|u| &**u),
                 ..Fields::default()
-            },
-        );
-        if let (Some(arrived), Some(queued)) = (arrived, queued) {
-            self.bus.publish(&[arrived, queued]);
-        }
+            };
+            self.push(events, Kind::Queued, room, fields);
+        });
     }
 
-    /// A new visitor at the room (`journey` made when a sink takes it):
-    /// counted and logged; the event is for the caller to publish.
-    fn arrival(
-        &self,
-        room: &str,
-        lane: Lane,
-        utm: Option<&Arc<Utm>>,
-        journey: Option<&Hex16>,
-    ) -> Option<Event> {
+    /// A new visitor at the room: counted and logged.
+    fn arrived(&self, room: &str, lane: Lane, utm: Option<&Arc<Utm>>) {
         self.arrivals
             .with_label_values(&[room, lane.as_str()])
             .inc();
@@ -244,36 +233,38 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("arrived", room, line);
-        self.event(
-            Kind::Arrived,
-            room,
-            Fields {
-                journey: journey.map(Hex16::as_str),
-                lane: Some(lane.as_str()),
-                attribution: utm.map(|u| &**u),
-                ..Fields::default()
-            },
-        )
+    }
+
+    /// The `arrived` event of a visitor on `journey`.
+    fn arrival(
+        &self,
+        events: &mut Batch,
+        room: &str,
+        lane: Lane,
+        utm: Option<&Arc<Utm>>,
+        journey: &Hex16,
+    ) {
+        let fields = Fields {
+            journey: Some(journey.as_str()),
+            lane: Some(lane.as_str()),
+            attribution: utm.map(|u| &**u),
+            ..Fields::default()
+        };
+        self.push(events, Kind::Arrived, room, fields);
     }
 
     /// A visitor was let in from the line, with the `ticket` they waited
     /// with.
     pub fn admitted(&self, room: &str, session: &SessionInfo, ticket: &str) {
-        let journey = self.journey(room, ticket);
-        if let Some(event) = self.admission(room, session, true, journey.as_ref()) {
-            self.bus.publish(&[event]);
-        }
+        self.count_admission(room, session, true);
+        self.publish_with(|events| {
+            let journey = opaque(Of::Journey, room, ticket.as_bytes());
+            self.admission(events, room, session, true, &journey);
+        });
     }
 
-    /// An admission, at once or `from_line`: counted and logged; the event
-    /// is for the caller to publish.
-    fn admission(
-        &self,
-        room: &str,
-        session: &SessionInfo,
-        from_line: bool,
-        journey: Option<&Hex16>,
-    ) -> Option<Event> {
+    /// An admission, at once or `from_line`: counted and logged.
+    fn count_admission(&self, room: &str, session: &SessionInfo, from_line: bool) {
         let how = if from_line { "queue" } else { "direct" };
         self.admissions.with_label_values(&[room, how]).inc();
         if from_line {
@@ -288,33 +279,41 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("admitted", room, line);
-        let digest = self.opaque_session(Of::Session, room, session.id);
-        self.event(
-            Kind::Admitted,
-            room,
-            Fields {
-                journey: journey.map(Hex16::as_str),
-                session: digest.as_ref().map(Hex16::as_str),
-                how: Some(how),
-                wait_ms: Some(session.wait_ms),
-                attribution: session.utm.as_deref(),
-                ..Fields::default()
-            },
-        )
+    }
+
+    /// The `admitted` event of a visitor on `journey`, at once or
+    /// `from_line`.
+    fn admission(
+        &self,
+        events: &mut Batch,
+        room: &str,
+        session: &SessionInfo,
+        from_line: bool,
+        journey: &Hex16,
+    ) {
+        let digest = opaque_session(room, session.id);
+        let fields = Fields {
+            journey: Some(journey.as_str()),
+            session: Some(digest.as_str()),
+            how: Some(if from_line { "queue" } else { "direct" }),
+            wait_ms: Some(session.wait_ms),
+            attribution: session.utm.as_deref(),
+            ..Fields::default()
+        };
+        self.push(events, Kind::Admitted, room, fields);
     }
 
     /// A waiting visitor left the line.
     pub fn left(&self, room: &str, ticket: &str) {
         write("left", room, Line::default());
-        let journey = self.journey(room, ticket);
-        self.publish(
-            Kind::Left,
-            room,
-            Fields {
-                journey: journey.as_ref().map(Hex16::as_str),
+        self.publish_with(|events| {
+            let journey = opaque(Of::Journey, room, ticket.as_bytes());
+            let fields = Fields {
+                journey: Some(journey.as_str()),
                 ..Fields::default()
-            },
-        );
+            };
+            self.push(events, Kind::Left, room, fields);
+        });
     }
 
     /// A newcomer was turned away (`queue_full`, `maintenance`,
@@ -375,17 +374,16 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("converted", room, line);
-        let digest = self.opaque_session(Of::Session, room, session.id);
-        self.publish(
-            Kind::Converted,
-            room,
-            Fields {
-                session: digest.as_ref().map(Hex16::as_str),
+        self.publish_with(|events| {
+            let digest = opaque_session(room, session.id);
+            let fields = Fields {
+                session: Some(digest.as_str()),
                 wait_ms: Some(session.wait_ms),
                 attribution: session.utm.as_deref(),
                 ..Fields::default()
-            },
-        );
+            };
+            self.push(events, Kind::Converted, room, fields);
+        });
     }
 
     /// A session ended at once: the visitor left (`leave`) or the app said so (`command`).
@@ -399,18 +397,17 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("released", room, line);
-        let digest = self.opaque_session(Of::Session, room, session.id);
-        self.publish(
-            Kind::Released,
-            room,
-            Fields {
-                session: digest.as_ref().map(Hex16::as_str),
+        self.publish_with(|events| {
+            let digest = opaque_session(room, session.id);
+            let fields = Fields {
+                session: Some(digest.as_str()),
                 how: Some(how),
                 visit_ms: Some(now_ms.saturating_sub(session.admitted_at)),
                 attribution: session.utm.as_deref(),
                 ..Fields::default()
-            },
-        );
+            };
+            self.push(events, Kind::Released, room, fields);
+        });
     }
 
     /// A session's pass lapsed.
@@ -458,17 +455,16 @@ impl VisitorEvents {
             ..Line::default()
         };
         write("expired", room, line);
-        let digest = session.and_then(|s| self.opaque_session(Of::Session, room, s));
-        self.publish(
-            Kind::Expired,
-            room,
-            Fields {
+        self.publish_with(|events| {
+            let digest = session.map(|s| opaque_session(room, s));
+            let fields = Fields {
                 session: digest.as_ref().map(Hex16::as_str),
                 what: Some(kind),
                 attribution: utm.map(|u| &**u),
                 ..Fields::default()
-            },
-        );
+            };
+            self.push(events, Kind::Expired, room, fields);
+        });
     }
 }
 
@@ -479,6 +475,11 @@ enum Of {
     Journey,
     /// An admitted visitor.
     Session,
+}
+
+/// The opaque id of an admitted visitor's session.
+fn opaque_session(room: &str, session: SessionId) -> Hex16 {
+    opaque(Of::Session, room, &session.0.to_be_bytes())
 }
 
 /// An id that links a visitor's events without telling the store's own

@@ -18,7 +18,7 @@ use pingora::listeners::tls::TlsSettings;
 
 use crate::admin::Admin;
 use crate::assets::Assets;
-use crate::bus::{Bus, BusMetrics, Outlet};
+use crate::bus::{Bus, BusMetrics, Outbox};
 use crate::config::{Backend, Config, ConfigError};
 use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
 use crate::event_stream::{Listener, StreamMetrics};
@@ -110,7 +110,7 @@ struct Parts {
     current: Arc<Current>,
     snapshots: Option<Arc<Snapshots>>,
     /// Each event sink's buffer, for its delivery task.
-    outlets: Vec<Outlet>,
+    outlets: Vec<Arc<Outbox>>,
 }
 
 impl App {
@@ -274,7 +274,7 @@ impl Parts {
 /// One delivery task per event sink, with its dead-letter directory made.
 fn deliveries(
     config: &Config,
-    outlets: Vec<Outlet>,
+    outlets: Vec<Arc<Outbox>>,
 ) -> Result<Vec<GenBackgroundService<Delivery>>, StartError> {
     let events = &config.events;
     let Some(dir) = &events.dead_letter_dir else {

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,9 +16,9 @@ use pingora::services::background::BackgroundService;
 use rand::Rng;
 use tokio::sync::Mutex;
 
-use crate::bus::{Outbox, Outlet, Sink, SinkError};
+use crate::bus::{Outbox, Sink, SinkError};
 use crate::config::{Events, SinkKind};
-use crate::event::Event;
+use crate::event::Batch;
 use crate::store::now_millis;
 
 /// The sink a config names.
@@ -32,7 +33,7 @@ pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkErr
             Box::new(FileSink {
                 path: path.clone(),
                 max_bytes: *max_bytes,
-                open: parking_lot::Mutex::new(Open::default()),
+                file: parking_lot::Mutex::new(None),
             })
         }
         SinkKind::Redis {
@@ -114,11 +115,11 @@ impl NatsSink {
 
 #[async_trait]
 impl Sink for NatsSink {
-    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
         let js = self.context().await?;
         let err = |e: &dyn std::fmt::Display| SinkError(e.to_string());
         let mut acks = Vec::with_capacity(batch.len());
-        for event in batch {
+        for event in batch.iter() {
             // A subject token has no dots: a room "a.b" publishes as "a_b".
             let subject = format!(
                 "{}.{}.{}",
@@ -169,8 +170,8 @@ pub fn signature(key: &aws_lc_rs::hmac::Key, t: u64, body: &[u8]) -> String {
 
 #[async_trait]
 impl Sink for WebhookSink {
-    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
-        let mut body = Vec::with_capacity(batch.len() * 256 + 2);
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
+        let mut body = Vec::with_capacity(batch.lines().len() + 2);
         body.push(b'[');
         for (i, event) in batch.iter().enumerate() {
             if i > 0 {
@@ -198,39 +199,16 @@ impl Sink for WebhookSink {
     }
 }
 
-/// Events as JSON lines.
-fn lines(events: &[Event]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    lines_into(events, &mut bytes);
-    bytes
-}
-
-/// Events as JSON lines, after what `bytes` holds.
-fn lines_into(events: &[Event], bytes: &mut Vec<u8>) {
-    bytes.reserve(events.iter().map(|e| e.json().len() + 1).sum());
-    for event in events {
-        bytes.extend_from_slice(event.json());
-        bytes.push(b'\n');
-    }
-}
-
 /// A JSON lines file, rotated to `<path>.<unix ms>` past `max_bytes`.
 /// Written with plain blocking calls: a batch is one `write` to the page
-/// cache, and the task runs on the sink's own thread, so nothing else
-/// waits for it (tokio's file calls would hop to a blocking pool and back,
-/// twice per call).
+/// cache, of its lines as they are, and the task runs on the sink's own
+/// thread, so nothing else waits for it (tokio's file calls would hop to a
+/// blocking pool and back, twice per call).
 struct FileSink {
     path: PathBuf,
     max_bytes: u64,
-    open: parking_lot::Mutex<Open>,
-}
-
-/// The file, while it is open, and the batch's lines (kept, so a batch
-/// reuses the memory of the one before rather than faulting in its own).
-#[derive(Default)]
-struct Open {
-    file: Option<std::fs::File>,
-    lines: Vec<u8>,
+    /// The file, while it is open.
+    file: parking_lot::Mutex<Option<std::fs::File>>,
 }
 
 fn append(path: &Path) -> std::io::Result<std::fs::File> {
@@ -242,10 +220,9 @@ fn append(path: &Path) -> std::io::Result<std::fs::File> {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
         let io = |e: std::io::Error| SinkError(format!("{}: {e}", self.path.display()));
-        let mut open = self.open.lock();
-        let Open { file, lines } = &mut *open;
+        let mut file = self.file.lock();
         // One stat tells the size and whether logrotate moved the file away.
         match std::fs::metadata(&self.path) {
             Ok(meta) if self.max_bytes > 0 && meta.len() >= self.max_bytes => {
@@ -264,9 +241,7 @@ impl Sink for FileSink {
         let Some(f) = file.as_mut() else {
             return Err(SinkError("file not open".into()));
         };
-        lines.clear();
-        lines_into(batch, lines);
-        if let Err(e) = f.write_all(lines) {
+        if let Err(e) = f.write_all(batch.lines()) {
             *file = None;
             return Err(io(e));
         }
@@ -298,7 +273,7 @@ return #ARGV - 1
 
 #[async_trait]
 impl Sink for RedisSink {
-    async fn deliver(&self, batch: &[Event]) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
         let err = |e: redis::RedisError| SinkError(e.to_string());
         let mut slot = self.connection.lock().await;
         if slot.is_none() {
@@ -314,14 +289,14 @@ impl Sink for RedisSink {
         };
         // EVALSHA by hand: each event's JSON is copied once into the
         // command, not first into an argument list of its own.
-        let size = batch.iter().map(|e| e.json().len()).sum::<usize>() + 128;
+        let size = batch.lines().len() + 128;
         let mut call = redis::Cmd::with_capacity(batch.len() + 5, size);
         call.arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(1)
             .arg(&self.stream)
             .arg(self.maxlen);
-        for event in batch {
+        for event in batch.iter() {
             call.arg(event.json());
         }
         let sent = tokio::time::timeout(self.timeout, async {
@@ -369,8 +344,8 @@ impl DeadLetters {
         &self.path
     }
 
-    fn keep(&self, events: &[Event]) -> std::io::Result<()> {
-        append(&self.path)?.write_all(&lines(events))
+    fn keep(&self, events: &Batch) -> std::io::Result<()> {
+        append(&self.path)?.write_all(events.lines())
     }
 }
 
@@ -410,7 +385,7 @@ impl Retry {
 /// attempt failed (or `stop` said to stop waiting).
 pub async fn deliver(
     sink: &dyn Sink,
-    batch: &[Event],
+    batch: &Batch,
     retry: Retry,
     mut stop: impl FnMut() -> bool,
     mut failed: impl FnMut(u32),
@@ -434,7 +409,7 @@ pub async fn deliver(
 
 /// One sink's delivery task.
 pub struct Delivery {
-    outlet: Mutex<Outlet>,
+    outbox: Arc<Outbox>,
     sink: Box<dyn Sink>,
     dead: DeadLetters,
     retry: Retry,
@@ -447,15 +422,15 @@ pub struct Delivery {
 impl Delivery {
     /// The task for one sink of `events`.
     pub fn new(
-        outlet: Outlet,
+        outbox: Arc<Outbox>,
         sink: Box<dyn Sink>,
         dead_letter_dir: &Path,
         events: &Events,
         grace: Duration,
     ) -> Delivery {
-        let dead = DeadLetters::new(dead_letter_dir, &outlet.outbox.name);
+        let dead = DeadLetters::new(dead_letter_dir, &outbox.name);
         Delivery {
-            outlet: Mutex::new(outlet),
+            outbox,
             sink,
             dead,
             retry: Retry::of(events),
@@ -464,8 +439,8 @@ impl Delivery {
         }
     }
 
-    async fn send(&self, outbox: &Outbox, batch: Vec<Event>, stopping: bool) {
-        let m = &outbox.metrics;
+    async fn send(&self, batch: &Batch, stopping: bool) {
+        let m = &self.outbox.metrics;
         let n = batch.len() as u64;
         let retry = if stopping {
             Retry {
@@ -477,7 +452,7 @@ impl Delivery {
         };
         let result = deliver(
             &*self.sink,
-            &batch,
+            batch,
             retry,
             || false,
             |attempt| {
@@ -486,6 +461,9 @@ impl Delivery {
                 if attempt < retry.max_attempts {
                     m.retried.inc_by(n);
                 }
+                // A sink that fails fills its buffer: what spills meanwhile
+                // goes to the dead letters now, not after the last attempt.
+                self.bury_spilled();
             },
         )
         .await;
@@ -497,14 +475,14 @@ impl Delivery {
                 // Counted here, then added to the shared histogram at once
                 // (one set of atomic steps per batch, not per event).
                 let lag = m.lag.local();
-                for e in &batch {
+                for e in batch.iter() {
                     lag.observe(now.saturating_sub(e.millis()) as f64 / 1000.0);
                 }
                 lag.flush();
             }
             Err(e) => {
-                tracing::warn!(sink = outbox.name, events = n, error = %e, file = %self.dead.path().display(), "events not delivered; kept in the dead-letter file");
-                self.bury(outbox, &batch).await;
+                tracing::warn!(sink = self.outbox.name, events = n, error = %e, file = %self.dead.path().display(), "events not delivered; kept in the dead-letter file");
+                self.bury(batch);
             }
         }
     }
@@ -512,28 +490,44 @@ impl Delivery {
     /// Delivers what the buffer holds now (not what comes meanwhile: a
     /// sink slower than the requests must still hear the shutdown), in
     /// batches: all of it, or, woken for a full batch, only full batches,
-    /// the rest waiting for more.
-    async fn drain(&self, outbox: &Outbox, all: bool) {
+    /// the rest waiting for more. `batch` is the task's own buffer, empty
+    /// between deliveries. Then what spilled goes to the dead letters.
+    async fn drain(&self, all: bool, batch: &mut Batch) {
+        let outbox = &self.outbox;
         let mut left = outbox.buffered();
         let least = if all { 1 } else { outbox.full() };
         while left >= least {
-            let batch = outbox.take(outbox.batch.min(left));
+            outbox.take(outbox.batch.min(left), batch);
             if batch.is_empty() {
                 break;
             }
             left -= batch.len();
-            self.send(outbox, batch, false).await;
+            self.send(batch, false).await;
+            batch.clear();
         }
+        self.bury_spilled();
     }
 
-    async fn bury(&self, outbox: &Outbox, events: &[Event]) {
+    /// Writes what spilled from the full buffer to the dead letters.
+    fn bury_spilled(&self) {
+        let mut spilled = Batch::default();
+        self.outbox.take_spilled(&mut spilled);
+        self.bury(&spilled);
+    }
+
+    fn bury(&self, events: &Batch) {
         if events.is_empty() {
             return;
         }
+        let name = &self.outbox.name;
         match self.dead.keep(events) {
-            Ok(()) => outbox.metrics.dead_lettered.inc_by(events.len() as u64),
+            Ok(()) => self
+                .outbox
+                .metrics
+                .dead_lettered
+                .inc_by(events.len() as u64),
             Err(e) => {
-                tracing::error!(sink = outbox.name, events = events.len(), error = %e, file = %self.dead.path().display(), "events lost: the dead-letter file cannot be written");
+                tracing::error!(sink = name, events = events.len(), error = %e, file = %self.dead.path().display(), "events lost: the dead-letter file cannot be written");
             }
         }
     }
@@ -542,63 +536,48 @@ impl Delivery {
 #[async_trait]
 impl BackgroundService for Delivery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut outlet = self.outlet.lock().await;
-        let Outlet { outbox, spilled } = &mut *outlet;
+        let outbox = &self.outbox;
+        let mut batch = Batch::default();
         // Every `flush_interval`, or at once when a batch is full, what is
         // buffered goes out.
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.drain(outbox, true).await,
-                () = outbox.full_batch() => self.drain(outbox, false).await,
-                Some(first) = spilled.recv() => {
-                    let mut events = vec![first];
-                    while let Ok(e) = spilled.try_recv() {
-                        events.push(e);
-                    }
-                    self.bury(outbox, &events).await;
-                }
+                _ = tick.tick() => self.drain(true, &mut batch).await,
+                () = outbox.full_batch() => self.drain(false, &mut batch).await,
                 _ = shutdown.changed() => break,
             }
         }
         // The buffer goes out once more within the grace period; the rest is kept.
         let until = tokio::time::Instant::now() + self.grace;
         loop {
-            let batch = outbox.take(outbox.batch);
+            outbox.take(outbox.batch, &mut batch);
             if batch.is_empty() {
                 break;
             }
             if tokio::time::Instant::now() >= until {
-                self.bury(outbox, &batch).await;
-                continue;
+                self.bury(&batch);
+            } else {
+                self.send(&batch, true).await;
             }
-            self.send(outbox, batch, true).await;
+            batch.clear();
         }
-        let mut rest = Vec::new();
-        while let Ok(e) = spilled.try_recv() {
-            rest.push(e);
-        }
-        self.bury(outbox, &rest).await;
+        self.bury_spilled();
     }
 }
 
 /// Reads a dead-letter (or any JSON lines) file of events; lines that are
 /// not events are counted, not fatal.
-pub fn read_events(path: &Path) -> std::io::Result<(Vec<Event>, usize)> {
+pub fn read_events(path: &Path) -> std::io::Result<(Batch, usize)> {
     let text = std::fs::read_to_string(path)?;
+    let mut events = Batch::default();
     let mut bad = 0;
-    let events = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| match Event::parse(l) {
-            Ok(e) => Some(e),
-            Err(_) => {
-                bad += 1;
-                None
-            }
-        })
-        .collect();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if events.push_line(line).is_err() {
+            bad += 1;
+        }
+    }
     Ok((events, bad))
 }
 
@@ -627,8 +606,11 @@ pub async fn replay(
     for sink in chosen {
         let open =
             open(&sink.kind, events.timeout).map_err(|e| format!("sink {:?}: {e}", sink.name))?;
-        for batch in all.chunks(events.batch) {
-            deliver(&*open, batch, Retry::of(events), || false, |_| {})
+        let (mut left, mut batch) = (all.clone(), Batch::default());
+        while !left.is_empty() {
+            batch.clear();
+            left.move_front(events.batch, &mut batch);
+            deliver(&*open, &batch, Retry::of(events), || false, |_| {})
                 .await
                 .map_err(|e| format!("sink {:?}: {e} (nothing renamed; run again)", sink.name))?;
         }

@@ -282,6 +282,50 @@ async fn a_sink_that_is_down_ends_in_the_dead_letters_and_replay_delivers_them()
     assert!(dir.path().join("stream.jsonl.replayed").exists());
 }
 
+/// `on_full = "spill"`: a sink that fails keeps retrying what it took,
+/// its buffer (2 events) fills, and the events past it go to the dead
+/// letters meanwhile, whole and in order; none is dropped.
+#[tokio::test]
+async fn a_full_buffer_spills_to_the_dead_letters_while_the_sink_retries() {
+    let upstream = TestUpstream::start().await;
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\nbuffer = 2\non_full = \"spill\"\nmax_attempts = 100\n\
+         retry_base = \"200ms\"\nretry_max = \"200ms\"\ntimeout = \"500ms\"\n\
+         [[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
+        dir.path().display(),
+        redis.url()
+    );
+    let conf = config(&upstream, &sinks, false);
+    let p = Process::start("1s", &conf).await;
+    two_journeys(&p).await;
+    let dead = dir.path().join("stream.jsonl");
+    // 7 events: at most 2 buffered and 2 in the retried batch; the rest
+    // spill, and are counted as they are written.
+    let kept = eventually(Duration::from_secs(15), || async {
+        let kept = lines(&dead);
+        let counted = format!(
+            "anteroom_events_dead_lettered_total{{sink=\"stream\"}} {}",
+            kept.len()
+        );
+        (kept.len() >= 3 && metrics(&p).await.contains(&counted)).then_some(kept)
+    })
+    .await;
+    let kinds = [
+        "arrived", "admitted", "arrived", "queued", "released", "admitted", "released",
+    ];
+    let got: Vec<&str> = kept.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(kinds.ends_with(&got), "the last events, in order: {got:?}");
+    let metrics = metrics(&p).await;
+    assert!(
+        metrics.contains("anteroom_events_dropped_total{sink=\"stream\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anteroom_event_sink_up{sink=\"stream\"} 0"));
+}
+
 #[tokio::test]
 async fn a_graceful_stop_delivers_what_is_buffered() {
     let upstream = TestUpstream::start().await;
