@@ -116,11 +116,21 @@ macro_rules! key {
 /// delivery sends. Memory is reused from batch to batch: a request's events
 /// cost no allocation of their own, and the file sink writes the lines as
 /// they are.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// Each event's JSON, followed by a newline.
     lines: Vec<u8>,
     events: Vec<Meta>,
+    /// Events taken from the front and the bytes of their lines: what
+    /// `move_front` leaves behind until it is worth moving the rest down.
+    head: usize,
+    head_bytes: usize,
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Batch) -> bool {
+        self.metas() == other.metas() && self.lines() == other.lines()
+    }
 }
 
 /// What an event is routed by, beside its line.
@@ -308,27 +318,29 @@ impl Batch {
 
     /// How many events.
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.metas().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.metas().is_empty()
     }
 
     /// Every event's JSON, a line each.
     pub fn lines(&self) -> &[u8] {
-        &self.lines
+        self.lines.get(self.head_bytes..).unwrap_or_default()
+    }
+
+    fn metas(&self) -> &[Meta] {
+        self.events.get(self.head..).unwrap_or_default()
     }
 
     /// The events, in order.
     pub fn iter(&self) -> impl Iterator<Item = Event<'_>> {
+        let lines = self.lines();
         let mut at = 0;
-        self.events.iter().map(move |meta| {
-            let line = self
-                .lines
-                .get(at..at + meta.len as usize)
-                .unwrap_or_default();
+        self.metas().iter().map(move |meta| {
+            let line = lines.get(at..at + meta.len as usize).unwrap_or_default();
             at += meta.len as usize;
             Event {
                 meta,
@@ -337,50 +349,61 @@ impl Batch {
         })
     }
 
-    /// Where the line of the `n`th event starts.
-    fn offset(&self, n: usize) -> usize {
-        self.events.iter().take(n).map(|m| m.len as usize).sum()
+    /// The bytes of the first `n` events' lines.
+    fn bytes_of(&self, n: usize) -> usize {
+        self.metas().iter().take(n).map(|m| m.len as usize).sum()
     }
 
     /// Adds the events `from..` of `other`, in order.
     pub fn extend_from(&mut self, other: &Batch, from: usize) {
-        let Some(events) = other.events.get(from..) else {
+        let Some(events) = other.metas().get(from..) else {
             return;
         };
-        let start = other.offset(from);
+        let start = other.bytes_of(from);
         self.lines
-            .extend_from_slice(other.lines.get(start..).unwrap_or_default());
+            .extend_from_slice(other.lines().get(start..).unwrap_or_default());
         self.events.extend_from_slice(events);
     }
 
     /// Adds the first `n` events of `other` (all there are, at most).
     pub fn extend_first(&mut self, other: &Batch, n: usize) {
         let n = n.min(other.len());
-        let end = other.offset(n);
+        let end = other.bytes_of(n);
         self.lines
-            .extend_from_slice(other.lines.get(..end).unwrap_or_default());
-        self.events.extend_from_slice(&other.events[..n]);
+            .extend_from_slice(other.lines().get(..end).unwrap_or_default());
+        self.events
+            .extend_from_slice(other.metas().get(..n).unwrap_or_default());
     }
 
     /// Moves the first `n` events (all there are, at most) to the end of
     /// `into`. Taking them all into an empty batch swaps the two buffers:
     /// nothing is copied, and each keeps its memory for the next time.
+    /// Taking fewer (a backlog, a batch at a time) copies only those: the
+    /// rest move down once half the buffer is taken, not at every take.
     pub fn move_front(&mut self, n: usize, into: &mut Batch) {
         if n >= self.len() && into.is_empty() {
             std::mem::swap(self, into);
+            self.clear();
             return;
         }
         let n = n.min(self.len());
         into.extend_first(self, n);
-        let end = self.offset(n);
-        self.lines.drain(..end);
-        self.events.drain(..n);
+        self.head_bytes += self.bytes_of(n);
+        self.head += n;
+        if self.head == self.events.len() {
+            self.clear();
+        } else if self.head_bytes > self.lines.len() / 2 {
+            self.lines.drain(..self.head_bytes);
+            self.events.drain(..self.head);
+            (self.head, self.head_bytes) = (0, 0);
+        }
     }
 
     /// Empties it, keeping its memory.
     pub fn clear(&mut self) {
         self.lines.clear();
         self.events.clear();
+        (self.head, self.head_bytes) = (0, 0);
     }
 }
 
@@ -680,6 +703,38 @@ mod tests {
         assert_eq!(rooms(&rest), ["b", "c"]);
         rest.extend_from(&all, 9);
         assert_eq!(rest.len(), 2);
+    }
+
+    #[test]
+    fn a_backlog_taken_a_batch_at_a_time_comes_out_whole_and_in_order() {
+        let mut backlog = Batch::default();
+        let rooms: Vec<String> = (0..25).map(|i| format!("r{i}")).collect();
+        for room in &rooms {
+            backlog.push(Kind::Queued, room, "i", &Fields::default());
+        }
+        let (mut out, mut batch) = (Vec::new(), Batch::default());
+        while !backlog.is_empty() {
+            let before = backlog.len();
+            backlog.move_front(4, &mut batch);
+            assert_eq!(batch.len(), before.min(4));
+            assert_eq!(
+                batch.lines().iter().filter(|&&b| b == b'\n').count(),
+                batch.len()
+            );
+            // More comes in meanwhile, after what is left.
+            if out.len() == 8 {
+                backlog.push(Kind::Left, "late", "i", &Fields::default());
+            }
+            for e in batch.iter() {
+                let json: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
+                assert_eq!(json["room"], e.room());
+                out.push(e.room().to_owned());
+            }
+            batch.clear();
+        }
+        let mut expected = rooms;
+        expected.push("late".into());
+        assert_eq!(out, expected);
     }
 
     #[test]
