@@ -382,12 +382,13 @@ impl Retry {
 }
 
 /// Delivers `batch` with retries; `Err` with the last error once every
-/// attempt failed (or `stop` said to stop waiting).
+/// attempt failed, or once `shutdown` came (no more waiting to try again:
+/// the caller keeps the batch).
 pub async fn deliver(
     sink: &dyn Sink,
     batch: &Batch,
     retry: Retry,
-    mut stop: impl FnMut() -> bool,
+    mut shutdown: Option<ShutdownWatch>,
     mut failed: impl FnMut(u32),
 ) -> Result<(), SinkError> {
     let mut last = SinkError("no attempt".into());
@@ -399,10 +400,18 @@ pub async fn deliver(
             Err(_) => last = SinkError("timed out".into()),
         }
         failed(attempt + 1);
-        if attempt + 1 == retry.max_attempts || stop() {
+        if attempt + 1 == retry.max_attempts {
             break;
         }
-        tokio::time::sleep(retry.pause(attempt)).await;
+        let pause = tokio::time::sleep(retry.pause(attempt));
+        match shutdown.as_mut() {
+            Some(watch) if *watch.borrow() => break,
+            Some(watch) => tokio::select! {
+                () = pause => {}
+                _ = watch.changed() => break,
+            },
+            None => pause.await,
+        }
     }
     Err(last)
 }
@@ -439,33 +448,29 @@ impl Delivery {
         }
     }
 
-    async fn send(&self, batch: &Batch, stopping: bool) {
+    /// Delivers `batch` with the configured retries, which a `shutdown`
+    /// cuts short; without one (the last pass at shutdown), in one attempt.
+    /// What fails goes to the dead letters.
+    async fn send(&self, batch: &Batch, shutdown: Option<&ShutdownWatch>) {
         let m = &self.outbox.metrics;
         let n = batch.len() as u64;
-        let retry = if stopping {
-            Retry {
+        let retry = match shutdown {
+            Some(_) => self.retry,
+            None => Retry {
                 max_attempts: 1,
                 ..self.retry
-            }
-        } else {
-            self.retry
-        };
-        let result = deliver(
-            &*self.sink,
-            batch,
-            retry,
-            || false,
-            |attempt| {
-                m.failed.inc();
-                m.up.set(0);
-                if attempt < retry.max_attempts {
-                    m.retried.inc_by(n);
-                }
-                // A sink that fails fills its buffer: what spills meanwhile
-                // goes to the dead letters now, not after the last attempt.
-                self.bury_spilled();
             },
-        )
+        };
+        let result = deliver(&*self.sink, batch, retry, shutdown.cloned(), |attempt| {
+            m.failed.inc();
+            m.up.set(0);
+            if attempt < retry.max_attempts {
+                m.retried.inc_by(n);
+            }
+            // A sink that fails fills its buffer: what spills meanwhile
+            // goes to the dead letters now, not after the last attempt.
+            self.bury_spilled();
+        })
         .await;
         match result {
             Ok(()) => {
@@ -492,17 +497,18 @@ impl Delivery {
     /// batches: all of it, or, woken for a full batch, only full batches,
     /// the rest waiting for more. `batch` is the task's own buffer, empty
     /// between deliveries. Then what spilled goes to the dead letters.
-    async fn drain(&self, all: bool, batch: &mut Batch) {
+    async fn drain(&self, all: bool, batch: &mut Batch, shutdown: &ShutdownWatch) {
         let outbox = &self.outbox;
         let mut left = outbox.buffered();
         let least = if all { 1 } else { outbox.full() };
-        while left >= least {
+        // At a shutdown the rest waits for the last pass, within the grace.
+        while left >= least && !*shutdown.borrow() {
             outbox.take(outbox.batch.min(left), batch);
             if batch.is_empty() {
                 break;
             }
             left -= batch.len();
-            self.send(batch, false).await;
+            self.send(batch, Some(shutdown)).await;
             batch.clear();
         }
         self.bury_spilled();
@@ -544,8 +550,8 @@ impl BackgroundService for Delivery {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.drain(true, &mut batch).await,
-                () = outbox.full_batch() => self.drain(false, &mut batch).await,
+                _ = tick.tick() => self.drain(true, &mut batch, &shutdown).await,
+                () = outbox.full_batch() => self.drain(false, &mut batch, &shutdown).await,
                 _ = shutdown.changed() => break,
             }
         }
@@ -559,7 +565,7 @@ impl BackgroundService for Delivery {
             if tokio::time::Instant::now() >= until {
                 self.bury(&batch);
             } else {
-                self.send(&batch, true).await;
+                self.send(&batch, None).await;
             }
             batch.clear();
         }
@@ -610,7 +616,7 @@ pub async fn replay(
         while !left.is_empty() {
             batch.clear();
             left.move_front(events.batch, &mut batch);
-            deliver(&*open, &batch, Retry::of(events), || false, |_| {})
+            deliver(&*open, &batch, Retry::of(events), None, |_| {})
                 .await
                 .map_err(|e| format!("sink {:?}: {e} (nothing renamed; run again)", sink.name))?;
         }

@@ -326,6 +326,41 @@ async fn a_full_buffer_spills_to_the_dead_letters_while_the_sink_retries() {
     assert!(metrics.contains("anteroom_event_sink_up{sink=\"stream\"} 0"));
 }
 
+/// A stop while a sink is down and its task waits to try again: the task
+/// stops waiting, and every event is in the dead letters, in order, before
+/// the process exits.
+#[tokio::test]
+async fn a_stop_while_a_sink_retries_keeps_every_event_in_the_dead_letters() {
+    let upstream = TestUpstream::start().await;
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let dir = tempfile::tempdir().unwrap();
+    // A hundred attempts half a second apart: far longer than the grace.
+    let sinks = format!(
+        "dead_letter_dir = \"{}\"\nmax_attempts = 100\nretry_base = \"500ms\"\n\
+         retry_max = \"500ms\"\ntimeout = \"300ms\"\n\
+         [[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
+        dir.path().display(),
+        redis.url()
+    );
+    let conf = config(&upstream, &sinks, false);
+    let mut p = Process::start("2s", &conf).await;
+    two_journeys(&p).await;
+    eventually(Duration::from_secs(10), || async {
+        let m = metrics(&p).await;
+        (!m.contains("anteroom_events_failed_deliveries_total{sink=\"stream\"} 0")).then_some(())
+    })
+    .await;
+    let dead = dir.path().join("stream.jsonl");
+    assert!(
+        lines(&dead).is_empty(),
+        "still retrying: nothing buried yet"
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(p.wait_exit().await.success());
+    check_journeys(&lines(&dead));
+}
+
 #[tokio::test]
 async fn a_graceful_stop_delivers_what_is_buffered() {
     let upstream = TestUpstream::start().await;
