@@ -365,14 +365,16 @@ impl Batch {
         self.events.extend_from_slice(events);
     }
 
-    /// Adds the first `n` events of `other` (all there are, at most).
-    pub fn extend_first(&mut self, other: &Batch, n: usize) {
+    /// Adds the first `n` events of `other` (all there are, at most);
+    /// returns how many bytes of lines that was.
+    pub fn extend_first(&mut self, other: &Batch, n: usize) -> usize {
         let n = n.min(other.len());
         let end = other.bytes_of(n);
         self.lines
             .extend_from_slice(other.lines().get(..end).unwrap_or_default());
         self.events
             .extend_from_slice(other.metas().get(..n).unwrap_or_default());
+        end
     }
 
     /// Moves the first `n` events (all there are, at most) to the end of
@@ -387,8 +389,7 @@ impl Batch {
             return;
         }
         let n = n.min(self.len());
-        into.extend_first(self, n);
-        self.head_bytes += self.bytes_of(n);
+        self.head_bytes += into.extend_first(self, n);
         self.head += n;
         if self.head == self.events.len() {
             self.clear();

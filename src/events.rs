@@ -265,8 +265,9 @@ impl VisitorEvents {
 
     /// An admission, at once or `from_line`: counted and logged.
     fn count_admission(&self, room: &str, session: &SessionInfo, from_line: bool) {
-        let how = if from_line { "queue" } else { "direct" };
-        self.admissions.with_label_values(&[room, how]).inc();
+        self.admissions
+            .with_label_values(&[room, how(from_line)])
+            .inc();
         if from_line {
             self.queue_wait
                 .with_label_values(&[room])
@@ -295,7 +296,7 @@ impl VisitorEvents {
         let fields = Fields {
             journey: Some(journey.as_str()),
             session: Some(digest.as_str()),
-            how: Some(if from_line { "queue" } else { "direct" }),
+            how: Some(how(from_line)),
             wait_ms: Some(session.wait_ms),
             attribution: session.utm.as_deref(),
             ..Fields::default()
@@ -475,6 +476,11 @@ enum Of {
     Journey,
     /// An admitted visitor.
     Session,
+}
+
+/// How a visitor was admitted, as counters and events name it.
+fn how(from_line: bool) -> &'static str {
+    if from_line { "queue" } else { "direct" }
 }
 
 /// The opaque id of an admitted visitor's session.

@@ -39,6 +39,16 @@ fn config(upstream: &TestUpstream, events: &str, consent: bool) -> String {
     )
 }
 
+/// `[events]` with one Redis stream sink named `stream` on `redis`, dead
+/// letters in `dir`, and `extra` `[events]` keys.
+fn redis_sink(dir: &Path, redis: &RedisServer, extra: &str) -> String {
+    format!(
+        "dead_letter_dir = \"{}\"\n{extra}[[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
+        dir.display(),
+        redis.url()
+    )
+}
+
 /// `[events]` with one file sink writing `file`, dead letters in `dir`,
 /// and `extra` `[events]` keys.
 fn file_sink(dir: &Path, file: &Path, extra: &str) -> String {
@@ -142,11 +152,7 @@ async fn a_journey_arrives_in_a_redis_stream() {
     let upstream = TestUpstream::start().await;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\n[[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\nstream = \"anteroom:events\"\n",
-        dir.path().display(),
-        redis.url()
-    );
+    let sinks = redis_sink(dir.path(), &redis, "") + "stream = \"anteroom:events\"\n";
     let p = Process::start("1s", &config(&upstream, &sinks, false)).await;
     two_journeys(&p).await;
     let events = eventually(Duration::from_secs(10), || async {
@@ -232,11 +238,10 @@ async fn a_sink_that_is_down_ends_in_the_dead_letters_and_replay_delivers_them()
     let mut redis = RedisServer::start();
     redis.stop();
     let dir = tempfile::tempdir().unwrap();
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\nmax_attempts = 2\nretry_base = \"20ms\"\ntimeout = \"500ms\"\n\
-         [[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
-        dir.path().display(),
-        redis.url()
+    let sinks = redis_sink(
+        dir.path(),
+        &redis,
+        "max_attempts = 2\nretry_base = \"20ms\"\ntimeout = \"500ms\"\n",
     );
     let conf = config(&upstream, &sinks, false);
     let p = Process::start("1s", &conf).await;
@@ -291,12 +296,11 @@ async fn a_full_buffer_spills_to_the_dead_letters_while_the_sink_retries() {
     let mut redis = RedisServer::start();
     redis.stop();
     let dir = tempfile::tempdir().unwrap();
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\nbuffer = 2\non_full = \"spill\"\nmax_attempts = 100\n\
-         retry_base = \"200ms\"\nretry_max = \"200ms\"\ntimeout = \"500ms\"\n\
-         [[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
-        dir.path().display(),
-        redis.url()
+    let sinks = redis_sink(
+        dir.path(),
+        &redis,
+        "buffer = 2\non_full = \"spill\"\nmax_attempts = 100\n\
+         retry_base = \"200ms\"\nretry_max = \"200ms\"\ntimeout = \"500ms\"\n",
     );
     let conf = config(&upstream, &sinks, false);
     let p = Process::start("1s", &conf).await;
@@ -336,12 +340,10 @@ async fn a_stop_while_a_sink_retries_keeps_every_event_in_the_dead_letters() {
     redis.stop();
     let dir = tempfile::tempdir().unwrap();
     // A hundred attempts half a second apart: far longer than the grace.
-    let sinks = format!(
-        "dead_letter_dir = \"{}\"\nmax_attempts = 100\nretry_base = \"500ms\"\n\
-         retry_max = \"500ms\"\ntimeout = \"300ms\"\n\
-         [[events.sink]]\nkind = \"redis\"\nname = \"stream\"\nurl = \"{}\"\n",
-        dir.path().display(),
-        redis.url()
+    let sinks = redis_sink(
+        dir.path(),
+        &redis,
+        "max_attempts = 100\nretry_base = \"500ms\"\nretry_max = \"500ms\"\ntimeout = \"300ms\"\n",
     );
     let conf = config(&upstream, &sinks, false);
     let mut p = Process::start("2s", &conf).await;
