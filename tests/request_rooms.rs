@@ -341,13 +341,19 @@ async fn tokens_are_counted_by_client_class_under_the_usage_path() {
         assert_eq!(resp.status(), 200);
         let _ = resp.bytes().await;
     }
-    let metrics = proxy.metrics().await;
-    for line in [
-        "anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 30",
-        "anteroom_room_tokens_total{class=\"priority\",room=\"llm\"} 12",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from {metrics}");
-    }
+    // A response's tokens are counted as its request ends, which may be
+    // just after the client has read the body.
+    eventually(Duration::from_secs(5), || async {
+        let metrics = proxy.metrics().await;
+        [
+            "anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 30",
+            "anteroom_room_tokens_total{class=\"priority\",room=\"llm\"} 12",
+        ]
+        .iter()
+        .all(|line| metrics.contains(line))
+        .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
