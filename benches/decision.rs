@@ -547,6 +547,9 @@ fn floods(c: &mut Criterion) {
         tickets_per_client: 0,
         arrivals_per_minute: 10_000_000,
         polls_per_minute: 10_000_000,
+        streams_per_ticket: 2,
+        streams_per_client: 100,
+        unknown_clients: anteroom::config::UnknownClients::Share,
         prefix_v4: 32,
         prefix_v6: 64,
     };

@@ -13,6 +13,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::{Deserialize, Serialize};
 
+use crate::clients::Sightings;
 use crate::config::{Backend, MAX_ADMIT_RATE, MAX_CAPACITY, Secret, State};
 use crate::event::Change;
 use crate::events::VisitorEvents;
@@ -43,6 +44,8 @@ pub struct Admin {
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// Public listeners, probed by `/readyz`.
     pub(crate) listeners: Vec<SocketAddr>,
+    /// Clients behind trusted proxies, for `/readyz?details`.
+    pub(crate) clients: Sightings,
 }
 
 #[derive(Serialize)]
@@ -442,6 +445,15 @@ impl Admin {
             listeners: Vec<ListenerState>,
             store: StoreState,
             sinks: Vec<SinkState>,
+            clients: ClientState,
+        }
+        /// Requests through trusted proxies, and those naming no client.
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ClientState {
+            forwarded: u64,
+            unknown: u64,
+            mostly_unknown: bool,
         }
         #[derive(Serialize)]
         struct SinkState {
@@ -491,6 +503,7 @@ impl Admin {
             return Reply::json(status, &Brief { ready, draining });
         }
         let ping = self.store.ping().await;
+        let (forwarded, unknown) = self.clients.counts();
         Reply::json(
             status,
             &Ready {
@@ -503,6 +516,11 @@ impl Admin {
                     error: ping.err().map(|e| e.to_string()),
                 },
                 sinks,
+                clients: ClientState {
+                    forwarded,
+                    unknown,
+                    mostly_unknown: self.clients.mostly_unknown(),
+                },
             },
         )
     }

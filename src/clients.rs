@@ -8,13 +8,16 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
+use prometheus::{IntCounter, Registry};
 
-use crate::config::{Bind, Limits};
+use crate::config::{Bind, Limits, UnknownClients};
 use crate::token::Tokens;
 
 /// A per-client limit, as named in `[room.limits]` and the metrics.
@@ -26,11 +29,18 @@ pub enum Limit {
     Arrivals,
     /// Status polls per ticket per minute.
     Polls,
+    /// Event streams open at once from one network.
+    Streams,
 }
 
 impl Limit {
     /// Every limit, for metrics present from startup.
-    pub const ALL: [Limit; 3] = [Limit::Tickets, Limit::Arrivals, Limit::Polls];
+    pub const ALL: [Limit; 4] = [
+        Limit::Tickets,
+        Limit::Arrivals,
+        Limit::Polls,
+        Limit::Streams,
+    ];
 
     /// The key in `[room.limits]`.
     pub fn as_str(self) -> &'static str {
@@ -38,6 +48,7 @@ impl Limit {
             Limit::Tickets => "tickets_per_client",
             Limit::Arrivals => "arrivals_per_minute",
             Limit::Polls => "polls_per_minute",
+            Limit::Streams => "streams_per_client",
         }
     }
 }
@@ -76,6 +87,25 @@ pub fn network(ip: IpAddr, limits: &Limits) -> IpNet {
     IpNet::new(ip, prefix).map_or_else(|_| IpNet::from(ip), |n| n.trunc())
 }
 
+/// The network a client's per-client limits count under: its own
+/// (`ip`), or for a client whose address is unknown what `unknown_clients`
+/// says: one network shared by all of them (`0.0.0.0/0`, which no known
+/// client's network is), the peer's, or none (`refuse`: the caller refuses).
+pub fn network_of(ip: Option<IpAddr>, peer: Option<IpAddr>, limits: &Limits) -> Option<IpNet> {
+    match (ip, limits.unknown_clients) {
+        (Some(ip), _) => Some(network(ip, limits)),
+        (None, UnknownClients::Share) => Some(UNKNOWN),
+        (None, UnknownClients::Peer) => peer.map(|p| network(p, limits)),
+        (None, UnknownClients::Refuse) => None,
+    }
+}
+
+/// The one network all unknown clients share under `unknown_clients = "share"`.
+pub const UNKNOWN: IpNet = IpNet::V4(ipnet::Ipv4Net::new_assert(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
 /// A network as bytes: its address then its prefix length.
 fn network_bytes(net: &IpNet) -> Vec<u8> {
     let mut bytes = match net.addr() {
@@ -108,6 +138,87 @@ pub fn binding(
 /// The digest of a client network that the store counts tickets under.
 pub fn network_digest(tokens: &Tokens, room: &str, network: &IpNet) -> String {
     tokens.digest(&[b"net", room.as_bytes(), &network_bytes(network)])
+}
+
+/// The digest an arrival's `Idempotency-Key` is kept under: the key scoped
+/// to the client that sent it (its network under the room's prefixes and,
+/// where the room binds tokens, its binding), so that another client sending
+/// the same key is a new arrival and never gets the first one's place.
+pub fn idempotency_digest(
+    tokens: &Tokens,
+    room: &str,
+    key: &[u8],
+    network: Option<&IpNet>,
+    binding: Option<&str>,
+) -> String {
+    let net = network.map(network_bytes).unwrap_or_default();
+    let binding = binding.map_or(&b""[..], str::as_bytes);
+    tokens.digest(&[b"idem", room.as_bytes(), key, &net, binding])
+}
+
+/// Requests that came through trusted proxies, and those of them whose
+/// client anteroom could not read (`unknown`, `ip:port`): behind a proxy that
+/// always passes such values every client is unknown, and the per-client
+/// limits act as `unknown_clients` says. Told once in the log, and in
+/// `/readyz?details`, when most are unknown.
+#[derive(Clone)]
+pub struct Sightings {
+    forwarded: IntCounter,
+    unknown: IntCounter,
+    warned: Arc<AtomicBool>,
+}
+
+/// Requests through trusted proxies seen before "most are unknown" is said.
+const SIGHTINGS_BEFORE_WARNING: u64 = 20;
+
+impl Sightings {
+    /// Registers the counters.
+    pub fn register(registry: &Registry) -> Result<Sightings, prometheus::Error> {
+        let forwarded = IntCounter::new(
+            "forwarded_clients_total",
+            "Requests that came through a trusted proxy.",
+        )?;
+        let unknown = IntCounter::new(
+            "unknown_clients_total",
+            "Requests through a trusted proxy that named no client address anteroom could read (unknown, ip:port): the per-client limits treat them as [room.limits] unknown_clients says.",
+        )?;
+        registry.register(Box::new(forwarded.clone()))?;
+        registry.register(Box::new(unknown.clone()))?;
+        Ok(Sightings {
+            forwarded,
+            unknown,
+            warned: Arc::default(),
+        })
+    }
+
+    /// A request came through a trusted proxy; `known`: its client's
+    /// address was read.
+    pub fn forwarded(&self, known: bool) {
+        self.forwarded.inc();
+        if known {
+            return;
+        }
+        self.unknown.inc();
+        if self.mostly_unknown() && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                forwarded = self.forwarded.get(),
+                unknown = self.unknown.get(),
+                "most clients behind trusted_proxies are unknown (the proxy passes no bare address in X-Forwarded-For): per-client limits apply as [room.limits] unknown_clients says"
+            );
+        }
+    }
+
+    /// Requests through trusted proxies, and how many named no client.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.forwarded.get(), self.unknown.get())
+    }
+
+    /// More than half of the requests through trusted proxies (at least a
+    /// few of them) named no client.
+    pub fn mostly_unknown(&self) -> bool {
+        let (forwarded, unknown) = self.counts();
+        forwarded >= SIGHTINGS_BEFORE_WARNING && unknown * 2 > forwarded
+    }
 }
 
 /// The in-memory limits of one room.
@@ -191,9 +302,56 @@ mod tests {
             tickets_per_client: 0,
             arrivals_per_minute: arrivals,
             polls_per_minute: polls,
+            streams_per_ticket: 2,
+            streams_per_client: 100,
+            unknown_clients: crate::config::UnknownClients::Share,
             prefix_v4: 24,
             prefix_v6: 64,
         }
+    }
+
+    #[test]
+    fn unknown_clients_count_as_unknown_clients_says() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let with = |u| Limits {
+            unknown_clients: u,
+            ..limits(0, 0)
+        };
+        for u in [
+            UnknownClients::Share,
+            UnknownClients::Peer,
+            UnknownClients::Refuse,
+        ] {
+            assert_eq!(
+                network_of(Some(client), Some(peer), &with(u)),
+                Some("192.0.2.0/24".parse().unwrap())
+            );
+        }
+        assert_eq!(
+            network_of(None, Some(peer), &with(UnknownClients::Share)),
+            Some(UNKNOWN)
+        );
+        assert_eq!(
+            network_of(None, Some(peer), &with(UnknownClients::Peer)),
+            Some("10.0.0.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            network_of(None, Some(peer), &with(UnknownClients::Refuse)),
+            None
+        );
+        // The shared bucket is no known client's network.
+        let everyone = Limits {
+            prefix_v4: 1,
+            ..limits(0, 0)
+        };
+        assert_ne!(network("0.0.0.1".parse().unwrap(), &everyone), UNKNOWN);
+        // Unknown clients share one arrival allowance.
+        let c = ClientLimits::new(limits(3, 0));
+        let passed = (0..10)
+            .filter(|_| c.arrival(Some(&UNKNOWN)).is_ok())
+            .count();
+        assert_eq!(passed, 3);
     }
 
     #[test]

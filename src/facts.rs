@@ -60,6 +60,11 @@ impl<'a> Facts<'a> {
             authority,
         } = canonical::target(req.raw_path(), server.path_policy)?;
         let rewritten = authority.is_some() || matches!(path, Cow::Owned(_));
+        // HTTP/2 carries the host in `:authority`, which Pingora puts in the
+        // URI (an HTTP/1.1 absolute-form target is there too, the same text
+        // as `authority`): it is read, and must agree with `Host`, exactly
+        // as an absolute-form target's authority is.
+        let authority = authority.or_else(|| req.uri.authority().map(|a| a.as_str()));
         let (host, host_rewritten) = request_host(req, authority)?;
         let (ip, forwarded_for) = client(server, peer, req);
         Ok(Facts {
@@ -112,8 +117,9 @@ impl<'a> Facts<'a> {
 }
 
 /// The request's host: its one `Host` header, or the authority of an
-/// absolute-form target; both must name the same host. True when the
-/// forwarded `Host` must be written (not canonical as sent, or missing).
+/// absolute-form target or of an HTTP/2 request (`:authority`); both must
+/// name the same host. True when the forwarded `Host` must be written (not
+/// canonical as sent, or missing).
 fn request_host<'a>(
     req: &'a RequestHeader,
     authority: Option<&'a str>,
@@ -144,9 +150,13 @@ fn request_host<'a>(
     }
 }
 
-/// The request's `Host` header as text, for logs.
+/// The request's host as the client sent it, for logs: its `Host` header,
+/// or the authority of its target (HTTP/2's `:authority`).
 pub fn host_header(req: &RequestHeader) -> Option<&str> {
-    req.headers.get(HOST).and_then(|h| h.to_str().ok())
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
 /// The client's address, and the hops believed on the way, walking
@@ -324,6 +334,70 @@ mod tests {
         let f = Facts::new(&s, &rewritten, None, false).unwrap();
         assert!(f.rewritten);
         assert_eq!(f.target(), "/api/x?q");
+    }
+
+    /// A request as Pingora hands over an HTTP/2 stream: the target is the
+    /// URI, `:authority` its authority, and `Host` only if the client sent one.
+    fn h2(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut b = http::Request::builder()
+            .method("GET")
+            .uri(uri)
+            .version(http::Version::HTTP_2);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        RequestHeader::from(parts)
+    }
+
+    #[test]
+    fn an_http2_authority_is_the_host_as_host_is_in_http1() {
+        let s = server(&[]);
+        let facts = |r: &RequestHeader| {
+            Facts::new(&s, r, None, true).map(|f| {
+                (
+                    f.host_name().map(str::to_owned),
+                    f.host_rewritten,
+                    f.rewritten,
+                )
+            })
+        };
+        for authority in [
+            "sess.test",
+            "SESS.TEST:443",
+            "sess.test.",
+            "Sess.Test.:8443",
+        ] {
+            let r = h2(&format!("https://{authority}/x"), &[]);
+            // The host is named in `:authority` only: `Host` is written for the upstream.
+            assert_eq!(
+                facts(&r),
+                Ok((Some("sess.test".into()), true, false)),
+                "{authority}"
+            );
+        }
+        assert_eq!(
+            host_header(&h2("https://SESS.TEST:443/x", &[])),
+            Some("SESS.TEST:443")
+        );
+        // `Host` beside `:authority` must name the same host.
+        assert_eq!(
+            facts(&h2("https://sess.test/x", &[("host", "Sess.Test")])),
+            Ok((Some("sess.test".into()), true, false))
+        );
+        assert_eq!(
+            facts(&h2("https://sess.test/x", &[("host", "other.test")])),
+            Err(Refusal::AmbiguousHost)
+        );
+        assert_eq!(
+            facts(&h2("https://sess.test/x", &[("host", "sess.test:8080")])),
+            Err(Refusal::AmbiguousHost)
+        );
+        // The path is canonical as over HTTP/1.1.
+        let r = h2("https://sess.test/api//x", &[]);
+        let f = Facts::new(&s, &r, None, true).unwrap();
+        assert!(f.rewritten);
+        assert_eq!(f.target(), "/api/x");
     }
 
     #[test]

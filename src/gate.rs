@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::USER_AGENT;
+use ipnet::IpNet;
 use quick_cache::sync::Cache;
 
 use crate::attribution::Utm;
 use crate::bypass::{self, AppJwt};
 use crate::challenge;
 use crate::clients::{self, Limited};
-use crate::config::{self, Bind, OnStoreError, State};
+use crate::config::{self, Bind, OnStoreError, State, UnknownClients};
 use crate::cookies;
 use crate::events::VisitorEvents;
 use crate::facts::Facts;
@@ -105,6 +106,9 @@ pub enum Decision {
     Limited(Limited),
     /// The request cannot be decided as sent (a malformed `Idempotency-Key`).
     BadRequest(&'static str),
+    /// A newcomer whose address is unknown, in a room with
+    /// `unknown_clients = "refuse"`.
+    UnknownClient,
     /// The room is closed for maintenance.
     Maintenance,
     /// The store cannot answer; new visitors are turned away (`on_store_error = "closed"`).
@@ -143,6 +147,9 @@ pub enum Beat {
     Maintenance,
     /// The store cannot answer (the stream stays; the next beat asks again).
     Unavailable,
+    /// Over `polls_per_minute`: the store was not asked; the place is as
+    /// last told.
+    Limited,
 }
 
 /// What an admitted visitor looks like to this instance between touches.
@@ -495,7 +502,15 @@ impl Gate {
     /// A heartbeat of the visitor's open event stream: keeps their place
     /// like a status poll (the stream is their presence), and tells them
     /// when a slot is held for them, which their next status poll claims.
-    pub async fn heartbeat(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Beat {
+    /// A `counted` beat (one the visitor's clock asked for, not the store's
+    /// turn) counts against the ticket's `polls_per_minute` as a poll does.
+    pub async fn heartbeat(
+        &self,
+        room: &Room,
+        w: &WaitingRoom,
+        facts: &Facts<'_>,
+        counted: bool,
+    ) -> Beat {
         if w.state() == State::Maintenance {
             return Beat::Maintenance;
         }
@@ -503,6 +518,12 @@ impl Gate {
         let Some((token, claims)) = self.find_ticket(name, w, facts) else {
             return Beat::Expired;
         };
+        if counted {
+            if let Err(limited) = w.limits.poll(&claims.sub) {
+                room.counters().limited(limited.limit).inc();
+                return Beat::Limited;
+            }
+        }
         let confirm = self.confirms(name, w, facts, &claims.sub);
         match self.store.heartbeat(name, &claims.sub, confirm).await {
             Ok(Polled::Queued(place)) => {
@@ -556,12 +577,15 @@ impl Gate {
         }
     }
 
-    /// The arrival's `Idempotency-Key` as the store keeps it (a digest):
-    /// `Err` when one was sent that is not 1 to 255 visible ASCII characters.
+    /// The arrival's `Idempotency-Key` as the store keeps it (a digest
+    /// scoped to this client: `clients::idempotency_digest`): `Err` when one
+    /// was sent that is not 1 to 255 visible ASCII characters.
     fn idempotency_key(
         &self,
         room: &str,
+        w: &WaitingRoom,
         facts: &Facts<'_>,
+        network: Option<&IpNet>,
     ) -> Result<Option<String>, &'static str> {
         let Some(value) = facts.req.headers.get(IDEMPOTENCY_HEADER) else {
             return Ok(None);
@@ -573,17 +597,27 @@ impl Gate {
         {
             return Err("Idempotency-Key must be 1 to 255 visible ASCII characters.");
         }
-        Ok(Some(self.tokens.digest(&[b"idem", room.as_bytes(), key])))
+        let binding = self.binding(w, facts);
+        Ok(Some(clients::idempotency_digest(
+            &self.tokens,
+            room,
+            key,
+            network,
+            binding.as_deref(),
+        )))
     }
 
     async fn arrive(&self, room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Decision {
         let name = room.name();
-        let key = match self.idempotency_key(name, facts) {
+        let limits = &w.config.limits;
+        let network = clients::network_of(facts.ip, facts.peer, limits);
+        if network.is_none() && limits.unknown_clients == UnknownClients::Refuse {
+            return Decision::UnknownClient;
+        }
+        let key = match self.idempotency_key(name, w, facts, network.as_ref()) {
             Ok(key) => key,
             Err(message) => return Decision::BadRequest(message),
         };
-        let limits = &w.config.limits;
-        let network = facts.ip.map(|ip| clients::network(ip, limits));
         if let Err(limited) = w.limits.arrival(network.as_ref()) {
             room.counters().limited(limited.limit).inc();
             self.events.rate_limited(name, limited.limit.as_str());

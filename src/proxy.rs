@@ -21,7 +21,7 @@ use crate::api::{self, Api};
 use crate::attribution;
 use crate::bypass;
 use crate::connections;
-use crate::event_stream::{self, StreamMetrics};
+use crate::event_stream::{self, Streams};
 use crate::facts::{self, Facts};
 use crate::fair::Turn;
 use crate::forward::{self, Forwarding};
@@ -49,7 +49,7 @@ pub struct Proxy {
     /// no route took.
     pub(crate) own_metrics: RouteMetrics,
     pub(crate) unrouted_metrics: RouteMetrics,
-    pub(crate) streams: StreamMetrics,
+    pub(crate) streams: Streams,
 }
 
 /// Per-request state, dropped when the request ends (which returns its slot).
@@ -229,6 +229,14 @@ async fn admit(
                 Decision::BadRequest(message) => {
                     Some((Reply::error(400, "BAD_REQUEST", message), Outcome::Refused))
                 }
+                Decision::UnknownClient => Some((
+                    Reply::error(
+                        403,
+                        "UNKNOWN_CLIENT",
+                        "The proxy in front named no client address; this room admits only known clients.",
+                    ),
+                    Outcome::Refused,
+                )),
                 Decision::Maintenance => {
                     counters.rejected_closed.inc();
                     Some((closed(PageState::Maintenance), Outcome::Closed))
@@ -339,6 +347,9 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
             Ok(mut facts) => {
+                if facts.ip.is_none() || !facts.forwarded_for.is_empty() {
+                    site.clients.forwarded(facts.ip.is_some());
+                }
                 facts.attribution_consent =
                     attribution::consents(&site.config.attribution, facts.req);
                 ctx.ip = facts.ip;

@@ -194,7 +194,7 @@ impl Told {
             Beat::Expired => (StatusBody::plain(room, w, "expired"), true),
             Beat::Maintenance => (StatusBody::plain(room, w, "maintenance"), true),
             // The place is as last told; the next beat asks again.
-            Beat::Unavailable => return None,
+            Beat::Unavailable | Beat::Limited => return None,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut frame = Vec::with_capacity(json.len() + 24);

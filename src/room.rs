@@ -133,7 +133,7 @@ pub struct RoomCounters {
     /// Time waited for a slot.
     pub slot_wait: Histogram,
     /// Answered `429 RATE_LIMITED`, by limit (in `Limit::ALL` order).
-    limited: [IntCounter; 3],
+    limited: [IntCounter; 4],
 }
 
 impl RoomCounters {

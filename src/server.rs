@@ -19,9 +19,10 @@ use pingora::listeners::tls::TlsSettings;
 use crate::admin::Admin;
 use crate::assets::Assets;
 use crate::bus::{Bus, BusMetrics, Outbox};
+use crate::clients::Sightings;
 use crate::config::{Backend, Config, ConfigError};
 use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
-use crate::event_stream::{Listener, StreamMetrics};
+use crate::event_stream::{Listener, Streams};
 use crate::events::VisitorEvents;
 use crate::keeper::Keeper;
 use crate::lifecycle::Lifecycle;
@@ -242,6 +243,7 @@ impl Parts {
                 Arc::new(bus),
                 &events.instance,
             )?,
+            clients: Sightings::register(registry)?,
         });
         let site = Site::build(Arc::new(config.clone()), assets, &shared, None)?;
         let current = Current::new(site);
@@ -333,7 +335,7 @@ fn public_service(
         lifecycle: Arc::clone(&parts.lifecycle),
         own_metrics: parts.shared.traffic.route(OWN_ROUTE, NO_UPSTREAM),
         unrouted_metrics: parts.shared.traffic.route(UNROUTED, NO_UPSTREAM),
-        streams: StreamMetrics::register(parts.metrics.registry())?,
+        streams: Streams::register(parts.metrics.registry())?,
     };
     let s = &config.server;
     let registry = parts.metrics.registry();
@@ -389,6 +391,7 @@ fn admin_service(config: &Config, parts: &Parts, reloader: &Arc<Reloader>) -> Se
             events: parts.shared.events.clone(),
             require_sinks: config.events.ready_requires_sinks,
             lifecycle: Arc::clone(&parts.lifecycle),
+            clients: parts.shared.clients.clone(),
             listeners: s
                 .listen
                 .iter()

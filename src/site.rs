@@ -14,6 +14,7 @@ use http::HeaderValue;
 
 use crate::assets::Assets;
 use crate::bypass::AppJwt;
+use crate::clients::Sightings;
 use crate::config::Config;
 use crate::events::VisitorEvents;
 use crate::gate::Gate;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub traffic: TrafficMetrics,
     /// The visitor events' counters.
     pub events: VisitorEvents,
+    /// Clients behind trusted proxies, and how many are unknown.
+    pub clients: Sightings,
 }
 
 /// Everything one config builds for the request path.
@@ -58,6 +61,8 @@ pub struct Site {
     pub jwts: Arc<Vec<AppJwt>>,
     /// Metric handles per route (by route index).
     pub route_metrics: Vec<RouteMetrics>,
+    /// Clients behind trusted proxies, and how many are unknown.
+    pub clients: Sightings,
     /// The `Strict-Transport-Security` of each TLS listener that sends one.
     hsts: Vec<(SocketAddr, HeaderValue)>,
 }
@@ -129,6 +134,7 @@ impl Site {
             gate,
             jwts: assets.jwts,
             route_metrics,
+            clients: shared.clients.clone(),
             config,
         })
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::nginx::Nginx;
+use crate::common::transport::{Answer, Listeners, Request, Tls, Transport};
 use crate::common::{Backend, TestProxy, TestUpstream, client, eventually};
 
 /// Sends one raw request (the target exactly as written) and reads the whole answer.
@@ -353,4 +354,260 @@ async fn anteroom_answers_every_spelling_of_its_own_paths() {
         "{:?}",
         nginx.served("root")
     );
+}
+
+/// A proxy with a plain listener (HTTP/1.1 and h2c) and a TLS one (ALPN h2):
+/// every protocol a client may use, with the certificate the TLS client trusts.
+async fn on_every_protocol(toml: &str) -> (TestProxy, Tls, u16) {
+    let tls = Tls::new();
+    let port = crate::common::free_port();
+    let proxy =
+        TestProxy::start_with("h2c = true", &format!("{toml}\n{}", tls.listener(port))).await;
+    eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    (proxy, tls, port)
+}
+
+fn listeners<'a>(proxy: &TestProxy, tls: &'a Tls, port: u16) -> Listeners<'a> {
+    Listeners {
+        plain: proxy.addr,
+        tls: ([127, 0, 0, 1], port).into(),
+        cert: &tls.cert,
+    }
+}
+
+/// What an answer says about the room: met it (`503 QUEUE_REQUIRED`),
+/// refused as ambiguous (400, a reset stream, or a form the protocol cannot
+/// carry), or served by nginx's other location. Anything else fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Met {
+    Room,
+    Refused,
+    Elsewhere,
+}
+
+fn met(what: &str, answer: &Answer) -> Met {
+    match answer {
+        Ok((503, body)) => {
+            assert!(body.contains("QUEUE_REQUIRED"), "{what}: {body}");
+            Met::Room
+        }
+        Ok((400, _)) | Err(_) => Met::Refused,
+        Ok((200, body)) => {
+            assert!(body.starts_with("root "), "{what}: served {body}");
+            Met::Elsewhere
+        }
+        Ok((other, body)) => panic!("{what}: {other} {body}"),
+    }
+}
+
+const HOST_ROUTE: &str = r#"
+[[upstream]]
+name = "nginx"
+address = "127.0.0.1:{port}"
+[[room]]
+name = "sess"
+mode = "requests"
+capacity = 1
+[[route]]
+host = "sess.test"
+upstream = "nginx"
+room = "sess"
+[[route]]
+upstream = "nginx"
+"#;
+
+/// Holds a requests room's one slot with a request whose body never comes.
+async fn hold_slot(proxy: &TestProxy, room: &str, request: &[u8]) -> tokio::net::TcpStream {
+    let mut holder = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    holder.write_all(request).await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (proxy.capacity(room).await["inUse"] == 1).then_some(())
+    })
+    .await;
+    holder
+}
+
+/// The high finding of the attack run: HTTP/2 carries the host in
+/// `:authority`, and a host-routed room must be met there exactly as over
+/// HTTP/1.1 (it was walked past to the catch-all).
+#[tokio::test]
+async fn a_host_route_is_met_over_every_protocol() {
+    let nginx = Nginx::start(&[("/", "root")]);
+    let (proxy, tls, port) =
+        on_every_protocol(&HOST_ROUTE.replace("{port}", &nginx.port.to_string())).await;
+    let _holder = hold_slot(
+        &proxy,
+        "sess",
+        b"POST /x HTTP/1.1\r\nHost: sess.test\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
+    let to = listeners(&proxy, &tls, port);
+    for transport in Transport::ALL {
+        for host in [
+            "sess.test",
+            "SESS.test",
+            "sess.test.",
+            "Sess.Test.:80",
+            "SESS.TEST:443",
+            "sess.test:8080",
+        ] {
+            let req = Request {
+                method: "GET",
+                path: "/x",
+                host,
+                headers: &[],
+            };
+            let answer = to.send(transport, &req).await;
+            assert_eq!(
+                met(&format!("{transport:?} {host}"), &answer),
+                Met::Room,
+                "{transport:?} {host}: {answer:?}"
+            );
+        }
+        // A `Host` beside `:authority` (or a second one) must name the same host.
+        for (host, headers) in [
+            ("sess.test", &[("host", "other.test")][..]),
+            ("other.test", &[("host", "sess.test")][..]),
+            ("sess.test..", &[][..]),
+        ] {
+            let req = Request {
+                method: "GET",
+                path: "/x",
+                host,
+                headers,
+            };
+            let answer = to.send(transport, &req).await;
+            assert_eq!(
+                met(&format!("{transport:?} {host} {headers:?}"), &answer),
+                Met::Refused,
+                "{transport:?} {host} {headers:?}: {answer:?}"
+            );
+        }
+    }
+    let served = nginx.served("root");
+    assert!(served.is_empty(), "walked past the room: {served:?}");
+}
+
+/// Every spelling of a guarded path meets its room on HTTP/2 over TLS and
+/// h2c exactly as on HTTP/1.1 (the HTTP/1.1 suite above, again).
+#[tokio::test]
+async fn every_spelling_of_a_guarded_path_meets_its_room_over_http2() {
+    let nginx = Nginx::start(&[("/api/gemini/", "gemini"), ("/", "root")]);
+    let (proxy, tls, port) = on_every_protocol(&format!(
+        "[[upstream]]\nname = \"nginx\"\naddress = \"127.0.0.1:{}\"\n[[room]]\nname = \"gemini\"\nmode = \"requests\"\ncapacity = 1\n[[route]]\npath_prefix = \"/api/gemini/\"\nupstream = \"nginx\"\nroom = \"gemini\"\n[[route]]\npath_prefix = \"/\"\nupstream = \"nginx\"\n",
+        nginx.port
+    ))
+    .await;
+    let _holder = hold_slot(
+        &proxy,
+        "gemini",
+        b"POST /api/gemini/hold HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
+    let to = listeners(&proxy, &tls, port);
+    let mut carried = 0;
+    for transport in [Transport::H2Tls, Transport::H2c] {
+        for path in GEMINI_FORMS {
+            let req = Request {
+                method: "GET",
+                path,
+                host: "shop.test",
+                headers: &[],
+            };
+            let answer = to.send(transport, &req).await;
+            if answer.is_ok() {
+                carried += 1;
+            }
+            met(&format!("{transport:?} {path}"), &answer);
+        }
+    }
+    assert!(carried >= 60, "only {carried} forms went over HTTP/2");
+    let served = nginx.served("gemini");
+    assert!(
+        served.is_empty(),
+        "reached the guarded location without a slot: {served:?}"
+    );
+}
+
+/// A family of targets drawn from a fixed seed (segments, dot segments,
+/// escapes, slashes, case, queries): each gets the same decision over
+/// HTTP/1.1, HTTP/2 over TLS and h2c, and none reaches the guarded location
+/// while its room is full.
+#[tokio::test]
+async fn http1_and_http2_decide_every_target_alike() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let nginx = Nginx::start(&[("/api/gemini/", "gemini"), ("/", "root")]);
+    let (proxy, tls, port) = on_every_protocol(&format!(
+        "[[upstream]]\nname = \"nginx\"\naddress = \"127.0.0.1:{n}\"\n[[room]]\nname = \"gemini\"\nmode = \"requests\"\ncapacity = 1\n[[room]]\nname = \"sess\"\nmode = \"requests\"\ncapacity = 1\n[[route]]\nhost = \"sess.test\"\nupstream = \"nginx\"\nroom = \"sess\"\n[[route]]\npath_prefix = \"/api/gemini/\"\nupstream = \"nginx\"\nroom = \"gemini\"\n[[route]]\npath_prefix = \"/\"\nupstream = \"nginx\"\n",
+        n = nginx.port
+    ))
+    .await;
+    let _gemini = hold_slot(
+        &proxy,
+        "gemini",
+        b"POST /api/gemini/hold HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
+    let _sess = hold_slot(
+        &proxy,
+        "sess",
+        b"POST /x HTTP/1.1\r\nHost: sess.test\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
+    let to = listeners(&proxy, &tls, port);
+    const SEGMENTS: &[&str] = &[
+        "api", "gemini", "x", "API", "Gemini", ".", "..", "%2e", "%2E%2e", "%2f", "%61pi",
+        "gem%69ni", "%5c", "a;b", "%25", "", "%00", "%c0%ae", "%20", "~user", "a+b",
+    ];
+    const HOSTS: &[&str] = &[
+        "shop.test",
+        "SHOP.test.",
+        "sess.test",
+        "Sess.Test:443",
+        "sess.test.:8080",
+        "other.test",
+    ];
+    let mut rng = StdRng::seed_from_u64(26);
+    let mut decided = [0usize; 3];
+    for _ in 0..120 {
+        let mut path = String::new();
+        // Often the guarded prefix, so that most draws test the room.
+        if rng.gen_bool(0.5) {
+            path.push_str("/api/gemini");
+        }
+        for _ in 0..rng.gen_range(1..5) {
+            path.push('/');
+            path.push_str(SEGMENTS[rng.gen_range(0..SEGMENTS.len())]);
+        }
+        if rng.gen_bool(0.2) {
+            path.push_str("?q=%2e%2e/x");
+        }
+        let host = HOSTS[rng.gen_range(0..HOSTS.len())];
+        let req = Request {
+            method: "GET",
+            path: &path,
+            host,
+            headers: &[],
+        };
+        let mut seen = Vec::new();
+        for transport in Transport::ALL {
+            let answer = to.send(transport, &req).await;
+            seen.push(met(&format!("{transport:?} {host} {path}"), &answer));
+        }
+        assert!(
+            seen.iter().all(|m| *m == seen[0]),
+            "{host} {path}: HTTP/1.1, h2 over TLS, h2c decided {seen:?}"
+        );
+        decided[seen[0] as usize] += 1;
+    }
+    // The family reaches every decision.
+    assert!(decided.iter().all(|n| *n > 0), "{decided:?}");
+    assert!(nginx.served("gemini").is_empty());
 }

@@ -188,3 +188,136 @@ crate::on_both_stores!(
     a_turn_is_heard_at_once,
     a_stream_without_a_ticket_says_expired
 );
+
+/// A metric's value in `/metrics` text (0 when the series is absent).
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One ticket opens three streams: the oldest is closed, two stay. One
+/// address opens streams for more tickets than `streams_per_client`: the
+/// one past it is refused with 429, and taken again once one closes.
+#[tokio::test]
+async fn streams_are_limited_per_ticket_and_per_client() {
+    use crate::common::{Backend, TestProxy, waiting_room_config};
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&waiting_room_config(
+        &upstream,
+        Backend::Memory,
+        "capacity = 1\npoll_interval = \"10s\"\nconfirm_window = \"30s\"\n[room.limits]\nstreams_per_ticket = 2\nstreams_per_client = 4",
+        "",
+    ))
+    .await;
+    let mut inside = proxy.visitor();
+    assert_eq!(inside.get("/").await.0, 200);
+    let mut tickets = Vec::new();
+    for _ in 0..5 {
+        let mut v = proxy.visitor();
+        v.get("/").await;
+        tickets.push(v.ticket().unwrap());
+    }
+    let base = format!("http://{}", proxy.addr);
+    let (status, _, mut first) = Events::open(&base, Some(&tickets[0])).await;
+    assert_eq!(status, 200);
+    assert!(first.next().await.is_some(), "the place is told");
+    let (_, _, mut second) = Events::open(&base, Some(&tickets[0])).await;
+    assert!(second.next().await.is_some());
+    let (_, _, mut third) = Events::open(&base, Some(&tickets[0])).await;
+    assert!(third.next().await.is_some());
+    // The oldest ended; the newer two go on.
+    let ended = tokio::time::timeout(Duration::from_secs(10), first.next()).await;
+    assert_eq!(ended.ok(), Some(None), "the oldest stream was not closed");
+    let metrics = proxy.metrics().await;
+    assert_eq!(value(&metrics, "anteroom_event_streams "), 2.0, "{metrics}");
+    assert_eq!(
+        value(
+            &metrics,
+            r#"anteroom_event_streams_limited_total{limit="streams_per_ticket"}"#
+        ),
+        1.0
+    );
+    // Two streams from this address now; two more tickets take it to four.
+    let (_, _, mut a) = Events::open(&base, Some(&tickets[1])).await;
+    let (_, _, mut b) = Events::open(&base, Some(&tickets[2])).await;
+    assert!(a.next().await.is_some() && b.next().await.is_some());
+    let resp = client()
+        .get(format!("{base}/__anteroom/events?room=web"))
+        .header("x-anteroom-ticket", &tickets[3])
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["limit"], "streams_per_client");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        value(
+            &metrics,
+            r#"anteroom_event_streams_limited_total{limit="streams_per_client"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            r#"anteroom_room_limited_total{limit="streams_per_client",room="web"}"#
+        ),
+        1.0
+    );
+    // One closes: the place is free again.
+    drop(a);
+    crate::common::eventually(Duration::from_secs(10), || async {
+        let resp = client()
+            .get(format!("{base}/__anteroom/events?room=web"))
+            .header("x-anteroom-ticket", &tickets[3])
+            .send()
+            .await
+            .unwrap();
+        (resp.status() == 200).then_some(())
+    })
+    .await;
+    drop((second, third, b));
+}
+
+/// An open stream's heartbeats count against the ticket's
+/// `polls_per_minute` as its polls do: a stream alone uses the allowance up,
+/// and the ticket's next poll is told to slow down.
+#[tokio::test]
+async fn a_streams_heartbeats_count_as_polls() {
+    use crate::common::{Backend, TestProxy, waiting_room_config};
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&waiting_room_config(
+        &upstream,
+        Backend::Memory,
+        "capacity = 1\npoll_interval = \"1s\"\nconfirm_window = \"30s\"\n[room.limits]\npolls_per_minute = 3",
+        "",
+    ))
+    .await;
+    let mut inside = proxy.visitor();
+    assert_eq!(inside.get("/").await.0, 200);
+    let mut waiting = proxy.visitor();
+    waiting.get("/").await;
+    let ticket = waiting.ticket().unwrap();
+    let base = format!("http://{}", proxy.addr);
+    let (status, _, mut stream) = Events::open(&base, Some(&ticket)).await;
+    assert_eq!(status, 200);
+    assert!(stream.next().await.is_some());
+    let series = r#"anteroom_room_limited_total{limit="polls_per_minute",room="web"}"#;
+    crate::common::eventually(Duration::from_secs(15), || async {
+        (value(&proxy.metrics().await, series) >= 1.0).then_some(())
+    })
+    .await;
+    let resp = client()
+        .get(format!("{base}/__anteroom/status?room=web"))
+        .header("x-anteroom-ticket", &ticket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "the heartbeats used the allowance");
+    drop(stream);
+}

@@ -42,6 +42,7 @@ scenarios!(
     the_same_idempotency_key_gets_the_same_ticket,
     proof_of_work_counts_a_solved_ticket_only,
     bound_tokens_count_only_for_their_client,
+    an_idempotency_key_is_bound_where_tokens_are,
 );
 
 /// How long a rule may take to show.
@@ -344,6 +345,73 @@ async fn the_same_idempotency_key_gets_the_same_ticket(backend: Backend) {
     assert_ne!(first, other);
     let bad = arrive(&"k".repeat(256)).await.unwrap();
     assert_eq!(bad.status(), 400);
+
+    // Another client (another address) sending the same keys is a new
+    // arrival: never the first client's session, never its ticket.
+    let elsewhere = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([])
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let arrive_elsewhere = |key: &str| {
+        elsewhere
+            .get(proxy.url("/echo"))
+            .header("accept", "application/json")
+            .header("user-agent", "someone-else")
+            .header("idempotency-key", key)
+            .send()
+    };
+    let stolen = arrive_elsewhere("order-1").await.unwrap();
+    assert!(
+        crate::common::visitor::set_cookie(&stolen, "anteroom_pass").is_none(),
+        "another client got a pass with the first one's key"
+    );
+    let theirs = ticket(stolen).await;
+    assert_ne!(theirs, first);
+    assert_eq!(proxy.capacity("web").await["inUse"], 1);
+    let copied = ticket(arrive_elsewhere("order-2").await.unwrap()).await;
+    assert_ne!(copied, first, "another client got the first one's ticket");
+    // Their own key is theirs to repeat.
+    assert_eq!(
+        ticket(arrive_elsewhere("order-2").await.unwrap()).await,
+        copied
+    );
+}
+
+async fn an_idempotency_key_is_bound_where_tokens_are(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let config = waiting_room_config(
+        &upstream,
+        backend,
+        "capacity = 1\nbind = \"user_agent_and_network\"",
+        "",
+    );
+    let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+    let from = |ua: &str, ip: &str| {
+        bot()
+            .get(proxy.url("/echo"))
+            .header("accept", "application/json")
+            .header("user-agent", ua)
+            .header("x-forwarded-for", ip)
+            .header("idempotency-key", "order-12345")
+            .send()
+    };
+    let owner = from("phone", "198.51.100.7").await.unwrap();
+    assert_eq!(owner.status(), 200);
+    let pass = crate::common::visitor::set_cookie(&owner, "anteroom_pass").unwrap();
+    // The owner again: the same session.
+    let again = from("phone", "198.51.100.7").await.unwrap();
+    assert_eq!(again.status(), 200);
+    // Another browser in the same network, with the same key: a newcomer
+    // who waits (the room is full), with no pass of the owner's.
+    let thief = from("laptop", "198.51.100.7").await.unwrap();
+    assert_eq!(thief.status(), 503);
+    assert!(crate::common::visitor::set_cookie(&thief, "anteroom_pass").is_none());
+    let body: Value = thief.json().await.unwrap();
+    assert_eq!(body["code"], "QUEUE_REQUIRED");
+    assert_eq!(proxy.capacity("web").await["inUse"], 1);
+    assert!(!pass.is_empty());
 }
 
 async fn proof_of_work_counts_a_solved_ticket_only(backend: Backend) {
@@ -484,4 +552,75 @@ async fn bound_tokens_count_only_for_their_client(backend: Backend) {
     assert_eq!(mine["state"], "queued");
     let theirs: Value = poll("scraper").await.unwrap().json().await.unwrap();
     assert_eq!(theirs["state"], "expired");
+}
+
+/// Behind a trusted proxy that passes `ip:port` or `unknown`, no client is
+/// known: they share one allowance (the default), are limited by the
+/// proxy's address, or are refused, as `unknown_clients` says; they are
+/// counted, and `/readyz?details` says most clients are unknown.
+#[tokio::test]
+async fn unknown_clients_are_limited_as_the_room_says() {
+    let upstream = TestUpstream::start().await;
+    for (policy, limited_status) in [
+        ("", 429),
+        ("\nunknown_clients = \"peer\"", 429),
+        ("\nunknown_clients = \"refuse\"", 403),
+    ] {
+        let config = waiting_room_config(
+            &upstream,
+            Backend::Memory,
+            &format!("capacity = 1\n[room.limits]\narrivals_per_minute = 5{policy}"),
+            "",
+        );
+        let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+        let mut passed = 0;
+        let mut refused = 0;
+        for i in 0..20 {
+            let xff = if i % 2 == 0 {
+                format!("198.51.100.{i}:5555")
+            } else {
+                "unknown".to_owned()
+            };
+            let resp = bot()
+                .get(proxy.url("/echo"))
+                .header("accept", "application/json")
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap();
+            match resp.status().as_u16() {
+                200 | 503 => passed += 1,
+                s if s == limited_status => refused += 1,
+                other => panic!("{policy}: {other}"),
+            }
+        }
+        if limited_status == 403 {
+            assert_eq!((passed, refused), (0, 20), "{policy}");
+        } else {
+            assert_eq!((passed, refused), (5, 15), "{policy}");
+        }
+        let metrics = proxy.metrics().await;
+        assert!(
+            metrics.contains("anteroom_unknown_clients_total 20"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("anteroom_forwarded_clients_total 20"));
+        let ready = crate::common::get_json(proxy.admin_url("/readyz?details")).await;
+        assert_eq!(ready["clients"]["unknown"], 20);
+        assert_eq!(ready["clients"]["mostlyUnknown"], true);
+    }
+    // A known client through the same proxy is counted as forwarded, not unknown.
+    let config = waiting_room_config(&upstream, Backend::Memory, "capacity = 1", "");
+    let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+    let resp = bot()
+        .get(proxy.url("/echo"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ready = crate::common::get_json(proxy.admin_url("/readyz?details")).await;
+    assert_eq!(ready["clients"]["forwarded"], 1);
+    assert_eq!(ready["clients"]["unknown"], 0);
+    assert_eq!(ready["clients"]["mostlyUnknown"], false);
 }

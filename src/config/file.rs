@@ -212,6 +212,9 @@ pub struct LimitsFile {
     pub tickets_per_client: Option<i64>,
     pub arrivals_per_minute: Option<i64>,
     pub polls_per_minute: Option<i64>,
+    pub streams_per_ticket: Option<i64>,
+    pub streams_per_client: Option<i64>,
+    pub unknown_clients: Option<String>,
     pub client_prefix_v4: Option<i64>,
     pub client_prefix_v6: Option<i64>,
 }

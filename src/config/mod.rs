@@ -554,12 +554,35 @@ pub struct Limits {
     pub tickets_per_client: u32,
     /// New arrivals from one client network per minute.
     pub arrivals_per_minute: u32,
-    /// Status polls per ticket per minute.
+    /// Status polls per ticket per minute (an event stream's heartbeats
+    /// count as polls).
     pub polls_per_minute: u32,
+    /// Event streams open at once per ticket, per instance: a newer one
+    /// closes the oldest.
+    pub streams_per_ticket: u32,
+    /// Event streams open at once per client network, per instance: past
+    /// it a new one is refused with 429.
+    pub streams_per_client: u32,
+    /// What the per-client limits do with a client whose address is not
+    /// known (a trusted proxy passed on `unknown` or `ip:port`).
+    pub unknown_clients: UnknownClients,
     /// Prefix length that makes an IPv4 address a client network.
     pub prefix_v4: u8,
     /// Prefix length that makes an IPv6 address a client network.
     pub prefix_v6: u8,
+}
+
+/// `[room.limits] unknown_clients`: the per-client limits of a client whose
+/// address a trusted proxy did not pass on as a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownClients {
+    /// All unknown clients are one client: they share one allowance.
+    #[default]
+    Share,
+    /// Each is limited by the address that connected (the proxy's).
+    Peer,
+    /// New arrivals from them are refused (`403 UNKNOWN_CLIENT`).
+    Refuse,
 }
 
 /// `challenge = "pow"`: a ticket counts once its holder found a nonce

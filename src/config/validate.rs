@@ -15,7 +15,7 @@ use super::{
     Deployment, FairBy, Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat,
     MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy, Problem, ProofOfWork, RESERVED_PREFIX,
     Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
-    StoreConfig, TlsListener, TokenBudget, Tokens, Upstream,
+    StoreConfig, TlsListener, TokenBudget, Tokens, UnknownClients, Upstream,
 };
 use super::{Events, OnFull, Sink, SinkKind, is_name};
 const MAX_THREADS: i64 = 1024;
@@ -1112,12 +1112,31 @@ fn limits(p: &mut Problems, key: &str, l: Option<&LimitsFile>) -> Limits {
         tickets_per_client: count(p, "tickets_per_client", l.tickets_per_client, 0),
         arrivals_per_minute: count(p, "arrivals_per_minute", l.arrivals_per_minute, 0),
         polls_per_minute: count(p, "polls_per_minute", l.polls_per_minute, 120),
+        streams_per_ticket: count(p, "streams_per_ticket", l.streams_per_ticket, 2),
+        streams_per_client: count(p, "streams_per_client", l.streams_per_client, 100),
+        unknown_clients: unknown_clients(p, key, l.unknown_clients.as_deref()),
         prefix_v4: prefix(p, "client_prefix_v4", l.client_prefix_v4, 32),
         prefix_v6: if l.client_prefix_v6.is_none() {
             64
         } else {
             prefix(p, "client_prefix_v6", l.client_prefix_v6, 128)
         },
+    }
+}
+
+/// `[room.limits] unknown_clients`.
+fn unknown_clients(p: &mut Problems, key: &str, v: Option<&str>) -> UnknownClients {
+    match v {
+        None | Some("share") => UnknownClients::Share,
+        Some("peer") => UnknownClients::Peer,
+        Some("refuse") => UnknownClients::Refuse,
+        Some(other) => {
+            p.add(
+                format!("{key}.limits.unknown_clients"),
+                format!("{other:?} is not a choice: use \"share\", \"peer\" or \"refuse\""),
+            );
+            UnknownClients::Share
+        }
     }
 }
 

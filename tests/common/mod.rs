@@ -7,6 +7,7 @@ pub mod nginx;
 pub mod process;
 pub mod redis;
 pub mod redis_deployments;
+pub mod transport;
 pub mod upstream;
 pub mod visitor;
 

@@ -155,6 +155,11 @@ impl Visitor {
     }
 
     /// The pass the visitor holds.
+    /// The ticket the visitor holds while waiting.
+    pub fn ticket(&self) -> Option<String> {
+        self.ticket.clone()
+    }
+
     pub fn pass_header(&self) -> Option<String> {
         self.pass.clone()
     }
