@@ -141,6 +141,27 @@ async fn a_damaged_state_file_is_reported_set_aside_and_the_room_starts_empty() 
     assert_eq!(newcomer.get("/x").await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// A FIFO where the state file goes blocked the start for ever, with
+/// nothing logged: now it is refused at once like any unusable file, set
+/// aside, and the process serves.
+#[tokio::test]
+async fn a_state_file_that_is_not_a_regular_file_does_not_hold_the_start() {
+    let upstream = TestUpstream::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(state.path().join("state.bin"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Process::start waits (with a deadline) until both listeners accept.
+    let p = Process::start("1s", &config(&upstream, state.path(), "1h")).await;
+    let log = p.log();
+    assert!(log.contains("state file cannot be used"), "{log}");
+    assert!(log.contains("is not a regular file"), "{log}");
+    let mut visitor = p.visitor();
+    assert_eq!(visitor.get("/x").await.0, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn an_upgrade_under_load_fails_no_request_and_keeps_the_line() {
     let upstream = TestUpstream::start().await;

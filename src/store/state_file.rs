@@ -9,7 +9,8 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file's name in `state_dir`.
@@ -108,18 +109,36 @@ impl StateFile {
     }
 
     /// The saved body, `None` when there is no file yet (a first start).
+    /// Only a regular file is read: it is opened without following a
+    /// symlink and without blocking (a FIFO put there would block `open`
+    /// for ever), then checked on the open descriptor.
     pub fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(StateError::Io {
-                    path,
-                    reason: format!("cannot read: {e}"),
-                });
-            }
+        let fail = |reason: String| StateError::Io {
+            path: path.clone(),
+            reason,
         };
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(fail("is a symbolic link, not a regular file".into()));
+            }
+            Err(e) => return Err(fail(format!("cannot read: {e}"))),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail("is not a regular file".into()));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
         decode(&path, bytes).map(Some)
     }
 
@@ -131,10 +150,13 @@ impl StateFile {
             path: tmp.clone(),
             reason: format!("cannot write: {e}"),
         };
+        // Made anew, never opened through whatever is in its place: a
+        // symlink there is removed, not followed (`create_new` is O_EXCL,
+        // which refuses any existing name, a dangling link included).
+        let _ = fs::remove_file(&tmp);
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .map_err(io)?;
         let mut header = Vec::with_capacity(HEADER);
@@ -207,6 +229,41 @@ fn decode(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_regular_file_is_read_and_no_link_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::open(&dir.path().join("state")).unwrap();
+        // A FIFO would block `open` for ever: it is refused at once.
+        let made = std::process::Command::new("mkfifo")
+            .arg(file.path())
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = file.read().unwrap_err().to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
+        fs::remove_file(file.path()).unwrap();
+        // A directory in its place.
+        fs::create_dir(file.path()).unwrap();
+        assert!(file.read().is_err());
+        fs::remove_dir(file.path()).unwrap();
+        // A symlink, even to a good state file, is not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        let other = StateFile::open(&elsewhere).unwrap();
+        other.write(b"theirs").unwrap();
+        std::os::unix::fs::symlink(other.path(), file.path()).unwrap();
+        let e = file.read().unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        fs::remove_file(file.path()).unwrap();
+        // A symlink where the temporary file goes is replaced, never written through.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep me").unwrap();
+        let tmp = file.path().with_file_name(format!("{FILE_NAME}.tmp"));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        file.write(b"the line").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(file.read().unwrap().unwrap(), b"the line");
+    }
 
     #[test]
     fn a_written_state_reads_back_and_damage_is_named() {
