@@ -5,6 +5,7 @@
 //! `anteroom events replay` sends again later. At shutdown the buffer is
 //! delivered once more, and what is left goes to the dead letters.
 
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,10 +53,12 @@ pub fn open(kind: &SinkKind, timeout: Duration) -> Result<Box<dyn Sink>, SinkErr
             url,
             subject,
             stream,
+            create_stream,
         } => Box::new(NatsSink {
             url: url.clone(),
             subject: subject.clone(),
             stream: stream.clone(),
+            create_stream: *create_stream,
             jetstream: Mutex::new(None),
             timeout,
         }),
@@ -81,12 +84,16 @@ struct NatsSink {
     url: String,
     subject: String,
     stream: String,
+    create_stream: bool,
     jetstream: Mutex<Option<async_nats::jetstream::Context>>,
     timeout: Duration,
 }
 
 impl NatsSink {
-    /// Connected, with the stream there (made if missing).
+    /// Connected, with a stream that captures the events' subjects: one
+    /// that already does, whatever its name (operators often make streams
+    /// themselves), or, if none does and `create_stream` allows, `stream`
+    /// made for them.
     async fn context(&self) -> Result<async_nats::jetstream::Context, SinkError> {
         let mut slot = self.jetstream.lock().await;
         if let Some(js) = slot.as_ref() {
@@ -101,15 +108,54 @@ impl NatsSink {
             .map_err(|e| SinkError(e.to_string()))?;
         let mut js = async_nats::jetstream::new(client);
         js.set_timeout(self.timeout);
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: self.stream.clone(),
-            subjects: vec![format!("{}.>", self.subject)],
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| SinkError(format!("stream {}: {e}", self.stream)))?;
+        let wanted = format!("{}.>", self.subject);
+        match js.stream_by_subject(wanted.as_str()).await {
+            Ok(name) => {
+                let info = js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| SinkError(format!("stream {name}: {e}")))?;
+                let subjects = &info.cached_info().config.subjects;
+                if subjects.iter().any(|s| subject_covers(s, &wanted)) {
+                    tracing::info!(stream = %name, subjects = ?subjects, "events go to an existing JetStream stream");
+                } else {
+                    tracing::warn!(stream = %name, subjects = ?subjects, wanted = %wanted, "the JetStream stream on these subjects captures only some of the events: the others are dead-lettered");
+                }
+            }
+            Err(e) if e.kind() == GetStreamByNameErrorKind::NotFound => {
+                if !self.create_stream {
+                    return Err(SinkError(format!(
+                        "no JetStream stream captures {wanted} (create_stream = false: make one)"
+                    )));
+                }
+                js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: self.stream.clone(),
+                    subjects: vec![wanted],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| SinkError(format!("stream {}: {e}", self.stream)))?;
+            }
+            Err(e) => return Err(SinkError(format!("looking for a stream: {e}"))),
+        }
         *slot = Some(js.clone());
         Ok(js)
+    }
+}
+
+/// Whether the NATS subject pattern `pattern` matches every subject that
+/// `wanted` does (`*` one token, `>` the rest).
+fn subject_covers(pattern: &str, wanted: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut w = wanted.split('.');
+    loop {
+        match (p.next(), w.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(a), Some(b)) if a == b && a != ">" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -626,4 +672,32 @@ pub async fn replay(
     std::fs::rename(file, &done)
         .map_err(|e| format!("delivered, but cannot rename {}: {e}", file.display()))?;
     Ok((all.len(), skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_covers_the_events_when_its_subjects_match_them_all() {
+        let wanted = "anteroom.events.>";
+        for pattern in [
+            "anteroom.events.>",
+            "anteroom.>",
+            ">",
+            "anteroom.*.>",
+            "*.events.>",
+        ] {
+            assert!(subject_covers(pattern, wanted), "{pattern}");
+        }
+        for pattern in [
+            "anteroom.events.web.>",
+            "anteroom.events.*",
+            "anteroom.events",
+            "other.events.>",
+            "anteroom.events.*.arrived",
+        ] {
+            assert!(!subject_covers(pattern, wanted), "{pattern}");
+        }
+    }
 }

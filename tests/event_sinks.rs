@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::common::nats::NatsServer;
 use crate::common::process::Process;
 use crate::common::redis::RedisServer;
-use crate::common::{TestUpstream, eventually, keys};
+use crate::common::{TestUpstream, eventually, get_json, keys};
 
 /// A sessions room of one in front of `upstream`, with these `[events]`
 /// settings and sinks.
@@ -687,6 +687,100 @@ async fn a_journey_arrives_in_jetstream_on_a_subject_per_room_and_type() {
             &format!("anteroom.events.web.{}", event["type"].as_str().unwrap())
         );
     }
+}
+
+/// NATS operators make their streams themselves: a stream `ANTEROOM` on
+/// `anteroom.events.>`, made beforehand by a real NATS client, receives the
+/// journeys, and anteroom makes no stream of its own (before, it tried, got
+/// "subjects overlap", and dead-lettered every event).
+#[tokio::test]
+async fn a_stream_the_operator_made_receives_the_events() {
+    let upstream = TestUpstream::start().await;
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ANTEROOM".into(),
+        subjects: vec!["anteroom.events.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(
+        "1s",
+        &config(
+            &upstream,
+            &format!(
+                "{}create_stream = false
+",
+                nats_sink(dir.path(), &nats)
+            ),
+            false,
+        ),
+    )
+    .await;
+    two_journeys(&p).await;
+    let messages = eventually(Duration::from_secs(10), || async {
+        let m = jetstream(&nats, "ANTEROOM").await;
+        (m.len() >= 7).then_some(m)
+    })
+    .await;
+    let events: Vec<Value> = messages.iter().map(|(_, e)| e.clone()).collect();
+    check_journeys(&events);
+    assert!(
+        js.get_stream("ANTEROOM_EVENTS").await.is_err(),
+        "a second stream was made"
+    );
+    let dead = lines(&dir.path().join("js.jsonl"));
+    assert!(dead.is_empty(), "dead-lettered: {dead:?}");
+    let ready = get_json(p.admin_url("/readyz?details")).await;
+    assert_eq!(ready["sinks"][0]["up"], true, "{ready}");
+}
+
+/// With `create_stream = false` and no stream on its subjects, the sink is
+/// down (said in `/readyz?details` and the log) and the events wait; once
+/// the operator makes a stream, they arrive.
+#[tokio::test]
+async fn without_a_stream_and_leave_to_make_one_the_sink_waits_for_it() {
+    let upstream = TestUpstream::start().await;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::start(
+        "1s",
+        &config(
+            &upstream,
+            &format!(
+                "{}create_stream = false
+",
+                nats_sink(dir.path(), &nats)
+            ),
+            false,
+        ),
+    )
+    .await;
+    two_journeys(&p).await;
+    eventually(Duration::from_secs(10), || async {
+        let ready = get_json(p.admin_url("/readyz?details")).await;
+        (ready["sinks"][0]["up"] == false).then_some(())
+    })
+    .await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "EVENTS".into(),
+        subjects: vec!["anteroom.*.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let messages = eventually(Duration::from_secs(15), || async {
+        let m = jetstream(&nats, "EVENTS").await;
+        (m.len() >= 7).then_some(m)
+    })
+    .await;
+    let events: Vec<Value> = messages.iter().map(|(_, e)| e.clone()).collect();
+    check_journeys(&events);
 }
 
 /// NATS stopped for 10 s under steady traffic, then started again: every

@@ -62,6 +62,7 @@ pub struct SinkFile {
     pub subject: Option<String>,
     pub stream: Option<String>,
     pub maxlen: Option<i64>,
+    pub create_stream: Option<bool>,
     pub secret_file: Option<String>,
     pub path: Option<String>,
     pub max_bytes: Option<i64>,

@@ -119,8 +119,12 @@ pub enum SinkKind {
         url: String,
         /// The subject prefix.
         subject: String,
-        /// The JetStream stream that captures `<subject>.>` (created if missing).
+        /// The JetStream stream made to capture `<subject>.>` when no
+        /// stream does yet (one that does is used, whatever its name).
         stream: String,
+        /// Whether anteroom may make that stream (`false`: the operator
+        /// makes it; until then the sink is down).
+        create_stream: bool,
     },
     /// Batches as HTTPS POSTs of a JSON array, signed with HMAC-SHA256.
     Webhook {

@@ -1947,7 +1947,7 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
             };
             let kind = match s.kind.as_str() {
                 "redis" => {
-                    unused(p, &[("subject", s.subject.is_some()), ("secret_file", s.secret_file.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some())]);
+                    unused(p, &[("subject", s.subject.is_some()), ("secret_file", s.secret_file.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some()), ("create_stream", s.create_stream.is_some())]);
                     let url = s.url.clone().unwrap_or_default();
                     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                         p.add(key("url"), "a redis:// or rediss:// URL is needed");
@@ -1964,7 +1964,7 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
                     SinkKind::Redis { url, stream, maxlen }
                 }
                 "file" => {
-                    unused(p, &[("url", s.url.is_some()), ("subject", s.subject.is_some()), ("stream", s.stream.is_some()), ("maxlen", s.maxlen.is_some()), ("secret_file", s.secret_file.is_some())]);
+                    unused(p, &[("url", s.url.is_some()), ("subject", s.subject.is_some()), ("stream", s.stream.is_some()), ("maxlen", s.maxlen.is_some()), ("secret_file", s.secret_file.is_some()), ("create_stream", s.create_stream.is_some())]);
                     let Some(path) = s.path.as_deref().filter(|p| !p.is_empty()) else {
                         p.add(key("path"), "a file to write events to is needed");
                         return None;
@@ -1993,10 +1993,11 @@ fn events(p: &mut Problems, e: &EventsFile, state_dir: Option<PathBuf>) -> Event
                     if !token_ok(&stream) {
                         p.add(key("stream"), format!("{stream:?} is not a JetStream stream name: letters, digits, '-' and '_'"));
                     }
-                    SinkKind::Nats { url, subject, stream }
+                    let create_stream = s.create_stream.unwrap_or(true);
+                    SinkKind::Nats { url, subject, stream, create_stream }
                 }
                 "webhook" => {
-                    unused(p, &[("subject", s.subject.is_some()), ("stream", s.stream.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some()), ("maxlen", s.maxlen.is_some())]);
+                    unused(p, &[("subject", s.subject.is_some()), ("stream", s.stream.is_some()), ("path", s.path.is_some()), ("max_bytes", s.max_bytes.is_some()), ("maxlen", s.maxlen.is_some()), ("create_stream", s.create_stream.is_some())]);
                     let url = s.url.clone().unwrap_or_default();
                     if !(url.starts_with("https://") || url.starts_with("http://")) {
                         p.add(key("url"), "an https:// (or http://) URL is needed");
