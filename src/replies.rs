@@ -118,7 +118,7 @@ impl<'a> StatusBody<'a> {
             room: room.name(),
             room_state: p.state.as_str(),
             position: p.position(),
-            ahead: p.ahead,
+            ahead: p.ahead_told(),
             wait_ms: p.wait.told(),
             wait_known: p.wait.known && p.wait.told().is_some(),
             poll_after_ms: poll_ms(w),

@@ -19,7 +19,7 @@ impl Router {
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| path.starts_with(&r.path_prefix) && host_matches(r.host.as_deref(), host))
+            .position(|r| prefix_matches(r, path) && host_matches(r.host.as_deref(), host))
     }
 
     /// The route at an index returned by `find`.
@@ -31,6 +31,14 @@ impl Router {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+}
+
+fn prefix_matches(route: &Route, path: &str) -> bool {
+    if !route.case_insensitive {
+        return path.starts_with(&route.path_prefix);
+    }
+    let prefix = route.path_prefix.as_bytes();
+    path.len() >= prefix.len() && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 fn host_matches(pattern: Option<&str>, host: Option<&str>) -> bool {
@@ -64,7 +72,31 @@ mod tests {
             room: None,
             bypass: Default::default(),
             retry_429: false,
+            case_insensitive: false,
         }
+    }
+
+    #[test]
+    fn a_case_insensitive_route_matches_its_prefix_in_any_case() {
+        let guarded = Route {
+            case_insensitive: true,
+            ..route(None, "/api/gemini/")
+        };
+        let r = Router::new(vec![guarded, route(None, "/")]);
+        for path in [
+            "/api/gemini/x",
+            "/API/gemini/x",
+            "/Api/GEMINI/x",
+            "/api/gemini/",
+        ] {
+            assert_eq!(r.find(None, path), Some(0), "{path}");
+        }
+        for path in ["/api/gemini", "/api/gemin/x", "/"] {
+            assert_eq!(r.find(None, path), Some(1), "{path}");
+        }
+        // By default the prefix is compared as written, as nginx does.
+        let r = Router::new(vec![route(None, "/api/gemini/"), route(None, "/")]);
+        assert_eq!(r.find(None, "/API/gemini/x"), Some(1));
     }
 
     #[test]

@@ -611,3 +611,50 @@ async fn http1_and_http2_decide_every_target_alike() {
     assert!(decided.iter().all(|n| *n > 0), "{decided:?}");
     assert!(nginx.served("gemini").is_empty());
 }
+
+/// For an upstream that reads paths without regard to case (IIS, ASP.NET),
+/// `case_insensitive = true` makes `/API/gemini/x` meet the room of
+/// `/api/gemini/`, on every protocol; without it the prefix is compared as
+/// written, as nginx does.
+#[tokio::test]
+async fn a_case_insensitive_route_meets_its_room_in_any_case() {
+    let nginx = Nginx::start(&[("/", "root")]);
+    let (proxy, tls, port) = on_every_protocol(&format!(
+        "[[upstream]]\nname = \"app\"\naddress = \"127.0.0.1:{}\"\n[[room]]\nname = \"gemini\"\nmode = \"requests\"\ncapacity = 1\n[[route]]\npath_prefix = \"/api/gemini/\"\ncase_insensitive = true\nupstream = \"app\"\nroom = \"gemini\"\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        nginx.port
+    ))
+    .await;
+    let _holder = hold_slot(
+        &proxy,
+        "gemini",
+        b"POST /api/gemini/hold HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n",
+    )
+    .await;
+    let to = listeners(&proxy, &tls, port);
+    for transport in Transport::ALL {
+        for path in [
+            "/API/gemini/x",
+            "/Api/Gemini/x",
+            "/api/GEMINI/x",
+            "//API/./gemini/x",
+        ] {
+            let req = Request {
+                method: "GET",
+                path,
+                host: "shop.test",
+                headers: &[],
+            };
+            let answer = to.send(transport, &req).await;
+            assert_eq!(
+                met(&format!("{transport:?} {path}"), &answer),
+                Met::Room,
+                "{transport:?} {path}: {answer:?}"
+            );
+        }
+    }
+    assert!(
+        nginx.served("root").is_empty(),
+        "{:?}",
+        nginx.served("root")
+    );
+}

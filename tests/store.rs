@@ -675,13 +675,23 @@ async fn a_ticket_counts_from_its_first_poll_at_its_arrival_place(backend: Backe
     let bot = arrives_queued(store, Lane::Normal).await;
     let slow = arrives_queued(store, Lane::Normal).await;
     let quick = queued(store, Lane::Normal).await;
-    // Tickets nobody came back with are ahead of nobody and not in the line's length.
-    assert_eq!(quick.position(), 1);
+    // Tickets nobody came back with are ahead of nobody and not in the
+    // line's length; while fresh they are told as ahead (in the position as
+    // in the wait), being a burst's places whose first poll is to come.
+    assert_eq!(quick.ahead, 0);
+    assert_eq!((quick.unconfirmed_ahead, quick.position()), (2, 3));
     assert_eq!(quick.queue_length, 1);
     assert_eq!(store.snapshot("web").await.unwrap().queue_length(), 1);
-    // Coming back confirms a ticket at the place its arrival gave it.
-    assert_eq!(position(store, &slow.ticket).await, 1);
-    assert_eq!(position(store, &quick.ticket).await, 2);
+    // Coming back confirms a ticket at the place its arrival gave it (the
+    // bot, still fresh, is told ahead of both until it lapses).
+    let confirmed = |ticket: String| async move {
+        match poll(store, &ticket).await {
+            Polled::Queued(p) => (p.ahead, p.position()),
+            other => panic!("expected a place in line, got {other:?}"),
+        }
+    };
+    assert_eq!(confirmed(slow.ticket.clone()).await, (0, 2));
+    assert_eq!(confirmed(quick.ticket.clone()).await, (1, 3));
     assert_eq!(store.snapshot("web").await.unwrap().queue_length(), 2);
     let _ = bot;
 }
@@ -701,7 +711,9 @@ async fn unconfirmed_tickets_are_offered_nothing_and_forgotten(backend: Backend)
     let bots: Vec<Place> =
         futures_util::future::join_all((0..50).map(|_| arrives_queued(store, Lane::Normal))).await;
     let person = queued(store, Lane::Normal).await;
-    assert_eq!(person.position(), 1, "fifty bots ahead of nobody");
+    assert_eq!(person.ahead, 0, "fifty bots ahead of nobody");
+    // Told while they are fresh: the wait and the position count them alike.
+    assert_eq!(person.position(), 51);
     // The freed slot goes to the person, not to the bots who came first.
     store.release("web", inside.id).await.unwrap();
     until_admitted(store, &person.ticket).await;

@@ -50,6 +50,7 @@ scenarios!(
     waiting_page_in_english_and_german,
     a_wait_longer_than_a_day_is_not_told,
     campaigns_are_recorded_and_passed_on_only_with_consent,
+    a_burst_is_told_places_and_waits_that_agree,
 );
 
 async fn start(upstream: &TestUpstream, backend: Backend, room: &str, after: &str) -> TestProxy {
@@ -835,5 +836,46 @@ async fn campaigns_are_recorded_and_passed_on_only_with_consent(backend: Backend
     assert!(
         metrics.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="other",utm_source="meta"} 1"#),
         "{metrics}"
+    );
+}
+
+/// Twelve API clients arrive one after another at a full room and show
+/// their first answer without polling: each is told its own place (1 to
+/// 12, not "position 1" for all), and the waits told grow with the places,
+/// because both count the same places (confirmed or fresh).
+async fn a_burst_is_told_places_and_waits_that_agree(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = start(
+        &upstream,
+        backend,
+        "capacity = 1\navg_session = \"10s\"\nconfirm_window = \"30s\"",
+        "",
+    )
+    .await;
+    admit(&proxy, 1).await;
+    let http = client();
+    let mut told = Vec::new();
+    for _ in 0..12 {
+        let resp = http
+            .get(proxy.url("/echo"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "QUEUE_REQUIRED");
+        told.push((
+            body["position"].as_u64().unwrap(),
+            body["ahead"].as_u64().unwrap(),
+            body["waitMs"].as_u64().unwrap(),
+        ));
+    }
+    let positions: Vec<u64> = told.iter().map(|t| t.0).collect();
+    assert_eq!(positions, (1..=12).collect::<Vec<u64>>(), "{told:?}");
+    assert!(told.iter().all(|(p, a, _)| *a == p - 1), "{told:?}");
+    assert!(
+        told.windows(2).all(|w| w[1].2 > w[0].2),
+        "waits do not grow with the places: {told:?}"
     );
 }

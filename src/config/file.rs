@@ -306,4 +306,5 @@ pub struct RouteFile {
     pub room: Option<String>,
     pub bypass: Option<RulesFile>,
     pub retry_429: Option<bool>,
+    pub case_insensitive: Option<bool>,
 }

@@ -789,6 +789,10 @@ pub struct Route {
     /// `retry_429 = true`: an upstream `429` is held and retried within the
     /// room's `max_wait` (the upstream did not process it).
     pub retry_429: bool,
+    /// `path_prefix` matches without regard to ASCII case, for upstreams
+    /// that read paths so (IIS, ASP.NET, some Java servers): `/API/x` is
+    /// then the route's as `/api/x` is.
+    pub case_insensitive: bool,
 }
 
 /// A value that must never reach a log line, not even through `Debug`.

@@ -1804,6 +1804,7 @@ fn route(
         upstream: upstream?,
         room: room?,
         retry_429: r.retry_429.unwrap_or(false),
+        case_insensitive: r.case_insensitive.unwrap_or(false),
         bypass,
     })
 }

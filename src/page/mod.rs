@@ -252,7 +252,7 @@ impl Template {
         let place = view.place;
         // The share of the places ahead at arrival that have gone in: 0% for
         // whoever joined at place 1, and never 100% while still in line.
-        let ahead = place.map_or(0, |p| p.ahead);
+        let ahead = place.map_or(0, |p| p.ahead_told());
         let at_join = u64::from(place.map_or(0, |p| p.ahead_at_join).max(ahead)) + 1;
         let progress = (at_join - (u64::from(ahead) + 1)) * 100 / at_join;
         let wait_ms = place.map_or(Some(0), |p| p.wait.told());
@@ -448,6 +448,7 @@ mod tests {
             confirmed: true,
             lane: Lane::Normal,
             ahead: 5,
+            unconfirmed_ahead: 0,
             ahead_at_join: 20,
             queue_length: 30,
             available: 0,

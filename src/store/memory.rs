@@ -309,8 +309,9 @@ impl RoomState {
 
     fn place(&self, lane: Lane, seq: u64, now: Millis) -> Place {
         let ahead = self.queue.ahead(lane, seq);
-        // The estimate, not the place: a burst's places not confirmed yet
-        // will be ahead; a bot's never are, and count only while fresh.
+        // A burst's places not confirmed yet will be ahead; a bot's never
+        // are, and count only while fresh: told in the position and the
+        // wait alike.
         let since = now.saturating_sub(FRESH.as_millis() as u64);
         let fresh = self
             .queue
@@ -325,6 +326,7 @@ impl RoomState {
             joined,
             lane,
             ahead,
+            unconfirmed_ahead: fresh,
             ahead_at_join: ticket.map_or(ahead, |t| t.ahead_at_join),
             queue_length: self.queue.live(),
             available: self.free(),

@@ -194,8 +194,13 @@ pub struct Place {
     pub joined: Millis,
     /// Lane.
     pub lane: Lane,
-    /// Admissions that come before this visitor's.
+    /// Admissions that come before this visitor's: confirmed places ahead.
     pub ahead: u32,
+    /// Places ahead not confirmed yet but fresh (a burst's newest, whose
+    /// holders are expected back): counted in the position told and in
+    /// the wait, so that the two agree (a bot's places lapse and stop
+    /// counting after the confirm window).
+    pub unconfirmed_ahead: u32,
     /// `ahead` when the visitor joined (for progress).
     pub ahead_at_join: u32,
     /// Live tickets in both lanes.
@@ -212,9 +217,14 @@ pub struct Place {
 }
 
 impl Place {
-    /// 1-based place in line.
+    /// 1-based place in line, as told: every place the wait counts.
     pub fn position(&self) -> u32 {
-        self.ahead + 1
+        self.ahead_told() + 1
+    }
+
+    /// The places ahead, as told (and as the wait counts them).
+    pub fn ahead_told(&self) -> u32 {
+        self.ahead.saturating_add(self.unconfirmed_ahead)
     }
 }
 

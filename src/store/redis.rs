@@ -573,7 +573,7 @@ fn session(items: &[Value]) -> Result<SessionInfo, StoreError> {
 }
 
 /// `{'queued', ticket, lane, ahead, ahead_at_join, queue_length, free, wait,
-/// known, state, joined, confirmed}`.
+/// known, state, joined, confirmed, unconfirmed_ahead}`.
 fn place(items: &[Value]) -> Result<Place, StoreError> {
     Ok(Place {
         ticket: items.get(1).and_then(text).ok_or_else(|| bad("a ticket"))?,
@@ -584,6 +584,7 @@ fn place(items: &[Value]) -> Result<Place, StoreError> {
             Lane::Normal
         },
         ahead: u32_of(items.get(3))?,
+        unconfirmed_ahead: u32_of(items.get(12))?,
         ahead_at_join: u32_of(items.get(4))?,
         queue_length: u32_of(items.get(5))?,
         available: u32_of(items.get(6))?,

@@ -154,13 +154,21 @@ local function wait(ahead)
 end
 
 -- Places before this one that arrived within FRESH_MS and have not come back
--- yet: in a burst, those whose first poll is still to come. One ZCOUNT by
--- arrival time (both lanes; arrivals of the same millisecond count as ahead),
--- where the memory store counts by sequence within the lane.
+-- yet: in a burst, those whose first poll is still to come. They are told
+-- in the position as in the wait, so they must be exactly those before it:
+-- one ZCOUNT of earlier milliseconds (both lanes), and of this ticket's own
+-- millisecond those of its lane with a smaller number (the memory store
+-- counts by sequence within the lane).
 local function fresh_before(tkey, joined)
-  local n = redis.call('ZCOUNT', K_U, NOW - FRESH_MS, joined)
-  if redis.call('ZSCORE', K_U, tkey) then n = n - 1 end
-  return math.min(math.max(n, 0), FRESH_MAX)
+  if joined < NOW - FRESH_MS then return 0 end
+  local n = redis.call('ZCOUNT', K_U, NOW - FRESH_MS, '(' .. joined)
+  local lane, seq = string.match(tkey, '^(%d+):(%d+)$')
+  seq = tonumber(seq)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', K_U, joined, joined)) do
+    local l, s = string.match(m, '^(%d+):(%d+)$')
+    if l == lane and tonumber(s) < seq then n = n + 1 end
+  end
+  return math.min(n, FRESH_MAX)
 end
 
 local function ahead(lane, seq)
@@ -308,10 +316,11 @@ end
 local function place(lane, seq)
   local a = ahead(lane, seq)
   local data = cjson.decode(redis.call('HGET', K_T, lane .. ':' .. seq))
-  -- The estimate, not the place, counts a burst's places not confirmed yet.
-  local w, known = wait(a + fresh_before(lane .. ':' .. seq, data.j))
+  -- A burst's places not confirmed yet: told in the position and the wait alike.
+  local fresh = fresh_before(lane .. ':' .. seq, data.j)
+  local w, known = wait(a + fresh)
   local confirmed = redis.call('ZSCORE', K_U, lane .. ':' .. seq) and 0 or 1
-  return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE, int(data.j), confirmed }
+  return { 'queued', ticket_id(lane, seq), lane, a, data.a, live_total(), math.max(0, free()), w, known, STATE, int(data.j), confirmed, fresh }
 end
 
 local function uninitialised()
