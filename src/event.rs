@@ -38,6 +38,9 @@ pub enum Kind {
     Refused,
     /// An operator changed a room (`change`).
     RoomChanged,
+    /// A place whose visitor never came back with their token lapsed
+    /// (`what`: `ticket` or `session`): that journey was never a visitor.
+    Unconfirmed,
 }
 
 impl Kind {
@@ -54,6 +57,7 @@ impl Kind {
             Kind::RateLimited => "rate_limited",
             Kind::Refused => "refused",
             Kind::RoomChanged => "room_changed",
+            Kind::Unconfirmed => "unconfirmed",
         }
     }
 }

@@ -429,16 +429,40 @@ impl VisitorEvents {
     }
 
     /// Places of visitors who never came back with their token (clients
-    /// that keep none): counted, not logged one by one, as a flood makes many.
-    pub fn unconfirmed_lapsed(&self, room: &str, sessions: u32, tickets: u32) {
+    /// that keep none): counted, and an `unconfirmed` event on each journey,
+    /// so that the funnel leaves them out (they arrived, and were queued or
+    /// let in, but were never visitors). Not logged one by one, as a flood
+    /// makes many.
+    pub fn unconfirmed_lapsed(&self, room: &str, sessions: &[SessionId], tickets: &[String]) {
         for (kind, count) in [
-            ("unconfirmed_session", sessions),
-            ("unconfirmed_ticket", tickets),
+            ("unconfirmed_session", sessions.len()),
+            ("unconfirmed_ticket", tickets.len()),
         ] {
             self.expirations
                 .with_label_values(&[room, kind])
-                .inc_by(u64::from(count));
+                .inc_by(count as u64);
         }
+        if sessions.is_empty() && tickets.is_empty() {
+            return;
+        }
+        self.publish_with(|events| {
+            let journeys = sessions
+                .iter()
+                .map(|s| (opaque(Of::Journey, room, &s.0.to_be_bytes()), "session"))
+                .chain(
+                    tickets
+                        .iter()
+                        .map(|t| (opaque(Of::Journey, room, t.as_bytes()), "ticket")),
+                );
+            for (journey, what) in journeys {
+                let fields = Fields {
+                    journey: Some(journey.as_str()),
+                    what: Some(what),
+                    ..Fields::default()
+                };
+                self.push(events, Kind::Unconfirmed, room, fields);
+            }
+        });
     }
 
     fn expired(

@@ -748,8 +748,8 @@ impl Gate {
                         .reservations_lapsed(name, swept.reservations_lapsed);
                     self.events.unconfirmed_lapsed(
                         name,
-                        swept.unconfirmed_sessions,
-                        swept.unconfirmed_tickets,
+                        &swept.unconfirmed_sessions,
+                        &swept.unconfirmed_tickets,
                     );
                 }
                 Err(e) => tracing::warn!(room = name, error = %e, "sweep failed"),

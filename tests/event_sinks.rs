@@ -381,6 +381,110 @@ async fn a_graceful_stop_delivers_what_is_buffered() {
     check_journeys(&lines(&file));
 }
 
+/// A sum of a metric's series whose line starts with `prefix`.
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Cookie-less requests (bots, link prefetchers) arrive, are let in or
+/// queued, and never come back: once their places lapse, each journey gets
+/// an `unconfirmed` event, and the funnel counts them apart, never as
+/// visitors; `/metrics` agrees (arrivals less unconfirmed lapses).
+#[tokio::test]
+async fn the_funnel_leaves_out_arrivals_that_never_confirmed() {
+    let upstream = TestUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sinks = file_sink(dir.path(), &file, "");
+    let conf = config(&upstream, &sinks, false).replace(
+        "capacity = 1\n",
+        "capacity = 2\npoll_interval = \"500ms\"\nconfirm_window = \"1s\"\n[room.conversion]\npath_prefix = \"/buy\"\n",
+    );
+    let p = Process::start("1s", &conf).await;
+    let mut person = p.visitor();
+    assert_eq!(
+        person.get("/?utm_source=meta&utm_campaign=launch").await.0,
+        200
+    );
+    assert_eq!(person.post("/buy").await.0, 200);
+    let bot = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp = bot
+            .get(p.url("/?utm_source=meta&utm_campaign=launch"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 503, 503], "one let in at once, two queued");
+    let events = eventually(Duration::from_secs(15), || async {
+        let events = lines(&file);
+        (of_type(&events, "unconfirmed").len() >= 3).then_some(events)
+    })
+    .await;
+    let lapsed: Vec<&str> = of_type(&events, "unconfirmed")
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(lapsed.iter().filter(|w| **w == "session").count(), 1);
+    assert_eq!(lapsed.iter().filter(|w| **w == "ticket").count(), 2);
+    // Each names a journey that arrived.
+    for e in of_type(&events, "unconfirmed") {
+        assert!(
+            of_type(&events, "arrived")
+                .iter()
+                .any(|a| a["journey"] == e["journey"]),
+            "{e}"
+        );
+    }
+    person.leave().await;
+    let out = std::process::Command::new("scripts/funnel")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let meta = &rows[0];
+    assert_eq!(
+        (
+            meta["arrivals"].as_u64(),
+            meta["admitted"].as_u64(),
+            meta["conversions"].as_u64(),
+            meta["unconfirmed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1), Some(3)),
+        "{rows:?}"
+    );
+    assert_eq!(meta["conversion_rate"], 1.0);
+    // The metrics say the same: arrivals less the places that lapsed unconfirmed.
+    let metrics = crate::common::get_text(p.admin_url("/metrics")).await;
+    let arrived = metric_sum(&metrics, "anteroom_visitors_arrived_total{");
+    let unconfirmed = metric_sum(
+        &metrics,
+        "anteroom_visitors_expired_total{kind=\"unconfirmed_session\"",
+    ) + metric_sum(
+        &metrics,
+        "anteroom_visitors_expired_total{kind=\"unconfirmed_ticket\"",
+    );
+    assert_eq!((arrived, unconfirmed), (4.0, 3.0), "{metrics}");
+    assert_eq!(arrived - unconfirmed, meta["arrivals"].as_f64().unwrap());
+}
+
 /// Per campaign: arrivals, waits, admissions and conversions, from the
 /// events file by `scripts/funnel` (the funnel docs/events.md shows).
 #[tokio::test]

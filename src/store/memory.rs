@@ -760,7 +760,7 @@ impl RoomState {
                 if confirmed {
                     out.sessions_expired.push(info);
                 } else {
-                    out.unconfirmed_sessions += 1;
+                    out.unconfirmed_sessions.push(info.id);
                 }
             }
         }
@@ -782,7 +782,7 @@ impl RoomState {
             match t.state {
                 TicketState::Unconfirmed if silent >= unconfirmed_after => {
                     changes.push((seq, TicketState::Gone));
-                    out.unconfirmed_tickets += 1;
+                    out.unconfirmed_tickets.push(self.ticket_id(lane, seq));
                 }
                 TicketState::Waiting | TicketState::Stale if silent >= forget_after => {
                     changes.push((seq, TicketState::Gone));

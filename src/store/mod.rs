@@ -328,9 +328,9 @@ pub struct Swept {
     /// Reservations that went unclaimed.
     pub reservations_lapsed: u32,
     /// Sessions let in at once whose visitor never came back with the pass.
-    pub unconfirmed_sessions: u32,
-    /// Tickets whose holder never came back with them.
-    pub unconfirmed_tickets: u32,
+    pub unconfirmed_sessions: Vec<SessionId>,
+    /// Tickets (their ids) whose holder never came back with them.
+    pub unconfirmed_tickets: Vec<String>,
 }
 
 /// A store that could not answer.

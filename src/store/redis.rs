@@ -769,8 +769,13 @@ impl Store for RedisStore {
                 .unwrap_or_default();
             out.tickets_expired
                 .extend(tickets.iter().map(|u| utm_of(Some(u))));
-            out.unconfirmed_sessions += u32_of(items.get(4))?;
-            out.unconfirmed_tickets += u32_of(items.get(5))?;
+            let ids = |at: usize| -> Result<Vec<String>, StoreError> {
+                let listed = items.get(at).map(self::items).transpose()?;
+                Ok(listed.unwrap_or_default().iter().filter_map(text).collect())
+            };
+            out.unconfirmed_sessions
+                .extend(ids(4)?.iter().filter_map(|t| SessionId::parse(t)));
+            out.unconfirmed_tickets.extend(ids(5)?);
             if !more {
                 break;
             }

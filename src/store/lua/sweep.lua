@@ -1,7 +1,8 @@
 -- ARGV (after the deadline): most items per kind, this instance's name, lock duration (ms).
 -- One instance sweeps a room at a time; the others skip until the lock lapses.
 -- Returns: lapsed reservations, more-to-do flag, expired sessions (id, data
--- pairs), expired tickets' campaigns, unconfirmed sessions and tickets lapsed.
+-- pairs), expired tickets' campaigns, the ids of unconfirmed sessions and of
+-- unconfirmed tickets lapsed.
 if uninitialised() then return redis.error_reply('NOINIT room') end
 local limit, owner, lock_ms = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 if num('sweep_until') > NOW and S.sweep_owner ~= owner then return { 'skipped' } end
@@ -11,12 +12,12 @@ local more = 0
 local lapsed = lapse()
 
 local sessions = {}
-local unconfirmed_sessions = 0
+local unconfirmed_sessions = {}
 local due = redis.call('ZRANGEBYSCORE', K_SS, '-inf', NOW, 'LIMIT', 0, limit)
 for _, id in ipairs(due) do
   local data = end_session(id, false)
   if data and data.c == 0 then
-    unconfirmed_sessions = unconfirmed_sessions + 1
+    unconfirmed_sessions[#unconfirmed_sessions + 1] = id
   else
     sessions[#sessions + 1] = id
     sessions[#sessions + 1] = data and data.u or ''
@@ -24,12 +25,13 @@ for _, id in ipairs(due) do
 end
 if #due >= limit then more = 1 end
 
-local unconfirmed_tickets = 0
+local unconfirmed_tickets = {}
 local never = redis.call('ZRANGEBYSCORE', K_U, '-inf', NOW - CONFIRM, 'LIMIT', 0, limit)
 for _, tkey in ipairs(never) do
   redis.call('ZREM', K_U, tkey)
   drop_ticket(tkey)
-  unconfirmed_tickets = unconfirmed_tickets + 1
+  local lane, seq = string.match(tkey, '^(%d):(%d+)$')
+  unconfirmed_tickets[#unconfirmed_tickets + 1] = ticket_id(lane, seq)
 end
 if #never >= limit then more = 1 end
 
