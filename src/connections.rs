@@ -333,6 +333,22 @@ impl Clock {
         }
     }
 
+    /// Resolves once the sweeper expired this connection.
+    async fn expired(&self) {
+        std::future::poll_fn(|cx| {
+            if self.phase() == Phase::Expired {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.phase() == Phase::Expired {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Header,
@@ -515,7 +531,18 @@ impl GetSocketDigest for Timed {
 
 #[async_trait]
 impl Peek for Timed {
+    /// Pingora peeks for the h2c preface with a `read_exact` of its length
+    /// on the inner stream, out of this wrapper's reads: a client that sends
+    /// fewer bytes and stalls would hold the connection for ever. The peek
+    /// ends with the header deadline as a read does.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let clock = Arc::clone(&self.clock);
+        tokio::select! {
+            peeked = self.inner.try_peek(buf) => peeked,
+            () = clock.expired() => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection ran out of time",
+            )),
+        }
     }
 }

@@ -105,6 +105,9 @@ pub struct Routine {
     pub tls_handshake_failures: IntCounter,
     /// Clients that hung up (or were cut off) before their request was done.
     pub client_disconnects: IntCounter,
+    /// HTTP/2 connections that ended before their preface and settings
+    /// (TLS health checks, scanners, browsers' unused pre-connects).
+    pub http2_handshake_failures: IntCounter,
 }
 
 /// The routine counters of this process (registered by `connections`).
@@ -124,22 +127,51 @@ pub fn routine() -> &'static Routine {
                 "client_disconnects_total",
                 "Requests whose client hung up, or was cut off, before the request was done.",
             ),
+            http2_handshake_failures: counter(
+                "http2_handshake_failures_total",
+                "HTTP/2 connections (ALPN h2 or h2c) that ended before their preface and settings: health checks, scanners, unused pre-connects.",
+            ),
         }
     })
 }
 
-/// The `log` records Pingora writes for what clients cause every day.
+/// The `log` records Pingora writes for what clients cause every day:
+/// (where, how the message starts, what counts it).
 fn routine_kind(record: &log::Record<'_>) -> Option<&'static IntCounter> {
+    let r = routine();
+    let routine: [(&str, &str, &'static IntCounter); 4] = [
+        (
+            "pingora_core::services::listening",
+            "Downstream handshake",
+            &r.tls_handshake_failures,
+        ),
+        (
+            "pingora_core::apps",
+            "H2 handshake error",
+            &r.http2_handshake_failures,
+        ),
+        (
+            "pingora_proxy",
+            "Fail to proxy: Downstream",
+            &r.client_disconnects,
+        ),
+        (
+            "pingora_proxy",
+            "failed to send error response to downstream",
+            &r.client_disconnects,
+        ),
+    ];
     let target = record.target();
-    let (prefix, counter) = if target.starts_with("pingora_core::services::listening") {
-        ("Downstream handshake", &routine().tls_handshake_failures)
-    } else if target.starts_with("pingora_proxy") {
-        ("Fail to proxy: Downstream", &routine().client_disconnects)
-    } else {
-        return None;
-    };
-    let message = record.args().to_string();
-    message.starts_with(prefix).then_some(counter)
+    let mut message = None;
+    for (module, prefix, counter) in routine {
+        if target.starts_with(module) {
+            let text = message.get_or_insert_with(|| record.args().to_string());
+            if text.starts_with(prefix) {
+                return Some(counter);
+            }
+        }
+    }
+    None
 }
 
 /// Routes Pingora's `log` records into tracing, routine ones demoted to debug.

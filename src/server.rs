@@ -342,6 +342,7 @@ fn public_service(
     let routine = logging::routine();
     registry.register(Box::new(routine.tls_handshake_failures.clone()))?;
     registry.register(Box::new(routine.client_disconnects.clone()))?;
+    registry.register(Box::new(routine.http2_handshake_failures.clone()))?;
     let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
     if s.h2c {
         // The options are non-exhaustive: made from the default.

@@ -110,7 +110,7 @@ impl Listeners<'_> {
     }
 }
 
-fn connector(cert: &rcgen::Certificate) -> tokio_rustls::TlsConnector {
+pub fn connector(cert: &rcgen::Certificate) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
