@@ -67,7 +67,7 @@ upstream = "ap"
         ("room[1].name", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 1\n[[room]]\nname = \"r\"\nmode = \"requests\"\ncapacity = 2\n")),
         ("admin.listen", format!("[server]\nlisten = [\"127.0.0.1:8080\"]\n[admin]\nlisten = \"127.0.0.1:8080\"\n{BASE}")),
         ("server.listen[1]", format!("[server]\nlisten = [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]\n{BASE}")),
-        ("capcity", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapcity = 1\ncapacity = 1\n")),
+        ("room[0].capcity: unknown key", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapcity = 1\ncapacity = 1\n")),
         ("room[0].mode", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"request\"\ncapacity = 1\n")),
         ("route[0].path_prefix", BASE.replace("path_prefix = \"/\"", "path_prefix = \"api\"")),
         ("route[0].path_prefix", BASE.replace("path_prefix = \"/\"", "path_prefix = \"/__anteroom/x\"")),
@@ -153,7 +153,7 @@ upstream = "ap"
         ("attribution.consent_cookie", format!("[attribution]\nconsent_cookie = \"my cookie\"\n{BASE}")),
         ("server.redirect_https", format!("[server]\nredirect_https = true\n{BASE}")),
         ("server.tls[0].hsts", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\nhsts = \"forever\"\n{BASE}")),
-        ("arrivals_per_hour", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\narrivals_per_hour = 5\n")),
+        ("room[0].limits.arrivals_per_hour: unknown key", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\narrivals_per_hour = 5\n")),
     ];
     assert!(cases.len() >= 10);
     for (key, text) in cases {
@@ -349,4 +349,69 @@ fn an_unknown_page_language_is_refused_with_its_key() {
         msg.contains("room[0].language") && msg.contains("\"xx\" is not a page language"),
         "{msg}"
     );
+}
+
+/// An unknown key is one problem among the others, with its key: it used
+/// to stop the parse and hide them (and a reload logged it with key "-").
+#[test]
+fn an_unknown_key_does_not_hide_the_other_problems() {
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\nthreds = 2\n{BASE}[[room]]\nname = \"r\"\nmode = \"requests\"\ncapcity = 1\ncapacity = 0\n[room.limits]\npolls = 3\n[[events.sink]]\nkind = \"file\"\npaht = \"/tmp/e.jsonl\"\n"
+    );
+    let Err(anteroom::config::ConfigError::Invalid { problems, .. }) =
+        Config::from_toml(&text, Path::new("bad.toml"))
+    else {
+        panic!("accepted, or refused without its problems");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "server.threds",
+        "room[0].capcity",
+        "room[0].limits.polls",
+        "events.sink[0].paht",
+        "room[0].capacity",
+        "events.sink[0].path",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    // The keys it knows are read as usual: the unknown ones add to the list.
+    assert!(!keys.contains(&"server.listen"), "{keys:?}");
+}
+
+/// docs/configuration.md's example of a bad file, run as written: its
+/// `bad.toml` gives exactly the problems the page shows.
+#[test]
+fn the_documented_bad_file_gives_the_documented_problems() {
+    let doc = std::fs::read_to_string("docs/configuration.md").unwrap();
+    let block = |fence: &str| {
+        let start = doc
+            .find(fence)
+            .unwrap_or_else(|| panic!("no {fence} block"))
+            + fence.len();
+        let end = start + doc[start..].find("\n```").unwrap();
+        doc[start..end].trim_start_matches('\n').to_owned()
+    };
+    let file = block("`bad.toml`:\n\n```toml");
+    let shown = block("```console\n$ anteroom check --config bad.toml");
+    let mut lines = shown.lines();
+    let head = lines.next().unwrap();
+    let expected: Vec<&str> = lines.map(|l| l.trim_start_matches("  - ")).collect();
+    let Err(e) = Config::from_toml(&file, Path::new("bad.toml")) else {
+        panic!("the documented bad file was accepted")
+    };
+    let said = format!("anteroom: {e}");
+    let mut said_lines = said.lines();
+    assert_eq!(said_lines.next().unwrap(), head);
+    let actual: Vec<&str> = said_lines.map(|l| l.trim_start_matches("  - ")).collect();
+    assert_eq!(actual.len(), expected.len(), "{said}");
+    for (actual, expected) in actual.iter().zip(&expected) {
+        // "(...)" in the docs stands for the parser's own words.
+        match expected.split_once("(...)") {
+            Some((before, after)) => assert!(
+                actual.starts_with(before) && actual.ends_with(after),
+                "{actual}\n  is not\n{expected}"
+            ),
+            None => assert_eq!(actual, expected),
+        }
+    }
 }

@@ -2,13 +2,15 @@
 //!
 //! Numbers are read as `i64` and durations and addresses as strings so that a
 //! wrong value becomes one entry in the list of problems `validate` reports,
-//! instead of stopping the parse at the first one.
+//! instead of stopping the parse at the first one. For the same reason an
+//! unknown key does not stop the parse (`deny_unknown_fields` would): the
+//! parse collects every key these structs leave unread (`serde_ignored`, as
+//! Cargo does for its manifests), and each is a problem beside the others.
 
 use serde::Deserialize;
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct File {
     #[serde(default)]
     pub server: ServerFile,
@@ -35,7 +37,6 @@ pub struct File {
 
 /// `[events]`: where visitor and room events are delivered.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EventsFile {
     pub buffer: Option<i64>,
     pub on_full: Option<String>,
@@ -54,7 +55,6 @@ pub struct EventsFile {
 
 /// `[[events.sink]]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SinkFile {
     pub kind: String,
     pub name: Option<String>,
@@ -70,7 +70,6 @@ pub struct SinkFile {
 
 /// `[store]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreFile {
     pub backend: Option<String>,
     pub sweep_interval: Option<String>,
@@ -98,7 +97,6 @@ pub struct StoreFile {
 
 /// `[server]`: the public side.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerFile {
     pub listen: Option<Vec<String>>,
     #[serde(default)]
@@ -121,7 +119,6 @@ pub struct ServerFile {
 
 /// `[[server.tls]]`: a public listener that terminates TLS.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TlsListenFile {
     pub listen: String,
     pub cert: String,
@@ -131,7 +128,6 @@ pub struct TlsListenFile {
 
 /// `[admin]`: the operator's side.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
     pub token: Option<String>,
@@ -140,7 +136,6 @@ pub struct AdminFile {
 
 /// `[log]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogFile {
     pub format: Option<String>,
     pub level: Option<String>,
@@ -148,7 +143,6 @@ pub struct LogFile {
 
 /// `[[upstream]]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub name: String,
     pub address: String,
@@ -167,7 +161,6 @@ pub struct UpstreamFile {
 
 /// `[[room]]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RoomFile {
     pub name: String,
     pub mode: String,
@@ -208,7 +201,6 @@ pub struct RoomFile {
 
 /// `[room.limits]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub tickets_per_client: Option<i64>,
     pub arrivals_per_minute: Option<i64>,
@@ -222,7 +214,6 @@ pub struct LimitsFile {
 
 /// `[room.bypass]`, `[room.priority]`, `[route.bypass]`: which visitors a rule picks out.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RulesFile {
     #[serde(default)]
     pub paths: Vec<String>,
@@ -233,7 +224,6 @@ pub struct RulesFile {
 
 /// `[room.conversion]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConversionFile {
     pub method: Option<String>,
     pub path_prefix: String,
@@ -241,7 +231,6 @@ pub struct ConversionFile {
 
 /// `[tokens]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TokensFile {
     pub issuer: Option<String>,
     pub signing_key: String,
@@ -270,7 +259,6 @@ pub struct VerifyKeyTable {
 
 /// `[[jwt]]`: how to recognise the app's own tokens (logged-in users).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct JwtFile {
     pub name: String,
     pub cookie: Option<String>,
@@ -285,7 +273,6 @@ pub struct JwtFile {
 
 /// `[attribution]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AttributionFile {
     #[serde(default)]
     pub sources: Vec<String>,
@@ -297,7 +284,6 @@ pub struct AttributionFile {
 
 /// `[[route]]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RouteFile {
     pub name: Option<String>,
     pub host: Option<String>,

@@ -202,14 +202,54 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in messages.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
-        validate(file, origin).map_err(|problems| ConfigError::Invalid {
-            path: origin.to_owned(),
-            problems,
+        };
+        let mut unknown = Vec::new();
+        let document = toml::Deserializer::parse(text).map_err(parse_error)?;
+        let file: File = serde_ignored::deserialize(document, |path| {
+            unknown.push(Problem {
+                key: key_of(&path),
+                message: "unknown key (a typo? docs/configuration.md lists every key)".into(),
+            });
         })
+        .map_err(parse_error)?;
+        let checked = validate(file, origin);
+        if unknown.is_empty() {
+            return checked.map_err(|problems| ConfigError::Invalid {
+                path: origin.to_owned(),
+                problems,
+            });
+        }
+        // An unknown key is never dropped silently: the file is refused
+        // with it and every other problem.
+        unknown.extend(checked.err().unwrap_or_default());
+        Err(ConfigError::Invalid {
+            path: origin.to_owned(),
+            problems: unknown,
+        })
+    }
+}
+
+/// A key's path as problems name it: tables of arrays counted from 0
+/// (`room[0].limits.capcity`).
+fn key_of(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_of(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_of(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_of(parent),
     }
 }
 
