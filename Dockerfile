@@ -1,5 +1,5 @@
 # Build: the Rust image with cmake (Pingora's zlib-ng needs it).
-FROM rust:1-bookworm AS build
+FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
@@ -11,7 +11,7 @@ COPY tests ./tests
 RUN cargo build --release --locked --bin anteroom
 
 # Run: slim Debian with CA roots for TLS upstreams, as a non-root user.
-FROM debian:bookworm-slim
+FROM debian:12.8-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

@@ -119,8 +119,7 @@ impl Site {
             .tls
             .iter()
             .filter_map(|t| {
-                let age = t.hsts?.as_secs();
-                let value = HeaderValue::from_str(&format!("max-age={age}")).ok()?;
+                let value = HeaderValue::from_str(&t.hsts?.value()).ok()?;
                 Some((t.listen, value))
             })
             .collect();

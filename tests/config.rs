@@ -153,6 +153,9 @@ upstream = "ap"
         ("attribution.consent_cookie", format!("[attribution]\nconsent_cookie = \"my cookie\"\n{BASE}")),
         ("server.redirect_https", format!("[server]\nredirect_https = true\n{BASE}")),
         ("server.tls[0].hsts", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\nhsts = \"forever\"\n{BASE}")),
+        ("server.tls[0].hsts_preload", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\nhsts = \"365d\"\nhsts_preload = true\n{BASE}")),
+        ("server.tls[0].hsts_preload", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\nhsts = \"30d\"\nhsts_include_subdomains = true\nhsts_preload = true\n{BASE}")),
+        ("server.tls[0].hsts_include_subdomains", format!("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"Cargo.toml\"\nkey = \"Cargo.toml\"\nhsts_include_subdomains = true\n{BASE}")),
         ("room[0].limits.arrivals_per_hour: unknown key", format!("{BASE}[[room]]\nname = \"r\"\nmode = \"sessions\"\ncapacity = 1\n[room.limits]\narrivals_per_hour = 5\n")),
     ];
     assert!(cases.len() >= 10);

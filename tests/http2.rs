@@ -227,3 +227,35 @@ async fn hsts_on_tls_answers_and_plain_listeners_redirect_to_https() {
         "nothing plain reached the app"
     );
 }
+
+/// `hsts_include_subdomains` and `hsts_preload` add their directives, as
+/// the preload lists ask for them.
+#[tokio::test]
+async fn hsts_can_cover_subdomains_and_ask_for_preloading() {
+    let tls = Tls::new();
+    let upstream = TestUpstream::start().await;
+    let port = free_port();
+    let _p = Process::start(
+        "1s",
+        &format!(
+            "{}{}",
+            tls.listener(
+                port,
+                "hsts = \"365d\"\nhsts_include_subdomains = true\nhsts_preload = true"
+            ),
+            requests_room(&upstream, 2)
+        ),
+    )
+    .await;
+    Tls::accepting(port).await;
+    let resp = tls
+        .client()
+        .get(format!("https://localhost:{port}/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains; preload"
+    );
+}

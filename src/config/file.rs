@@ -124,6 +124,8 @@ pub struct TlsListenFile {
     pub cert: String,
     pub key: String,
     pub hsts: Option<String>,
+    pub hsts_include_subdomains: Option<bool>,
+    pub hsts_preload: Option<bool>,
 }
 
 /// `[admin]`: the operator's side.

@@ -396,8 +396,33 @@ pub struct TlsListener {
     pub cert: PathBuf,
     /// Private key (PEM).
     pub key: PathBuf,
-    /// `Strict-Transport-Security: max-age` sent on its responses.
-    pub hsts: Option<Duration>,
+    /// The `Strict-Transport-Security` sent on its responses.
+    pub hsts: Option<Hsts>,
+}
+
+/// A `Strict-Transport-Security` policy (RFC 6797).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hsts {
+    /// `max-age`.
+    pub max_age: Duration,
+    /// `includeSubDomains`: every subdomain is HTTPS-only too.
+    pub include_subdomains: bool,
+    /// `preload`: the site asks to be in browsers' built-in HSTS lists.
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header's value.
+    pub fn value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
 }
 
 /// `[admin]`.

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use super::file::{
     AttributionFile, EventsFile, File, JwtFile, LimitsFile, RoomFile, RouteFile, RulesFile,
-    StoreFile, TokensFile, UpstreamFile, VerifyKeyFile,
+    StoreFile, TlsListenFile, TokensFile, UpstreamFile, VerifyKeyFile,
 };
 use super::{
     AdaptiveLimit, Admin, Attribution, Backend, Bind, Config, ConfigError, Consent, Conversion,
-    Deployment, FairBy, Fairness, HostHeader, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat,
+    Deployment, FairBy, Fairness, HostHeader, Hsts, Jwt, JwtKey, JwtSource, Limits, Log, LogFormat,
     MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, PathPolicy, Problem, ProofOfWork, RESERVED_PREFIX,
     Rate, RedisConfig, Room, RoomMode, Route, Rules, Secret, Server, Sessions, State, StateDir,
     StoreConfig, TlsListener, TokenBudget, Tokens, UnknownClients, Upstream,
@@ -253,6 +253,52 @@ fn key_of(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
+/// A TLS listener's `hsts`, `hsts_include_subdomains` and `hsts_preload`.
+/// Preloading asks browsers to hard-code the policy: the lists take only a
+/// `max-age` of a year or more with `includeSubDomains`, so less is refused.
+fn hsts(p: &mut Problems, key: &str, t: &TlsListenFile) -> Option<Hsts> {
+    let Some(text) = t.hsts.as_deref() else {
+        for (name, set) in [
+            (
+                "hsts_include_subdomains",
+                t.hsts_include_subdomains.is_some(),
+            ),
+            ("hsts_preload", t.hsts_preload.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("{key}.{name}"),
+                    "only applies with hsts (its max-age)",
+                );
+            }
+        }
+        return None;
+    };
+    let max_age = p.duration(&format!("{key}.hsts"), Some(text), Duration::ZERO);
+    if max_age > MAX_HSTS {
+        p.add(format!("{key}.hsts"), "must be at most 2 years (\"730d\")");
+    }
+    let include_subdomains = t.hsts_include_subdomains.unwrap_or(false);
+    let preload = t.hsts_preload.unwrap_or(false);
+    if preload && !include_subdomains {
+        p.add(
+            format!("{key}.hsts_preload"),
+            "needs hsts_include_subdomains = true (the preload lists ask for it)",
+        );
+    }
+    if preload && max_age < Duration::from_secs(365 * 86_400) {
+        p.add(
+            format!("{key}.hsts_preload"),
+            "needs hsts of at least a year (\"365d\"), as the preload lists ask",
+        );
+    }
+    Some(Hsts {
+        max_age,
+        include_subdomains,
+        preload,
+    })
+}
+
 fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
 
@@ -374,13 +420,7 @@ fn server(p: &mut Problems, file: &File) -> Server {
             let cert = p.readable_file(&format!("{key}.cert"), &t.cert);
             let key_path = p.readable_file(&format!("{key}.key"), &t.key);
             let listen = p.socket_addr(&format!("{key}.listen"), &t.listen)?;
-            let hsts = t.hsts.as_deref().map(|text| {
-                let age = p.duration(&format!("{key}.hsts"), Some(text), Duration::ZERO);
-                if age > MAX_HSTS {
-                    p.add(format!("{key}.hsts"), "must be at most 2 years (\"730d\")");
-                }
-                age
-            });
+            let hsts = hsts(p, &key, t);
             Some(TlsListener {
                 listen,
                 cert,
