@@ -64,3 +64,57 @@ async fn demo_queues_the_third_visitor_and_lets_them_in() {
         assert!(body.contains("\"totalTokenCount\":100"), "{body}");
     }
 }
+
+/// README's "Try it" terminal commands, exactly as written there, against a
+/// running demo (only its ports are this test's): the third arrival gets a
+/// ticket, `$TICKET` is set from it, its status tells its place, and the
+/// room is paused.
+#[tokio::test]
+async fn the_readme_try_it_commands_run_as_written() {
+    let demo = Demo::start().await;
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let section = &readme[readme.find("## Try it").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let start = section.find("From a terminal").unwrap();
+    let block = &section[start..];
+    let block = &block[block.find("```sh\n").unwrap() + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let script: String = block
+        .lines()
+        .map(|l| l.trim_start())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", demo.public))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{}", demo.admin))
+        .replace(
+            "/tmp/third.json",
+            &dir.path().join("third.json").display().to_string(),
+        );
+    assert!(
+        script.contains("$TICKET") && script.contains("TICKET="),
+        "{script}"
+    );
+    let out = tokio::process::Command::new("sh")
+        .args(["-euc", &script])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The answers follow one another without newlines: read them as a stream.
+    let answers: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    // tee prints the third arrival's answer; then its status; then the room.
+    assert!(answers.len() >= 3, "{stdout}");
+    assert_eq!(answers[0]["code"], "QUEUE_REQUIRED", "{stdout}");
+    assert_eq!(answers[1]["state"], "queued", "{stdout}");
+    assert_eq!(answers[1]["position"], 1, "{stdout}");
+    assert_eq!(answers.last().unwrap()["state"], "paused", "{stdout}");
+}

@@ -11,6 +11,8 @@ pub struct Demo {
     child: Child,
     /// anteroom's public port.
     pub public: u16,
+    /// anteroom's admin port.
+    pub admin: u16,
     /// The toy app's own port.
     pub upstream: u16,
     /// What it printed when it started.
@@ -48,6 +50,7 @@ impl Demo {
         Demo {
             child,
             public,
+            admin,
             upstream,
             banner,
         }
