@@ -184,6 +184,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let (shortest, longest) = visit.split_once("..").unwrap_or((&visit, &visit));
             let model = anteroom::simulate::Model {
                 visit: (duration("visit", shortest)?, duration("visit", longest)?),
+                shape: anteroom::simulate::VisitShape::Uniform,
                 patience: patience.map(|p| duration("patience", &p)).transpose()?,
                 leave,
                 seed,

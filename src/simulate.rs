@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{Config, Room};
 use crate::store::memory::RoomState;
-use crate::store::{Arrival, Lane, Millis, Newcomer, Polled, RoomSpec, SessionId, Swept};
+use crate::store::{Arrival, Lane, Millis, Newcomer, Polled, RoomSpec, SessionId, Swept, Wait};
 
 /// Redis's cost of one step, measured (docs/scaling.md, "Sizing Redis"):
 /// commands run inside the script, and redis-server CPU in µs.
@@ -106,11 +106,25 @@ impl Curve {
     }
 }
 
+/// How visit lengths are spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VisitShape {
+    /// Uniformly between the two lengths of [`Model::visit`].
+    #[default]
+    Uniform,
+    /// The first length, then an exponentially distributed remainder whose
+    /// mean is the difference of the two (a long tail: most visits short,
+    /// a few long), at most ten times that mean.
+    LongTail,
+}
+
 /// How visitors behave.
 #[derive(Debug, Clone)]
 pub struct Model {
-    /// A visit lasts between these (uniformly).
+    /// A visit lasts between these (see `shape`).
     pub visit: (Duration, Duration),
+    /// How visit lengths spread between them.
+    pub shape: VisitShape,
     /// A waiting visitor gives up after this long (None: never).
     pub patience: Option<Duration>,
     /// Visitors leave explicitly at the end of a visit (else their session lapses).
@@ -130,6 +144,8 @@ pub struct Visit {
     pub gave_up: bool,
     /// They were refused (a full line, maintenance).
     pub refused: bool,
+    /// The wait they were told on arriving, when they had to wait.
+    pub told: Option<Wait>,
 }
 
 /// What a simulation found.
@@ -203,7 +219,15 @@ pub fn run(
     for (second, &n) in curve.0.iter().enumerate() {
         for i in 0..n {
             let at = second as u64 * 1000 + u64::from(i) * 1000 / u64::from(n);
-            let visit = rng.gen_range(ms(model.visit.0)..=ms(model.visit.1));
+            let (shortest, longest) = (ms(model.visit.0), ms(model.visit.1));
+            let visit = match model.shape {
+                VisitShape::Uniform => rng.gen_range(shortest..=longest),
+                VisitShape::LongTail => {
+                    let mean = (longest - shortest) as f64;
+                    let extra = -mean * (1.0 - rng.r#gen::<f64>()).ln();
+                    shortest + extra.min(10.0 * mean) as u64
+                }
+            };
             queue.push(Reverse((at, Step::Arrive(visitors.len()))));
             visitors.push(Visitor {
                 ticket: None,
@@ -216,6 +240,7 @@ pub fn run(
                 waited: None,
                 gave_up: false,
                 refused: false,
+                told: None,
             });
         }
     }
@@ -275,6 +300,7 @@ pub fn run(
                         enter(&mut visitors[v], s.id, at, touch, v, &mut queue);
                     }
                     Arrival::Queued(p) | Arrival::QueuedAgain(p) => {
+                        visits[v].told = Some(p.wait);
                         visitors[v].ticket = Some(p.ticket);
                         queue.push(Reverse((at + 1, Step::Poll(v))));
                     }

@@ -490,6 +490,43 @@ async fn a_host_route_is_met_over_every_protocol() {
             );
         }
     }
+    // curl, as the attack run reproduced it: `:authority` from the URL
+    // over TLS, and h2c with the host given as a Host header.
+    let curl = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(&args)
+            .output()
+            .await
+            .expect("curl (scripts/setup installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tls_url = format!("https://sess.test:{port}/x");
+    for authority in ["sess.test", "SESS.TEST"] {
+        let said = curl(vec![
+            "-k".into(),
+            "--http2".into(),
+            "--resolve".into(),
+            format!("{authority}:{port}:127.0.0.1"),
+            tls_url.replace("sess.test", authority),
+        ])
+        .await;
+        assert_eq!(said, "503 2", "curl --http2 to {authority}");
+    }
+    let said = curl(vec![
+        "--http2-prior-knowledge".into(),
+        "-H".into(),
+        "Host: sess.test".into(),
+        format!("http://{}/x", proxy.addr),
+    ])
+    .await;
+    assert_eq!(said, "503 2", "curl --http2-prior-knowledge");
     let served = nginx.served("root");
     assert!(served.is_empty(), "walked past the room: {served:?}");
 }

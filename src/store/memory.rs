@@ -130,6 +130,13 @@ fn remaining(age: f64, visit: f64, spread: f64) -> f64 {
     }
 }
 
+/// How long a turn is expected to wait for its visitor's claim before any
+/// was measured: half a poll (a polling client claims at its next poll; a
+/// page that hears its turn pushed claims at once, so this errs long).
+fn claim_prior(spec: &RoomSpec) -> f64 {
+    spec.poll_interval.as_millis() as f64 / 2.0
+}
+
 /// What an `Idempotency-Key` was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Given {
@@ -186,6 +193,7 @@ pub struct RoomState {
 impl RoomState {
     /// A room with nobody in it.
     pub fn new(spec: RoomSpec, now: Millis) -> RoomState {
+        let prior_claim = claim_prior(&spec);
         RoomState {
             settings: spec.settings,
             queue: Queue::new(spec.priority_weight),
@@ -201,7 +209,7 @@ impl RoomState {
             },
             admissions: Rate::default(),
             avg_visit_ms: None,
-            avg_claim_ms: 0.0,
+            avg_claim_ms: prior_claim,
             visits_measured: 0,
             visit_spread_ms: 0.0,
             ended: HashMap::new(),
@@ -280,10 +288,14 @@ impl RoomState {
         // How often a slot turns over: measured once each slot has turned
         // over twice, else a visit and the claim of the next.
         let min = u32::try_from(2 * slots).unwrap_or(u32::MAX).max(4);
-        let cycle = self
+        let pace = self.admissions.per_ms(now, min);
+        let cycle = pace.map_or(visit + self.avg_claim_ms, |rate| slots as f64 / rate);
+        // Known once the pace was measured over three turnovers of each slot:
+        // the first turnovers end shortest first, and overstate it.
+        let settled = self
             .admissions
-            .per_ms(now, min)
-            .map_or(visit + self.avg_claim_ms, |rate| slots as f64 / rate);
+            .per_ms(now, min.saturating_mul(3) / 2)
+            .is_some();
         let mut ms = match slots {
             0 => 0.0,
             slots => {
@@ -303,7 +315,7 @@ impl RoomState {
             && (now.saturating_sub(self.admissions.at) as f64) <= (10.0 * visit).max(60_000.0);
         Wait {
             ms: ms.min(1e12) as u64,
-            known: self.avg_visit_ms.is_some() && moving,
+            known: self.avg_visit_ms.is_some() && settled && moving,
         }
     }
 
@@ -671,13 +683,12 @@ impl RoomState {
             self.promote(now);
             return None;
         }
-        let gap = self.visit_ms().max(1000.0);
         let s = self.sessions.get_mut(&id.0)?;
         s.last_seen = now;
-        if !s.confirmed {
-            s.confirmed = true;
-            self.admissions.record(now, gap);
-        }
+        // A visitor let in at once came back with the pass: the place is
+        // theirs. Not a step of the line's pace, which only admissions
+        // from the line measure (a room filling up is no turnover).
+        s.confirmed = true;
         Some(SessionInfo {
             id,
             admitted_at: s.admitted_at,

@@ -124,6 +124,11 @@ pub struct RoomSpec {
     pub tickets_per_client: u32,
     /// How long an `Idempotency-Key` gives the same place.
     pub idempotency_ttl: Duration,
+    /// How often a waiting visitor polls: until claims are measured, a
+    /// turn is expected to be claimed half a poll after its slot frees
+    /// (state saved before this field knew none: 0).
+    #[serde(default)]
+    pub poll_interval: Duration,
 }
 
 impl RoomSpec {
@@ -147,6 +152,7 @@ impl RoomSpec {
             priority_weight: s.priority_weight,
             tickets_per_client: s.limits.tickets_per_client,
             idempotency_ttl: s.ticket_ttl,
+            poll_interval: s.poll_interval,
         }
     }
 }

@@ -378,6 +378,7 @@ impl RedisStore {
                 ms(s.confirm_window).to_string(),
                 s.tickets_per_client.to_string(),
                 ms(s.idempotency_ttl).to_string(),
+                ms(s.poll_interval).to_string(),
             ];
             let mut args = vec![fields.join("|")];
             args.extend(fields);

@@ -111,6 +111,13 @@ local function visit_ms()
   return AVG * unseen + tonumber(S.visit_avg) * (1 - unseen)
 end
 
+-- How long a turn waits for its visitor's claim: measured, else half a poll
+-- (claim_prior in store/memory.rs).
+local function claim_avg()
+  if S.claim_avg then return tonumber(S.claim_avg) end
+  return num('poll_ms') / 2
+end
+
 -- How much longer a session of this age is expected to last (remaining() in store/memory.rs).
 local function remaining(age, visit, spread)
   local earliest, latest = visit - spread, visit + spread
@@ -125,7 +132,7 @@ end
 -- freeing again a turnover later; never sooner than admit_rate allows.
 local function wait(ahead)
   local visit = visit_ms()
-  local claim = num('claim_avg')
+  local claim = claim_avg()
   local reserved = redis.call('HLEN', K_RV)
   local turns = math.max(0, ahead - reserved) + 1
   local busy = redis.call('ZCARD', K_SA)
@@ -135,7 +142,8 @@ local function wait(ahead)
   -- twice, else a visit and the claim of the next.
   local cycle = visit + claim
   local span = NOW - num('r_since')
-  if num('r_n') >= math.max(4, 2 * slots) and span > 0 then
+  local min = math.max(4, 2 * slots)
+  if num('r_n') >= min and span > 0 then
     -- n admissions span n - 1 gaps.
     local rate = rate_decayed() / (1 - math.exp(-span / TAU)) * (num('r_n') - 1) / num('r_n')
     if rate > 0 then cycle = slots / rate end
@@ -148,8 +156,11 @@ local function wait(ahead)
     ms = remaining(NOW - began, visit, 2 * num('spread')) + cycles * cycle + claim
   end
   if RATE > 0 then ms = math.max(ms, turns * 1000 / RATE) end
+  -- Known once the pace has been measured over three turnovers of each
+  -- slot (the first ones end shortest first) and the line moved lately.
   local known = 0
-  if S.visit_avg and num('r_n') > 0 and NOW - num('r_at') <= math.max(10 * visit, 60000) then known = 1 end
+  if S.visit_avg and num('r_n') >= math.floor(min * 3 / 2) and span > 0
+    and NOW - num('r_at') <= math.max(10 * visit, 60000) then known = 1 end
   return math.floor(math.min(ms, 1e12)), known
 end
 
@@ -307,7 +318,7 @@ local function claim(lane, seq, id)
   local tkey = lane .. ':' .. seq
   -- How long a held slot waited for its visitor: part of each turn.
   local held_since = tonumber(redis.call('HGET', K_RV, tkey) or NOW) - CLAIM
-  set('claim_avg', num('claim_avg') + (NOW - held_since - num('claim_avg')) / 8)
+  set('claim_avg', claim_avg() + (NOW - held_since - claim_avg()) / 8)
   local data = cjson.decode(redis.call('HGET', K_T, tkey))
   forget(lane, seq)
   return admit(id, NOW - data.j, data.u, true)

@@ -32,7 +32,6 @@ if data.c == 0 then
   -- The visitor came back with the pass: the place is theirs for the session.
   data.c = 1
   redis.call('HSET', K_SD, id, cjson.encode(data))
-  rate_record()
   save()
 end
 local next_deadline = NOW + TTL
