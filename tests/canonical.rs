@@ -259,35 +259,8 @@ async fn a_bypass_prefix_cannot_be_walked_out_of() {
 #[tokio::test]
 async fn a_host_route_is_found_however_its_host_is_spelled() {
     let nginx = Nginx::start(&[("/", "root")]);
-    let proxy = TestProxy::start(&format!(
-        r#"
-[[upstream]]
-name = "nginx"
-address = "127.0.0.1:{port}"
-[[room]]
-name = "sess"
-mode = "requests"
-capacity = 1
-[[route]]
-host = "sess.test"
-upstream = "nginx"
-room = "sess"
-[[route]]
-upstream = "nginx"
-"#,
-        port = nginx.port
-    ))
-    .await;
-    // Hold the room's slot with a request whose body never comes.
-    let mut holder = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    holder
-        .write_all(b"POST /x HTTP/1.1\r\nHost: sess.test\r\nContent-Length: 10\r\n\r\n")
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), || async {
-        (proxy.capacity("sess").await["inUse"] == 1).then_some(())
-    })
-    .await;
+    let proxy = TestProxy::start(&HOST_ROUTE.replace("{port}", &nginx.port.to_string())).await;
+    let holder = hold_slot(&proxy, "sess", "/x", "sess.test").await;
     for host in [
         "sess.test",
         "SESS.test",
@@ -362,14 +335,8 @@ async fn on_every_protocol(toml: &str) -> (TestProxy, Tls, u16) {
     let tls = Tls::new();
     let port = crate::common::free_port();
     let proxy =
-        TestProxy::start_with("h2c = true", &format!("{toml}\n{}", tls.listener(port))).await;
-    eventually(Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+        TestProxy::start_with("h2c = true", &format!("{toml}\n{}", tls.listener(port, ""))).await;
+    Tls::accepting(port).await;
     (proxy, tls, port)
 }
 
@@ -422,15 +389,43 @@ room = "sess"
 upstream = "nginx"
 "#;
 
-/// Holds a requests room's one slot with a request whose body never comes.
-async fn hold_slot(proxy: &TestProxy, room: &str, request: &[u8]) -> tokio::net::TcpStream {
+/// Holds a requests room's one slot with a POST to `path` on `host` whose
+/// body never comes.
+async fn hold_slot(proxy: &TestProxy, room: &str, path: &str, host: &str) -> tokio::net::TcpStream {
     let mut holder = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    holder.write_all(request).await.unwrap();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\n");
+    holder.write_all(request.as_bytes()).await.unwrap();
     eventually(Duration::from_secs(10), || async {
         (proxy.capacity(room).await["inUse"] == 1).then_some(())
     })
     .await;
     holder
+}
+
+/// A GET as a test writes it: path, host (or `:authority`), other headers.
+type Get<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// Sends GET `path` to `host` over each of `transports`: each must be
+/// decided as `expected`.
+async fn each_is(
+    to: &Listeners<'_>,
+    transports: &[Transport],
+    requests: &[Get<'_>],
+    expected: Met,
+) {
+    for &transport in transports {
+        for &(path, host, headers) in requests {
+            let req = Request {
+                method: "GET",
+                path,
+                host,
+                headers,
+            };
+            let answer = to.send(transport, &req).await;
+            let what = format!("{transport:?} {host} {path} {headers:?}");
+            assert_eq!(met(&what, &answer), expected, "{what}: {answer:?}");
+        }
+    }
 }
 
 /// The high finding of the attack run: HTTP/2 carries the host in
@@ -441,55 +436,27 @@ async fn a_host_route_is_met_over_every_protocol() {
     let nginx = Nginx::start(&[("/", "root")]);
     let (proxy, tls, port) =
         on_every_protocol(&HOST_ROUTE.replace("{port}", &nginx.port.to_string())).await;
-    let _holder = hold_slot(
-        &proxy,
-        "sess",
-        b"POST /x HTTP/1.1\r\nHost: sess.test\r\nContent-Length: 10\r\n\r\n",
-    )
-    .await;
+    let _holder = hold_slot(&proxy, "sess", "/x", "sess.test").await;
     let to = listeners(&proxy, &tls, port);
-    for transport in Transport::ALL {
-        for host in [
-            "sess.test",
-            "SESS.test",
-            "sess.test.",
-            "Sess.Test.:80",
-            "SESS.TEST:443",
-            "sess.test:8080",
-        ] {
-            let req = Request {
-                method: "GET",
-                path: "/x",
-                host,
-                headers: &[],
-            };
-            let answer = to.send(transport, &req).await;
-            assert_eq!(
-                met(&format!("{transport:?} {host}"), &answer),
-                Met::Room,
-                "{transport:?} {host}: {answer:?}"
-            );
-        }
-        // A `Host` beside `:authority` (or a second one) must name the same host.
-        for (host, headers) in [
-            ("sess.test", &[("host", "other.test")][..]),
-            ("other.test", &[("host", "sess.test")][..]),
-            ("sess.test..", &[][..]),
-        ] {
-            let req = Request {
-                method: "GET",
-                path: "/x",
-                host,
-                headers,
-            };
-            let answer = to.send(transport, &req).await;
-            assert_eq!(
-                met(&format!("{transport:?} {host} {headers:?}"), &answer),
-                Met::Refused,
-                "{transport:?} {host} {headers:?}: {answer:?}"
-            );
-        }
-    }
+    let spellings: Vec<Get<'_>> = [
+        "sess.test",
+        "SESS.test",
+        "sess.test.",
+        "Sess.Test.:80",
+        "SESS.TEST:443",
+        "sess.test:8080",
+    ]
+    .into_iter()
+    .map(|host| ("/x", host, &[][..]))
+    .collect();
+    each_is(&to, &Transport::ALL, &spellings, Met::Room).await;
+    // A `Host` beside `:authority` (or a second one) must name the same host.
+    let ambiguous: [Get<'_>; 3] = [
+        ("/x", "sess.test", &[("host", "other.test")]),
+        ("/x", "other.test", &[("host", "sess.test")]),
+        ("/x", "sess.test..", &[]),
+    ];
+    each_is(&to, &Transport::ALL, &ambiguous, Met::Refused).await;
     // curl, as the attack run reproduced it: `:authority` from the URL
     // over TLS, and h2c with the host given as a Host header.
     let curl = |args: Vec<String>| async move {
@@ -541,12 +508,7 @@ async fn every_spelling_of_a_guarded_path_meets_its_room_over_http2() {
         nginx.port
     ))
     .await;
-    let _holder = hold_slot(
-        &proxy,
-        "gemini",
-        b"POST /api/gemini/hold HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n",
-    )
-    .await;
+    let _holder = hold_slot(&proxy, "gemini", "/api/gemini/hold", "shop.test").await;
     let to = listeners(&proxy, &tls, port);
     let mut carried = 0;
     for transport in [Transport::H2Tls, Transport::H2c] {
@@ -586,18 +548,8 @@ async fn http1_and_http2_decide_every_target_alike() {
         n = nginx.port
     ))
     .await;
-    let _gemini = hold_slot(
-        &proxy,
-        "gemini",
-        b"POST /api/gemini/hold HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n",
-    )
-    .await;
-    let _sess = hold_slot(
-        &proxy,
-        "sess",
-        b"POST /x HTTP/1.1\r\nHost: sess.test\r\nContent-Length: 10\r\n\r\n",
-    )
-    .await;
+    let _gemini = hold_slot(&proxy, "gemini", "/api/gemini/hold", "shop.test").await;
+    let _sess = hold_slot(&proxy, "sess", "/x", "sess.test").await;
     let to = listeners(&proxy, &tls, port);
     const SEGMENTS: &[&str] = &[
         "api", "gemini", "x", "API", "Gemini", ".", "..", "%2e", "%2E%2e", "%2f", "%61pi",
@@ -661,34 +613,18 @@ async fn a_case_insensitive_route_meets_its_room_in_any_case() {
         nginx.port
     ))
     .await;
-    let _holder = hold_slot(
-        &proxy,
-        "gemini",
-        b"POST /api/gemini/hold HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\n",
-    )
-    .await;
+    let _holder = hold_slot(&proxy, "gemini", "/api/gemini/hold", "shop.test").await;
     let to = listeners(&proxy, &tls, port);
-    for transport in Transport::ALL {
-        for path in [
-            "/API/gemini/x",
-            "/Api/Gemini/x",
-            "/api/GEMINI/x",
-            "//API/./gemini/x",
-        ] {
-            let req = Request {
-                method: "GET",
-                path,
-                host: "shop.test",
-                headers: &[],
-            };
-            let answer = to.send(transport, &req).await;
-            assert_eq!(
-                met(&format!("{transport:?} {path}"), &answer),
-                Met::Room,
-                "{transport:?} {path}: {answer:?}"
-            );
-        }
-    }
+    let cases: Vec<Get<'_>> = [
+        "/API/gemini/x",
+        "/Api/Gemini/x",
+        "/api/GEMINI/x",
+        "//API/./gemini/x",
+    ]
+    .into_iter()
+    .map(|path| (path, "shop.test", &[][..]))
+    .collect();
+    each_is(&to, &Transport::ALL, &cases, Met::Room).await;
     assert!(
         nginx.served("root").is_empty(),
         "{:?}",

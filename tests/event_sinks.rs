@@ -381,6 +381,24 @@ async fn a_graceful_stop_delivers_what_is_buffered() {
     check_journeys(&lines(&file));
 }
 
+/// `scripts/funnel --json` over an events file: its rows.
+fn funnel(file: &Path) -> Vec<Value> {
+    let out = std::process::Command::new("scripts/funnel")
+        .arg("--json")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// A sum of a metric's series whose line starts with `prefix`.
 fn metric_sum(metrics: &str, prefix: &str) -> f64 {
     metrics
@@ -444,20 +462,7 @@ async fn the_funnel_leaves_out_arrivals_that_never_confirmed() {
         );
     }
     person.leave().await;
-    let out = std::process::Command::new("scripts/funnel")
-        .arg("--json")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = funnel(&file);
     assert_eq!(rows.len(), 1, "{rows:?}");
     let meta = &rows[0];
     assert_eq!(
@@ -520,20 +525,7 @@ async fn the_funnel_counts_each_campaign_from_the_events() {
         (of_type(&lines(&file), "released").len() >= 3).then_some(())
     })
     .await;
-    let out = std::process::Command::new("scripts/funnel")
-        .arg("--json")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = funnel(&file);
     let row = |source: &str| rows.iter().find(|r| r["source"] == source).unwrap().clone();
     let meta = row("meta");
     assert_eq!(
@@ -793,6 +785,41 @@ async fn a_journey_arrives_in_jetstream_on_a_subject_per_room_and_type() {
     }
 }
 
+/// A JetStream stream made by the operator with a real NATS client, as
+/// infrastructure as code does.
+async fn operator_stream(
+    nats: &NatsServer,
+    name: &str,
+    subjects: &str,
+) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
+/// anteroom with a NATS sink that never makes a stream, dead letters in `dir`.
+async fn never_making_streams(upstream: &TestUpstream, dir: &Path, nats: &NatsServer) -> Process {
+    let sink = format!("{}create_stream = false\n", nats_sink(dir, nats));
+    Process::start("1s", &config(upstream, &sink, false)).await
+}
+
+/// The journeys of `two_journeys`, as the stream `name` holds them.
+async fn journeys_in(nats: &NatsServer, name: &str) -> Vec<Value> {
+    let messages = eventually(Duration::from_secs(15), || async {
+        let m = jetstream(nats, name).await;
+        (m.len() >= 7).then_some(m)
+    })
+    .await;
+    messages.into_iter().map(|(_, e)| e).collect()
+}
+
 /// NATS operators make their streams themselves: a stream `ANTEROOM` on
 /// `anteroom.events.>`, made beforehand by a real NATS client, receives the
 /// journeys, and anteroom makes no stream of its own (before, it tried, got
@@ -801,37 +828,11 @@ async fn a_journey_arrives_in_jetstream_on_a_subject_per_room_and_type() {
 async fn a_stream_the_operator_made_receives_the_events() {
     let upstream = TestUpstream::start().await;
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "ANTEROOM".into(),
-        subjects: vec!["anteroom.events.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = operator_stream(&nats, "ANTEROOM", "anteroom.events.>").await;
     let dir = tempfile::tempdir().unwrap();
-    let p = Process::start(
-        "1s",
-        &config(
-            &upstream,
-            &format!(
-                "{}create_stream = false
-",
-                nats_sink(dir.path(), &nats)
-            ),
-            false,
-        ),
-    )
-    .await;
+    let p = never_making_streams(&upstream, dir.path(), &nats).await;
     two_journeys(&p).await;
-    let messages = eventually(Duration::from_secs(10), || async {
-        let m = jetstream(&nats, "ANTEROOM").await;
-        (m.len() >= 7).then_some(m)
-    })
-    .await;
-    let events: Vec<Value> = messages.iter().map(|(_, e)| e.clone()).collect();
-    check_journeys(&events);
+    check_journeys(&journeys_in(&nats, "ANTEROOM").await);
     assert!(
         js.get_stream("ANTEROOM_EVENTS").await.is_err(),
         "a second stream was made"
@@ -843,48 +844,22 @@ async fn a_stream_the_operator_made_receives_the_events() {
 }
 
 /// With `create_stream = false` and no stream on its subjects, the sink is
-/// down (said in `/readyz?details` and the log) and the events wait; once
-/// the operator makes a stream, they arrive.
+/// down (said in `/readyz?details`) and the events wait; once the operator
+/// makes a stream, they arrive.
 #[tokio::test]
 async fn without_a_stream_and_leave_to_make_one_the_sink_waits_for_it() {
     let upstream = TestUpstream::start().await;
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let p = Process::start(
-        "1s",
-        &config(
-            &upstream,
-            &format!(
-                "{}create_stream = false
-",
-                nats_sink(dir.path(), &nats)
-            ),
-            false,
-        ),
-    )
-    .await;
+    let p = never_making_streams(&upstream, dir.path(), &nats).await;
     two_journeys(&p).await;
     eventually(Duration::from_secs(10), || async {
         let ready = get_json(p.admin_url("/readyz?details")).await;
         (ready["sinks"][0]["up"] == false).then_some(())
     })
     .await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "EVENTS".into(),
-        subjects: vec!["anteroom.*.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let messages = eventually(Duration::from_secs(15), || async {
-        let m = jetstream(&nats, "EVENTS").await;
-        (m.len() >= 7).then_some(m)
-    })
-    .await;
-    let events: Vec<Value> = messages.iter().map(|(_, e)| e.clone()).collect();
-    check_journeys(&events);
+    operator_stream(&nats, "EVENTS", "anteroom.*.>").await;
+    check_journeys(&journeys_in(&nats, "EVENTS").await);
 }
 
 /// NATS stopped for 10 s under steady traffic, then started again: every

@@ -379,15 +379,21 @@ async fn the_same_idempotency_key_gets_the_same_ticket(backend: Backend) {
     );
 }
 
-async fn an_idempotency_key_is_bound_where_tokens_are(backend: Backend) {
-    let upstream = TestUpstream::start().await;
+/// A room of one that binds tokens to the browser and network, behind a
+/// trusted proxy on 127.0.0.1 (so that a test can name any client address).
+async fn bound_room(upstream: &TestUpstream, backend: Backend) -> TestProxy {
     let config = waiting_room_config(
-        &upstream,
+        upstream,
         backend,
         "capacity = 1\nbind = \"user_agent_and_network\"",
         "",
     );
-    let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+    TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await
+}
+
+async fn an_idempotency_key_is_bound_where_tokens_are(backend: Backend) {
+    let upstream = TestUpstream::start().await;
+    let proxy = bound_room(&upstream, backend).await;
     let from = |ua: &str, ip: &str| {
         bot()
             .get(proxy.url("/echo"))
@@ -492,13 +498,7 @@ async fn proof_of_work_counts_a_solved_ticket_only(backend: Backend) {
 
 async fn bound_tokens_count_only_for_their_client(backend: Backend) {
     let upstream = TestUpstream::start().await;
-    let config = waiting_room_config(
-        &upstream,
-        backend,
-        "capacity = 1\nbind = \"user_agent_and_network\"",
-        "",
-    );
-    let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
+    let proxy = bound_room(&upstream, backend).await;
     let from = |ua: &str, ip: &str, header: (&str, &str)| {
         bot()
             .get(proxy.url("/echo"))

@@ -11,57 +11,8 @@ use reqwest::Version;
 
 use crate::common::nginx::Nginx;
 use crate::common::process::Process;
+use crate::common::transport::Tls;
 use crate::common::{TestUpstream, eventually, free_port, get_json};
-
-/// A self-signed certificate for `localhost`, written where the config can
-/// name it, and a client that trusts it (and only it).
-struct Tls {
-    dir: tempfile::TempDir,
-    cert: rcgen::Certificate,
-}
-
-impl Tls {
-    fn new() -> Tls {
-        let dir = tempfile::tempdir().unwrap();
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
-        Tls {
-            dir,
-            cert: made.cert,
-        }
-    }
-
-    /// `[[server.tls]]` on `port`, with `extra` keys.
-    fn listener(&self, port: u16, extra: &str) -> String {
-        format!(
-            "[[server.tls]]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
-            self.dir.path().join("cert.pem").display(),
-            self.dir.path().join("key.pem").display()
-        )
-    }
-
-    /// Waits until the TLS listener on `port` accepts (the plain one may be
-    /// up a moment before).
-    async fn accepting(port: u16) {
-        eventually(Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-    }
-
-    fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([reqwest::Certificate::from_der(self.cert.der()).unwrap()])
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap()
-    }
-}
 
 fn requests_room(upstream: &TestUpstream, capacity: u32) -> String {
     format!(

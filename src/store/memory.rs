@@ -256,14 +256,14 @@ impl RoomState {
     }
 
     /// The expected visit length. Visits end shortest first, so the first
-    /// ones measured understate it: until as many have ended as the room has
-    /// slots, `avg_session` stands in for those not seen yet.
+    /// ones measured understate it: until three times as many have ended as
+    /// the room has slots, `avg_session` stands in for those not seen yet.
     fn visit_ms(&self) -> f64 {
         let prior = self.spec.avg_session.as_millis() as f64;
         let Some(measured) = self.avg_visit_ms else {
             return prior;
         };
-        let slots = f64::from(self.settings.capacity.max(1));
+        let slots = 3.0 * f64::from(self.settings.capacity.max(1));
         let unseen = (slots - f64::from(self.visits_measured)).max(0.0) / slots;
         prior * unseen + measured * (1.0 - unseen)
     }

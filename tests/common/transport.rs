@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::rustls;
 
 /// A self-signed certificate for `localhost`, written where a config can
-/// name it.
+/// name it, and clients that trust it (and only it).
 pub struct Tls {
     pub dir: tempfile::TempDir,
     pub cert: rcgen::Certificate,
@@ -32,13 +32,35 @@ impl Tls {
         }
     }
 
-    /// `[[server.tls]]` on `port`.
-    pub fn listener(&self, port: u16) -> String {
+    /// `[[server.tls]]` on `port`, with `extra` keys.
+    pub fn listener(&self, port: u16, extra: &str) -> String {
         format!(
-            "[[server.tls]]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            "[[server.tls]]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
             self.dir.path().join("cert.pem").display(),
             self.dir.path().join("key.pem").display()
         )
+    }
+
+    /// Waits until the TLS listener on `port` accepts (the plain one may be
+    /// up a moment before).
+    pub async fn accepting(port: u16) {
+        super::eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    /// A reqwest client that trusts this certificate only.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([reqwest::Certificate::from_der(self.cert.der()).unwrap()])
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
     }
 }
 

@@ -102,11 +102,12 @@ local function rate_record()
   set('r_at', NOW)
   set('r_n', num('r_n') + 1)
 end
--- The expected visit length: measured, with avg_session standing in for the
--- slots whose visits have not ended yet (the first to end are the short ones).
+-- The expected visit length: measured, with avg_session standing in until
+-- three times as many visits as slots have ended (the first to end are the
+-- short ones).
 local function visit_ms()
   if not S.visit_avg then return AVG end
-  local slots = math.max(CAP, 1)
+  local slots = 3 * math.max(CAP, 1)
   local unseen = math.max(0, slots - num('visits_n')) / slots
   return AVG * unseen + tonumber(S.visit_avg) * (1 - unseen)
 end
