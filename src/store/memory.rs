@@ -292,10 +292,7 @@ impl RoomState {
         let cycle = pace.map_or(visit + self.avg_claim_ms, |rate| slots as f64 / rate);
         // Known once the pace was measured over three turnovers of each slot:
         // the first turnovers end shortest first, and overstate it.
-        let settled = self
-            .admissions
-            .per_ms(now, min.saturating_mul(3) / 2)
-            .is_some();
+        let settled = pace.is_some() && self.admissions.samples >= min.saturating_mul(3) / 2;
         let mut ms = match slots {
             0 => 0.0,
             slots => {
