@@ -661,8 +661,8 @@ async fn waiting_page_in_english_and_german(backend: Backend) {
         "Ihr Platz in der Schlange",
         r#"id="position">2<"#,
         "Geschätzte Wartezeit",
-        // 2 × session_ttl (5 min) / capacity 1
-        r#"id="wait">etwa 10 Minuten<"#,
+        // 2 × session_ttl (5 min) / capacity 1, nothing measured yet
+        r#"id="wait">etwa 10 Minuten (erste Schätzung)<"#,
         r#"aria-valuenow="0""#,
         // Without JavaScript it reloads at the status endpoint, which knows what to do.
         r#"<meta http-equiv="refresh" content="5;url=/__anteroom/status?room=web&amp;return=%2Fshop%2F%3Futm_source%3Dmeta">"#,
@@ -676,7 +676,7 @@ async fn waiting_page_in_english_and_german(backend: Backend) {
         "Your place in line",
         r#"id="position">3<"#,
         "Estimated wait",
-        r#"id="wait">about 15 minutes<"#,
+        r#"id="wait">about 15 minutes (a first estimate)<"#,
         "status?room=web&amp;return=%2Fshop%2F%3Futm_source%3Dmeta",
     ] {
         assert!(en.contains(needle), "English page lacks {needle:?}:\n{en}");

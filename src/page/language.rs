@@ -129,6 +129,9 @@ pub(super) struct Texts {
     pub(super) checking: &'static str,
     /// In place of the wait when it cannot be told (longer than a day).
     pub(super) unknown_wait: &'static str,
+    /// After a wait that rests on `avg_session`, not on measurements
+    /// (`waitKnown: false`).
+    pub(super) first_estimate: &'static str,
 }
 
 pub(super) const EN: Texts = Texts {
@@ -158,6 +161,7 @@ pub(super) const EN: Texts = Texts {
     limited: "Many requests are coming from your network right now. This page tries again by itself in a moment.",
     checking: "Checking your browser before you join the line…",
     unknown_wait: "not known yet",
+    first_estimate: "(a first estimate)",
 };
 
 pub(super) const DE: Texts = Texts {
@@ -187,6 +191,7 @@ pub(super) const DE: Texts = Texts {
     limited: "Aus Ihrem Netz kommen gerade sehr viele Anfragen. Diese Seite versucht es gleich von selbst erneut.",
     checking: "Ihr Browser wird geprüft, bevor Sie sich anstellen…",
     unknown_wait: "noch unbekannt",
+    first_estimate: "(erste Schätzung)",
 };
 
 pub(super) const FR: Texts = Texts {
@@ -216,6 +221,7 @@ pub(super) const FR: Texts = Texts {
     limited: "Beaucoup de requêtes arrivent de votre réseau en ce moment. Cette page réessaie d'elle-même dans un instant.",
     checking: "Vérification de votre navigateur avant d'entrer dans la file…",
     unknown_wait: "pas encore connue",
+    first_estimate: "(première estimation)",
 };
 
 pub(super) const ES: Texts = Texts {
@@ -245,6 +251,7 @@ pub(super) const ES: Texts = Texts {
     limited: "Están llegando muchas solicitudes desde tu red ahora mismo. Esta página lo volverá a intentar sola en un momento.",
     checking: "Comprobando tu navegador antes de entrar en la fila…",
     unknown_wait: "aún no se sabe",
+    first_estimate: "(primera estimación)",
 };
 
 pub(super) const IT: Texts = Texts {
@@ -274,6 +281,7 @@ pub(super) const IT: Texts = Texts {
     limited: "Dalla tua rete stanno arrivando molte richieste. Questa pagina riprova da sola tra un momento.",
     checking: "Verifica del browser prima di entrare in coda…",
     unknown_wait: "non ancora nota",
+    first_estimate: "(prima stima)",
 };
 
 pub(super) const PT: Texts = Texts {
@@ -303,6 +311,7 @@ pub(super) const PT: Texts = Texts {
     limited: "Muitas solicitações estão vindo da sua rede agora. Esta página tentará de novo sozinha em instantes.",
     checking: "Verificando o seu navegador antes de entrar na fila…",
     unknown_wait: "ainda não se sabe",
+    first_estimate: "(primeira estimativa)",
 };
 
 pub(super) const NL: Texts = Texts {
@@ -332,6 +341,7 @@ pub(super) const NL: Texts = Texts {
     limited: "Er komen nu veel verzoeken uit je netwerk. Deze pagina probeert het zo vanzelf opnieuw.",
     checking: "Je browser wordt gecontroleerd voordat je in de rij komt…",
     unknown_wait: "nog onbekend",
+    first_estimate: "(eerste schatting)",
 };
 
 pub(super) const PL: Texts = Texts {
@@ -361,6 +371,7 @@ pub(super) const PL: Texts = Texts {
     limited: "Z Twojej sieci przychodzi teraz wiele żądań. Ta strona za chwilę sama spróbuje ponownie.",
     checking: "Sprawdzamy przeglądarkę, zanim dołączysz do kolejki…",
     unknown_wait: "jeszcze nieznany",
+    first_estimate: "(wstępne oszacowanie)",
 };
 
 pub(super) const TR: Texts = Texts {
@@ -390,6 +401,7 @@ pub(super) const TR: Texts = Texts {
     limited: "Şu anda ağınızdan çok sayıda istek geliyor. Bu sayfa birazdan kendiliğinden tekrar deneyecek.",
     checking: "Sıraya girmeden önce tarayıcınız kontrol ediliyor…",
     unknown_wait: "henüz bilinmiyor",
+    first_estimate: "(ilk tahmin)",
 };
 
 pub(super) const SV: Texts = Texts {
@@ -419,6 +431,7 @@ pub(super) const SV: Texts = Texts {
     limited: "Just nu kommer många förfrågningar från ditt nätverk. Sidan försöker igen av sig själv om en stund.",
     checking: "Din webbläsare kontrolleras innan du ställer dig i kön…",
     unknown_wait: "ännu okänd",
+    first_estimate: "(första uppskattning)",
 };
 
 pub(super) const JA: Texts = Texts {
@@ -448,6 +461,7 @@ pub(super) const JA: Texts = Texts {
     limited: "現在、お使いのネットワークから多数のリクエストが届いています。このページはまもなく自動的に再試行します。",
     checking: "列に並ぶ前にブラウザーを確認しています…",
     unknown_wait: "まだ分かりません",
+    first_estimate: "（暫定）",
 };
 
 pub(super) const ZH: Texts = Texts {
@@ -477,4 +491,5 @@ pub(super) const ZH: Texts = Texts {
     limited: "目前有大量请求来自您的网络。此页面稍后会自动重试。",
     checking: "加入队列前正在检查您的浏览器…",
     unknown_wait: "暂时无法估计",
+    first_estimate: "（初步估计）",
 };

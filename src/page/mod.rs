@@ -128,6 +128,7 @@ enum Var {
     TMinutes,
     TUnitSep,
     TUnknownWait,
+    TFirstEstimate,
     TRetry,
     TAdmitted,
     TPaused,
@@ -166,6 +167,7 @@ const VARS: &[(&str, Var)] = &[
     ("t_minutes", Var::TMinutes),
     ("t_unit_sep", Var::TUnitSep),
     ("t_unknown_wait", Var::TUnknownWait),
+    ("t_first_estimate", Var::TFirstEstimate),
     ("t_retry", Var::TRetry),
     ("t_admitted", Var::TAdmitted),
     ("t_paused", Var::TPaused),
@@ -272,9 +274,14 @@ impl Template {
                     Var::AheadAtJoin => place.map_or(0, |p| p.ahead_at_join).to_string().into(),
                     Var::QueueLength => place.map_or(0, |p| p.queue_length).to_string().into(),
                     Var::Progress => progress.to_string().into(),
-                    Var::Wait => {
-                        wait_ms.map_or(t.unknown_wait.into(), |ms| human_wait(ms, t).into())
-                    }
+                    Var::Wait => match wait_ms {
+                        None => t.unknown_wait.into(),
+                        // Not measured yet: said so beside the number.
+                        Some(ms) if place.is_some_and(|p| !p.wait.known) => {
+                            format!("{} {}", human_wait(ms, t), t.first_estimate).into()
+                        }
+                        Some(ms) => human_wait(ms, t).into(),
+                    },
                     Var::WaitMs => wait_ms.map_or(String::new(), |ms| ms.to_string()).into(),
                     Var::PollMs => view.poll.as_millis().to_string().into(),
                     Var::PollSeconds => view.poll.as_secs().max(1).to_string().into(),
@@ -300,6 +307,7 @@ impl Template {
                     Var::TMinutes => t.minutes.into(),
                     Var::TUnitSep => t.sep.into(),
                     Var::TUnknownWait => t.unknown_wait.into(),
+                    Var::TFirstEstimate => t.first_estimate.into(),
                     Var::TRetry => t.retry.into(),
                     Var::TAdmitted => t.admitted.into(),
                     Var::TPaused => t.paused.into(),
@@ -404,6 +412,7 @@ mod tests {
                 t.limited,
                 t.checking,
                 t.unknown_wait,
+                t.first_estimate,
             ] {
                 assert!(!text.trim().is_empty(), "{}: an empty sentence", t.lang);
             }
@@ -471,5 +480,24 @@ mod tests {
         };
         // 21 places at arrival, 6 now: 15 of 21 have gone in.
         assert_eq!(t.render(&view), "71|6");
+        // A wait not measured yet says so; a measured one does not.
+        let wait = Template::parse("{{wait}}").unwrap();
+        let mut told = place.clone();
+        told.wait = Wait {
+            ms: 185_000,
+            known: false,
+        };
+        let view = PageView {
+            place: Some(&told),
+            ..view
+        };
+        assert_eq!(wait.render(&view), "about 3 minutes (a first estimate)");
+        let mut known = told.clone();
+        known.wait.known = true;
+        let view = PageView {
+            place: Some(&known),
+            ..view
+        };
+        assert_eq!(wait.render(&view), "about 3 minutes");
     }
 }
