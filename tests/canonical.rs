@@ -1,8 +1,8 @@
 //! No way around the gate: with nginx as the upstream (it merges slashes,
 //! resolves `..` and decodes escapes before choosing a location), every
-//! spelling of a guarded path either meets the room exactly like the plain
-//! path, or is refused with 400. nginx's own logs are the judge of what it
-//! served.
+//! spelling of a guarded path or host either meets the room exactly like the
+//! plain one, or is refused with 400, over HTTP/1.1, HTTP/2 over TLS (ALPN)
+//! and h2c alike. nginx's own logs are the judge of what it served.
 
 use std::time::Duration;
 
@@ -197,7 +197,7 @@ async fn a_bypass_prefix_cannot_be_walked_out_of() {
         ("/checkout", "checkout"),
         ("/", "root"),
     ]);
-    let proxy = TestProxy::start(&crate::common::waiting_room_config_for(
+    let (proxy, tls, port) = on_every_protocol(&crate::common::waiting_room_config_for(
         &format!("127.0.0.1:{}", nginx.port),
         Backend::Memory,
         "capacity = 1\n[room.bypass]\npaths = [\"/static/\"]",
@@ -224,21 +224,25 @@ async fn a_bypass_prefix_cannot_be_walked_out_of() {
         "/static/..%00/checkout",
         "/./static/../checkout",
     ];
-    for form in forms {
-        let (status, body) = raw(
-            &proxy,
-            &format!("GET {form} HTTP/1.1"),
-            "Host: shop.test\r\nAccept: application/json\r\n",
-        )
-        .await;
-        match status {
-            503 => assert!(body.contains("QUEUE_REQUIRED"), "{form}: {body}"),
-            400 => {}
-            200 => assert!(
-                body.starts_with("static ") || body.starts_with("root "),
-                "{form}: {body}"
-            ),
-            other => panic!("{form}: {other} {body}"),
+    let to = listeners(&proxy, &tls, port);
+    for transport in Transport::ALL {
+        for form in forms {
+            let req = Request {
+                method: "GET",
+                path: form,
+                host: "shop.test",
+                headers: &[("accept", "application/json")],
+            };
+            match to.send(transport, &req).await {
+                Ok((503, body)) => assert!(body.contains("QUEUE_REQUIRED"), "{form}: {body}"),
+                // Refused, or a form HTTP/2 cannot carry.
+                Ok((400, _)) | Err(_) => {}
+                Ok((200, body)) => assert!(
+                    body.starts_with("static ") || body.starts_with("root "),
+                    "{transport:?} {form}: {body}"
+                ),
+                Ok((other, body)) => panic!("{transport:?} {form}: {other} {body}"),
+            }
         }
     }
     let served = nginx.served("checkout");
@@ -246,14 +250,20 @@ async fn a_bypass_prefix_cannot_be_walked_out_of() {
         served.is_empty(),
         "walked out of the bypass prefix: {served:?}"
     );
-    // The bypass itself still works.
-    let (status, body) = raw(
-        &proxy,
-        "GET /static/app.css HTTP/1.1",
-        "Host: shop.test\r\n",
-    )
-    .await;
-    assert_eq!((status, body.as_str()), (200, "static /static/app.css\n"));
+    // The bypass itself still works, on every protocol.
+    for transport in Transport::ALL {
+        let req = Request {
+            method: "GET",
+            path: "/static/app.css",
+            host: "shop.test",
+            headers: &[],
+        };
+        assert_eq!(
+            to.send(transport, &req).await,
+            Ok((200, "static /static/app.css\n".to_owned())),
+            "{transport:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -282,45 +292,42 @@ async fn a_host_route_is_found_however_its_host_is_spelled() {
 #[tokio::test]
 async fn anteroom_answers_every_spelling_of_its_own_paths() {
     let nginx = Nginx::start(&[("/", "root")]);
-    let proxy = TestProxy::start(&crate::common::waiting_room_config_for(
+    let (proxy, tls, port) = on_every_protocol(&crate::common::waiting_room_config_for(
         &format!("127.0.0.1:{}", nginx.port),
         Backend::Memory,
         "capacity = 5",
         "",
     ))
     .await;
-    for form in [
-        "/__anteroom/capacity?room=web",
-        "//__anteroom/capacity?room=web",
-        "/./__anteroom/capacity?room=web",
-        "/x/../__anteroom/capacity?room=web",
-        "/%5F%5Fanteroom/capacity?room=web",
-        "/__anteroom//capacity?room=web",
-        "/__%61nteroom/capacity?room=web",
-    ] {
-        let (status, body) = raw(
-            &proxy,
-            &format!("GET {form} HTTP/1.1"),
-            "Host: shop.test\r\n",
-        )
-        .await;
-        assert_eq!(status, 200, "{form}");
-        assert!(body.contains("\"capacity\":5"), "{form}: {body}");
-    }
-    for form in [
-        "/.well-known/./jwks.json",
-        "/.well-known//jwks.json",
-        "/%2Ewell-known/jwks.json",
-        "/x/../.well-known/jwks.json",
-    ] {
-        let (status, body) = raw(
-            &proxy,
-            &format!("GET {form} HTTP/1.1"),
-            "Host: shop.test\r\n",
-        )
-        .await;
-        assert_eq!(status, 200, "{form}");
-        assert!(body.contains("\"keys\""), "{form}: {body}");
+    let to = listeners(&proxy, &tls, port);
+    let answers = [
+        ("/__anteroom/capacity?room=web", "\"capacity\":5"),
+        ("//__anteroom/capacity?room=web", "\"capacity\":5"),
+        ("/./__anteroom/capacity?room=web", "\"capacity\":5"),
+        ("/x/../__anteroom/capacity?room=web", "\"capacity\":5"),
+        ("/%5F%5Fanteroom/capacity?room=web", "\"capacity\":5"),
+        ("/__anteroom//capacity?room=web", "\"capacity\":5"),
+        ("/__%61nteroom/capacity?room=web", "\"capacity\":5"),
+        ("/.well-known/./jwks.json", "\"keys\""),
+        ("/.well-known//jwks.json", "\"keys\""),
+        ("/%2Ewell-known/jwks.json", "\"keys\""),
+        ("/x/../.well-known/jwks.json", "\"keys\""),
+    ];
+    for transport in Transport::ALL {
+        for (form, says) in answers {
+            let req = Request {
+                method: "GET",
+                path: form,
+                host: "shop.test",
+                headers: &[],
+            };
+            let (status, body) = to
+                .send(transport, &req)
+                .await
+                .unwrap_or_else(|e| panic!("{transport:?} {form}: {e}"));
+            assert_eq!(status, 200, "{transport:?} {form}");
+            assert!(body.contains(says), "{transport:?} {form}: {body}");
+        }
     }
     assert!(
         nginx.served("root").is_empty(),
