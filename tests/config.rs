@@ -418,3 +418,61 @@ fn the_documented_bad_file_gives_the_documented_problems() {
         }
     }
 }
+
+/// Every TOML example in README.md and docs/ is read as anteroom reads a
+/// config: no unknown key, no value of the wrong type. Examples are parts
+/// of a file, so what they leave to the rest of it (an upstream named
+/// elsewhere, a key file on the reader's machine) is not asked of them.
+/// The deliberately bad example has a test of its own.
+#[test]
+fn every_toml_example_in_the_docs_has_only_known_keys() {
+    let mut files = vec![std::path::PathBuf::from("README.md")];
+    for entry in std::fs::read_dir("docs").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("```toml\n") {
+            let block = &rest[start + 8..];
+            let end = block.find("\n```").unwrap();
+            let example = &block[..end];
+            rest = &block[end..];
+            if example.contains("capcity") {
+                continue;
+            }
+            checked += 1;
+            // A sub-table of a room (`[room.limits]`) belongs to the room
+            // above it in the reader's file: one is put before it.
+            let starts = |header: &str| example.lines().any(|l| l.starts_with(header));
+            let example = if starts("[room.") && !starts("[[room]]") {
+                format!(
+                    "[[room]]\nname = \"example\"\nmode = \"sessions\"\ncapacity = 1\n{example}"
+                )
+            } else {
+                example.to_owned()
+            };
+            let example = example.as_str();
+            match Config::from_toml(example, &file) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    let unknown: Vec<_> = problems
+                        .iter()
+                        .filter(|p| p.message.starts_with("unknown key"))
+                        .collect();
+                    assert!(
+                        unknown.is_empty(),
+                        "{}: {unknown:?} in\n{example}",
+                        file.display()
+                    );
+                }
+                Err(e) => panic!("{}: {e}\n{example}", file.display()),
+            }
+        }
+    }
+    assert!(checked >= 10, "{checked} examples");
+}
