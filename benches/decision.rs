@@ -24,11 +24,11 @@ use anteroom::challenge;
 use anteroom::clients::ClientLimits;
 use anteroom::config::{Config, Deployment, RedisConfig};
 use anteroom::events::VisitorEvents;
-use anteroom::facts::Facts;
 use anteroom::gate::{Decision, Gate};
+use anteroom::limits::slots::Slots;
 use anteroom::metrics::Metrics;
+use anteroom::request::facts::Facts;
 use anteroom::room::{Kind, RoomMetrics, Rooms};
-use anteroom::slots::Slots;
 use anteroom::store::memory::{MemoryStore, RoomState};
 use anteroom::store::redis::RedisStore;
 use anteroom::store::{Arrival, Lane, Newcomer, Store};
@@ -116,7 +116,7 @@ room = "web"
         VisitorEvents::register(
             metrics.registry(),
             &config.attribution,
-            std::sync::Arc::new(anteroom::bus::Bus::default()),
+            std::sync::Arc::new(anteroom::events::bus::Bus::default()),
             "bench",
         )
         .unwrap(),
@@ -341,7 +341,8 @@ fn slots(c: &mut Criterion) {
     });
     // A `rate` room's reservation (a lock and a comparison); far enough
     // apart in time that every one goes at once.
-    let pace = anteroom::pace::Pace::new(anteroom::config::Rate::parse("1000000/s").unwrap());
+    let pace =
+        anteroom::limits::pace::Pace::new(anteroom::config::Rate::parse("1000000/s").unwrap());
     let mut t = tokio::time::Instant::now();
     c.bench_function("slots/rate_reserve", |b| {
         b.iter(|| {
@@ -351,30 +352,30 @@ fn slots(c: &mut Criterion) {
     });
     // A waiter through the line: in one line (`fair_by = "none"`), and in
     // turn among 100 clients with someone waiting (`fair_by = "client"`).
-    let mut fifo = anteroom::fair::FairLine::default();
+    let mut fifo = anteroom::limits::fair::FairLine::default();
     for _ in 0..100 {
-        fifo.push(anteroom::fair::Turn::ANYONE, ());
+        fifo.push(anteroom::limits::fair::Turn::ANYONE, ());
     }
     c.bench_function("slots/line_fifo_push_pop", |b| {
         b.iter(|| {
-            fifo.push(anteroom::fair::Turn::ANYONE, ());
+            fifo.push(anteroom::limits::fair::Turn::ANYONE, ());
             black_box(fifo.pop())
         })
     });
-    let mut fair = anteroom::fair::FairLine::default();
+    let mut fair = anteroom::limits::fair::FairLine::default();
     for key in 0..100 {
-        fair.push(anteroom::fair::Turn { key, weight: 1 }, ());
+        fair.push(anteroom::limits::fair::Turn { key, weight: 1 }, ());
     }
     let mut key = 0;
     c.bench_function("slots/line_fair_push_pop_100_clients", |b| {
         b.iter(|| {
             key = (key + 1) % 100;
-            fair.push(anteroom::fair::Turn { key, weight: 1 }, ());
+            fair.push(anteroom::limits::fair::Turn { key, weight: 1 }, ());
             black_box(fair.pop())
         })
     });
     // An upstream's healthy answer to an adaptive room.
-    let adaptive = anteroom::adaptive::Adaptive::new(1, 100);
+    let adaptive = anteroom::limits::adaptive::Adaptive::new(1, 100);
     c.bench_function("slots/adaptive_healthy", |b| {
         b.iter(|| black_box(adaptive.healthy(black_box(60))))
     });

@@ -9,9 +9,9 @@ mod properties {
     use std::path::Path;
     use std::sync::OnceLock;
 
-    use anteroom::canonical::{self, PathPolicy};
+    use anteroom::request::canonical::{self, PathPolicy};
     use anteroom::config::{Config, Server};
-    use anteroom::facts::Facts;
+    use anteroom::request::facts::Facts;
     use anteroom::token::{Kind, SigningKey, Tokens};
     use pingora::http::RequestHeader;
 
@@ -117,7 +117,7 @@ mod properties {
             req.append_header("cookie", value).unwrap();
         }
         let text = String::from_utf8_lossy(data);
-        for value in anteroom::cookies::values(&req, "anteroom_pass") {
+        for value in anteroom::request::cookies::values(&req, "anteroom_pass") {
             assert!(text.contains(value));
         }
     }

@@ -18,7 +18,7 @@ pub fn consents(attribution: &Attribution, req: &pingora::http::RequestHeader) -
     let Some(consent) = &attribution.consent else {
         return true;
     };
-    crate::cookies::values(req, &consent.cookie).any(|value| {
+    crate::request::cookies::values(req, &consent.cookie).any(|value| {
         !value.is_empty()
             && (consent.values.is_empty() || consent.values.iter().any(|v| v == value))
     })

@@ -11,8 +11,8 @@ use pingora::http::RequestHeader;
 use quick_cache::sync::Cache;
 
 use crate::config::{Jwt, JwtKey, JwtSource, Rules};
-use crate::cookies;
-use crate::facts::Facts;
+use crate::request::cookies;
+use crate::request::facts::Facts;
 use crate::token::{Fingerprints, MAX_TOKEN_LEN, now_secs, understood};
 
 /// Verified app tokens remembered per verifier.

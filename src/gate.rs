@@ -22,9 +22,9 @@ use crate::bypass::{self, AppJwt};
 use crate::challenge;
 use crate::clients::{self, Limited};
 use crate::config::{self, Bind, OnStoreError, State, UnknownClients};
-use crate::cookies;
 use crate::events::VisitorEvents;
-use crate::facts::Facts;
+use crate::request::cookies;
+use crate::request::facts::Facts;
 use crate::room::{Room, Rooms, WaitingRoom};
 use crate::store::{
     Adopt, Arrival, Lane, Newcomer, Place, Polled, SessionId, SessionInfo, Store, StoreError,

@@ -163,8 +163,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Health(ConfigFile { config }) => {
             let c = Config::load(&config)?;
-            anteroom::admin::check_health(c.admin.listen, std::time::Duration::from_secs(2))
-                .map_err(anyhow::Error::msg)?;
+            anteroom::server::admin::check_health(
+                c.admin.listen,
+                std::time::Duration::from_secs(2),
+            )
+            .map_err(anyhow::Error::msg)?;
             println!("healthy");
         }
         Command::Simulate {
@@ -215,7 +218,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             let c = Config::load(&config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let (delivered, skipped) = runtime
-                .block_on(anteroom::sinks::replay(&c.events, &file, sink.as_deref()))
+                .block_on(anteroom::events::sinks::replay(
+                    &c.events,
+                    &file,
+                    sink.as_deref(),
+                ))
                 .map_err(anyhow::Error::msg)?;
             println!(
                 "{}: {delivered} events delivered{}",

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use crate::bypass::{self, AppJwt};
 use crate::config::{FairBy, Fairness, OnStoreError};
-use crate::facts::Facts;
-use crate::fair::Turn;
+use crate::limits::fair::Turn;
+use crate::limits::slots::{Held, NoSlot, RequestSlots};
+use crate::request::facts::Facts;
 use crate::room::Room;
-use crate::slots::{Held, NoSlot, RequestSlots};
 use crate::store::StoreError;
 
 /// What happens to a request of a `requests` room.
@@ -234,7 +234,7 @@ pub fn answered(
     }
     let counters = room.counters();
     counters.overloaded.inc();
-    let hint = crate::adaptive::retry_hint(headers, std::time::SystemTime::now());
+    let hint = crate::limits::adaptive::retry_hint(headers, std::time::SystemTime::now());
     let shrunk = adaptive.is_some_and(|a| a.overloaded(room.name(), sent, hint, now));
     if status == 429 && retries.allowed {
         let backoff = RETRY_BACKOFF.saturating_mul(2u32.saturating_pow(retries.done.min(16)));

@@ -13,16 +13,16 @@ use prometheus::{
     GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
-use crate::adaptive::{Adapted, Adaptive};
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
+use crate::limits::adaptive::{Adapted, Adaptive};
+use crate::limits::pace::{Budget, Budgeted, Pace, Rated};
+use crate::limits::slots::{RequestSlots, SharedSlots, Slots, Usage};
+use crate::limits::usage::UsageKeys;
 use crate::metrics;
-use crate::pace::{Budget, Budgeted, Pace, Rated};
 use crate::page::{Page, Template};
 use crate::queue::Lane;
-use crate::slots::{RequestSlots, SharedSlots, Slots, Usage};
 use crate::store::{Leases, RoomSpec, Snapshot, Wait};
-use crate::usage::UsageKeys;
 
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

@@ -10,9 +10,9 @@ use pingora::http::RequestHeader;
 use crate::assets::Assets;
 use crate::config::Config;
 use crate::events::VisitorEvents;
-use crate::facts::Facts;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
+use crate::request::facts::Facts;
 use crate::room::{Room, RoomMetrics, Rooms, WaitingRoom};
 use crate::store::memory::MemoryStore;
 use crate::store::{RoomSpec, Store};
@@ -68,7 +68,7 @@ impl Fixture {
             VisitorEvents::register(
                 registry,
                 &config.attribution,
-                std::sync::Arc::new(crate::bus::Bus::default()),
+                std::sync::Arc::new(crate::events::bus::Bus::default()),
                 "test",
             )
             .unwrap(),

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(over.limit, "requests");
         assert!(over.retry > Some(Duration::from_secs(59)));
         // The hint anteroom reads from a Gemini body.
-        let mut hint = crate::adaptive::BodyHint::default();
+        let mut hint = crate::limits::adaptive::BodyHint::default();
         hint.feed(over.body().as_bytes());
         assert!(
             hint.delay() > Some(Duration::from_secs(59)),

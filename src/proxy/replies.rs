@@ -9,14 +9,14 @@ use bytes::Bytes;
 use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use serde::Serialize;
 
-use crate::canonical::{self, PathPolicy};
 use crate::challenge;
 use crate::clients::Limited;
 use crate::config::{RESERVED_PREFIX, State};
-use crate::cookies;
-use crate::facts::Facts;
 use crate::gate::{Beat, PASS_COOKIE, TICKET_COOKIE, Visit, Waiting};
 use crate::page::{PageState, PageView};
+use crate::request::canonical::{self, PathPolicy};
+use crate::request::cookies;
+use crate::request::facts::Facts;
 use crate::respond::Reply;
 use crate::room::{Room, WaitingRoom};
 

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
 
 use super::usage::{HoldTime, NoSlot, Usage};
-use crate::fair::{FairLine, Turn};
+use crate::limits::fair::{FairLine, Turn};
 use crate::store::{AllowanceAsk, Leases, StoreError};
 
 /// How often the head of the local line asks the store again.

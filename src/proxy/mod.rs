@@ -4,6 +4,15 @@
 //! reply they chose (`replies`) or forwards the request (`forward`), and
 //! records how it ended (`traffic`, the access log). It decides nothing.
 
+pub mod api;
+pub mod connections;
+pub mod event_stream;
+pub mod forward;
+pub mod replies;
+pub mod site;
+pub mod traffic;
+pub mod upstream;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,26 +25,25 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::adaptive::BodyHint;
-use crate::api::{self, Api};
 use crate::attribution;
 use crate::bypass;
-use crate::connections;
-use crate::event_stream::{self, Streams};
-use crate::facts::{self, Facts};
-use crate::fair::Turn;
-use crate::forward::{self, Forwarding};
 use crate::gate::{Decision, Visit};
 use crate::lifecycle::{InFlight, Lifecycle};
+use crate::limits::adaptive::BodyHint;
+use crate::limits::fair::Turn;
+use crate::limits::slots::Held;
+use crate::limits::usage::Usage;
 use crate::page::PageState;
-use crate::replies::{self, CookieJar};
+use crate::proxy::api::Api;
+use crate::proxy::event_stream::Streams;
+use crate::proxy::forward::Forwarding;
+use crate::proxy::replies::CookieJar;
+use crate::proxy::site::{Current, Site};
+use crate::proxy::traffic::RouteMetrics;
+use crate::request::facts::{self, Facts};
 use crate::requests::{self, Admission};
 use crate::respond::Reply;
 use crate::room::Kind;
-use crate::site::{Current, Site};
-use crate::slots::Held;
-use crate::traffic::RouteMetrics;
-use crate::usage::Usage;
 
 /// The response header through which the app ends a visitor's session.
 const COMMAND_HEADER: &str = "anteroom-command";

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::site::Current;
+use crate::proxy::site::Current;
 use crate::store::Store;
 
 /// Off the request path: sets the store's rooms up, expires lapsed sessions

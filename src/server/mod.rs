@@ -2,6 +2,13 @@
 //! public listeners, the admin app on its own, and the background tasks;
 //! and runs it with anteroom's shutdown behaviour.
 
+pub mod admin;
+pub mod keeper;
+pub mod reload;
+pub mod shutdown;
+pub mod snapshots;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,32 +23,32 @@ use prometheus::Registry;
 
 use pingora::listeners::tls::TlsSettings;
 
-use crate::admin::Admin;
 use crate::assets::Assets;
-use crate::bus::{Bus, BusMetrics, Outbox};
 use crate::clients::Sightings;
 use crate::config::{Backend, Config, ConfigError};
-use crate::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
-use crate::event_stream::{Listener, Streams};
 use crate::events::VisitorEvents;
-use crate::keeper::Keeper;
+use crate::events::bus::{Bus, BusMetrics, Outbox};
+use crate::events::sinks::{self, Delivery};
 use crate::lifecycle::Lifecycle;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::reload::{Hangups, Reloader};
+use crate::proxy::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
+use crate::proxy::event_stream::{Listener, Streams};
+use crate::proxy::site::{Current, Shared, Site};
+use crate::proxy::traffic::{NO_UPSTREAM, OWN_ROUTE, TrafficMetrics, UNROUTED};
+use crate::proxy::upstream::{Resolver, UpstreamError};
 use crate::room::{RoomMetrics, Rooms};
-use crate::shutdown::{Drain, Signals};
-use crate::sinks::{self, Delivery};
-use crate::site::{Current, Shared, Site};
-use crate::snapshots::{self, Snapshots, Writer};
+use crate::server::admin::Admin;
+use crate::server::keeper::Keeper;
+use crate::server::reload::{Hangups, Reloader};
+use crate::server::shutdown::{Drain, Signals};
+use crate::server::snapshots::{Snapshots, Writer};
+use crate::server::tls::Certificate;
 use crate::store::memory::{MemoryStore, SavedSlots};
 use crate::store::redis::RedisStore;
 use crate::store::state_file::StateFile;
 use crate::store::{Leases, Observed, RoomSpec, Store, StoreMetrics};
-use crate::tls::Certificate;
-use crate::traffic::{NO_UPSTREAM, OWN_ROUTE, TrafficMetrics, UNROUTED};
-use crate::upstream::{Resolver, UpstreamError};
 
 /// Why the server could not be started.
 #[derive(Debug, thiserror::Error)]

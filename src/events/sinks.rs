@@ -17,9 +17,9 @@ use pingora::services::background::BackgroundService;
 use rand::Rng;
 use tokio::sync::Mutex;
 
-use crate::bus::{Outbox, Sink, SinkError};
 use crate::config::{Events, SinkKind};
-use crate::event::Batch;
+use crate::events::bus::{Outbox, Sink, SinkError};
+use crate::events::event::Batch;
 use crate::store::now_millis;
 
 /// The sink a config names.

@@ -15,15 +15,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::clients::Sightings;
 use crate::config::{Backend, MAX_ADMIT_RATE, MAX_CAPACITY, Secret, State};
-use crate::event::Change;
 use crate::events::VisitorEvents;
+use crate::events::event::Change;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::reload::{Attempt, Reloader};
-use crate::replies::Capacity;
+use crate::proxy::replies::Capacity;
+use crate::proxy::site::Site;
 use crate::respond::Reply;
 use crate::room::{Kind, Room};
-use crate::site::Site;
+use crate::server::reload::{Attempt, Reloader};
 use crate::store::{Lane, SettingsPatch, Store};
 
 const MAX_BODY: usize = 64 * 1024;

@@ -27,15 +27,15 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rand::Rng;
 use tokio::sync::Notify;
 
-use crate::api::Api;
 use crate::clients::{self, Limit, Limited};
 use crate::config::Limits;
-use crate::facts::Facts;
 use crate::gate::Beat;
 use crate::lifecycle::Lifecycle;
-use crate::replies::{self, Told};
+use crate::proxy::api::Api;
+use crate::proxy::replies::{self, Told};
+use crate::proxy::site::Site;
+use crate::request::facts::Facts;
 use crate::respond::{self, Reply};
-use crate::site::Site;
 use crate::store::Store;
 
 /// Where the stream is served.

@@ -9,9 +9,9 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::connections::Active;
 use crate::lifecycle::Lifecycle;
-use crate::snapshots::Snapshots;
+use crate::proxy::connections::Active;
+use crate::server::snapshots::Snapshots;
 
 /// SIGTERM and SIGINT drain gracefully (a container stop and a Ctrl-C both
 /// let in-flight requests finish); SIGQUIT hands the sockets to a new process.

@@ -14,10 +14,10 @@ use pingora::services::background::BackgroundService;
 use prometheus::{Histogram, IntCounterVec, IntGauge, Registry};
 
 use crate::config::StateDir;
+use crate::limits::slots::RequestSlots;
 use crate::metrics;
+use crate::proxy::site::Current;
 use crate::room::Kind;
-use crate::site::Current;
-use crate::slots::RequestSlots;
 use crate::store::memory::{MemoryStore, SavedSlots};
 use crate::store::state_file::{StateError, StateFile};
 use crate::store::{Observed, RoomSpec, now_millis};

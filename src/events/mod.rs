@@ -4,15 +4,19 @@
 //! `anteroom::visitor` log line, its counters, and, with `[[events.sink]]`s,
 //! one event on the bus.
 
+pub mod bus;
+pub mod event;
+pub mod sinks;
+
 use std::cell::Cell;
 use std::sync::Arc;
 
 use prometheus::{HistogramVec, IntCounterVec, Registry};
 
 use crate::attribution::{Labels, Utm};
-use crate::bus::Bus;
 use crate::config::Attribution;
-use crate::event::{Batch, Change, Fields, Hex16, Kind};
+use crate::events::bus::Bus;
+use crate::events::event::{Batch, Change, Fields, Hex16, Kind};
 use crate::metrics;
 use crate::queue::Lane;
 use crate::store::{Place, SessionId, SessionInfo};

@@ -18,12 +18,12 @@ use crate::clients::Sightings;
 use crate::config::Config;
 use crate::events::VisitorEvents;
 use crate::gate::Gate;
+use crate::limits::slots::RequestSlots;
+use crate::proxy::traffic::{RouteMetrics, TrafficMetrics};
+use crate::proxy::upstream::{Upstream, UpstreamError};
+use crate::request::route::Router;
 use crate::room::{Kind, Room, RoomMetrics, Rooms, WaitingRoom};
-use crate::route::Router;
-use crate::slots::RequestSlots;
 use crate::store::{Leases, Store};
-use crate::traffic::{RouteMetrics, TrafficMetrics};
-use crate::upstream::{Upstream, UpstreamError};
 
 /// What outlives a reload: the store and the metric families.
 pub struct Shared {

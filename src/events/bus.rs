@@ -18,7 +18,7 @@ use prometheus::{
 use tokio::sync::Notify;
 
 use crate::config::OnFull;
-use crate::event::Batch;
+use crate::events::event::Batch;
 use crate::metrics;
 
 const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0];
@@ -281,7 +281,7 @@ impl Bus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Fields, Kind};
+    use crate::events::event::{Fields, Kind};
 
     fn two_sinks(capacity: usize, on_full: OnFull) -> (Bus, Vec<Arc<Outbox>>) {
         let registry = Registry::new();

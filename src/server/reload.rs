@@ -27,9 +27,9 @@ use crate::assets::Assets;
 use crate::config::{Backend, Config, ConfigError, Problem};
 use crate::logging;
 use crate::metrics;
-use crate::site::{Current, Shared, Site};
-use crate::tls::Certificate;
-use crate::upstream::UpstreamError;
+use crate::proxy::site::{Current, Shared, Site};
+use crate::proxy::upstream::UpstreamError;
+use crate::server::tls::Certificate;
 
 /// Why a reload was refused (the running config stays).
 #[derive(Debug, thiserror::Error)]
@@ -244,11 +244,12 @@ impl Reloader {
         for tls in &config.server.tls {
             if let Some((_, certificate)) = self.certificates.iter().find(|(a, _)| *a == tls.listen)
             {
-                let key =
-                    crate::tls::read(&tls.cert, &tls.key).map_err(|reason| ReloadError::Tls {
+                let key = crate::server::tls::read(&tls.cert, &tls.key).map_err(|reason| {
+                    ReloadError::Tls {
                         addr: tls.listen,
                         reason,
-                    })?;
+                    }
+                })?;
                 fresh.push((Arc::clone(certificate), key));
             }
         }

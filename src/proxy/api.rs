@@ -5,10 +5,10 @@ use http::header::{ALLOW, LOCATION, SET_COOKIE};
 use serde::Serialize;
 
 use crate::config::RESERVED_PREFIX;
-use crate::facts::Facts;
 use crate::gate::{Gate, PASS_COOKIE, Status, TICKET_COOKIE};
 use crate::page::{self, PageState};
-use crate::replies::{self, Capacity, CookieJar, StatusBody};
+use crate::proxy::replies::{self, Capacity, CookieJar, StatusBody};
+use crate::request::facts::Facts;
 use crate::respond::Reply;
 use crate::room::{Kind, Room, Rooms, WaitingRoom};
 use crate::store::SessionId;

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::usage::{HoldTime, Usage};
-use crate::fair::{FairLine, Turn};
+use crate::limits::fair::{FairLine, Turn};
 
 /// The slots of one room.
 #[derive(Debug)]

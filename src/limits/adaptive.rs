@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderMap;
 use parking_lot::Mutex;
 
-use crate::slots::Slots;
+use crate::limits::slots::Slots;
 use crate::store::{Leases, Step};
 
 /// The limit is multiplied by this on an overloaded answer.

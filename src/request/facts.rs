@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use http::header::{ACCEPT, ACCEPT_LANGUAGE, HOST};
 use pingora::http::RequestHeader;
 
-use crate::canonical::{self, Host, Refusal, Target};
 use crate::config;
+use crate::request::canonical::{self, Host, Refusal, Target};
 
 /// What anteroom knows about a request before deciding on it.
 #[derive(Debug, Clone)]

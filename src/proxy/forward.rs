@@ -9,8 +9,8 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 
-use crate::facts::Facts;
 use crate::gate::{PASS_HEADER, PassSource, Visit};
+use crate::request::facts::Facts;
 
 /// Headers under this prefix are anteroom's to set; a client cannot pass its own upstream.
 const RESERVED_HEADER_PREFIX: &str = "x-anteroom-";

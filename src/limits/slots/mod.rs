@@ -9,7 +9,7 @@ pub mod usage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fair::Turn;
+use crate::limits::fair::Turn;
 use crate::store::StoreError;
 
 pub use local::{Permit, Slots};
