@@ -47,7 +47,16 @@ struct Events {
 
 impl Events {
     async fn open(base: &str, ticket: Option<&str>) -> (reqwest::StatusCode, String, Events) {
-        let mut req = client().get(format!("{base}/__anteroom/events?room=web"));
+        Events::open_with(&client(), base, ticket).await
+    }
+
+    /// The same through `http` (HTTP/2, say).
+    async fn open_with(
+        http: &reqwest::Client,
+        base: &str,
+        ticket: Option<&str>,
+    ) -> (reqwest::StatusCode, String, Events) {
+        let mut req = http.get(format!("{base}/__anteroom/events?room=web"));
         if let Some(ticket) = ticket {
             req = req.header("x-anteroom-ticket", ticket);
         }
@@ -199,12 +208,29 @@ fn value(metrics: &str, series: &str) -> f64 {
 
 /// One ticket opens three streams: the oldest is closed, two stay. One
 /// address opens streams for more tickets than `streams_per_client`: the
-/// one past it is refused with 429, and taken again once one closes.
+/// one past it is refused with 429, and taken again once one closes. Over
+/// HTTP/1.1 (a connection per stream) and h2c (streams of one connection,
+/// a closed one reset).
 #[tokio::test]
-async fn streams_are_limited_per_ticket_and_per_client() {
+async fn streams_are_limited_per_ticket_and_per_client_over_http1() {
+    streams_are_limited_per_ticket_and_per_client(client()).await;
+}
+
+#[tokio::test]
+async fn streams_are_limited_per_ticket_and_per_client_over_h2c() {
+    let h2c = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([])
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    streams_are_limited_per_ticket_and_per_client(h2c).await;
+}
+
+async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
     use crate::common::{Backend, TestProxy, waiting_room_config};
     let upstream = TestUpstream::start().await;
-    let proxy = TestProxy::start(&waiting_room_config(
+    let proxy = TestProxy::start_with("h2c = true", &waiting_room_config(
         &upstream,
         Backend::Memory,
         "capacity = 1\npoll_interval = \"10s\"\nconfirm_window = \"30s\"\n[room.limits]\nstreams_per_ticket = 2\nstreams_per_client = 4",
@@ -220,12 +246,12 @@ async fn streams_are_limited_per_ticket_and_per_client() {
         tickets.push(v.ticket().unwrap());
     }
     let base = format!("http://{}", proxy.addr);
-    let (status, _, mut first) = Events::open(&base, Some(&tickets[0])).await;
+    let (status, _, mut first) = Events::open_with(&http, &base, Some(&tickets[0])).await;
     assert_eq!(status, 200);
     assert!(first.next().await.is_some(), "the place is told");
-    let (_, _, mut second) = Events::open(&base, Some(&tickets[0])).await;
+    let (_, _, mut second) = Events::open_with(&http, &base, Some(&tickets[0])).await;
     assert!(second.next().await.is_some());
-    let (_, _, mut third) = Events::open(&base, Some(&tickets[0])).await;
+    let (_, _, mut third) = Events::open_with(&http, &base, Some(&tickets[0])).await;
     assert!(third.next().await.is_some());
     // The oldest ended; the newer two go on.
     let ended = tokio::time::timeout(Duration::from_secs(10), first.next()).await;
@@ -240,10 +266,10 @@ async fn streams_are_limited_per_ticket_and_per_client() {
         1.0
     );
     // Two streams from this address now; two more tickets take it to four.
-    let (_, _, mut a) = Events::open(&base, Some(&tickets[1])).await;
-    let (_, _, mut b) = Events::open(&base, Some(&tickets[2])).await;
+    let (_, _, mut a) = Events::open_with(&http, &base, Some(&tickets[1])).await;
+    let (_, _, mut b) = Events::open_with(&http, &base, Some(&tickets[2])).await;
     assert!(a.next().await.is_some() && b.next().await.is_some());
-    let resp = client()
+    let resp = http
         .get(format!("{base}/__anteroom/events?room=web"))
         .header("x-anteroom-ticket", &tickets[3])
         .header("accept", "application/json")
@@ -272,7 +298,7 @@ async fn streams_are_limited_per_ticket_and_per_client() {
     // One closes: the place is free again.
     drop(a);
     crate::common::eventually(Duration::from_secs(10), || async {
-        let resp = client()
+        let resp = http
             .get(format!("{base}/__anteroom/events?room=web"))
             .header("x-anteroom-ticket", &tickets[3])
             .send()

@@ -79,7 +79,17 @@ def count(cmd, port, path, needs, n, tmp):
         conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(n):
             conn.request("GET", path, headers=headers)
-            conn.getresponse().read()
+            resp = conn.getresponse()
+            body = resp.read()
+            # What each answer was: a scenario must measure the state it names.
+            state = ""
+            if resp.getheader("Content-Type", "").startswith("application/json"):
+                try:
+                    state = json.loads(body).get("state", "") or ""
+                except ValueError:
+                    state = "?"
+            key = f"{resp.status} {state}".strip()
+            STATUSES[key] = STATUSES.get(key, 0) + 1
         conn.close()
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -94,7 +104,22 @@ def count(cmd, port, path, needs, n, tmp):
     return total
 
 
+# The answers of the runs of one scenario, by status (and `state` in JSON).
+STATUSES = {}
+
+# What each scenario's answers must be.
+EXPECTED = {
+    "forward, no room": "200",
+    "admitted: requests room": "200",
+    "admitted: LLM room (rate, tokens, adaptive, fair_by)": "200",
+    "admitted: sessions room, valid pass": "200",
+    "queued: status poll": "200 queued",
+    "arrival at a full room: new ticket": "503 queued",
+}
+
+
 def per_request(cmd, port, path, needs, tmp):
+    STATUSES.clear()
     low = count(cmd, port, path, needs, 1000, tmp)
     high = count(cmd, port, path, needs, 6000, tmp)
     return (high - low) / 5000
@@ -143,7 +168,12 @@ def main():
                 row = {"plain pingora, forward": plain_count}
                 for name, (path, needs) in scenarios.items():
                     row[name] = per_request(cmd, port, path, needs, tmp)
-                    print(f"{bin_dir}{suffix}: {name}: {row[name]:,.0f}", file=sys.stderr)
+                    answers = ", ".join(f"{k}: {v}" for k, v in sorted(STATUSES.items()))
+                    wrong = sum(v for k, v in STATUSES.items() if k != EXPECTED[name])
+                    flag = f"  ** {wrong} answers not '{EXPECTED[name]}' **" if wrong else ""
+                    print(f"{bin_dir}{suffix}: {name}: {row[name]:,.0f} ({answers}){flag}", file=sys.stderr)
+                    if wrong:
+                        row[name + " (errors)"] = wrong
                 results[bin_dir + suffix] = row
     finally:
         for p in (upstream, redis):
@@ -154,7 +184,11 @@ def main():
     print("| scenario | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{results[b][name]:,.0f}" for b in results) + " |")
+        cells = []
+        for b in results:
+            wrong = results[b].get(name + " (errors)")
+            cells.append(f"{results[b][name]:,.0f}" + (f" ({wrong} wrong answers)" if wrong else ""))
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
