@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::common::process::Process;
-use crate::common::{Store, TestUpstream, Visitor, client, keys};
+use crate::common::{Store, TestUpstream, Visitor, client, keys, metric};
 
 /// A room of one where polls and heartbeats come only every 10 s, so that a
 /// turn heard within a second was pushed.
@@ -198,14 +198,6 @@ crate::on_both_stores!(
     a_stream_without_a_ticket_says_expired
 );
 
-/// A metric's value in `/metrics` text (0 when the series is absent).
-fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// One ticket opens three streams: the oldest is closed, two stay. One
 /// address opens streams for more tickets than `streams_per_client`: the
 /// one past it is refused with 429, and taken again once one closes. Over
@@ -257,9 +249,13 @@ async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
     let ended = tokio::time::timeout(Duration::from_secs(10), first.next()).await;
     assert_eq!(ended.ok(), Some(None), "the oldest stream was not closed");
     let metrics = proxy.metrics().await;
-    assert_eq!(value(&metrics, "anteroom_event_streams "), 2.0, "{metrics}");
     assert_eq!(
-        value(
+        metric(&metrics, "anteroom_event_streams "),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
             &metrics,
             r#"anteroom_event_streams_limited_total{limit="streams_per_ticket"}"#
         ),
@@ -282,14 +278,14 @@ async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
     assert_eq!(body["limit"], "streams_per_client");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        value(
+        metric(
             &metrics,
             r#"anteroom_event_streams_limited_total{limit="streams_per_client"}"#
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric(
             &metrics,
             r#"anteroom_room_limited_total{limit="streams_per_client",room="web"}"#
         ),
@@ -335,7 +331,7 @@ async fn a_streams_heartbeats_count_as_polls() {
     assert!(stream.next().await.is_some());
     let series = r#"anteroom_room_limited_total{limit="polls_per_minute",room="web"}"#;
     crate::common::eventually(Duration::from_secs(15), || async {
-        (value(&proxy.metrics().await, series) >= 1.0).then_some(())
+        (metric(&proxy.metrics().await, series) >= 1.0).then_some(())
     })
     .await;
     let resp = client()

@@ -9,7 +9,9 @@ use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::{Backend, TestProxy, TestUpstream, Visitor, eventually, waiting_room_config};
+use crate::common::{
+    Backend, TestProxy, TestUpstream, Visitor, eventually, metric, waiting_room_config,
+};
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
@@ -86,13 +88,6 @@ async fn inside(proxy: &TestProxy) -> Visitor {
     assert_eq!(v.get("/echo").await.0, 200);
     assert_eq!(v.get("/echo").await.0, 200);
     v
-}
-
-/// A metric's value, 0 if absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn cookie_less_requests_hold_places_only_for_the_confirm_window(backend: Backend) {

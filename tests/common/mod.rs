@@ -214,6 +214,14 @@ impl ShutdownSignalWatch for TestSignal {
     }
 }
 
+/// A metric's value in `/metrics` text: the line that starts with
+/// `series` (its name and labels as Prometheus writes them), 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A running anteroom.
 pub struct TestProxy {
     pub addr: SocketAddr,
