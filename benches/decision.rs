@@ -23,21 +23,21 @@ use anteroom::assets::Assets;
 use anteroom::challenge;
 use anteroom::clients::ClientLimits;
 use anteroom::config::{Config, Deployment, RedisConfig};
-use anteroom::events::VisitorEvents;
 use anteroom::gate::{Decision, Gate};
 use anteroom::limits::slots::Slots;
 use anteroom::metrics::Metrics;
+use anteroom::proxy::site::{self, Shared};
 use anteroom::request::facts::Facts;
-use anteroom::room::{Kind, RoomMetrics, Rooms};
+use anteroom::room::{Kind, Rooms};
 use anteroom::store::memory::{MemoryStore, RoomState};
 use anteroom::store::redis::RedisStore;
-use anteroom::store::{Arrival, Lane, Newcomer, Store};
+use anteroom::store::{Arrival, Lane, Newcomer, RoomSpec, Store};
 use anteroom::token::{Kind as TokenKind, SigningKey, Tokens};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pingora::http::RequestHeader;
 
 struct Setup {
-    gate: Gate,
+    gate: Arc<Gate>,
     rooms: Arc<Rooms>,
     store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
@@ -77,15 +77,7 @@ room = "web"
     let config = Config::from_toml(&text, Path::new("bench.toml")).unwrap();
     let assets = Assets::load(&config).unwrap();
     let metrics = Metrics::new().unwrap();
-    let room_metrics = RoomMetrics::register(metrics.registry()).unwrap();
-    let rooms = Arc::new(Rooms::new(
-        &config.rooms,
-        &assets.pages,
-        None,
-        &room_metrics,
-        None,
-    ));
-    let specs: Vec<_> = rooms.iter().filter_map(|r| r.spec()).collect();
+    let specs = RoomSpec::of_config(&config);
     let store: Arc<dyn Store> = match redis {
         None => Arc::new(MemoryStore::new(&specs)),
         Some(port) => Arc::new(
@@ -108,20 +100,15 @@ room = "web"
             .unwrap(),
         ),
     };
-    let gate = Gate::new(
-        assets.tokens.clone().unwrap(),
-        config.tokens.as_ref().unwrap(),
-        store.clone(),
-        assets.jwts.clone(),
-        VisitorEvents::register(
-            metrics.registry(),
-            &config.attribution,
-            std::sync::Arc::new(anteroom::events::bus::Bus::default()),
-            "bench",
-        )
-        .unwrap(),
-        config.store.touch_interval,
-    );
+    // The server's own assembly, without its sockets.
+    let registry = metrics.registry();
+    let bus = Arc::new(anteroom::events::bus::Bus::default());
+    let shared = Shared::register(registry, &config, store.clone(), None, bus).unwrap();
+    let site = site::assemble(Arc::new(config), assets, &shared, registry)
+        .unwrap()
+        .load();
+    let rooms = Arc::clone(&site.rooms);
+    let gate = site.gate.clone().unwrap();
     Setup {
         gate,
         rooms,

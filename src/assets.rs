@@ -64,7 +64,7 @@ impl Assets {
             .iter()
             .enumerate()
             .map(|(i, room)| {
-                let s = room.sessions.as_ref()?;
+                let s = room.sessions()?;
                 let template = match &s.page_template {
                     None => Template::built_in(),
                     Some(path) => Template::load(path)

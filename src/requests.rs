@@ -15,7 +15,7 @@ use crate::config::{FairBy, Fairness, OnStoreError};
 use crate::limits::fair::Turn;
 use crate::limits::slots::{Held, NoSlot, RequestSlots};
 use crate::request::facts::Facts;
-use crate::room::Room;
+use crate::room::{Limiters, Room};
 use crate::store::StoreError;
 
 /// What happens to a request of a `requests` room.
@@ -45,26 +45,26 @@ pub struct Decided {
 /// moment if it has a `rate`, and room in its token budget. The slots are
 /// handed out in turn per client, so the rate's moments and the budget are
 /// too; a request that cannot have them in time gives its slot back.
-pub async fn admit(room: &Room, slots: &RequestSlots, turn: Turn) -> Decided {
+pub async fn admit(room: &Room, limits: &Limiters, turn: Turn) -> Decided {
     let start = Instant::now();
-    let mut max_wait = room.max_wait();
+    let mut max_wait = limits.max_wait();
     let refused = |admission| Decided {
         admission,
         waited: start.elapsed(),
         charged: None,
     };
-    let held = match enter(room, slots, turn, &mut max_wait).await {
+    let held = match enter(room, limits, turn, &mut max_wait).await {
         Ok(held) => held,
         Err(admission) => return refused(admission),
     };
     let counters = room.counters();
-    let charged = match room.budget() {
+    let charged = match limits.budget() {
         None => None,
         Some(budget) => {
             let estimate = budget.budget().estimate;
             let reserved = budget.reserve(estimate, max_wait).await;
             let rejected = &counters.rejected_tokens;
-            if let Some(admission) = wait_for(reserved, rejected, room, slots, &mut max_wait).await
+            if let Some(admission) = wait_for(reserved, rejected, room, limits, &mut max_wait).await
             {
                 return refused(admission);
             }
@@ -86,15 +86,15 @@ pub async fn admit(room: &Room, slots: &RequestSlots, turn: Turn) -> Decided {
 /// within `left`; its tokens stay reserved. `Err` is the time to retry after.
 pub async fn readmit(
     room: &Room,
-    slots: &RequestSlots,
+    limits: &Limiters,
     turn: Turn,
     left: Duration,
 ) -> Result<Held, Duration> {
     let mut left = left;
-    match enter(room, slots, turn, &mut left).await {
+    match enter(room, limits, turn, &mut left).await {
         Ok(held) => Ok(held),
         Err(Admission::Refused(retry)) => Err(retry),
-        Err(_) => Err(slots.retry_after()),
+        Err(_) => Err(limits.slots.retry_after()),
     }
 }
 
@@ -102,31 +102,31 @@ pub async fn readmit(
 /// (less what they took); `Err` is the answer when they cannot be had.
 async fn enter(
     room: &Room,
-    slots: &RequestSlots,
+    limits: &Limiters,
     turn: Turn,
     max_wait: &mut Duration,
 ) -> Result<Held, Admission> {
     let counters = room.counters();
     let start = Instant::now();
-    let held = match slots.try_acquire().await {
+    let held = match limits.slots.try_acquire().await {
         Ok(Some(held)) => Ok(held),
         Ok(None) if max_wait.is_zero() => Err(NoSlot::Full),
         Ok(None) => {
             counters.queued.inc();
-            slots.acquire(*max_wait, turn).await
+            limits.slots.acquire(*max_wait, turn).await
         }
         Err(e) => Err(e),
     };
     let held = match held {
         Ok(held) => held,
-        Err(NoSlot::Store(e)) => return Err(store_failed(room, &e, slots)),
+        Err(NoSlot::Store(e)) => return Err(store_failed(room, &e, &limits.slots)),
         Err(NoSlot::Full) => {
             counters.rejected_full.inc();
-            return Err(Admission::Refused(slots.retry_after()));
+            return Err(Admission::Refused(limits.slots.retry_after()));
         }
     };
     *max_wait = max_wait.saturating_sub(start.elapsed());
-    if let Some(pause) = room
+    if let Some(pause) = limits
         .adaptive()
         .and_then(|a| a.paused(std::time::Instant::now()))
     {
@@ -136,14 +136,14 @@ async fn enter(
             Ok(Err(pause))
         };
         let rejected = &counters.rejected_upstream;
-        if let Some(admission) = wait_for(reserved, rejected, room, slots, max_wait).await {
+        if let Some(admission) = wait_for(reserved, rejected, room, limits, max_wait).await {
             return Err(admission);
         }
     }
-    if let Some(pace) = room.pace() {
+    if let Some(pace) = limits.pace() {
         let reserved = pace.reserve(*max_wait).await;
         let rejected = &counters.rejected_rate;
-        if let Some(admission) = wait_for(reserved, rejected, room, slots, max_wait).await {
+        if let Some(admission) = wait_for(reserved, rejected, room, limits, max_wait).await {
             return Err(admission);
         }
     }
@@ -156,7 +156,7 @@ async fn wait_for(
     reserved: Result<Result<Duration, Duration>, StoreError>,
     rejected: &IntCounter,
     room: &Room,
-    slots: &RequestSlots,
+    limits: &Limiters,
     max_wait: &mut Duration,
 ) -> Option<Admission> {
     match reserved {
@@ -172,7 +172,7 @@ async fn wait_for(
             rejected.inc();
             Some(Admission::Refused(retry))
         }
-        Err(e) => Some(store_failed(room, &e, slots)),
+        Err(e) => Some(store_failed(room, &e, &limits.slots)),
     }
 }
 
@@ -216,19 +216,19 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// not fit in what is left of `max_wait`.
 pub fn answered(
     room: &Room,
-    slots: &RequestSlots,
+    limits: &Limiters,
     status: u16,
     headers: &http::HeaderMap,
     sent: std::time::Instant,
     retries: Retries,
 ) -> Answer {
     let now = std::time::Instant::now();
-    let adaptive = room.adaptive();
+    let adaptive = limits.adaptive();
     if !matches!(status, 429 | 503) {
         if status < 500
             && let Some(adaptive) = adaptive
         {
-            adaptive.healthy(slots.usage().in_use);
+            adaptive.healthy(limits.slots.usage().in_use);
         }
         return Answer::Pass;
     }

@@ -30,25 +30,70 @@ const WAIT_BUCKETS: &[f64] = &[
 
 /// One room and its live state.
 pub struct Room {
-    config: config::Room,
+    name: String,
+    /// The capacity in the file (the live one may differ after an admin change).
+    capacity: u32,
+    bypass: Rules,
+    on_store_error: OnStoreError,
     kind: Kind,
-    /// A `requests` room's `rate`.
-    pace: Option<Arc<Rated>>,
-    /// A `requests` room's `tokens_per_minute`.
-    budget: Option<Arc<Budgeted>>,
-    /// A `requests` room's adaptive limit.
-    adaptive: Option<Arc<Adapted>>,
-    /// The keys a response's usage is read under.
-    usage_keys: UsageKeys,
     counters: RoomCounters,
 }
 
-/// What a room limits.
+/// What a room limits, with the state of that kind of room.
 pub enum Kind {
     /// Requests in flight.
-    Requests(RequestSlots),
+    Requests(Box<Limiters>),
     /// Admitted visitors, with a waiting room.
     Sessions(Box<WaitingRoom>),
+}
+
+/// A `requests` room's limiters: its slots, and the rate, token budget and
+/// adaptive limit it may have besides.
+pub struct Limiters {
+    /// Settings from the file.
+    pub config: config::Requests,
+    /// The requests in flight.
+    pub slots: RequestSlots,
+    /// `rate`.
+    pace: Option<Arc<Rated>>,
+    /// `tokens_per_minute`.
+    budget: Option<Arc<Budgeted>>,
+    /// `adaptive`.
+    adaptive: Option<Arc<Adapted>>,
+    /// The keys a response's usage is read under.
+    usage_keys: UsageKeys,
+}
+
+impl Limiters {
+    /// How long a request may wait for a slot.
+    pub fn max_wait(&self) -> Duration {
+        self.config.max_wait
+    }
+
+    /// The adaptive limit, if the room has one.
+    pub fn adaptive(&self) -> Option<&Adapted> {
+        self.adaptive.as_deref()
+    }
+
+    /// How its waiters take turns.
+    pub fn fairness(&self) -> &config::Fairness {
+        &self.config.fair
+    }
+
+    /// The keys a response's usage is read under.
+    pub fn usage_keys(&self) -> &UsageKeys {
+        &self.usage_keys
+    }
+
+    /// The token budget, if the room has one.
+    pub fn budget(&self) -> Option<&Budgeted> {
+        self.budget.as_deref()
+    }
+
+    /// The rate, if the room has one.
+    pub fn pace(&self) -> Option<&Rated> {
+        self.pace.as_deref()
+    }
 }
 
 /// A `sessions` room's local side: its settings, page, and the latest
@@ -63,7 +108,157 @@ pub struct WaitingRoom {
     snapshot: RwLock<Snapshot>,
 }
 
+impl Limiters {
+    /// A requests room's limiters. Kept from `previous` (the same-named room
+    /// of the config being replaced) while they still fit: its slots with
+    /// the requests holding them, its line of moments while the rate is the
+    /// same, its budget, and what its adaptive limit learnt of the upstream.
+    fn new(
+        name: &str,
+        capacity: u32,
+        config: config::Requests,
+        leases: Option<&Arc<dyn Leases>>,
+        previous: Option<&Room>,
+    ) -> Limiters {
+        let before = previous.and_then(|p| match &p.kind {
+            Kind::Requests(l) => Some((&**l, p.capacity)),
+            Kind::Sessions(_) => None,
+        });
+        let slots = match (before.map(|(l, capacity)| (&l.slots, capacity)), leases) {
+            (Some((RequestSlots::Local(slots), before)), None) => {
+                // The file's capacity wins only if it changed (else an
+                // admin change stays), as for sessions rooms in the store.
+                if before != capacity {
+                    slots.set_capacity(capacity);
+                }
+                RequestSlots::Local(Arc::clone(slots))
+            }
+            // A shared room's capacity is the store's, written at `prepare`.
+            (Some((RequestSlots::Shared(slots), _)), Some(_)) => {
+                RequestSlots::Shared(Arc::clone(slots))
+            }
+            (_, Some(store)) => {
+                RequestSlots::Shared(SharedSlots::new(name, capacity, Arc::clone(store)))
+            }
+            (_, None) => RequestSlots::Local(Slots::new(capacity)),
+        };
+        let before = before.map(|(l, _)| l);
+        let pace = config.rate.map(|rate| match leases {
+            Some(store) => Arc::new(Rated::Shared {
+                rate,
+                room: name.to_owned(),
+                store: Arc::clone(store),
+            }),
+            None => before
+                .and_then(|l| l.pace.as_ref())
+                .filter(|p| matches!(&***p, Rated::Local(_)) && p.rate() == rate)
+                .map_or_else(|| Arc::new(Rated::Local(Pace::new(rate))), Arc::clone),
+        });
+        let budget = config.tokens.map(|b| match leases {
+            Some(store) => Arc::new(Budgeted::Shared {
+                budget: b,
+                room: name.to_owned(),
+                store: Arc::clone(store),
+            }),
+            None => before
+                .and_then(|l| l.budget.as_ref())
+                .filter(|p| matches!(&***p, Budgeted::Local(_)) && p.budget() == b)
+                .map_or_else(|| Arc::new(Budgeted::Local(Budget::new(b))), Arc::clone),
+        });
+        let adaptive = adapted(name, capacity, config.adaptive, &slots, before);
+        Limiters {
+            usage_keys: UsageKeys::new(config.usage_key.as_deref()),
+            config,
+            slots,
+            pace,
+            budget,
+            adaptive,
+        }
+    }
+}
+
+/// The adaptive limit of a `requests` room, kept across a reload with its
+/// ceiling moved to the capacity (what it learnt of the upstream stays);
+/// without one, the room's slots count the capacity alone.
+fn adapted(
+    name: &str,
+    capacity: u32,
+    config: Option<config::AdaptiveLimit>,
+    slots: &RequestSlots,
+    before: Option<&Limiters>,
+) -> Option<Arc<Adapted>> {
+    let Some(a) = config else {
+        match slots {
+            RequestSlots::Local(s) => s.set_limit(u32::MAX),
+            RequestSlots::Shared(s) => s.set_limited(false),
+        }
+        return None;
+    };
+    let kept = before
+        .and_then(|l| l.adaptive.as_ref())
+        .filter(|p| p.min() == a.min)
+        // Only over the very slots it caps (kept across the reload too).
+        .filter(|p| match (&***p, slots) {
+            (Adapted::Local { slots: old, .. }, RequestSlots::Local(new)) => Arc::ptr_eq(old, new),
+            (Adapted::Shared { .. }, RequestSlots::Shared(_)) => true,
+            _ => false,
+        })
+        .map(Arc::clone);
+    let adapted = kept.unwrap_or_else(|| {
+        let limit = Adaptive::new(a.min, capacity);
+        Arc::new(match slots {
+            RequestSlots::Local(s) => Adapted::Local {
+                limit,
+                slots: Arc::clone(s),
+            },
+            RequestSlots::Shared(s) => Adapted::Shared {
+                view: Arc::new(limit),
+                room: name.to_owned(),
+                store: s.store(),
+            },
+        })
+    });
+    if let RequestSlots::Shared(s) = slots {
+        s.set_limited(true);
+    }
+    adapted.set_max(capacity);
+    Some(adapted)
+}
+
 impl WaitingRoom {
+    /// A sessions room's local side; its last numbers carry over from
+    /// `previous` until the store's arrive.
+    fn new(
+        name: &str,
+        capacity: u32,
+        config: config::Sessions,
+        page: Option<Page>,
+        previous: Option<&Room>,
+    ) -> WaitingRoom {
+        let snapshot = match previous.map(|p| &p.kind) {
+            Some(Kind::Sessions(w)) => w.snapshot(),
+            _ => Snapshot {
+                settings: RoomSpec::from_config(name, capacity, &config).settings,
+                sessions: 0,
+                reserved: 0,
+                waiting: [0, 0],
+                wait: Wait {
+                    ms: 0,
+                    known: false,
+                },
+            },
+        };
+        WaitingRoom {
+            page: page.unwrap_or_else(|| Page {
+                template: Template::built_in(),
+                language: None,
+            }),
+            limits: ClientLimits::new(config.limits),
+            config,
+            snapshot: RwLock::new(snapshot),
+        }
+    }
+
     /// The latest numbers known to this instance.
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.read().clone()
@@ -241,191 +436,61 @@ impl Room {
         metrics: &RoomMetrics,
         previous: Option<&Room>,
     ) -> Room {
-        let kind = match &config.sessions {
-            None => Kind::Requests(
-                match (previous.map(|p| (&p.kind, p.config.capacity)), leases) {
-                    (Some((Kind::Requests(RequestSlots::Local(slots)), capacity)), None) => {
-                        // The file's capacity wins only if it changed (else an
-                        // admin change stays), as for sessions rooms in the store.
-                        if capacity != config.capacity {
-                            slots.set_capacity(config.capacity);
-                        }
-                        RequestSlots::Local(Arc::clone(slots))
-                    }
-                    // A shared room's capacity is the store's, written at `prepare`.
-                    (Some((Kind::Requests(RequestSlots::Shared(slots)), _)), Some(_)) => {
-                        RequestSlots::Shared(Arc::clone(slots))
-                    }
-                    (_, Some(store)) => RequestSlots::Shared(SharedSlots::new(
-                        &config.name,
-                        config.capacity,
-                        Arc::clone(store),
-                    )),
-                    (_, None) => RequestSlots::Local(Slots::new(config.capacity)),
-                },
-            ),
-            Some(s) => {
-                let spec = RoomSpec::from_config(&config.name, config.capacity, s);
-                Kind::Sessions(Box::new(WaitingRoom {
-                    config: s.clone(),
-                    page: page.unwrap_or_else(|| Page {
-                        template: Template::built_in(),
-                        language: None,
-                    }),
-                    limits: ClientLimits::new(s.limits),
-                    snapshot: RwLock::new(match previous.map(|p| &p.kind) {
-                        Some(Kind::Sessions(w)) => w.snapshot(),
-                        _ => Snapshot {
-                            settings: spec.settings,
-                            sessions: 0,
-                            reserved: 0,
-                            waiting: [0, 0],
-                            wait: Wait {
-                                ms: 0,
-                                known: false,
-                            },
-                        },
-                    }),
-                }))
-            }
+        let kind = match config.kind {
+            config::RoomKind::Requests(r) => Kind::Requests(Box::new(Limiters::new(
+                &config.name,
+                config.capacity,
+                r,
+                leases,
+                previous,
+            ))),
+            config::RoomKind::Sessions(s) => Kind::Sessions(Box::new(WaitingRoom::new(
+                &config.name,
+                config.capacity,
+                *s,
+                page,
+                previous,
+            ))),
         };
-        // Kept across a reload while the rate is the same: the line of
-        // moments already reserved stays.
-        let pace = config.rate.map(|rate| match leases {
-            Some(store) => Arc::new(Rated::Shared {
-                rate,
-                room: config.name.clone(),
-                store: Arc::clone(store),
-            }),
-            None => previous
-                .and_then(|p| p.pace.as_ref())
-                .filter(|p| matches!(&***p, Rated::Local(_)) && p.rate() == rate)
-                .map_or_else(|| Arc::new(Rated::Local(Pace::new(rate))), Arc::clone),
-        });
-        let budget = config.tokens.map(|b| match leases {
-            Some(store) => Arc::new(Budgeted::Shared {
-                budget: b,
-                room: config.name.clone(),
-                store: Arc::clone(store),
-            }),
-            None => previous
-                .and_then(|p| p.budget.as_ref())
-                .filter(|p| matches!(&***p, Budgeted::Local(_)) && p.budget() == b)
-                .map_or_else(|| Arc::new(Budgeted::Local(Budget::new(b))), Arc::clone),
-        });
-        let adaptive = Room::adapted(&config, &kind, previous);
-        let usage_keys = UsageKeys::new(config.usage_key.as_deref());
-        let counters = metrics.room(&config.name);
         Room {
-            config,
+            counters: metrics.room(&config.name),
+            name: config.name,
+            capacity: config.capacity,
+            bypass: config.bypass,
+            on_store_error: config.on_store_error,
             kind,
-            pace,
-            budget,
-            adaptive,
-            usage_keys,
-            counters,
         }
     }
 
     /// The room's name.
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
 
     /// What its capacity counts.
     pub fn mode(&self) -> RoomMode {
-        self.config.mode
-    }
-
-    /// How long a request may wait for a slot.
-    pub fn max_wait(&self) -> Duration {
-        self.config.max_wait
+        match self.kind {
+            Kind::Requests(_) => RoomMode::Requests,
+            Kind::Sessions(_) => RoomMode::Sessions,
+        }
     }
 
     /// The room's adaptive limit, if it has one.
     pub fn adaptive(&self) -> Option<&Adapted> {
-        self.adaptive.as_deref()
-    }
-
-    /// The adaptive limit of a `requests` room, kept across a reload with its
-    /// ceiling moved to the capacity (what it learnt of the upstream stays);
-    /// without one, the room's slots count the capacity alone.
-    fn adapted(
-        config: &config::Room,
-        kind: &Kind,
-        previous: Option<&Room>,
-    ) -> Option<Arc<Adapted>> {
-        let Kind::Requests(slots) = kind else {
-            return None;
-        };
-        let Some(a) = config.adaptive else {
-            match slots {
-                RequestSlots::Local(s) => s.set_limit(u32::MAX),
-                RequestSlots::Shared(s) => s.set_limited(false),
-            }
-            return None;
-        };
-        let kept = previous
-            .and_then(|p| p.adaptive.as_ref())
-            .filter(|p| p.min() == a.min)
-            // Only over the very slots it caps (kept across the reload too).
-            .filter(|p| match (&***p, slots) {
-                (Adapted::Local { slots: old, .. }, RequestSlots::Local(new)) => {
-                    Arc::ptr_eq(old, new)
-                }
-                (Adapted::Shared { .. }, RequestSlots::Shared(_)) => true,
-                _ => false,
-            })
-            .map(Arc::clone);
-        let adapted = kept.unwrap_or_else(|| {
-            let limit = Adaptive::new(a.min, config.capacity);
-            Arc::new(match slots {
-                RequestSlots::Local(s) => Adapted::Local {
-                    limit,
-                    slots: Arc::clone(s),
-                },
-                RequestSlots::Shared(s) => Adapted::Shared {
-                    view: Arc::new(limit),
-                    room: config.name.clone(),
-                    store: s.store(),
-                },
-            })
-        });
-        if let RequestSlots::Shared(s) = slots {
-            s.set_limited(true);
+        match &self.kind {
+            Kind::Requests(l) => l.adaptive(),
+            Kind::Sessions(_) => None,
         }
-        adapted.set_max(config.capacity);
-        Some(adapted)
-    }
-
-    /// How its waiters take turns.
-    pub fn fairness(&self) -> &config::Fairness {
-        &self.config.fair
-    }
-
-    /// The keys a response's usage is read under.
-    pub fn usage_keys(&self) -> &UsageKeys {
-        &self.usage_keys
-    }
-
-    /// The room's token budget, if it has one.
-    pub fn budget(&self) -> Option<&Budgeted> {
-        self.budget.as_deref()
-    }
-
-    /// The room's rate, if it has one.
-    pub fn pace(&self) -> Option<&Rated> {
-        self.pace.as_deref()
     }
 
     /// Who passes without a slot.
     pub fn bypass(&self) -> &Rules {
-        &self.config.bypass
+        &self.bypass
     }
 
     /// What newcomers get while the store is down.
     pub fn on_store_error(&self) -> OnStoreError {
-        self.config.on_store_error
+        self.on_store_error
     }
 
     /// Requests or sessions.
@@ -440,18 +505,16 @@ impl Room {
 
     /// The store's view of a sessions room.
     pub fn spec(&self) -> Option<RoomSpec> {
-        let s = self.config.sessions.as_ref()?;
-        Some(RoomSpec::from_config(
-            &self.config.name,
-            self.config.capacity,
-            s,
-        ))
+        match &self.kind {
+            Kind::Sessions(w) => Some(RoomSpec::from_config(&self.name, self.capacity, &w.config)),
+            Kind::Requests(_) => None,
+        }
     }
 
     /// Capacity, use and line length now (for sessions rooms: as last seen).
     pub fn usage(&self) -> Usage {
         match &self.kind {
-            Kind::Requests(slots) => slots.usage(),
+            Kind::Requests(l) => l.slots.usage(),
             Kind::Sessions(w) => {
                 let s = w.snapshot();
                 Usage {
@@ -465,7 +528,7 @@ impl Room {
 }
 
 /// All rooms, in config order (routes refer to them by index).
-pub struct Rooms(Vec<Room>);
+pub struct Rooms(Vec<Arc<Room>>);
 
 impl Rooms {
     /// Rooms from validated config and their pages (by index, as `Assets`
@@ -485,7 +548,7 @@ impl Rooms {
                 .map(|(i, r)| {
                     let page = pages.get(i).cloned().flatten();
                     let before = previous.and_then(|p| p.by_name(&r.name));
-                    Room::new(r.clone(), page, leases, metrics, before)
+                    Arc::new(Room::new(r.clone(), page, leases, metrics, before))
                 })
                 .collect(),
         )
@@ -498,29 +561,34 @@ impl Rooms {
         let requests = self
             .iter()
             .filter(|r| matches!(r.kind, Kind::Requests(_)))
-            .map(|r| (r.config.name.clone(), r.config.capacity))
+            .map(|r| (r.name.clone(), r.capacity))
             .collect();
         (sessions, requests)
     }
 
     /// The room at a config index.
     pub fn get(&self, index: usize) -> Option<&Room> {
-        self.0.get(index)
+        self.0.get(index).map(|r| &**r)
+    }
+
+    /// The room at a config index, for a request to hold while it is in it.
+    pub fn shared(&self, index: usize) -> Option<Arc<Room>> {
+        self.0.get(index).map(Arc::clone)
     }
 
     /// The room with this name.
     pub fn by_name(&self, name: &str) -> Option<&Room> {
-        self.0.iter().find(|r| r.name() == name)
+        self.iter().find(|r| r.name() == name)
     }
 
     /// Every room.
     pub fn iter(&self) -> impl Iterator<Item = &Room> {
-        self.0.iter()
+        self.0.iter().map(|r| &**r)
     }
 
     /// Every sessions room with its waiting room.
     pub fn waiting_rooms(&self) -> impl Iterator<Item = (&Room, &WaitingRoom)> {
-        self.0.iter().filter_map(|r| match &r.kind {
+        self.iter().filter_map(|r| match &r.kind {
             Kind::Sessions(w) => Some((r, &**w)),
             Kind::Requests(_) => None,
         })
@@ -528,9 +596,12 @@ impl Rooms {
 
     /// Every room whose request slots are shared through the store.
     pub fn shared_slots(&self) -> impl Iterator<Item = &Arc<SharedSlots>> {
-        self.0.iter().filter_map(|r| match &r.kind {
-            Kind::Requests(RequestSlots::Shared(s)) => Some(s),
-            _ => None,
+        self.iter().filter_map(|r| match &r.kind {
+            Kind::Requests(l) => match &l.slots {
+                RequestSlots::Shared(s) => Some(s),
+                RequestSlots::Local(_) => None,
+            },
+            Kind::Sessions(_) => None,
         })
     }
 

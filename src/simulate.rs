@@ -196,7 +196,7 @@ pub fn run(
     model: &Model,
 ) -> Result<Report, SimulateError> {
     let room = pick(config, room)?;
-    let sessions = room.sessions.as_ref().ok_or_else(|| {
+    let sessions = room.sessions().ok_or_else(|| {
         SimulateError::Room(format!("room {:?} is not a sessions room", room.name))
     })?;
     if model.visit.0 > model.visit.1 {
@@ -408,7 +408,7 @@ fn pick<'a>(config: &'a Config, room: Option<&str>) -> Result<&'a Room, Simulate
         None => config
             .rooms
             .iter()
-            .find(|r| r.sessions.is_some())
+            .find(|r| r.sessions().is_some())
             .ok_or_else(|| SimulateError::Room("the config has no sessions room".into())),
     }
 }

@@ -1,6 +1,6 @@
 //! What the unit tests of the decisions share: a config with a signing key
-//! made once per test run, and a gate over a memory store built the way the
-//! server builds it, without sockets.
+//! made once per test run, and rooms and a gate over a memory store,
+//! assembled by the server's own assembly, without sockets.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -9,11 +9,12 @@ use pingora::http::RequestHeader;
 
 use crate::assets::Assets;
 use crate::config::Config;
-use crate::events::VisitorEvents;
+use crate::events::bus::Bus;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
+use crate::proxy::site::{self, Shared};
 use crate::request::facts::Facts;
-use crate::room::{Room, RoomMetrics, Rooms, WaitingRoom};
+use crate::room::{Room, Rooms, WaitingRoom};
 use crate::store::memory::MemoryStore;
 use crate::store::{RoomSpec, Store};
 
@@ -27,11 +28,12 @@ fn key_file() -> &'static PathBuf {
     })
 }
 
-/// Rooms, their gate and their memory store, from `[[room]]` tables.
+/// Rooms, their gate and their memory store, from `[[room]]` tables,
+/// assembled as the server assembles them (`site::assemble`).
 pub(crate) struct Fixture {
-    pub config: Config,
+    pub config: Arc<Config>,
     pub rooms: Arc<Rooms>,
-    pub gate: Gate,
+    pub gate: Arc<Gate>,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
 }
@@ -48,36 +50,17 @@ impl Fixture {
         let assets = Assets::load(&config).unwrap_or_else(|e| panic!("{e}"));
         let metrics = Metrics::new().unwrap();
         let registry = metrics.registry();
-        let room_metrics = RoomMetrics::register(registry).unwrap();
-        let rooms = Arc::new(Rooms::new(
-            &config.rooms,
-            &assets.pages,
-            None,
-            &room_metrics,
-            None,
-        ));
-        let gauges = Arc::clone(&rooms);
-        Rooms::register_gauges(move || Arc::clone(&gauges), registry).unwrap();
-        let specs: Vec<RoomSpec> = rooms.iter().filter_map(Room::spec).collect();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&specs));
-        let gate = Gate::new(
-            assets.tokens.clone().unwrap(),
-            config.tokens.as_ref().unwrap(),
-            Arc::clone(&store),
-            Arc::clone(&assets.jwts),
-            VisitorEvents::register(
-                registry,
-                &config.attribution,
-                std::sync::Arc::new(crate::events::bus::Bus::default()),
-                "test",
-            )
-            .unwrap(),
-            config.store.touch_interval,
-        );
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&RoomSpec::of_config(&config)));
+        let bus = Arc::new(Bus::default());
+        let shared = Shared::register(registry, &config, Arc::clone(&store), None, bus).unwrap();
+        let config = Arc::new(config);
+        let site = site::assemble(Arc::clone(&config), assets, &shared, registry)
+            .unwrap()
+            .load();
         Fixture {
             config,
-            rooms,
-            gate,
+            rooms: Arc::clone(&site.rooms),
+            gate: site.gate.clone().expect("a gate: the config has [tokens]"),
             store,
             metrics,
         }

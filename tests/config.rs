@@ -195,7 +195,7 @@ room = "gemini"
 retry_429 = true              # hold and retry an upstream 429 within max_wait (opt-in: the upstream did not process it)
 "#;
     let config = Config::from_toml(text, Path::new("gemini.toml")).unwrap();
-    let room = &config.rooms[0];
+    let room = config.rooms[0].requests().expect("a requests room");
     assert_eq!(room.adaptive.map(|a| a.min), Some(1));
     assert_eq!(room.fair.by, anteroom::config::FairBy::Client);
     assert!(config.routes[0].retry_429);

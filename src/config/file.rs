@@ -6,8 +6,10 @@
 //! unknown key does not stop the parse (`deny_unknown_fields` would): the
 //! parse collects every key these structs leave unread (`serde_ignored`, as
 //! Cargo does for its manifests), and each is a problem beside the others.
+//! A room's table also serialises back, to the keys it was given, so that a
+//! key of the other kind of room is refused by a list, not by hand.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -162,7 +164,7 @@ pub struct UpstreamFile {
 }
 
 /// `[[room]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RoomFile {
     pub name: String,
     pub mode: String,
@@ -202,7 +204,7 @@ pub struct RoomFile {
 }
 
 /// `[room.limits]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct LimitsFile {
     pub tickets_per_client: Option<i64>,
     pub arrivals_per_minute: Option<i64>,
@@ -215,7 +217,7 @@ pub struct LimitsFile {
 }
 
 /// `[room.bypass]`, `[room.priority]`, `[route.bypass]`: which visitors a rule picks out.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct RulesFile {
     #[serde(default)]
     pub paths: Vec<String>,
@@ -225,7 +227,7 @@ pub struct RulesFile {
 }
 
 /// `[room.conversion]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct ConversionFile {
     pub method: Option<String>,
     pub path_prefix: String,

@@ -498,29 +498,69 @@ pub enum HostHeader {
 pub struct Room {
     /// Referenced by routes; appears in responses, logs and metrics.
     pub name: String,
-    /// What the capacity counts.
-    pub mode: RoomMode,
     /// Most requests (or visitors) inside at once.
     pub capacity: u32,
-    /// How long a request may wait in line for a free slot before the 503.
-    pub max_wait: Duration,
-    /// Requests let in per period (`requests` rooms), evenly spaced.
-    pub rate: Option<Rate>,
-    /// LLM tokens per minute (`requests` rooms), from the responses' usage.
-    pub tokens: Option<TokenBudget>,
-    /// The key whose number is a response's usage (`usage_path`'s last name);
-    /// `None`: Gemini's and OpenAI's.
-    pub usage_key: Option<String>,
-    /// `adaptive = true` (`requests` rooms): the limit follows the upstream.
-    pub adaptive: Option<AdaptiveLimit>,
-    /// How waiters of a `requests` room take turns.
-    pub fair: Fairness,
     /// Visitors who pass without taking a slot.
     pub bypass: Rules,
     /// What happens to newcomers while the store is down.
     pub on_store_error: OnStoreError,
-    /// The waiting room's settings, for rooms in `sessions` mode.
-    pub sessions: Option<Sessions>,
+    /// What the capacity counts, with the settings of that kind of room.
+    pub kind: RoomKind,
+}
+
+impl Room {
+    /// What the capacity counts (`mode` in the file).
+    pub fn mode(&self) -> RoomMode {
+        match self.kind {
+            RoomKind::Requests(_) => RoomMode::Requests,
+            RoomKind::Sessions(_) => RoomMode::Sessions,
+        }
+    }
+
+    /// A `sessions` room's settings.
+    pub fn sessions(&self) -> Option<&Sessions> {
+        match &self.kind {
+            RoomKind::Sessions(s) => Some(s),
+            RoomKind::Requests(_) => None,
+        }
+    }
+
+    /// A `requests` room's settings.
+    pub fn requests(&self) -> Option<&Requests> {
+        match &self.kind {
+            RoomKind::Requests(r) => Some(r),
+            RoomKind::Sessions(_) => None,
+        }
+    }
+}
+
+/// A room by what its capacity counts: the file's `mode`, with the keys
+/// only that mode takes (a key of the other mode is refused).
+#[derive(Debug, Clone)]
+pub enum RoomKind {
+    /// Requests in flight to the upstream (the Gemini case).
+    Requests(Requests),
+    /// Visitors admitted at once, with a waiting room.
+    Sessions(Box<Sessions>),
+}
+
+/// Settings of a `requests` room: how requests wait for a slot and what
+/// else limits them.
+#[derive(Debug, Clone, Default)]
+pub struct Requests {
+    /// How long a request may wait in line for a free slot before the 503.
+    pub max_wait: Duration,
+    /// Requests let in per period, evenly spaced.
+    pub rate: Option<Rate>,
+    /// LLM tokens per minute, from the responses' usage.
+    pub tokens: Option<TokenBudget>,
+    /// The key whose number is a response's usage (`usage_path`'s last name);
+    /// `None`: Gemini's and OpenAI's.
+    pub usage_key: Option<String>,
+    /// `adaptive = true`: the limit follows the upstream.
+    pub adaptive: Option<AdaptiveLimit>,
+    /// How waiters take turns.
+    pub fair: Fairness,
 }
 
 /// Settings of a `sessions` room: how visitors queue, are admitted and leave.

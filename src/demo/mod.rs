@@ -406,6 +406,10 @@ mod tests {
         let config = config(ports, &dir).expect("demo config");
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert_eq!(config.rooms[2].capacity, 2);
-        assert!(config.rooms[1].adaptive.is_some());
+        assert!(
+            config.rooms[1]
+                .requests()
+                .is_some_and(|r| r.adaptive.is_some())
+        );
     }
 }

@@ -155,9 +155,9 @@ impl Api<'_> {
         };
         let (w, gate) = match (room.kind(), self.gate) {
             (Kind::Sessions(w), Some(gate)) => (w, gate),
-            (Kind::Requests(slots), _) => {
+            (Kind::Requests(limits), _) => {
                 // Shared slots: fresh numbers from the store; as last read if it fails.
-                let _ = slots.refresh().await;
+                let _ = limits.slots.refresh().await;
                 return Reply::json(200, &Capacity::of(room));
             }
             (Kind::Sessions(_), None) => return Reply::json(200, &Capacity::of(room)),

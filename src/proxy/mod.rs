@@ -8,6 +8,7 @@ pub mod api;
 pub mod connections;
 pub mod event_stream;
 pub mod forward;
+pub mod guard;
 pub mod replies;
 pub mod site;
 pub mod traffic;
@@ -19,34 +20,23 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::HeaderValue;
-use http::header::{LINK, SET_COOKIE, STRICT_TRANSPORT_SECURITY};
+use http::header::STRICT_TRANSPORT_SECURITY;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::attribution;
-use crate::bypass;
-use crate::gate::{Decision, Visit};
-use crate::lifecycle::{InFlight, Lifecycle};
-use crate::limits::adaptive::BodyHint;
-use crate::limits::fair::Turn;
-use crate::limits::slots::Held;
-use crate::limits::usage::Usage;
-use crate::page::PageState;
+use crate::lifecycle::{self, Lifecycle};
 use crate::proxy::api::Api;
 use crate::proxy::event_stream::Streams;
 use crate::proxy::forward::Forwarding;
-use crate::proxy::replies::CookieJar;
+use crate::proxy::guard::Guard;
 use crate::proxy::site::{Current, Site};
-use crate::proxy::traffic::RouteMetrics;
-use crate::request::facts::{self, Facts};
-use crate::requests::{self, Admission};
+use crate::proxy::traffic::{Access, Outcome, RouteMetrics};
+use crate::request::facts::Facts;
 use crate::respond::Reply;
-use crate::room::Kind;
-
-/// The response header through which the app ends a visitor's session.
-const COMMAND_HEADER: &str = "anteroom-command";
+use crate::room::Room;
 
 /// Everything the request path needs, shared by all worker threads.
 pub struct Proxy {
@@ -60,16 +50,18 @@ pub struct Proxy {
     pub(crate) streams: Streams,
 }
 
-/// Per-request state, dropped when the request ends (which returns its slot).
+/// Per-request state, dropped when the request ends (which returns its
+/// slot). What belongs to the room's kind is in `guard`.
 pub struct Ctx {
-    _in_flight: InFlight,
+    _in_flight: lifecycle::InFlight,
     /// The config this request is decided and forwarded by, start to end.
     site: Arc<Site>,
     started: Instant,
+    /// The route that took the request.
     route: Option<usize>,
-    slot: Option<Held>,
-    slot_wait: Option<Duration>,
-    visit: Option<Box<Visit>>,
+    /// What the request holds of the route's room.
+    guard: Guard,
+    /// It passed its room without taking a place.
     bypassed: bool,
     /// The client anteroom decided on.
     ip: Option<IpAddr>,
@@ -77,24 +69,6 @@ pub struct Ctx {
     forwarding: Forwarding,
     /// The canonical target, when it is not what the client sent.
     target: Option<String>,
-    /// A browser let in on arrival: its answer asks it to confirm its place.
-    confirm: bool,
-    /// For a room with a token budget: what was reserved, and the usage its
-    /// response reports as it streams by.
-    tokens: Option<(u32, Usage)>,
-    /// A `requests` room's request: when its `max_wait` ends, and its turn
-    /// in the room's line.
-    deadline: Option<Instant>,
-    turn: Turn,
-    /// An upstream `429` being retried: when to send again, and how often
-    /// it was sent again already.
-    retry_at: Option<Instant>,
-    retries: u32,
-    /// The request could not be sent again in time: `503 QUEUE_REQUIRED`
-    /// with this retry time instead of the upstream's `429`.
-    requeue: Option<Duration>,
-    /// A `429` of an adaptive room whose hint is in its body.
-    body_hint: Option<BodyHint>,
     /// The TLS listener's `Strict-Transport-Security`, for every answer.
     hsts: Option<HeaderValue>,
     /// The request's id, and whether anteroom made it (then it is sent
@@ -116,32 +90,6 @@ impl Ctx {
     }
 }
 
-/// How a request ended, for the access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Proxied,
-    Api,
-    Refused,
-    NoRoute,
-    QueueRequired,
-    Closed,
-    Limited,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Proxied => "proxied",
-            Outcome::Api => "api",
-            Outcome::Refused => "refused",
-            Outcome::NoRoute => "no_route",
-            Outcome::QueueRequired => "queue_required",
-            Outcome::Closed => "closed",
-            Outcome::Limited => "limited",
-        }
-    }
-}
-
 /// anteroom's own answer to a request, or `None` to forward it.
 async fn answer(site: &Site, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> {
     if let Some(port) = site.config.server.redirect_https.filter(|_| !facts.secure) {
@@ -156,7 +104,7 @@ async fn answer(site: &Site, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> 
         };
         return Some(api.handle(facts).await);
     }
-    let Some(route) = site.router.find(facts.host_name(), &facts.path) else {
+    let Some(index) = site.router.find(facts.host_name(), &facts.path) else {
         ctx.outcome = Outcome::NoRoute;
         return Some(Reply::error(
             404,
@@ -164,102 +112,16 @@ async fn answer(site: &Site, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> 
             "No route matches this host and path.",
         ));
     };
-    ctx.route = Some(route);
-    let (reply, outcome) = admit(site, route, facts, ctx).await?;
+    ctx.route = Some(index);
+    let route = site.router.get(index)?;
+    // The route's room, found once: the request holds it from here on.
+    let room = site.rooms.shared(route.room?)?;
+    let entry = guard::enter(site, route, room, facts, ctx.started).await;
+    ctx.guard = entry.guard;
+    ctx.bypassed = entry.bypassed;
+    let (reply, outcome) = entry.answer?;
     ctx.outcome = outcome;
     Some(reply)
-}
-
-/// The room's decision on a guarded route; `Some` when anteroom answers.
-async fn admit(
-    site: &Site,
-    route: usize,
-    facts: &Facts<'_>,
-    ctx: &mut Ctx,
-) -> Option<(Reply, Outcome)> {
-    let rules = &site.router.get(route)?.bypass;
-    let room = site.room_of_route(route)?;
-    if bypass::matches(rules, facts, &site.jwts)
-        || bypass::matches(room.bypass(), facts, &site.jwts)
-    {
-        ctx.bypassed = true;
-        return None;
-    }
-    match room.kind() {
-        Kind::Requests(slots) => {
-            let turn = requests::turn(room.fairness(), facts, &site.jwts, || {
-                site.gate.as_ref()?.pass_session(facts)
-            });
-            ctx.turn = turn;
-            let decided = requests::admit(room, slots, turn).await;
-            ctx.slot_wait = Some(decided.waited);
-            ctx.tokens = decided.charged.map(|c| (c, Usage::new(room.usage_keys())));
-            ctx.deadline = Some(ctx.started + room.max_wait());
-            match decided.admission {
-                Admission::Admitted(slot) => {
-                    ctx.slot = Some(slot);
-                    None
-                }
-                Admission::Open => None,
-                Admission::Refused(retry) => Some((
-                    replies::queue_required(room.name(), retry),
-                    Outcome::QueueRequired,
-                )),
-            }
-        }
-        Kind::Sessions(w) => {
-            let gate = site.gate.as_ref()?;
-            let closed = |state| replies::closed(room, w, state, facts);
-            let counters = room.counters();
-            match gate.decide(room, w, facts).await {
-                Decision::Admit(visit) => {
-                    counters.admitted.inc();
-                    // The pass cookie reaches the confirm endpoint only from the root.
-                    ctx.confirm =
-                        visit.on_arrival() && facts.wants_html() && w.config.cookie_path == "/";
-                    ctx.visit = Some(visit);
-                    None
-                }
-                Decision::Wait(waiting) => {
-                    counters.queued.inc();
-                    let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
-                    let back = facts.target();
-                    let reply = replies::waiting(room, w, &waiting, facts, &jar, &back);
-                    Some((reply, Outcome::QueueRequired))
-                }
-                Decision::Full => {
-                    counters.rejected_queue_full.inc();
-                    Some((closed(PageState::Full), Outcome::Closed))
-                }
-                Decision::Limited(limited) => {
-                    Some((replies::limited(room, w, &limited, facts), Outcome::Limited))
-                }
-                Decision::BadRequest(message) => {
-                    Some((Reply::error(400, "BAD_REQUEST", message), Outcome::Refused))
-                }
-                Decision::UnknownClient => Some((
-                    Reply::error(
-                        403,
-                        "UNKNOWN_CLIENT",
-                        "The proxy in front named no client address; this room admits only known clients.",
-                    ),
-                    Outcome::Refused,
-                )),
-                Decision::Maintenance => {
-                    counters.rejected_closed.inc();
-                    Some((closed(PageState::Maintenance), Outcome::Closed))
-                }
-                Decision::Unavailable => {
-                    // Counted by the gate, which logs why.
-                    Some((closed(PageState::Unavailable), Outcome::QueueRequired))
-                }
-                Decision::Open => {
-                    ctx.bypassed = true;
-                    None
-                }
-            }
-        }
-    }
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -297,23 +159,13 @@ impl ProxyHttp for Proxy {
             site: self.site.load(),
             started: Instant::now(),
             route: None,
-            slot: None,
-            slot_wait: None,
-            visit: None,
+            guard: Guard::Unguarded,
             bypassed: false,
             ip: None,
             forwarding: Forwarding::default(),
             target: None,
-            confirm: false,
-            request_id: None,
-            tokens: None,
-            deadline: None,
-            turn: Turn::ANYONE,
-            retry_at: None,
-            retries: 0,
-            requeue: None,
-            body_hint: None,
             hsts: None,
+            request_id: None,
             upstream_sent: None,
             upstream_response: None,
             outcome: Outcome::Proxied,
@@ -387,26 +239,10 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        if let Some(at) = ctx.retry_at.take() {
+        if let Some(in_flight) = ctx.guard.in_flight() {
             // An upstream 429 held: sent again after its hint, with a slot
             // taken again in turn.
-            tokio::time::sleep_until(at.into()).await;
-            let left = ctx.deadline.map_or(Duration::ZERO, |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            let site = Arc::clone(&ctx.site);
-            if let Some((room, slots)) = ctx.route.and_then(|r| site.request_room_of_route(r)) {
-                match requests::readmit(room, slots, ctx.turn, left).await {
-                    Ok(held) => ctx.slot = Some(held),
-                    Err(retry) => {
-                        ctx.requeue = Some(retry);
-                        return Err(Error::explain(
-                            ErrorType::HTTPStatus(503),
-                            "no slot for a retry within max_wait",
-                        ));
-                    }
-                }
-            }
+            in_flight.before_sending().await?;
         }
         let upstream = ctx
             .route
@@ -430,7 +266,7 @@ impl ProxyHttp for Proxy {
         ctx.forwarding.apply(
             upstream_request,
             upstream.and_then(|u| u.host_header()),
-            ctx.visit.as_deref(),
+            ctx.guard.visit(),
             request_id,
         )?;
         // The upstream's time starts when the request is on its way.
@@ -450,67 +286,16 @@ impl ProxyHttp for Proxy {
         let status = upstream_response.status.as_u16();
         let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
         ctx.upstream_response = Some((status, latency));
-        if ctx
-            .route
-            .and_then(|r| ctx.site.request_room_of_route(r))
-            .is_none()
-        {
-            return Ok(());
-        }
+        let sent = ctx.upstream_sent.unwrap_or_else(Instant::now);
         let site = Arc::clone(&ctx.site);
-        let Some((route, (room, slots))) = ctx
-            .route
-            .and_then(|r| Some((site.router.get(r)?, site.request_room_of_route(r)?)))
-        else {
+        let (Some(in_flight), Some(route)) = (
+            ctx.guard.in_flight(),
+            ctx.route.and_then(|r| site.router.get(r)),
+        ) else {
             return Ok(());
         };
-        let now = Instant::now();
-        let retries = requests::Retries {
-            allowed: route.retry_429
-                && ctx.slot.is_some()
-                && !session.as_ref().retry_buffer_truncated(),
-            done: ctx.retries,
-            left: ctx
-                .deadline
-                .map_or(Duration::ZERO, |d| d.saturating_duration_since(now)),
-        };
-        let sent = ctx.upstream_sent.unwrap_or(now);
-        match requests::answered(
-            room,
-            slots,
-            status,
-            &upstream_response.headers,
-            sent,
-            retries,
-        ) {
-            requests::Answer::Retry(delay) => {
-                // Its slot goes to the next in line meanwhile.
-                ctx.slot = None;
-                ctx.retry_at = Some(now + delay);
-                ctx.requeue = Some(delay);
-                ctx.retries += 1;
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(429),
-                    "the upstream answered 429; the request is sent again",
-                );
-                e.set_retry(true);
-                Err(e)
-            }
-            requests::Answer::Requeue(retry) => {
-                ctx.requeue = Some(retry);
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(429),
-                    "the upstream answered 429 with a hint past max_wait",
-                );
-                e.set_retry(false);
-                Err(e)
-            }
-            requests::Answer::PassReadingHint => {
-                ctx.body_hint = Some(BodyHint::default());
-                Ok(())
-            }
-            requests::Answer::Pass => Ok(()),
-        }
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        in_flight.answered(route, replayable, upstream_response, sent)
     }
 
     fn error_while_proxy(
@@ -522,7 +307,7 @@ impl ProxyHttp for Proxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if ctx.retry_at.is_some() && matches!(e.etype(), ErrorType::HTTPStatus(429)) {
+        if ctx.guard.retrying() && matches!(e.etype(), ErrorType::HTTPStatus(429)) {
             // A 429 held for `retry_429`: the upstream did not process the
             // request, so it is sent again whatever its method.
             return e;
@@ -546,30 +331,14 @@ impl ProxyHttp for Proxy {
         if let Some(hsts) = &ctx.hsts {
             upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
-        // Only an upstream response can carry the command; it never reaches the client.
-        let release = upstream_response
-            .remove_header(COMMAND_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"release"));
-        let (Some(visit), Some(gate)) = (&ctx.visit, &ctx.site.gate) else {
-            return Ok(());
-        };
-        let Some((room, w)) = ctx.route.and_then(|r| ctx.site.waiting_room_of_route(r)) else {
-            return Ok(());
-        };
-        if release {
-            gate.release(room.name(), visit.session.id, &visit.pass, "command")
-                .await;
-        }
-        let jar = CookieJar::new(w, gate.ticket_ttl(), ctx.forwarding.secure());
-        for cookie in jar.for_visit(visit, release) {
-            upstream_response.append_header(SET_COOKIE, cookie)?;
-        }
-        if ctx.confirm && !release {
-            // The browser fetches it at once, with the pass cookie just set:
-            // its place is confirmed without waiting for its next click.
-            upstream_response.append_header(LINK, replies::confirm_link(room))?;
-        }
-        Ok(())
+        let site = Arc::clone(&ctx.site);
+        ctx.guard
+            .respond(
+                site.gate.as_deref(),
+                upstream_response,
+                ctx.forwarding.secure(),
+            )
+            .await
     }
 
     fn response_body_filter(
@@ -579,72 +348,18 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<Option<Duration>> {
-        if let (Some((_, usage)), Some(chunk)) = (&mut ctx.tokens, body.as_ref()) {
-            usage.feed(chunk);
-        }
-        if let Some(hint) = &mut ctx.body_hint {
-            if let Some(chunk) = body.as_ref() {
-                hint.feed(chunk);
-            }
-            if end_of_stream {
-                let adaptive = ctx
-                    .route
-                    .and_then(|r| ctx.site.room_of_route(r))
-                    .and_then(|room| room.adaptive());
-                if let (Some(delay), Some(adaptive)) = (hint.delay(), adaptive) {
-                    adaptive.pause(delay, Instant::now());
-                }
-                ctx.body_hint = None;
-            }
-        }
+        ctx.guard.body(body.as_ref(), end_of_stream);
         Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         // A held 429 that could not be sent again in time: the room's own
         // answer, never the upstream's bare 429.
-        let room = ctx.route.and_then(|r| ctx.site.room_of_route(r));
-        let requeued = match (e.etype(), ctx.requeue, room) {
-            (ErrorType::HTTPStatus(429 | 503), Some(retry), Some(room)) => {
-                Some(replies::queue_required(room.name(), retry))
-            }
-            _ => None,
-        };
+        let requeued = ctx.guard.in_flight().and_then(|r| r.requeued(e));
         if requeued.is_some() {
             ctx.outcome = Outcome::QueueRequired;
         }
-        let reply = requeued.or_else(|| match (e.esource(), e.etype()) {
-            (_, ErrorType::HTTPStatus(code)) => {
-                Some(Reply::error(*code, "ERROR", "The request failed."))
-            }
-            (
-                ErrorSource::Upstream,
-                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => Some(Reply::error(
-                504,
-                "UPSTREAM_TIMEOUT",
-                "The upstream did not answer in time.",
-            )),
-            (ErrorSource::Upstream, _) => Some(Reply::error(
-                502,
-                "UPSTREAM_ERROR",
-                "The upstream failed to answer.",
-            )),
-            (
-                ErrorSource::Downstream,
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-            ) => None,
-            (ErrorSource::Downstream, _) => Some(Reply::error(
-                400,
-                "BAD_REQUEST",
-                "The request could not be read.",
-            )),
-            _ => Some(Reply::error(
-                500,
-                "INTERNAL",
-                "anteroom failed to handle the request.",
-            )),
-        });
+        let reply = requeued.or_else(|| replies::failed(e));
         let mut code = 0;
         // Once the upstream's header went out, a status can no longer be sent.
         if let Some(reply) = reply.filter(|_| session.response_written().is_none()) {
@@ -665,8 +380,6 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
-        // The request is over: its slot goes back now, whatever happened.
-        drop(ctx.slot.take());
         connections::response_done();
         if error.is_some_and(|e| {
             e.esource() == &ErrorSource::Downstream
@@ -681,34 +394,23 @@ impl ProxyHttp for Proxy {
         }) {
             crate::logging::routine().client_disconnects.inc();
         }
-
         if tracing::enabled!(target: "anteroom::access", tracing::Level::INFO) {
             ctx.request_id(session.req_header());
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let site = &ctx.site;
-        if let (Some((reserved, usage)), Some(room)) =
-            (&ctx.tokens, ctx.route.and_then(|r| site.room_of_route(r)))
-        {
-            // Once, whatever way the request ended: what the response
-            // reported, or the estimate when it reported nothing.
-            let used = if ctx.outcome == Outcome::QueueRequired {
-                // A held 429 that ended as the room's 503: never processed.
-                0
-            } else {
-                usage.total().unwrap_or(u64::from(*reserved))
-            };
-            if let Some(budget) = room.budget() {
-                budget.settle(*reserved, used).await;
-            }
-            let class = usize::from(ctx.turn.weight > 1);
-            room.counters().tokens[class].inc_by(used);
-        }
-        let route = ctx.route.and_then(|r| site.router.get(r));
-        let upstream = ctx.route.and_then(|r| site.upstream_of_route(r));
-        let room = ctx.route.and_then(|r| site.room_of_route(r));
-        let duration = ctx.started.elapsed();
+        let site = Arc::clone(&ctx.site);
+        let req = session.req_header();
+        let path = ctx.target.as_deref().map_or_else(
+            || req.uri.path(),
+            |t| t.split_once('?').map_or(t, |(p, _)| p),
+        );
+        // The request is over: its slot goes back now, whatever happened.
+        let gate = site.gate.as_deref();
+        ctx.guard
+            .end(gate, ctx.outcome, &req.method, path, status)
+            .await;
 
+        let duration = ctx.started.elapsed();
         let metrics = ctx.route.and_then(|r| site.route_metrics.get(r)).unwrap_or(
             if ctx.outcome == Outcome::Api {
                 &self.own_metrics
@@ -723,51 +425,30 @@ impl ProxyHttp for Proxy {
             metrics.latency.observe(latency.as_secs_f64());
         }
 
-        let req = session.req_header();
-        let path = ctx.target.as_deref().map_or_else(
-            || req.uri.path(),
-            |t| t.split_once('?').map_or(t, |(p, _)| p),
-        );
-        if let (Some(visit), Some(gate)) = (&ctx.visit, &site.gate) {
-            let waiting_room = ctx.route.and_then(|r| site.waiting_room_of_route(r));
-            if let Some((room, w)) = waiting_room {
-                if w.converts(&req.method, path, status) {
-                    gate.events().converted(room.name(), &visit.session);
-                }
-            }
-        }
-        let request_id = ctx.request_id.as_ref().map(|(id, _)| id.as_str());
-        let utm = ctx.visit.as_ref().and_then(|v| v.session.utm.as_deref());
-        let user_agent = req
-            .headers
-            .get(http::header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()));
-        tracing::info!(
-            target: "anteroom::access",
-            method = %req.method,
+        let route = ctx.route.and_then(|r| site.router.get(r));
+        Access {
+            req,
             path,
-            version = ?req.version,
-            host = facts::host_header(req).unwrap_or("-"),
-            request_id,
-            user_agent = user_agent.as_deref(),
-            bytes_in = session.body_bytes_read(),
-            bytes_out = session.body_bytes_sent(),
-            route = route.map_or("-", |r| r.name.as_str()),
-            room = room.map_or("-", |r| r.name()),
-            upstream = upstream.map_or("-", |u| u.config.name.as_str()),
+            request_id: ctx.request_id.as_ref().map(|(id, _)| id.as_str()),
+            bytes: (session.body_bytes_read(), session.body_bytes_sent()),
+            route: route.map_or("-", |r| r.name.as_str()),
+            // The route's room, also when the request never entered it.
+            room: route
+                .and_then(|r| site.rooms.get(r.room?))
+                .map_or("-", Room::name),
+            upstream: ctx
+                .route
+                .and_then(|r| site.upstream_of_route(r))
+                .map_or("-", |u| u.config.name.as_str()),
             status,
-            outcome = ctx.outcome.as_str(),
-            bypassed = ctx.bypassed,
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            slot_wait_ms = ctx.slot_wait.map(|w| w.as_secs_f64() * 1000.0),
-            wait_ms = ctx.visit.as_ref().map(|v| v.session.wait_ms),
-            session = ctx.visit.as_ref().map(|v| v.session.id.to_string()),
-            utm_source = utm.and_then(|u| u.source.as_deref()),
-            utm_medium = utm.and_then(|u| u.medium.as_deref()),
-            utm_campaign = utm.and_then(|u| u.campaign.as_deref()),
-            client = ctx.ip.map(|ip| ip.to_string()),
-            error = error.map(|e| e.to_string()),
-            "request"
-        );
+            outcome: ctx.outcome,
+            bypassed: ctx.bypassed,
+            duration,
+            slot_wait: ctx.guard.slot_wait(),
+            visit: ctx.guard.visit(),
+            client: ctx.ip,
+            error,
+        }
+        .log();
     }
 }

@@ -331,6 +331,44 @@ pub fn to_https(facts: &Facts<'_>, port: u16) -> Reply {
         .header(LOCATION, format!("https://{host}{port}{}", facts.target()))
 }
 
+/// anteroom's answer when proxying failed with `e`, decided here once for
+/// every failure; `None` when the client is gone and nothing can be sent.
+pub fn failed(e: &pingora::Error) -> Option<Reply> {
+    use pingora::{ErrorSource, ErrorType};
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(code)) => {
+            Some(Reply::error(*code, "ERROR", "The request failed."))
+        }
+        (
+            ErrorSource::Upstream,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+        ) => Some(Reply::error(
+            504,
+            "UPSTREAM_TIMEOUT",
+            "The upstream did not answer in time.",
+        )),
+        (ErrorSource::Upstream, _) => Some(Reply::error(
+            502,
+            "UPSTREAM_ERROR",
+            "The upstream failed to answer.",
+        )),
+        (
+            ErrorSource::Downstream,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+        ) => None,
+        (ErrorSource::Downstream, _) => Some(Reply::error(
+            400,
+            "BAD_REQUEST",
+            "The request could not be read.",
+        )),
+        _ => Some(Reply::error(
+            500,
+            "INTERNAL",
+            "anteroom failed to handle the request.",
+        )),
+    }
+}
+
 /// `503 QUEUE_REQUIRED` from a full `requests` room, to be retried after `retry`.
 pub fn queue_required(room: &str, retry: Duration) -> Reply {
     #[derive(Serialize)]

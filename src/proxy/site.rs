@@ -11,18 +11,19 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use prometheus::Registry;
 
 use crate::assets::Assets;
 use crate::bypass::AppJwt;
 use crate::clients::Sightings;
 use crate::config::Config;
 use crate::events::VisitorEvents;
+use crate::events::bus::Bus;
 use crate::gate::Gate;
-use crate::limits::slots::RequestSlots;
 use crate::proxy::traffic::{RouteMetrics, TrafficMetrics};
 use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::request::route::Router;
-use crate::room::{Kind, Room, RoomMetrics, Rooms, WaitingRoom};
+use crate::room::{Kind, Limiters, Room, RoomMetrics, Rooms, WaitingRoom};
 use crate::store::{Leases, Store};
 
 /// What outlives a reload: the store and the metric families.
@@ -65,6 +66,60 @@ pub struct Site {
     pub clients: Sightings,
     /// The `Strict-Transport-Security` of each TLS listener that sends one.
     hsts: Vec<(SocketAddr, HeaderValue)>,
+}
+
+impl Shared {
+    /// The parts that outlive reloads over `store` (and `leases`, the same
+    /// store when it is shared), their metric families registered, visitor
+    /// events going to `bus`.
+    pub fn register(
+        registry: &Registry,
+        config: &Config,
+        store: Arc<dyn Store>,
+        leases: Option<Arc<dyn Leases>>,
+        bus: Arc<Bus>,
+    ) -> Result<Shared, prometheus::Error> {
+        Ok(Shared {
+            store,
+            leases,
+            room_metrics: RoomMetrics::register(registry)?,
+            traffic: TrafficMetrics::register(registry)?,
+            events: VisitorEvents::register(
+                registry,
+                &config.attribution,
+                bus,
+                &config.events.instance,
+            )?,
+            clients: Sightings::register(registry)?,
+        })
+    }
+}
+
+/// What the site could not be assembled from.
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblyError {
+    /// An upstream could not be set up.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Metrics could not be registered (a bug, not a config problem).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The one assembly of the request path, used by the server, the unit
+/// tests and the benches alike: the site built from `config` over
+/// `shared`, put in force, with the rooms' gauges registered.
+pub fn assemble(
+    config: Arc<Config>,
+    assets: Assets,
+    shared: &Shared,
+    registry: &Registry,
+) -> Result<Arc<Current>, AssemblyError> {
+    let site = Site::build(config, assets, shared, None)?;
+    let current = Current::new(site);
+    let gauges = Arc::clone(&current);
+    Rooms::register_gauges(move || Arc::clone(&gauges.load().rooms), registry)?;
+    Ok(current)
 }
 
 impl Site {
@@ -164,11 +219,11 @@ impl Site {
         }
     }
 
-    /// The `requests` room a route guards, with its slots.
-    pub fn request_room_of_route(&self, route: usize) -> Option<(&Room, &RequestSlots)> {
+    /// The `requests` room a route guards, with its limiters.
+    pub fn request_room_of_route(&self, route: usize) -> Option<(&Room, &Limiters)> {
         let room = self.room_of_route(route)?;
         match room.kind() {
-            Kind::Requests(slots) => Some((room, slots)),
+            Kind::Requests(limits) => Some((room, limits)),
             Kind::Sessions(_) => None,
         }
     }

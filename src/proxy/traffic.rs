@@ -1,11 +1,12 @@
-//! Per-route traffic metrics, recorded once per request in the proxy's
-//! `logging` phase: responses by status, upstream responses and latency,
-//! whole-request duration.
+//! What is recorded of each request once it is over, in the proxy's
+//! `logging` phase: the per-route metrics (responses by status, upstream
+//! responses and latency, whole-request duration) and the access line.
 
 use std::sync::OnceLock;
 
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};
 
+use crate::gate::Visit;
 use crate::metrics;
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -129,5 +130,113 @@ impl RouteMetrics {
             self.upstream_responses
                 .with_label_values(&[&self.route, &self.upstream, s])
         })
+    }
+}
+
+/// How a request ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Forwarded upstream.
+    #[default]
+    Proxied,
+    /// Answered by anteroom's own paths.
+    Api,
+    /// Refused as malformed or not allowed.
+    Refused,
+    /// No route took it.
+    NoRoute,
+    /// Told to wait (`503 QUEUE_REQUIRED` or the waiting page).
+    QueueRequired,
+    /// The room is full or closed.
+    Closed,
+    /// Over a per-client limit.
+    Limited,
+}
+
+impl Outcome {
+    /// Its name in the access line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Proxied => "proxied",
+            Outcome::Api => "api",
+            Outcome::Refused => "refused",
+            Outcome::NoRoute => "no_route",
+            Outcome::QueueRequired => "queue_required",
+            Outcome::Closed => "closed",
+            Outcome::Limited => "limited",
+        }
+    }
+}
+
+/// One request's access line (target `anteroom::access`).
+pub struct Access<'a> {
+    /// The request as the client sent it.
+    pub req: &'a pingora::http::RequestHeader,
+    /// The path decided on (the canonical one when it was rewritten).
+    pub path: &'a str,
+    /// The request's id.
+    pub request_id: Option<&'a str>,
+    /// Body bytes read and sent.
+    pub bytes: (usize, usize),
+    /// The route's name (`-` for none).
+    pub route: &'a str,
+    /// The route's room (`-` for none).
+    pub room: &'a str,
+    /// The route's upstream (`-` for none).
+    pub upstream: &'a str,
+    /// The status sent (0: none).
+    pub status: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// It passed its room without taking a place.
+    pub bypassed: bool,
+    /// From the header's arrival to the end.
+    pub duration: std::time::Duration,
+    /// How long a `requests` room's request waited for its slot.
+    pub slot_wait: Option<std::time::Duration>,
+    /// A `sessions` room's visitor.
+    pub visit: Option<&'a Visit>,
+    /// The client anteroom decided on.
+    pub client: Option<std::net::IpAddr>,
+    /// What went wrong, if anything.
+    pub error: Option<&'a pingora::Error>,
+}
+
+impl Access<'_> {
+    /// Writes the line.
+    pub fn log(&self) {
+        let req = self.req;
+        let utm = self.visit.and_then(|v| v.session.utm.as_deref());
+        let user_agent = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        tracing::info!(
+            target: "anteroom::access",
+            method = %req.method,
+            path = self.path,
+            version = ?req.version,
+            host = crate::request::facts::host_header(req).unwrap_or("-"),
+            request_id = self.request_id,
+            user_agent = user_agent.as_deref(),
+            bytes_in = self.bytes.0,
+            bytes_out = self.bytes.1,
+            route = self.route,
+            room = self.room,
+            upstream = self.upstream,
+            status = self.status,
+            outcome = self.outcome.as_str(),
+            bypassed = self.bypassed,
+            duration_ms = self.duration.as_secs_f64() * 1000.0,
+            slot_wait_ms = self.slot_wait.map(|w| w.as_secs_f64() * 1000.0),
+            wait_ms = self.visit.map(|v| v.session.wait_ms),
+            session = self.visit.map(|v| v.session.id.to_string()),
+            utm_source = utm.and_then(|u| u.source.as_deref()),
+            utm_medium = utm.and_then(|u| u.medium.as_deref()),
+            utm_campaign = utm.and_then(|u| u.campaign.as_deref()),
+            client = self.client.map(|ip| ip.to_string()),
+            error = self.error.map(|e| e.to_string()),
+            "request"
+        );
     }
 }

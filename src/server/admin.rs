@@ -164,7 +164,7 @@ impl<'a> ConfigView<'a> {
                 .iter()
                 .map(|r| ConfigRoom {
                     name: &r.name,
-                    mode: r.mode.as_str(),
+                    mode: r.mode().as_str(),
                     capacity: r.capacity,
                 })
                 .collect(),
@@ -350,8 +350,8 @@ impl Admin {
                     w.observe(snapshot);
                 }
             }
-            Kind::Requests(slots) => {
-                let _ = slots.refresh().await;
+            Kind::Requests(limits) => {
+                let _ = limits.slots.refresh().await;
             }
         }
     }
@@ -404,12 +404,12 @@ impl Admin {
                     "state and admit_rate apply to sessions rooms.",
                 );
             }
-            Kind::Requests(slots) => {
+            Kind::Requests(limits) => {
                 if let Some(capacity) = patch.capacity {
-                    if let Err(e) = slots.set_capacity(capacity).await {
+                    if let Err(e) = limits.slots.set_capacity(capacity).await {
                         return Reply::error(503, "STORE_UNAVAILABLE", e.to_string());
                     }
-                    if let Some(adaptive) = room.adaptive() {
+                    if let Some(adaptive) = limits.adaptive() {
                         adaptive.set_max(capacity);
                     }
                 }

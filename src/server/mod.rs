@@ -24,9 +24,7 @@ use prometheus::Registry;
 use pingora::listeners::tls::TlsSettings;
 
 use crate::assets::Assets;
-use crate::clients::Sightings;
 use crate::config::{Backend, Config, ConfigError};
-use crate::events::VisitorEvents;
 use crate::events::bus::{Bus, BusMetrics, Outbox};
 use crate::events::sinks::{self, Delivery};
 use crate::lifecycle::Lifecycle;
@@ -35,10 +33,9 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
 use crate::proxy::event_stream::{Listener, Streams};
-use crate::proxy::site::{Current, Shared, Site};
-use crate::proxy::traffic::{NO_UPSTREAM, OWN_ROUTE, TrafficMetrics, UNROUTED};
+use crate::proxy::site::{self, AssemblyError, Current, Shared};
+use crate::proxy::traffic::{NO_UPSTREAM, OWN_ROUTE, UNROUTED};
 use crate::proxy::upstream::{Resolver, UpstreamError};
-use crate::room::{RoomMetrics, Rooms};
 use crate::server::admin::Admin;
 use crate::server::keeper::Keeper;
 use crate::server::reload::{Hangups, Reloader};
@@ -63,6 +60,9 @@ pub enum StartError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The request path could not be assembled (an upstream, metrics).
+    #[error(transparent)]
+    Assembly(#[from] AssemblyError),
     /// An upstream could not be set up.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -238,24 +238,14 @@ impl Parts {
             &bus_metrics,
         );
         let opened = open_store(config, registry)?;
-        let (store, leases) = (opened.store, opened.leases);
-        let shared = Arc::new(Shared {
-            store,
-            leases,
-            room_metrics: RoomMetrics::register(registry)?,
-            traffic: TrafficMetrics::register(registry)?,
-            events: VisitorEvents::register(
-                registry,
-                &config.attribution,
-                Arc::new(bus),
-                &events.instance,
-            )?,
-            clients: Sightings::register(registry)?,
-        });
-        let site = Site::build(Arc::new(config.clone()), assets, &shared, None)?;
-        let current = Current::new(site);
-        let gauges = Arc::clone(&current);
-        Rooms::register_gauges(move || Arc::clone(&gauges.load().rooms), registry)?;
+        let shared = Arc::new(Shared::register(
+            registry,
+            config,
+            opened.store,
+            opened.leases,
+            Arc::new(bus),
+        )?);
+        let current = site::assemble(Arc::new(config.clone()), assets, &shared, registry)?;
         let snapshots = match opened.saved {
             None => None,
             Some(saved) => {
@@ -462,14 +452,7 @@ struct Saved {
 
 fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError> {
     let metrics = StoreMetrics::register(registry)?;
-    let specs: Vec<RoomSpec> = config
-        .rooms
-        .iter()
-        .filter_map(|r| {
-            let s = r.sessions.as_ref()?;
-            Some(RoomSpec::from_config(&r.name, r.capacity, s))
-        })
-        .collect();
+    let specs = RoomSpec::of_config(config);
     Ok(match (&config.store.backend, &config.store.state) {
         (Backend::Memory, None) => Opened {
             store: Arc::new(Observed::new(MemoryStore::new(&specs), metrics)),
@@ -495,7 +478,7 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError
             let request_rooms: Vec<(String, u32)> = config
                 .rooms
                 .iter()
-                .filter(|r| r.sessions.is_none())
+                .filter(|r| r.requests().is_some())
                 .map(|r| (r.name.clone(), r.capacity))
                 .collect();
             let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)

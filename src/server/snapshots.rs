@@ -95,7 +95,10 @@ impl Snapshots {
         site.rooms
             .iter()
             .filter_map(|room| match room.kind() {
-                Kind::Requests(RequestSlots::Local(slots)) => {
+                Kind::Requests(limits) => {
+                    let RequestSlots::Local(slots) = &limits.slots else {
+                        return None;
+                    };
                     let configured = site.config.rooms.iter().find(|r| r.name == room.name())?;
                     Some(SavedSlots {
                         room: room.name().to_owned(),
@@ -231,7 +234,10 @@ pub fn apply(slots: &[SavedSlots], current: &Current) {
             continue;
         };
         let configured = site.config.rooms.iter().find(|r| r.name == saved.room);
-        if let (Kind::Requests(RequestSlots::Local(s)), Some(c)) = (room.kind(), configured) {
+        let Kind::Requests(limits) = room.kind() else {
+            continue;
+        };
+        if let (RequestSlots::Local(s), Some(c)) = (&limits.slots, configured) {
             if c.capacity == saved.configured {
                 s.set_capacity(saved.capacity);
             }

@@ -132,6 +132,15 @@ pub struct RoomSpec {
 }
 
 impl RoomSpec {
+    /// The specs of a config's sessions rooms, in config order.
+    pub fn of_config(config: &config::Config) -> Vec<RoomSpec> {
+        config
+            .rooms
+            .iter()
+            .filter_map(|r| Some(RoomSpec::from_config(&r.name, r.capacity, r.sessions()?)))
+            .collect()
+    }
+
     /// The spec of a configured sessions room.
     pub fn from_config(name: &str, capacity: u32, s: &config::Sessions) -> RoomSpec {
         RoomSpec {

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::config::file::File;
-use crate::config::{Config, ConfigError, Jwt, Problem, Room, RoomMode, Route, Upstream};
+use crate::config::{Config, ConfigError, Jwt, Problem, Room, RoomKind, RoomMode, Route, Upstream};
 
 mod attribution;
 mod checks;
@@ -133,10 +133,13 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
 
     let tokens = file.tokens.as_ref().map(|t| tokens(&mut p, t));
     let mut rooms = rooms;
-    for s in rooms.iter_mut().filter_map(|r| r.sessions.as_mut()) {
+    for s in rooms.iter_mut().filter_map(|r| match &mut r.kind {
+        RoomKind::Sessions(s) => Some(s),
+        RoomKind::Requests(_) => None,
+    }) {
         s.ticket_ttl = tokens.as_ref().map_or(s.ticket_ttl, |t| t.ticket_ttl);
     }
-    if tokens.is_none() && rooms.iter().any(|r| r.sessions.is_some()) {
+    if tokens.is_none() && rooms.iter().any(|r| r.sessions().is_some()) {
         p.add(
             "tokens.signing_key",
             "sessions rooms sign passes and tickets: add [tokens] signing_key (create one with `anteroom keygen --out certs/`)",
@@ -165,7 +168,7 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
     check_shadowed_routes(&mut p, &routes);
     for (i, route) in routes.iter().enumerate() {
         let room = route.room.and_then(|r| rooms.get(r));
-        if route.retry_429 && room.is_some_and(|r| r.mode != RoomMode::Requests) {
+        if route.retry_429 && room.is_some_and(|r| r.mode() != RoomMode::Requests) {
             p.add(
                 format!("route[{i}].retry_429"),
                 "only applies to a route with a requests room (its max_wait bounds the retries)",

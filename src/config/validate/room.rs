@@ -7,7 +7,8 @@ use super::checks::{DEFAULT_TICKET_TTL, Problems, rules};
 use crate::config::file::{LimitsFile, RoomFile};
 use crate::config::{
     AdaptiveLimit, Bind, Conversion, FairBy, Fairness, Limits, MAX_ADMIT_RATE, MAX_CAPACITY,
-    OnStoreError, ProofOfWork, Rate, Room, RoomMode, Sessions, State, TokenBudget, UnknownClients,
+    OnStoreError, ProofOfWork, Rate, Requests, Room, RoomKind, RoomMode, Sessions, State,
+    TokenBudget, UnknownClients,
 };
 
 const MAX_POW_BITS: i64 = 28;
@@ -19,6 +20,53 @@ const MIN_POW_BITS: i64 = 8;
 const DEFAULT_POW_BITS: u8 = 16;
 
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Keys of `[[room]]` that every room takes.
+const COMMON_KEYS: &[&str] = &[
+    "name",
+    "mode",
+    "capacity",
+    "bypass",
+    "on_store_error",
+    "priority",
+    "priority_weight",
+];
+
+/// Keys of `[[room]]` that only a `requests` room takes.
+const REQUESTS_KEYS: &[&str] = &[
+    "max_wait",
+    "rate",
+    "tokens_per_minute",
+    "token_estimate",
+    "usage_path",
+    "adaptive",
+    "min_capacity",
+    "fair_by",
+];
+
+/// Keys of `[[room]]` that only a `sessions` room takes.
+const SESSIONS_KEYS: &[&str] = &[
+    "session_ttl",
+    "session_max",
+    "admit_rate",
+    "max_queue",
+    "poll_interval",
+    "heartbeat_timeout",
+    "rejoin_grace",
+    "claim_window",
+    "confirm_window",
+    "queue_status",
+    "state",
+    "avg_session",
+    "page_template",
+    "language",
+    "cookie_path",
+    "conversion",
+    "limits",
+    "challenge",
+    "challenge_difficulty",
+    "bind",
+];
 
 pub(super) fn room(
     p: &mut Problems,
@@ -45,6 +93,89 @@ pub(super) fn room(
         1,
         i64::from(MAX_CAPACITY),
     );
+    let bypass = rules(p, &format!("{key}.bypass"), r.bypass.as_ref(), jwts);
+    let on_store_error = match r.on_store_error.as_deref().unwrap_or("closed") {
+        "closed" => OnStoreError::Closed,
+        "open" => OnStoreError::Open,
+        other => {
+            p.add(
+                format!("{key}.on_store_error"),
+                format!("{other:?} is not a policy: use \"closed\" (newcomers wait) or \"open\" (newcomers pass)"),
+            );
+            OnStoreError::Closed
+        }
+    };
+    let mode = mode?;
+    refuse_other_kinds_keys(p, &key, r, mode);
+    let kind = match mode {
+        RoomMode::Requests => RoomKind::Requests(requests(p, &key, r, jwts, capacity)),
+        RoomMode::Sessions => RoomKind::Sessions(Box::new(sessions(p, &key, r, jwts))),
+    };
+    Some(Room {
+        name: r.name.clone(),
+        capacity: capacity? as u32,
+        bypass,
+        on_store_error,
+        kind,
+    })
+}
+
+/// The keys given that belong to the other kind of room: each is a problem,
+/// with a pointer to what this kind has instead where there is one.
+fn refuse_other_kinds_keys(p: &mut Problems, key: &str, r: &RoomFile, mode: RoomMode) {
+    for given in given_keys(r) {
+        let Some(Some(owner)) = kind_of_key(&given) else {
+            continue;
+        };
+        if owner == mode {
+            continue;
+        }
+        let instead = match given.as_str() {
+            "rate" => "; a sessions room has admit_rate",
+            "max_wait" => "; a sessions room queues visitors instead",
+            _ => "",
+        };
+        p.add(
+            format!("{key}.{given}"),
+            format!(
+                "only applies to rooms in {:?} mode{instead}",
+                owner.as_str()
+            ),
+        );
+    }
+}
+
+/// Which kind of room a key of `[[room]]` belongs to: `Some(None)` for
+/// every kind, `None` for a key in no list.
+fn kind_of_key(key: &str) -> Option<Option<RoomMode>> {
+    if COMMON_KEYS.contains(&key) {
+        Some(None)
+    } else if REQUESTS_KEYS.contains(&key) {
+        Some(Some(RoomMode::Requests))
+    } else if SESSIONS_KEYS.contains(&key) {
+        Some(Some(RoomMode::Sessions))
+    } else {
+        None
+    }
+}
+
+/// The keys a `[[room]]` table gives, as written.
+fn given_keys(r: &RoomFile) -> Vec<String> {
+    // Serialising leaves out the keys not given (`None`), so the table's
+    // keys are exactly the file's, whatever keys `RoomFile` grows.
+    toml::Table::try_from(r)
+        .map(|table| table.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The settings of a `requests` room.
+fn requests(
+    p: &mut Problems,
+    key: &str,
+    r: &RoomFile,
+    jwts: &HashMap<String, usize>,
+    capacity: Option<i64>,
+) -> Requests {
     let max_wait = p.duration(
         &format!("{key}.max_wait"),
         r.max_wait.as_deref(),
@@ -70,54 +201,73 @@ pub(super) fn room(
         }
         parsed
     });
-    let tokens = match (r.tokens_per_minute, r.token_estimate) {
-        (None, None) => None,
+    Requests {
+        max_wait,
+        rate,
+        tokens: token_budget(p, key, r),
+        usage_key: usage_key(p, key, r),
+        adaptive: adaptive(p, key, r, capacity),
+        fair: fairness(p, key, r, jwts),
+    }
+}
+
+/// `tokens_per_minute` and `token_estimate`.
+fn token_budget(p: &mut Problems, key: &str, r: &RoomFile) -> Option<TokenBudget> {
+    let (tpm, estimate) = match (r.tokens_per_minute, r.token_estimate) {
+        (None, None) => return None,
         (None, Some(_)) => {
             p.add(
                 format!("{key}.token_estimate"),
                 "only applies with tokens_per_minute",
             );
-            None
+            return None;
         }
-        (Some(tpm), estimate) => {
-            let per_minute = p.int_in(&format!("{key}.tokens_per_minute"), tpm, 1, 100_000_000);
-            let estimate = match (per_minute, estimate) {
-                (Some(max), Some(e)) => p.int_in(&format!("{key}.token_estimate"), e, 1, max),
-                (Some(max), None) => Some(1000.min(max)),
-                (None, _) => None,
-            };
-            match (per_minute, estimate) {
-                (Some(per_minute), Some(estimate)) => Some(TokenBudget {
-                    per_minute: per_minute as u32,
-                    estimate: estimate as u32,
-                }),
-                _ => None,
-            }
-        }
+        (Some(tpm), estimate) => (tpm, estimate),
     };
-    let usage_key = r.usage_path.as_deref().and_then(|path| {
-        let last = path.rsplit('.').next().unwrap_or_default();
-        let ok = path.split('.').all(|name| {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-        });
-        if !ok {
-            p.add(
-                format!("{key}.usage_path"),
-                format!("{path:?} is not a JSON path: give names joined by dots, e.g. \"usageMetadata.totalTokenCount\""),
-            );
-        }
-        if r.tokens_per_minute.is_none() {
-            p.add(
-                format!("{key}.usage_path"),
-                "only applies with tokens_per_minute",
-            );
-        }
-        ok.then(|| last.to_owned())
+    let per_minute = p.int_in(&format!("{key}.tokens_per_minute"), tpm, 1, 100_000_000)?;
+    let estimate = match estimate {
+        Some(e) => p.int_in(&format!("{key}.token_estimate"), e, 1, per_minute)?,
+        None => 1000.min(per_minute),
+    };
+    Some(TokenBudget {
+        per_minute: per_minute as u32,
+        estimate: estimate as u32,
+    })
+}
+
+/// `usage_path`: the last name of the path is the key read.
+fn usage_key(p: &mut Problems, key: &str, r: &RoomFile) -> Option<String> {
+    let path = r.usage_path.as_deref()?;
+    let last = path.rsplit('.').next().unwrap_or_default();
+    let ok = path.split('.').all(|name| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
     });
-    let adaptive = match (r.adaptive, r.min_capacity) {
+    if !ok {
+        p.add(
+            format!("{key}.usage_path"),
+            format!("{path:?} is not a JSON path: give names joined by dots, e.g. \"usageMetadata.totalTokenCount\""),
+        );
+    }
+    if r.tokens_per_minute.is_none() {
+        p.add(
+            format!("{key}.usage_path"),
+            "only applies with tokens_per_minute",
+        );
+    }
+    ok.then(|| last.to_owned())
+}
+
+/// `adaptive` and `min_capacity`.
+fn adaptive(
+    p: &mut Problems,
+    key: &str,
+    r: &RoomFile,
+    capacity: Option<i64>,
+) -> Option<AdaptiveLimit> {
+    match (r.adaptive, r.min_capacity) {
         (Some(true), min) => {
             let min = min.map_or(Some(1), |m| {
                 p.int_in(
@@ -137,8 +287,12 @@ pub(super) fn room(
             None
         }
         _ => None,
-    };
-    let fair_by = match r.fair_by.as_deref() {
+    }
+}
+
+/// `fair_by`, `priority` and `priority_weight` of a `requests` room.
+fn fairness(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, usize>) -> Fairness {
+    let by = match r.fair_by.as_deref() {
         None | Some("none") => FairBy::None,
         Some("client") => FairBy::Client,
         Some("session") => FairBy::Session,
@@ -162,176 +316,40 @@ pub(super) fn room(
             }
         },
     };
-    let fair = if mode == Some(RoomMode::Requests) {
-        let priority = rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts);
-        let weight = r
-            .priority_weight
-            .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))
-            .unwrap_or(3) as u32;
-        if fair_by == FairBy::None && (r.priority.is_some() || r.priority_weight.is_some()) {
-            p.add(
-                format!("{key}.priority"),
-                "in a requests room, priority weighs the turns of fair_by: set fair_by too",
-            );
-        }
-        Fairness {
-            by: fair_by,
-            priority,
-            weight,
-        }
-    } else {
-        for (field, given) in [
-            ("adaptive", r.adaptive.is_some()),
-            ("fair_by", r.fair_by.is_some()),
-        ] {
-            if given {
-                p.add(
-                    format!("{key}.{field}"),
-                    "only applies to rooms in \"requests\" mode",
-                );
-            }
-        }
-        Fairness::default()
-    };
-    if mode == Some(RoomMode::Sessions) && r.tokens_per_minute.is_some() {
+    if by == FairBy::None && (r.priority.is_some() || r.priority_weight.is_some()) {
         p.add(
-            format!("{key}.tokens_per_minute"),
-            "tokens_per_minute applies to rooms in \"requests\" mode",
+            format!("{key}.priority"),
+            "in a requests room, priority weighs the turns of fair_by: set fair_by too",
         );
     }
-    if mode == Some(RoomMode::Sessions) && r.rate.is_some() {
-        p.add(
-            format!("{key}.rate"),
-            "rate applies to rooms in \"requests\" mode; a sessions room has admit_rate",
-        );
+    Fairness {
+        by,
+        priority: rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts),
+        weight: priority_weight(p, key, r),
     }
-    if mode == Some(RoomMode::Sessions) && r.max_wait.is_some() {
-        p.add(
-            format!("{key}.max_wait"),
-            "max_wait applies to rooms in \"requests\" mode; a sessions room queues visitors instead",
-        );
-    }
-    let bypass = rules(p, &format!("{key}.bypass"), r.bypass.as_ref(), jwts);
-    let on_store_error = match r.on_store_error.as_deref().unwrap_or("closed") {
-        "closed" => OnStoreError::Closed,
-        "open" => OnStoreError::Open,
-        other => {
-            p.add(
-                format!("{key}.on_store_error"),
-                format!("{other:?} is not a policy: use \"closed\" (newcomers wait) or \"open\" (newcomers pass)"),
-            );
-            OnStoreError::Closed
-        }
-    };
-    let sessions = match mode? {
-        RoomMode::Sessions => Some(sessions(p, &key, r, jwts)),
-        RoomMode::Requests => {
-            let sessions_only = [
-                ("session_ttl", r.session_ttl.is_some()),
-                ("session_max", r.session_max.is_some()),
-                ("admit_rate", r.admit_rate.is_some()),
-                ("max_queue", r.max_queue.is_some()),
-                ("poll_interval", r.poll_interval.is_some()),
-                ("heartbeat_timeout", r.heartbeat_timeout.is_some()),
-                ("rejoin_grace", r.rejoin_grace.is_some()),
-                ("claim_window", r.claim_window.is_some()),
-                ("confirm_window", r.confirm_window.is_some()),
-                ("queue_status", r.queue_status.is_some()),
-                ("state", r.state.is_some()),
-                ("avg_session", r.avg_session.is_some()),
-                ("page_template", r.page_template.is_some()),
-                ("language", r.language.is_some()),
-                ("cookie_path", r.cookie_path.is_some()),
-                ("conversion", r.conversion.is_some()),
-                ("limits", r.limits.is_some()),
-                ("challenge", r.challenge.is_some()),
-                ("challenge_difficulty", r.challenge_difficulty.is_some()),
-                ("bind", r.bind.is_some()),
-            ];
-            for (field, given) in sessions_only {
-                if given {
-                    p.add(
-                        format!("{key}.{field}"),
-                        "only applies to rooms in \"sessions\" mode",
-                    );
-                }
-            }
-            None
-        }
-    };
-    Some(Room {
-        name: r.name.clone(),
-        mode: mode?,
-        capacity: capacity? as u32,
-        max_wait,
-        rate,
-        tokens,
-        usage_key,
-        adaptive,
-        fair,
-        bypass,
-        on_store_error,
-        sessions,
-    })
 }
 
+/// `priority_weight` (both kinds): priority turns per normal one.
+fn priority_weight(p: &mut Problems, key: &str, r: &RoomFile) -> u32 {
+    r.priority_weight
+        .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))
+        .unwrap_or(3) as u32
+}
+
+/// How long a sessions room's passes, tickets and windows last.
+struct Lifetimes {
+    session_ttl: Duration,
+    session_max: Option<Duration>,
+    poll_interval: Duration,
+    heartbeat_timeout: Duration,
+    rejoin_grace: Duration,
+    claim_window: Duration,
+    confirm_window: Duration,
+}
+
+/// The settings of a `sessions` room.
 fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, usize>) -> Sessions {
-    let d = |p: &mut Problems, field: &str, v: &Option<String>, default: Duration| {
-        let value = p.duration(&format!("{key}.{field}"), v.as_deref(), default);
-        if value.is_zero() {
-            p.add(format!("{key}.{field}"), "must be longer than 0");
-        }
-        value
-    };
-    let session_ttl = d(p, "session_ttl", &r.session_ttl, Duration::from_secs(300));
-    let session_max = r
-        .session_max
-        .as_ref()
-        .map(|_| d(p, "session_max", &r.session_max, Duration::ZERO));
-    if let Some(max) = session_max {
-        if max < session_ttl {
-            p.add(format!("{key}.session_max"), "must be at least session_ttl");
-        }
-    }
-    let poll_interval = d(p, "poll_interval", &r.poll_interval, Duration::from_secs(5));
-    let heartbeat_timeout = d(
-        p,
-        "heartbeat_timeout",
-        &r.heartbeat_timeout,
-        poll_interval * 3,
-    );
-    if heartbeat_timeout <= poll_interval {
-        p.add(
-            format!("{key}.heartbeat_timeout"),
-            "must be longer than poll_interval, or every waiting visitor is dropped between two polls",
-        );
-    }
-    let rejoin_grace = d(p, "rejoin_grace", &r.rejoin_grace, Duration::from_secs(300));
-    if rejoin_grace < heartbeat_timeout {
-        p.add(
-            format!("{key}.rejoin_grace"),
-            "must be at least heartbeat_timeout",
-        );
-    }
-    let claim_window = d(p, "claim_window", &r.claim_window, Duration::from_secs(10));
-    if claim_window < poll_interval {
-        p.add(
-            format!("{key}.claim_window"),
-            "must be at least poll_interval, or a visitor who polls on time can miss their turn",
-        );
-    }
-    let confirm_window = d(
-        p,
-        "confirm_window",
-        &r.confirm_window,
-        (poll_interval * 2).max(Duration::from_secs(30)),
-    );
-    if confirm_window < poll_interval * 2 {
-        p.add(
-            format!("{key}.confirm_window"),
-            "must be at least twice poll_interval, or a waiting page's first poll can come too late",
-        );
-    }
+    let l = lifetimes(p, key, r);
     let admit_rate = r.admit_rate.unwrap_or(0.0);
     if !admit_rate.is_finite() || !(0.0..=MAX_ADMIT_RATE).contains(&admit_rate) {
         p.add(
@@ -345,7 +363,141 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
         .max_queue
         .and_then(|n| p.int_in(&format!("{key}.max_queue"), n, 0, 100_000_000))
         .unwrap_or(0) as u32;
-    let queue_status = match r.queue_status.unwrap_or(200) {
+    Sessions {
+        session_ttl: l.session_ttl,
+        ticket_ttl: DEFAULT_TICKET_TTL,
+        limits: limits(p, key, r.limits.as_ref()),
+        challenge: challenge(p, key, r),
+        bind: bind(p, key, r.bind.as_deref()),
+        session_max: l.session_max,
+        admit_rate,
+        max_queue,
+        poll_interval: l.poll_interval,
+        heartbeat_timeout: l.heartbeat_timeout,
+        rejoin_grace: l.rejoin_grace,
+        claim_window: l.claim_window,
+        confirm_window: l.confirm_window,
+        queue_status: queue_status(p, key, r),
+        state: state(p, key, r),
+        avg_session: positive(p, key, "avg_session", &r.avg_session, l.session_ttl),
+        page_template: r
+            .page_template
+            .as_deref()
+            .map(|f| p.readable_file(&format!("{key}.page_template"), f)),
+        language: language(p, key, r),
+        cookie_path: cookie_path(p, key, r),
+        priority: rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts),
+        priority_weight: priority_weight(p, key, r),
+        conversion: conversion(p, key, r),
+    }
+}
+
+/// A duration longer than zero, `default` if not given.
+fn positive(
+    p: &mut Problems,
+    key: &str,
+    field: &str,
+    v: &Option<String>,
+    default: Duration,
+) -> Duration {
+    let value = p.duration(&format!("{key}.{field}"), v.as_deref(), default);
+    if value.is_zero() {
+        p.add(format!("{key}.{field}"), "must be longer than 0");
+    }
+    value
+}
+
+/// The lifetimes, each checked against those it must outlast.
+fn lifetimes(p: &mut Problems, key: &str, r: &RoomFile) -> Lifetimes {
+    let session_ttl = positive(
+        p,
+        key,
+        "session_ttl",
+        &r.session_ttl,
+        Duration::from_secs(300),
+    );
+    let session_max = r
+        .session_max
+        .as_ref()
+        .map(|_| positive(p, key, "session_max", &r.session_max, Duration::ZERO));
+    let poll_interval = positive(
+        p,
+        key,
+        "poll_interval",
+        &r.poll_interval,
+        Duration::from_secs(5),
+    );
+    let l = Lifetimes {
+        session_ttl,
+        session_max,
+        poll_interval,
+        heartbeat_timeout: positive(
+            p,
+            key,
+            "heartbeat_timeout",
+            &r.heartbeat_timeout,
+            poll_interval * 3,
+        ),
+        rejoin_grace: positive(
+            p,
+            key,
+            "rejoin_grace",
+            &r.rejoin_grace,
+            Duration::from_secs(300),
+        ),
+        claim_window: positive(
+            p,
+            key,
+            "claim_window",
+            &r.claim_window,
+            Duration::from_secs(10),
+        ),
+        confirm_window: positive(
+            p,
+            key,
+            "confirm_window",
+            &r.confirm_window,
+            (poll_interval * 2).max(Duration::from_secs(30)),
+        ),
+    };
+    let rules = [
+        (
+            "session_max",
+            l.session_max.is_some_and(|max| max < l.session_ttl),
+            "must be at least session_ttl",
+        ),
+        (
+            "heartbeat_timeout",
+            l.heartbeat_timeout <= l.poll_interval,
+            "must be longer than poll_interval, or every waiting visitor is dropped between two polls",
+        ),
+        (
+            "rejoin_grace",
+            l.rejoin_grace < l.heartbeat_timeout,
+            "must be at least heartbeat_timeout",
+        ),
+        (
+            "claim_window",
+            l.claim_window < l.poll_interval,
+            "must be at least poll_interval, or a visitor who polls on time can miss their turn",
+        ),
+        (
+            "confirm_window",
+            l.confirm_window < l.poll_interval * 2,
+            "must be at least twice poll_interval, or a waiting page's first poll can come too late",
+        ),
+    ];
+    for (field, broken, message) in rules {
+        if broken {
+            p.add(format!("{key}.{field}"), message);
+        }
+    }
+    l
+}
+
+/// `queue_status`: the waiting page's status.
+fn queue_status(p: &mut Problems, key: &str, r: &RoomFile) -> u16 {
+    match r.queue_status.unwrap_or(200) {
         s @ (200 | 202 | 429 | 503) => s as u16,
         other => {
             p.add(
@@ -354,8 +506,12 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             );
             200
         }
-    };
-    let state = match r.state.as_deref().map(|s| (s, State::parse(s))) {
+    }
+}
+
+/// `state`: the room's state at start.
+fn state(p: &mut Problems, key: &str, r: &RoomFile) -> State {
+    match r.state.as_deref().map(|s| (s, State::parse(s))) {
         None => State::Active,
         Some((_, Some(state))) => state,
         Some((text, None)) => {
@@ -367,10 +523,13 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             );
             State::Active
         }
-    };
-    // Which languages the page speaks is the page's business (`assets`
-    // checks it); here only the shape of a language code.
-    let language = match r.language.as_deref() {
+    }
+}
+
+/// `language`. Which languages the page speaks is the page's business
+/// (`assets` checks it); here only the shape of a language code.
+fn language(p: &mut Problems, key: &str, r: &RoomFile) -> Option<String> {
+    match r.language.as_deref() {
         None | Some("auto") => None,
         Some(code)
             if !code.is_empty()
@@ -386,7 +545,11 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             );
             None
         }
-    };
+    }
+}
+
+/// `cookie_path`: where the pass and ticket cookies are sent.
+fn cookie_path(p: &mut Problems, key: &str, r: &RoomFile) -> String {
     let cookie_path = r.cookie_path.clone().unwrap_or_else(|| "/".to_owned());
     if !cookie_path.starts_with('/') || cookie_path.contains([';', ',', ' ']) {
         p.add(
@@ -394,58 +557,30 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
             format!("{cookie_path:?} must start with '/' and contain no ';', ',' or spaces"),
         );
     }
-    let page_template = r
-        .page_template
-        .as_deref()
-        .map(|f| p.readable_file(&format!("{key}.page_template"), f));
-    let priority_weight = r
-        .priority_weight
-        .and_then(|w| p.int_in(&format!("{key}.priority_weight"), w, 1, 1000))
-        .unwrap_or(3) as u32;
-    let conversion = r.conversion.as_ref().and_then(|c| {
-        let method = c.method.as_deref().unwrap_or("POST");
-        let parsed = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).ok();
-        if parsed.is_none() {
-            p.add(
-                format!("{key}.conversion.method"),
-                format!("{method:?} is not an HTTP method"),
-            );
-        }
-        if !c.path_prefix.starts_with('/') {
-            p.add(
-                format!("{key}.conversion.path_prefix"),
-                format!("{:?} must start with '/'", c.path_prefix),
-            );
-        }
-        Some(Conversion {
-            method: parsed?,
-            path_prefix: c.path_prefix.clone(),
-        })
-    });
-    Sessions {
-        session_ttl,
-        ticket_ttl: DEFAULT_TICKET_TTL,
-        limits: limits(p, key, r.limits.as_ref()),
-        challenge: challenge(p, key, r),
-        bind: bind(p, key, r.bind.as_deref()),
-        session_max,
-        admit_rate,
-        max_queue,
-        poll_interval,
-        heartbeat_timeout,
-        rejoin_grace,
-        claim_window,
-        confirm_window,
-        queue_status,
-        state,
-        avg_session: d(p, "avg_session", &r.avg_session, session_ttl),
-        page_template,
-        language,
-        cookie_path,
-        priority: rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts),
-        priority_weight,
-        conversion,
+    cookie_path
+}
+
+/// `[room.conversion]`.
+fn conversion(p: &mut Problems, key: &str, r: &RoomFile) -> Option<Conversion> {
+    let c = r.conversion.as_ref()?;
+    let method = c.method.as_deref().unwrap_or("POST");
+    let parsed = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).ok();
+    if parsed.is_none() {
+        p.add(
+            format!("{key}.conversion.method"),
+            format!("{method:?} is not an HTTP method"),
+        );
     }
+    if !c.path_prefix.starts_with('/') {
+        p.add(
+            format!("{key}.conversion.path_prefix"),
+            format!("{:?} must start with '/'", c.path_prefix),
+        );
+    }
+    Some(Conversion {
+        method: parsed?,
+        path_prefix: c.path_prefix.clone(),
+    })
 }
 
 /// `[room.limits]`: off, but for status polls, unless set: per-network limits
@@ -547,12 +682,107 @@ fn bind(p: &mut Problems, key: &str, v: Option<&str>) -> Bind {
 pub(super) fn check_cookie_paths(p: &mut Problems, rooms: &[Room]) {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for (i, room) in rooms.iter().enumerate() {
-        let Some(s) = &room.sessions else { continue };
+        let Some(s) = room.sessions() else { continue };
         if let Some(other) = seen.insert(&s.cookie_path, &room.name) {
             p.add(
                 format!("room[{i}].cookie_path"),
                 format!("{:?} is already used by room {other:?}; sessions rooms on one host need different cookie paths", s.cookie_path),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::de::{self, Deserialize, Visitor};
+
+    use super::*;
+
+    /// A deserializer that only records the field names a struct asks for.
+    struct FieldNames(&'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for &mut FieldNames {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(de::Error::custom("field names read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    /// Every key `[[room]]` can take, as `RoomFile` declares them.
+    fn room_keys() -> &'static [&'static str] {
+        let mut names = FieldNames(&[]);
+        let _ = RoomFile::deserialize(&mut names);
+        names.0
+    }
+
+    #[test]
+    fn every_room_key_belongs_to_a_kind() {
+        let keys = room_keys();
+        assert!(keys.len() > 30, "{keys:?}");
+        let homeless: Vec<_> = keys.iter().filter(|k| kind_of_key(k).is_none()).collect();
+        assert!(
+            homeless.is_empty(),
+            "room keys in none of COMMON_KEYS, REQUESTS_KEYS, SESSIONS_KEYS: {homeless:?}"
+        );
+        for list in [COMMON_KEYS, REQUESTS_KEYS, SESSIONS_KEYS] {
+            for k in list {
+                assert!(
+                    keys.contains(k),
+                    "{k} is listed but RoomFile has no such key"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_of_the_other_kind_is_refused_by_its_name() {
+        for (mode, foreign) in [("requests", SESSIONS_KEYS), ("sessions", REQUESTS_KEYS)] {
+            for k in foreign {
+                // Each key given on its own, with a value of its type.
+                let value = match *k {
+                    "adaptive" => "true",
+                    "admit_rate" => "1.0",
+                    "limits" => "{ polls_per_minute = 5 }",
+                    "conversion" => "{ path_prefix = \"/x\" }",
+                    "max_queue"
+                    | "queue_status"
+                    | "tokens_per_minute"
+                    | "token_estimate"
+                    | "min_capacity"
+                    | "challenge_difficulty" => "1",
+                    _ => "\"1s\"",
+                };
+                let text =
+                    format!("name = \"r\"\nmode = \"{mode}\"\ncapacity = 1\n{k} = {value}\n");
+                let file: RoomFile = toml::from_str(&text).unwrap();
+                assert_eq!(given_keys(&file).len(), 4, "{text}");
+                let mut p = Problems::default();
+                let _ = room(&mut p, 0, &file, &HashMap::new());
+                assert!(
+                    p.0.iter()
+                        .any(|problem| problem.key == format!("room[0].{k}")
+                            && problem.message.starts_with("only applies to rooms in")),
+                    "{mode} room with {k}: {:?}",
+                    p.0
+                );
+            }
         }
     }
 }
