@@ -56,7 +56,7 @@ pub struct EventsFile {
 }
 
 /// `[[events.sink]]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct SinkFile {
     pub kind: String,
     pub name: Option<String>,
@@ -71,7 +71,7 @@ pub struct SinkFile {
 }
 
 /// `[store]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct StoreFile {
     pub backend: Option<String>,
     pub sweep_interval: Option<String>,

@@ -31,6 +31,20 @@ impl Problems {
         });
     }
 
+    /// A duration that must be longer than zero, `default` if not given.
+    pub(super) fn positive(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, value, default);
+        if d.is_zero() {
+            self.add(key, "must be longer than 0");
+        }
+        d
+    }
+
     pub(super) fn duration(
         &mut self,
         key: &str,

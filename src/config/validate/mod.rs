@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::config::file::File;
-use crate::config::{Config, ConfigError, Jwt, Problem, Room, RoomKind, RoomMode, Route, Upstream};
+use crate::config::{Config, ConfigError, Jwt, Problem, Upstream};
 
 mod attribution;
 mod checks;
@@ -22,8 +22,8 @@ mod upstream;
 use attribution::attribution;
 use checks::{Problems, index_by_name, regular_file};
 use events::events;
-use room::{check_cookie_paths, room};
-use route::{check_shadowed_routes, route};
+use room::rooms;
+use route::{Names, routes};
 use server::{admin, check_listeners_disjoint, log, server};
 use store::store;
 use tokens::{jwt, tokens};
@@ -122,29 +122,8 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
         .collect();
     let jwt_index = index_by_name(&mut p, "jwt", file.jwts.iter().map(|j| &j.name));
 
-    let rooms: Vec<Room> = file
-        .rooms
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| room(&mut p, i, r, &jwt_index))
-        .collect();
-    let room_index = index_by_name(&mut p, "room", file.rooms.iter().map(|r| &r.name));
-    check_cookie_paths(&mut p, &rooms);
-
     let tokens = file.tokens.as_ref().map(|t| tokens(&mut p, t));
-    let mut rooms = rooms;
-    for s in rooms.iter_mut().filter_map(|r| match &mut r.kind {
-        RoomKind::Sessions(s) => Some(s),
-        RoomKind::Requests(_) => None,
-    }) {
-        s.ticket_ttl = tokens.as_ref().map_or(s.ticket_ttl, |t| t.ticket_ttl);
-    }
-    if tokens.is_none() && rooms.iter().any(|r| r.sessions().is_some()) {
-        p.add(
-            "tokens.signing_key",
-            "sessions rooms sign passes and tickets: add [tokens] signing_key (create one with `anteroom keygen --out certs/`)",
-        );
-    }
+    let (rooms, room_index) = rooms(&mut p, &file.rooms, &jwt_index, tokens.as_ref());
     let attribution = attribution(&mut p, &file.attribution);
     let store = store(&mut p, &file.store);
     let events = events(
@@ -153,28 +132,12 @@ fn validate(file: File, origin: &Path) -> Result<Config, Vec<Problem>> {
         store.state.as_ref().map(|s| s.dir.clone()),
     );
 
-    if file.routes.is_empty() {
-        p.add(
-            "route",
-            "at least one [[route]] is needed, or nothing is proxied",
-        );
-    }
-    let routes: Vec<Route> = file
-        .routes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| route(&mut p, i, r, &upstream_index, &room_index, &jwt_index))
-        .collect();
-    check_shadowed_routes(&mut p, &routes);
-    for (i, route) in routes.iter().enumerate() {
-        let room = route.room.and_then(|r| rooms.get(r));
-        if route.retry_429 && room.is_some_and(|r| r.mode() != RoomMode::Requests) {
-            p.add(
-                format!("route[{i}].retry_429"),
-                "only applies to a route with a requests room (its max_wait bounds the retries)",
-            );
-        }
-    }
+    let names = Names {
+        upstreams: &upstream_index,
+        rooms: &room_index,
+        jwts: &jwt_index,
+    };
+    let routes = routes(&mut p, &file.routes, &names, &rooms);
 
     if p.0.is_empty() {
         Ok(Config {

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::checks::{DEFAULT_TICKET_TTL, Problems, rules};
+use super::checks::{DEFAULT_TICKET_TTL, Problems, index_by_name, rules};
 use crate::config::file::{LimitsFile, RoomFile};
 use crate::config::{
     AdaptiveLimit, Bind, Conversion, FairBy, Fairness, Limits, MAX_ADMIT_RATE, MAX_CAPACITY,
     OnStoreError, ProofOfWork, Rate, Requests, Room, RoomKind, RoomMode, Sessions, State,
-    TokenBudget, UnknownClients,
+    TokenBudget, Tokens, UnknownClients,
 };
 
 const MAX_POW_BITS: i64 = 28;
@@ -20,6 +20,35 @@ const MIN_POW_BITS: i64 = 8;
 const DEFAULT_POW_BITS: u8 = 16;
 
 const MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Every `[[room]]`, with their index by name. A sessions room's tickets
+/// live as long as `[tokens]` says, and need its signing key.
+pub(super) fn rooms(
+    p: &mut Problems,
+    files: &[RoomFile],
+    jwts: &HashMap<String, usize>,
+    tokens: Option<&Tokens>,
+) -> (Vec<Room>, HashMap<String, usize>) {
+    let mut rooms: Vec<Room> = files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| room(p, i, r, jwts))
+        .collect();
+    let index = index_by_name(p, "room", files.iter().map(|r| &r.name));
+    check_cookie_paths(p, &rooms);
+    for room in &mut rooms {
+        if let (RoomKind::Sessions(s), Some(t)) = (&mut room.kind, tokens) {
+            s.ticket_ttl = t.ticket_ttl;
+        }
+    }
+    if tokens.is_none() && rooms.iter().any(|r| r.sessions().is_some()) {
+        p.add(
+            "tokens.signing_key",
+            "sessions rooms sign passes and tickets: add [tokens] signing_key (create one with `anteroom keygen --out certs/`)",
+        );
+    }
+    (rooms, index)
+}
 
 /// Keys of `[[room]]` that every room takes.
 const COMMON_KEYS: &[&str] = &[
@@ -68,12 +97,7 @@ const SESSIONS_KEYS: &[&str] = &[
     "bind",
 ];
 
-pub(super) fn room(
-    p: &mut Problems,
-    i: usize,
-    r: &RoomFile,
-    jwts: &HashMap<String, usize>,
-) -> Option<Room> {
+fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>) -> Option<Room> {
     let key = format!("room[{i}]");
     p.name(&format!("{key}.name"), &r.name);
     let mode = match r.mode.as_str() {
@@ -392,7 +416,7 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
     }
 }
 
-/// A duration longer than zero, `default` if not given.
+/// A duration of the room longer than zero, `default` if not given.
 fn positive(
     p: &mut Problems,
     key: &str,
@@ -400,11 +424,7 @@ fn positive(
     v: &Option<String>,
     default: Duration,
 ) -> Duration {
-    let value = p.duration(&format!("{key}.{field}"), v.as_deref(), default);
-    if value.is_zero() {
-        p.add(format!("{key}.{field}"), "must be longer than 0");
-    }
-    value
+    p.positive(&format!("{key}.{field}"), v.as_deref(), default)
 }
 
 /// The lifetimes, each checked against those it must outlast.
@@ -460,6 +480,12 @@ fn lifetimes(p: &mut Problems, key: &str, r: &RoomFile) -> Lifetimes {
             (poll_interval * 2).max(Duration::from_secs(30)),
         ),
     };
+    check_lifetimes(p, key, &l);
+    l
+}
+
+/// Each lifetime against those it must outlast.
+fn check_lifetimes(p: &mut Problems, key: &str, l: &Lifetimes) {
     let rules = [
         (
             "session_max",
@@ -492,7 +518,6 @@ fn lifetimes(p: &mut Problems, key: &str, r: &RoomFile) -> Lifetimes {
             p.add(format!("{key}.{field}"), message);
         }
     }
-    l
 }
 
 /// `queue_status`: the waiting page's status.
@@ -679,7 +704,7 @@ fn bind(p: &mut Problems, key: &str, v: Option<&str>) -> Bind {
 }
 
 /// Two sessions rooms with the same cookie path would overwrite each other's passes.
-pub(super) fn check_cookie_paths(p: &mut Problems, rooms: &[Room]) {
+fn check_cookie_paths(p: &mut Problems, rooms: &[Room]) {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for (i, room) in rooms.iter().enumerate() {
         let Some(s) = room.sessions() else { continue };

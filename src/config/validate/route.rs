@@ -4,17 +4,49 @@ use std::collections::HashMap;
 
 use super::checks::{Problems, known, rules};
 use crate::config::file::RouteFile;
-use crate::config::{RESERVED_PREFIX, Route};
+use crate::config::{RESERVED_PREFIX, Room, RoomMode, Route};
 
-pub(super) fn route(
+/// What routes refer to by name, each name's index.
+pub(super) struct Names<'a> {
+    pub(super) upstreams: &'a HashMap<String, usize>,
+    pub(super) rooms: &'a HashMap<String, usize>,
+    pub(super) jwts: &'a HashMap<String, usize>,
+}
+
+/// Every `[[route]]`: at least one, none shadowed by one before it, and
+/// `retry_429` only where a requests room bounds the retries.
+pub(super) fn routes(
     p: &mut Problems,
-    i: usize,
-    r: &RouteFile,
-    upstreams: &HashMap<String, usize>,
-    rooms: &HashMap<String, usize>,
-    jwts: &HashMap<String, usize>,
-) -> Option<Route> {
-    let key = format!("route[{i}]");
+    files: &[RouteFile],
+    names: &Names<'_>,
+    rooms: &[Room],
+) -> Vec<Route> {
+    if files.is_empty() {
+        p.add(
+            "route",
+            "at least one [[route]] is needed, or nothing is proxied",
+        );
+    }
+    let routes: Vec<Route> = files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| route(p, i, r, names.upstreams, names.rooms, names.jwts))
+        .collect();
+    check_shadowed_routes(p, &routes);
+    for (i, route) in routes.iter().enumerate() {
+        let room = route.room.and_then(|r| rooms.get(r));
+        if route.retry_429 && room.is_some_and(|r| r.mode() != RoomMode::Requests) {
+            p.add(
+                format!("route[{i}].retry_429"),
+                "only applies to a route with a requests room (its max_wait bounds the retries)",
+            );
+        }
+    }
+    routes
+}
+
+/// `path_prefix`: `/` unless given; never under anteroom's own paths.
+fn path_prefix(p: &mut Problems, key: &str, r: &RouteFile) -> String {
     let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
     if !path_prefix.starts_with('/') {
         p.add(
@@ -28,20 +60,37 @@ pub(super) fn route(
             format!("{path_prefix:?} is under {RESERVED_PREFIX}, which anteroom answers itself and never proxies"),
         );
     }
-    let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
-    if let Some(h) = &host {
-        let bare = h.strip_prefix("*.").unwrap_or(h);
-        let ok = !bare.is_empty()
-            && bare
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-        if !ok {
-            p.add(
-                format!("{key}.host"),
-                format!("{h:?} is not a host name: give e.g. \"api.example.com\" or \"*.example.com\", without scheme or port"),
-            );
-        }
+    path_prefix
+}
+
+/// `host`: a name or a `*.` wildcard, compared in lower case.
+fn host(p: &mut Problems, key: &str, r: &RouteFile) -> Option<String> {
+    let host = r.host.as_ref()?.to_ascii_lowercase();
+    let bare = host.strip_prefix("*.").unwrap_or(&host);
+    let ok = !bare.is_empty()
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    if !ok {
+        p.add(
+            format!("{key}.host"),
+            format!("{host:?} is not a host name: give e.g. \"api.example.com\" or \"*.example.com\", without scheme or port"),
+        );
     }
+    Some(host)
+}
+
+fn route(
+    p: &mut Problems,
+    i: usize,
+    r: &RouteFile,
+    upstreams: &HashMap<String, usize>,
+    rooms: &HashMap<String, usize>,
+    jwts: &HashMap<String, usize>,
+) -> Option<Route> {
+    let key = format!("route[{i}]");
+    let path_prefix = path_prefix(p, &key, r);
+    let host = host(p, &key, r);
     let upstream = upstreams.get(&r.upstream).copied();
     if upstream.is_none() {
         p.add(
@@ -103,7 +152,7 @@ pub(super) fn route(
 
 /// A route that can never match because an earlier one catches all its requests
 /// is almost certainly a mistake in the order of the file.
-pub(super) fn check_shadowed_routes(p: &mut Problems, routes: &[Route]) {
+fn check_shadowed_routes(p: &mut Problems, routes: &[Route]) {
     for (j, later) in routes.iter().enumerate() {
         if let Some((i, _)) = routes[..j].iter().enumerate().find(|(_, earlier)| {
             (earlier.host.is_none() || earlier.host == later.host)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::checks::{Problems, cidr};
-use crate::config::file::{File, TlsListenFile};
+use crate::config::file::{File, ServerFile, TlsListenFile};
 use crate::config::{Admin, Hsts, Log, LogFormat, PathPolicy, Secret, Server, TlsListener};
 
 /// Most open client connections a cap may allow.
@@ -75,6 +75,61 @@ fn hsts(p: &mut Problems, key: &str, t: &TlsListenFile) -> Option<Hsts> {
 
 pub(super) fn server(p: &mut Problems, file: &File) -> Server {
     let s = &file.server;
+    let (listen, tls, redirect_https) = listeners(p, s);
+    let default_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Server {
+        listen,
+        tls,
+        threads: s
+            .threads
+            .and_then(|t| p.int_in("server.threads", t, 1, MAX_THREADS))
+            .map_or(default_threads, |t| t as usize),
+        grace_period: p.duration(
+            "server.grace_period",
+            s.grace_period.as_deref(),
+            Duration::from_secs(10),
+        ),
+        upstream_keepalive_pool: s
+            .upstream_keepalive_pool
+            .and_then(|n| p.int_in("server.upstream_keepalive_pool", n, 0, 1_000_000))
+            .map_or(128, |n| n as usize),
+        work_stealing: s.work_stealing.unwrap_or(true),
+        upgrade_sock: upgrade_sock(p, s),
+        trusted_proxies: s
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, c)| cidr(p, &format!("server.trusted_proxies[{i}]"), c))
+            .collect(),
+        path_policy: path_policy(p, s),
+        header_timeout: p.positive(
+            "server.header_timeout",
+            s.header_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        keepalive_timeout: p.positive(
+            "server.keepalive_timeout",
+            s.keepalive_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        body_timeout: p.positive(
+            "server.body_timeout",
+            s.body_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        max_connections: s
+            .max_connections
+            .and_then(|n| p.int_in("server.max_connections", n, 0, MAX_CONNECTIONS))
+            .map_or(0, |n| n as usize),
+        h2c: s.h2c.unwrap_or(false),
+        redirect_https,
+        request_id: request_id(p, s),
+    }
+}
+
+/// `listen`, `[[server.tls]]` and `redirect_https` (to the first TLS listener's port).
+fn listeners(p: &mut Problems, s: &ServerFile) -> (Vec<SocketAddr>, Vec<TlsListener>, Option<u16>) {
     let listen_text = s
         .listen
         .clone()
@@ -119,16 +174,11 @@ pub(super) fn server(p: &mut Problems, file: &File) -> Server {
             None
         }
     };
-    let default_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = s
-        .threads
-        .and_then(|t| p.int_in("server.threads", t, 1, MAX_THREADS))
-        .map_or(default_threads, |t| t as usize);
-    let upstream_keepalive_pool = s
-        .upstream_keepalive_pool
-        .and_then(|n| p.int_in("server.upstream_keepalive_pool", n, 0, 1_000_000))
-        .map_or(128, |n| n as usize);
-    let path_policy = match s.path_policy.as_deref().unwrap_or("reject") {
+    (listen, tls, redirect_https)
+}
+
+fn path_policy(p: &mut Problems, s: &ServerFile) -> PathPolicy {
+    match s.path_policy.as_deref().unwrap_or("reject") {
         "reject" => PathPolicy::Reject,
         "decode" => PathPolicy::Decode,
         other => {
@@ -138,77 +188,44 @@ pub(super) fn server(p: &mut Problems, file: &File) -> Server {
             );
             PathPolicy::Reject
         }
-    };
-    let positive = |p: &mut Problems, key: &str, v: &Option<String>, default: u64| {
-        let d = p.duration(key, v.as_deref(), Duration::from_secs(default));
-        if d.is_zero() {
-            p.add(key, "must be longer than 0");
+    }
+}
+
+fn upgrade_sock(p: &mut Problems, s: &ServerFile) -> PathBuf {
+    match s.upgrade_sock.as_deref() {
+        None => PathBuf::from(DEFAULT_UPGRADE_SOCK),
+        Some(path) if path.trim().is_empty() || path.len() > MAX_UNIX_SOCKET_PATH => {
+            p.add(
+                "server.upgrade_sock",
+                format!("must be a path of 1 to {MAX_UNIX_SOCKET_PATH} bytes"),
+            );
+            PathBuf::from(DEFAULT_UPGRADE_SOCK)
         }
-        d
-    };
-    let header_timeout = positive(p, "server.header_timeout", &s.header_timeout, 10);
-    let keepalive_timeout = positive(p, "server.keepalive_timeout", &s.keepalive_timeout, 60);
-    let body_timeout = positive(p, "server.body_timeout", &s.body_timeout, 10);
-    let max_connections = s
-        .max_connections
-        .and_then(|n| p.int_in("server.max_connections", n, 0, MAX_CONNECTIONS))
-        .map_or(0, |n| n as usize);
-    Server {
-        listen,
-        tls,
-        threads,
-        grace_period: p.duration(
-            "server.grace_period",
-            s.grace_period.as_deref(),
-            Duration::from_secs(10),
-        ),
-        upstream_keepalive_pool,
-        work_stealing: s.work_stealing.unwrap_or(true),
-        upgrade_sock: match s.upgrade_sock.as_deref() {
-            None => PathBuf::from(DEFAULT_UPGRADE_SOCK),
-            Some(path) if path.trim().is_empty() || path.len() > MAX_UNIX_SOCKET_PATH => {
+        Some(path) => PathBuf::from(path),
+    }
+}
+
+/// `request_id_header`: `""` sends none.
+fn request_id(p: &mut Problems, s: &ServerFile) -> Option<http::HeaderName> {
+    match s.request_id_header.as_deref() {
+        None => Some(http::HeaderName::from_static("x-request-id")),
+        Some("") => None,
+        Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if h.as_str().starts_with("x-anteroom-") || h == http::header::HOST => {
                 p.add(
-                    "server.upgrade_sock",
-                    format!("must be a path of 1 to {MAX_UNIX_SOCKET_PATH} bytes"),
+                    "server.request_id_header",
+                    format!("{name:?} is a header anteroom sets itself"),
                 );
-                PathBuf::from(DEFAULT_UPGRADE_SOCK)
+                None
             }
-            Some(path) => PathBuf::from(path),
-        },
-        trusted_proxies: s
-            .trusted_proxies
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(i, c)| cidr(p, &format!("server.trusted_proxies[{i}]"), c))
-            .collect(),
-        path_policy,
-        header_timeout,
-        keepalive_timeout,
-        body_timeout,
-        max_connections,
-        h2c: s.h2c.unwrap_or(false),
-        redirect_https,
-        request_id: match s.request_id_header.as_deref() {
-            None => Some(http::HeaderName::from_static("x-request-id")),
-            Some("") => None,
-            Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) if h.as_str().starts_with("x-anteroom-") || h == http::header::HOST => {
-                    p.add(
-                        "server.request_id_header",
-                        format!("{name:?} is a header anteroom sets itself"),
-                    );
-                    None
-                }
-                Ok(h) => Some(h),
-                Err(_) => {
-                    p.add(
-                        "server.request_id_header",
-                        format!("{name:?} is not a header name (\"\" sends none)"),
-                    );
-                    None
-                }
-            },
+            Ok(h) => Some(h),
+            Err(_) => {
+                p.add(
+                    "server.request_id_header",
+                    format!("{name:?} is not a header name (\"\" sends none)"),
+                );
+                None
+            }
         },
     }
 }

@@ -7,38 +7,34 @@ use super::checks::Problems;
 use crate::config::file::StoreFile;
 use crate::config::{Backend, Deployment, RedisConfig, Secret, StateDir, StoreConfig};
 
+/// Keys of `[store]` that only `backend = "redis"` takes.
+const REDIS_KEYS: &[&str] = &[
+    "url",
+    "sentinels",
+    "sentinel_master",
+    "sentinel_username",
+    "sentinel_password",
+    "sentinel_password_file",
+    "cluster_nodes",
+    "username",
+    "password",
+    "password_file",
+    "key_prefix",
+    "connections",
+    "timeout",
+    "connect_timeout",
+    "lease",
+    "ca_file",
+];
+
 pub(super) fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
-    let positive = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| {
-        let d = p.duration(key, v.as_deref(), default);
-        if d.is_zero() {
-            p.add(key, "must be longer than 0");
-        }
-        d
-    };
-    let redis_keys = [
-        ("url", s.url.is_some()),
-        ("sentinels", s.sentinels.is_some()),
-        ("sentinel_master", s.sentinel_master.is_some()),
-        ("sentinel_username", s.sentinel_username.is_some()),
-        ("sentinel_password", s.sentinel_password.is_some()),
-        ("sentinel_password_file", s.sentinel_password_file.is_some()),
-        ("cluster_nodes", s.cluster_nodes.is_some()),
-        ("username", s.username.is_some()),
-        ("password", s.password.is_some()),
-        ("password_file", s.password_file.is_some()),
-        ("key_prefix", s.key_prefix.is_some()),
-        ("connections", s.connections.is_some()),
-        ("timeout", s.timeout.is_some()),
-        ("connect_timeout", s.connect_timeout.is_some()),
-        ("lease", s.lease.is_some()),
-        ("ca_file", s.ca_file.is_some()),
-    ];
     let backend = match s.backend.as_deref().unwrap_or("memory") {
         "memory" => {
-            for (field, given) in redis_keys {
-                if given {
+            let given = toml::Table::try_from(s).map(|t| t.into_iter().map(|(k, _)| k));
+            for key in given.into_iter().flatten() {
+                if REDIS_KEYS.contains(&key.as_str()) {
                     p.add(
-                        format!("store.{field}"),
+                        format!("store.{key}"),
                         "only applies to backend = \"redis\"",
                     );
                 }
@@ -58,13 +54,48 @@ pub(super) fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
         Backend::Memory => Duration::from_secs(1),
         Backend::Redis(_) => Duration::from_secs(5),
     };
-    let interval = positive(
-        p,
+    let state = state(p, s, &backend);
+    let touch_interval = p.positive(
+        "store.touch_interval",
+        s.touch_interval.as_deref(),
+        touch_default,
+    );
+    let rebuild_grace = p.duration(
+        "store.rebuild_grace",
+        s.rebuild_grace.as_deref(),
+        Duration::from_secs(15).max(touch_interval),
+    );
+    if !rebuild_grace.is_zero() && rebuild_grace < touch_interval {
+        p.add(
+            "store.rebuild_grace",
+            format!(
+                "{} is shorter than store.touch_interval ({}): a visitor with a pass reaches the store at most that often, so not all could be back in time (\"0s\" turns the hold off)",
+                humantime::format_duration(rebuild_grace),
+                humantime::format_duration(touch_interval)
+            ),
+        );
+    }
+    StoreConfig {
+        backend,
+        sweep_interval: p.positive(
+            "store.sweep_interval",
+            s.sweep_interval.as_deref(),
+            Duration::from_secs(1),
+        ),
+        touch_interval,
+        rebuild_grace,
+        state,
+    }
+}
+
+/// `state_dir` and `snapshot_interval`: the memory store kept on disk.
+fn state(p: &mut Problems, s: &StoreFile, backend: &Backend) -> Option<StateDir> {
+    let interval = p.positive(
         "store.snapshot_interval",
-        &s.snapshot_interval,
+        s.snapshot_interval.as_deref(),
         Duration::from_secs(1),
     );
-    let state = match (&s.state_dir, &backend) {
+    match (&s.state_dir, backend) {
         (None, _) => {
             if s.snapshot_interval.is_some() {
                 p.add(
@@ -95,34 +126,6 @@ pub(super) fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
             }
             Some(StateDir { dir, interval })
         }
-    };
-    let touch_interval = positive(p, "store.touch_interval", &s.touch_interval, touch_default);
-    let rebuild_grace = p.duration(
-        "store.rebuild_grace",
-        s.rebuild_grace.as_deref(),
-        Duration::from_secs(15).max(touch_interval),
-    );
-    if !rebuild_grace.is_zero() && rebuild_grace < touch_interval {
-        p.add(
-            "store.rebuild_grace",
-            format!(
-                "{} is shorter than store.touch_interval ({}): a visitor with a pass reaches the store at most that often, so not all could be back in time (\"0s\" turns the hold off)",
-                humantime::format_duration(rebuild_grace),
-                humantime::format_duration(touch_interval)
-            ),
-        );
-    }
-    StoreConfig {
-        backend,
-        sweep_interval: positive(
-            p,
-            "store.sweep_interval",
-            &s.sweep_interval,
-            Duration::from_secs(1),
-        ),
-        touch_interval,
-        rebuild_grace,
-        state,
     }
 }
 
@@ -261,13 +264,6 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
             "must be non-empty without braces or spaces",
         );
     }
-    let d = |p: &mut Problems, key: &str, v: &Option<String>, default: Duration| {
-        let d = p.duration(key, v.as_deref(), default);
-        if d.is_zero() {
-            p.add(key, "must be longer than 0");
-        }
-        d
-    };
     let tls = deployment.tls();
     RedisConfig {
         deployment,
@@ -278,14 +274,17 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
             .connections
             .and_then(|n| p.int_in("store.connections", n, 1, 64))
             .unwrap_or(2) as usize,
-        timeout: d(p, "store.timeout", &s.timeout, Duration::from_millis(250)),
-        connect_timeout: d(
-            p,
+        timeout: p.positive(
+            "store.timeout",
+            s.timeout.as_deref(),
+            Duration::from_millis(250),
+        ),
+        connect_timeout: p.positive(
             "store.connect_timeout",
-            &s.connect_timeout,
+            s.connect_timeout.as_deref(),
             Duration::from_secs(1),
         ),
-        lease: d(p, "store.lease", &s.lease, Duration::from_secs(10)),
+        lease: p.positive("store.lease", s.lease.as_deref(), Duration::from_secs(10)),
         ca_file: s.ca_file.as_deref().map(|f| {
             if !tls {
                 p.add("store.ca_file", "ca_file is only used with rediss:// URLs");

@@ -42,39 +42,22 @@ pub(super) fn upstream(p: &mut Problems, i: usize, u: &UpstreamFile) -> Upstream
             "a TLS upstream given by IP address needs sni = \"<name on its certificate>\"",
         );
     }
-    let host_header = match &u.host_header {
-        Some(h) if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-            p.add(
-                format!("{key}.host_header"),
-                format!("{h:?} is not a valid Host header value"),
-            );
-            HostHeader::Keep
-        }
-        Some(h) => HostHeader::Set(h.clone()),
-        // A TLS origin serves the name on its certificate, so that is the Host it expects.
-        None if u.tls => HostHeader::Set(sni.clone()),
-        None => HostHeader::Keep,
-    };
-    let d = |p: &mut Problems, field: &str, v: &Option<String>, default: u64| {
-        p.duration(
+    let host_header = host_header(p, &key, u, &sni);
+    let timeout = |p: &mut Problems, field: &str, v: &Option<String>, default: u64| {
+        p.positive(
             &format!("{key}.{field}"),
             v.as_deref(),
             Duration::from_secs(default),
         )
     };
-    let connect_timeout = d(p, "connect_timeout", &u.connect_timeout, 5);
-    let read_timeout = d(p, "read_timeout", &u.read_timeout, 60);
-    let write_timeout = d(p, "write_timeout", &u.write_timeout, 60);
-    let idle_timeout = d(p, "idle_timeout", &u.idle_timeout, 60);
-    for (field, value) in [
-        ("connect_timeout", connect_timeout),
-        ("read_timeout", read_timeout),
-        ("write_timeout", write_timeout),
-    ] {
-        if value.is_zero() {
-            p.add(format!("{key}.{field}"), "must be longer than 0");
-        }
-    }
+    let connect_timeout = timeout(p, "connect_timeout", &u.connect_timeout, 5);
+    let read_timeout = timeout(p, "read_timeout", &u.read_timeout, 60);
+    let write_timeout = timeout(p, "write_timeout", &u.write_timeout, 60);
+    let idle_timeout = p.duration(
+        &format!("{key}.idle_timeout"),
+        u.idle_timeout.as_deref(),
+        Duration::from_secs(60),
+    );
     Upstream {
         name: u.name.clone(),
         host,
@@ -89,6 +72,23 @@ pub(super) fn upstream(p: &mut Problems, i: usize, u: &UpstreamFile) -> Upstream
         write_timeout,
         idle_timeout,
         h2: u.h2.unwrap_or(false),
+    }
+}
+
+/// `host_header`: a TLS origin serves the name on its certificate, so that
+/// is the `Host` it expects unless the file says.
+fn host_header(p: &mut Problems, key: &str, u: &UpstreamFile, sni: &str) -> HostHeader {
+    match &u.host_header {
+        Some(h) if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            p.add(
+                format!("{key}.host_header"),
+                format!("{h:?} is not a valid Host header value"),
+            );
+            HostHeader::Keep
+        }
+        Some(h) => HostHeader::Set(h.clone()),
+        None if u.tls => HostHeader::Set(sni.to_owned()),
+        None => HostHeader::Keep,
     }
 }
 
