@@ -16,7 +16,7 @@ use crate::limits::fair::Turn;
 use crate::limits::slots::{Held, NoSlot, RequestSlots};
 use crate::request::facts::Facts;
 use crate::room::{Limiters, Room};
-use crate::store::StoreError;
+use crate::store::{Reservation, StoreError};
 
 /// What happens to a request of a `requests` room.
 #[derive(Debug)]
@@ -130,11 +130,11 @@ async fn enter(
         .adaptive()
         .and_then(|a| a.paused(std::time::Instant::now()))
     {
-        let reserved = if pause <= *max_wait {
-            Ok(Ok(pause))
+        let reserved = Ok(if pause <= *max_wait {
+            Reservation::Wait(pause)
         } else {
-            Ok(Err(pause))
-        };
+            Reservation::TooFar(pause)
+        });
         let rejected = &counters.rejected_upstream;
         if let Some(admission) = wait_for(reserved, rejected, room, limits, max_wait).await {
             return Err(admission);
@@ -153,14 +153,14 @@ async fn enter(
 /// Waits for what a reservation (a pause, the rate's moment, the budget's
 /// tokens) says, taking it off `max_wait`; `Some` is the answer when it cannot.
 async fn wait_for(
-    reserved: Result<Result<Duration, Duration>, StoreError>,
+    reserved: Result<Reservation, StoreError>,
     rejected: &IntCounter,
     room: &Room,
     limits: &Limiters,
     max_wait: &mut Duration,
 ) -> Option<Admission> {
     match reserved {
-        Ok(Ok(wait)) => {
+        Ok(Reservation::Wait(wait)) => {
             if !wait.is_zero() {
                 room.counters().queued.inc();
                 tokio::time::sleep(wait).await;
@@ -168,7 +168,7 @@ async fn wait_for(
             }
             None
         }
-        Ok(Err(retry)) => {
+        Ok(Reservation::TooFar(retry)) => {
             rejected.inc();
             Some(Admission::Refused(retry))
         }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{Rate, TokenBudget};
-use crate::store::{Leases, StoreError};
+use crate::store::{Leases, Reservation, StoreError};
 
 /// A room's rate: its moments kept here, or in the shared store (one line
 /// for every instance, on the store's clock).
@@ -44,10 +44,7 @@ impl Rated {
 
     /// Reserves a request's moment, as [`Pace::reserve`]; a shared rate asks
     /// the store, which may fail.
-    pub async fn reserve(
-        &self,
-        max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    pub async fn reserve(&self, max_wait: Duration) -> Result<Reservation, StoreError> {
         match self {
             Rated::Local(p) => Ok(p.reserve(Instant::now(), max_wait)),
             Rated::Shared { rate, room, store } => {
@@ -76,16 +73,16 @@ impl Line {
         }
     }
 
-    fn reserve(&self, units: u32, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+    fn reserve(&self, units: u32, now: Instant, max_wait: Duration) -> Reservation {
         let mut next = self.next.lock();
         let paid = next.map_or(now, |n| n.max(now)) + self.per * units;
         let at = paid.checked_sub(self.ahead).map_or(now, |t| t.max(now));
         let wait = at - now;
         if wait > max_wait {
-            return Err(wait);
+            return Reservation::TooFar(wait);
         }
         *next = Some(paid);
-        Ok(wait)
+        Reservation::Wait(wait)
     }
 
     fn settle(&self, reserved: u32, used: u64) {
@@ -122,10 +119,10 @@ impl Pace {
         self.rate
     }
 
-    /// Reserves this request's moment: `Ok(wait)` until it (zero: now), or
-    /// `Err(retry)` when it would have to wait longer than `max_wait`:
-    /// `retry` is when a request would go at once, and nothing is reserved.
-    pub fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+    /// Reserves this request's moment: a wait until it (zero: now), or
+    /// when it would have to wait longer than `max_wait`, when a request
+    /// would go at once (nothing reserved).
+    pub fn reserve(&self, now: Instant, max_wait: Duration) -> Reservation {
         self.line.reserve(1, now, max_wait)
     }
 }
@@ -160,12 +157,7 @@ impl Budget {
 
     /// Reserves `tokens`: `Ok(wait)` until they are there (zero: now), or
     /// `Err(retry)` when that is further than `max_wait` away (nothing taken).
-    pub fn reserve(
-        &self,
-        tokens: u32,
-        now: Instant,
-        max_wait: Duration,
-    ) -> Result<Duration, Duration> {
+    pub fn reserve(&self, tokens: u32, now: Instant, max_wait: Duration) -> Reservation {
         self.line.reserve(tokens, now, max_wait)
     }
 
@@ -211,7 +203,7 @@ impl Budgeted {
         &self,
         tokens: u32,
         max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         match self {
             Budgeted::Local(b) => Ok(b.reserve(tokens, Instant::now(), max_wait)),
             Budgeted::Shared {
@@ -279,14 +271,20 @@ mod tests {
         let p = pace("4/s");
         let t = Instant::now();
         let max = Duration::from_secs(1);
-        let waits: Vec<_> = (0..4).map(|_| p.reserve(t, max).unwrap()).collect();
-        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, [0, 250, 500, 750]);
+        let waits: Vec<_> = (0..4).map(|_| p.reserve(t, max)).collect();
+        let ms = [0, 250, 500, 750].map(|ms| Reservation::Wait(Duration::from_millis(ms)));
+        assert_eq!(waits, ms);
         // The fifth would wait 1 s, which is max_wait: still in.
-        assert_eq!(p.reserve(t, max).unwrap(), Duration::from_secs(1));
+        assert_eq!(p.reserve(t, max), Reservation::Wait(Duration::from_secs(1)));
         // The sixth would wait longer: told when to come back, nothing reserved.
-        assert_eq!(p.reserve(t, max), Err(Duration::from_millis(1250)));
-        assert_eq!(p.reserve(t, max), Err(Duration::from_millis(1250)));
+        assert_eq!(
+            p.reserve(t, max),
+            Reservation::TooFar(Duration::from_millis(1250))
+        );
+        assert_eq!(
+            p.reserve(t, max),
+            Reservation::TooFar(Duration::from_millis(1250))
+        );
     }
 
     #[test]
@@ -298,21 +296,27 @@ mod tests {
         let t = Instant::now();
         // Six estimates fit the minute; a seventh needs 1,000 tokens' time: 10 s.
         for _ in 0..6 {
-            assert_eq!(b.reserve(1000, t, Duration::ZERO), Ok(Duration::ZERO));
+            assert_eq!(
+                b.reserve(1000, t, Duration::ZERO),
+                Reservation::Wait(Duration::ZERO)
+            );
         }
         assert_eq!(
             b.reserve(1000, t, Duration::ZERO),
-            Err(Duration::from_secs(10))
+            Reservation::TooFar(Duration::from_secs(10))
         );
         // Two of them used only 500: 1,000 tokens come back at once.
         b.settle(1000, 500);
         b.settle(1000, 500);
-        assert_eq!(b.reserve(1000, t, Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(
+            b.reserve(1000, t, Duration::ZERO),
+            Reservation::Wait(Duration::ZERO)
+        );
         // One used 4,000: 3,000 more are owed, 30 s before the next estimate.
         b.settle(1000, 4000);
         assert_eq!(
             b.reserve(1000, t, Duration::ZERO),
-            Err(Duration::from_secs(40))
+            Reservation::TooFar(Duration::from_secs(40))
         );
     }
 
@@ -320,13 +324,19 @@ mod tests {
     fn an_idle_rate_does_not_bank_a_burst() {
         let p = pace("2/s");
         let t = Instant::now();
-        assert_eq!(p.reserve(t, Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(
+            p.reserve(t, Duration::ZERO),
+            Reservation::Wait(Duration::ZERO)
+        );
         // Ten seconds of silence: the next goes at once, the one after waits.
         let later = t + Duration::from_secs(10);
-        assert_eq!(p.reserve(later, Duration::ZERO), Ok(Duration::ZERO));
         assert_eq!(
             p.reserve(later, Duration::ZERO),
-            Err(Duration::from_millis(500))
+            Reservation::Wait(Duration::ZERO)
+        );
+        assert_eq!(
+            p.reserve(later, Duration::ZERO),
+            Reservation::TooFar(Duration::from_millis(500))
         );
     }
 }

@@ -450,6 +450,16 @@ pub trait Store: Send + Sync {
     fn backend(&self) -> &'static str;
 }
 
+/// What reserving a moment of a rate, or tokens of a budget, gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Reserved: the request goes after this wait (zero: now).
+    Wait(Duration),
+    /// Nothing reserved: it would have to wait longer than it may; this is
+    /// when a request would go at once.
+    TooFar(Duration),
+}
+
 /// Request slots shared by every instance: leases that an instance renews
 /// while its requests are in flight, so a crashed instance's slots return
 /// after one lease period.
@@ -464,14 +474,14 @@ pub trait Leases: Send + Sync {
     /// Changes the capacity for every instance.
     async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError>;
     /// Reserves the room's next moment of its `rate` (one every `interval`,
-    /// shared by every instance): `Ok(wait)` until it, or `Err(retry)` when
-    /// it is further than `max_wait` away (nothing reserved).
+    /// shared by every instance): a wait until it, or, when it is further
+    /// than `max_wait` away, when to retry (nothing reserved).
     async fn pace(
         &self,
         room: &str,
         interval: Duration,
         max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError>;
+    ) -> Result<Reservation, StoreError>;
     /// Reserves `tokens` of the room's token budget (a token every
     /// `per_token`, a `window`'s worth ahead), shared by every instance, as
     /// [`Leases::pace`] does moments.
@@ -482,7 +492,7 @@ pub trait Leases: Send + Sync {
         tokens: u32,
         max_wait: Duration,
         window: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError>;
+    ) -> Result<Reservation, StoreError>;
     /// Corrects a reservation by `delta` tokens (what was used beyond it, or
     /// less than it when negative).
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError>;
@@ -722,7 +732,7 @@ impl<S: Leases> Leases for Observed<S> {
         room: &str,
         interval: Duration,
         max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         self.record("lease_pace", self.inner.pace(room, interval, max_wait))
             .await
     }
@@ -733,7 +743,7 @@ impl<S: Leases> Leases for Observed<S> {
         tokens: u32,
         max_wait: Duration,
         window: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         let step = self.inner.budget(room, per_token, tokens, max_wait, window);
         self.record("lease_budget", step).await
     }

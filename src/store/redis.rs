@@ -22,9 +22,9 @@ use redis::{Script, ScriptInvocation, Value};
 
 use super::redis_deployment::Link;
 use super::{
-    Adopt, Allowance, AllowanceAsk, Arrival, Lane, Leases, Newcomer, Place, Polled, RoomSpec,
-    SessionId, SessionInfo, Settings, SettingsPatch, Snapshot, Step, Store, StoreError, Swept,
-    Wait, now_millis,
+    Adopt, Allowance, AllowanceAsk, Arrival, Lane, Leases, Newcomer, Place, Polled, Reservation,
+    RoomSpec, SessionId, SessionInfo, Settings, SettingsPatch, Snapshot, Step, Store, StoreError,
+    Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
@@ -448,7 +448,7 @@ impl RedisStore {
         units: u32,
         max_wait: Duration,
         ahead: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         let args = [
             "line".to_owned(),
             field.to_owned(),
@@ -489,13 +489,13 @@ fn millis(d: Duration) -> String {
 }
 
 /// `{1, wait_ms}` reserved, `{0, retry_ms}` too far.
-fn reservation(v: &Value) -> Result<Result<Duration, Duration>, StoreError> {
+fn reservation(v: &Value) -> Result<Reservation, StoreError> {
     let items = items(v)?;
     let wait = Duration::from_millis(uint(items.get(1))?);
     Ok(if uint(items.first())? == 1 {
-        Ok(wait)
+        Reservation::Wait(wait)
     } else {
-        Err(wait)
+        Reservation::TooFar(wait)
     })
 }
 
@@ -886,7 +886,7 @@ impl Leases for RedisStore {
         room: &str,
         interval: Duration,
         max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         self.line(room, "next", interval, 1, max_wait, interval)
             .await
     }
@@ -898,7 +898,7 @@ impl Leases for RedisStore {
         tokens: u32,
         max_wait: Duration,
         window: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
+    ) -> Result<Reservation, StoreError> {
         self.line(room, "tnext", per_token, tokens, max_wait, window)
             .await
     }
