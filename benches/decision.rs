@@ -328,8 +328,9 @@ fn slots(c: &mut Criterion) {
     });
     // A `rate` room's reservation (a lock and a comparison); far enough
     // apart in time that every one goes at once.
-    let pace =
-        anteroom::limits::pace::Pace::new(anteroom::config::Rate::parse("1000000/s").unwrap());
+    let pace = <anteroom::limits::pace::Pace as anteroom::limits::pace::Local>::new(
+        anteroom::config::Rate::parse("1000000/s").unwrap(),
+    );
     let mut t = tokio::time::Instant::now();
     c.bench_function("slots/rate_reserve", |b| {
         b.iter(|| {

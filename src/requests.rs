@@ -61,7 +61,7 @@ pub async fn admit(room: &Room, limits: &Limiters, turn: Turn) -> Decided {
     let charged = match limits.budget() {
         None => None,
         Some(budget) => {
-            let estimate = budget.budget().estimate;
+            let estimate = budget.settings().estimate;
             let reserved = budget.reserve(estimate, max_wait).await;
             let rejected = &counters.rejected_tokens;
             if let Some(admission) = wait_for(reserved, rejected, room, limits, &mut max_wait).await

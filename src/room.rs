@@ -16,7 +16,7 @@ use prometheus::{
 use crate::clients::{ClientLimits, Limit};
 use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::limits::adaptive::{Adapted, Adaptive};
-use crate::limits::pace::{Budget, Budgeted, Pace, Rated};
+use crate::limits::pace::{Budgeted, Rated};
 use crate::limits::slots::{RequestSlots, SharedSlots, Slots, Usage};
 use crate::limits::usage::UsageKeys;
 use crate::metrics;
@@ -143,28 +143,10 @@ impl Limiters {
             (_, None) => RequestSlots::Local(Slots::new(capacity)),
         };
         let before = before.map(|(l, _)| l);
-        let pace = config.rate.map(|rate| match leases {
-            Some(store) => Arc::new(Rated::Shared {
-                rate,
-                room: name.to_owned(),
-                store: Arc::clone(store),
-            }),
-            None => before
-                .and_then(|l| l.pace.as_ref())
-                .filter(|p| matches!(&***p, Rated::Local(_)) && p.rate() == rate)
-                .map_or_else(|| Arc::new(Rated::Local(Pace::new(rate))), Arc::clone),
-        });
-        let budget = config.tokens.map(|b| match leases {
-            Some(store) => Arc::new(Budgeted::Shared {
-                budget: b,
-                room: name.to_owned(),
-                store: Arc::clone(store),
-            }),
-            None => before
-                .and_then(|l| l.budget.as_ref())
-                .filter(|p| matches!(&***p, Budgeted::Local(_)) && p.budget() == b)
-                .map_or_else(|| Arc::new(Budgeted::Local(Budget::new(b))), Arc::clone),
-        });
+        let pace = (config.rate)
+            .map(|rate| Rated::keep(rate, name, leases, before.and_then(|l| l.pace.as_ref())));
+        let budget = (config.tokens)
+            .map(|b| Budgeted::keep(b, name, leases, before.and_then(|l| l.budget.as_ref())));
         let adaptive = adapted(name, capacity, config.adaptive, &slots, before);
         Limiters {
             usage_keys: UsageKeys::new(config.usage_key.as_deref()),

@@ -17,15 +17,15 @@ use tokio::time::Instant;
 use crate::config::{Rate, TokenBudget};
 use crate::store::{Leases, Reservation, StoreError};
 
-/// A room's rate: its moments kept here, or in the shared store (one line
-/// for every instance, on the store's clock).
-pub enum Rated {
+/// A limit of a room (its rate, its token budget), kept by this instance,
+/// or in the shared store: one for every instance, on the store's clock.
+pub enum Kept<L, S> {
     /// This instance's.
-    Local(Pace),
+    Local(L),
     /// Every instance's, through the store.
     Shared {
-        /// The rate.
-        rate: Rate,
+        /// The limit's settings.
+        settings: S,
         /// The room's name in the store.
         room: String,
         /// The store.
@@ -33,23 +33,61 @@ pub enum Rated {
     },
 }
 
-impl Rated {
-    /// The rate it keeps.
-    pub fn rate(&self) -> Rate {
-        match self {
-            Rated::Local(p) => p.rate(),
-            Rated::Shared { rate, .. } => *rate,
+/// A limit kept by this instance, made from its settings.
+pub trait Local {
+    /// What the file says of it.
+    type Settings: Copy + PartialEq;
+    /// The limit, with nothing taken yet.
+    fn new(settings: Self::Settings) -> Self;
+    /// Its settings.
+    fn settings(&self) -> Self::Settings;
+}
+
+impl<L: Local> Kept<L, L::Settings> {
+    /// The limit with these settings: in the store when it is shared, else
+    /// this instance's, kept from `before` (the same room before a reload)
+    /// while its settings are the same, so what it reserved stays.
+    pub fn keep(
+        settings: L::Settings,
+        room: &str,
+        leases: Option<&Arc<dyn Leases>>,
+        before: Option<&Arc<Self>>,
+    ) -> Arc<Self> {
+        match leases {
+            Some(store) => Arc::new(Kept::Shared {
+                settings,
+                room: room.to_owned(),
+                store: Arc::clone(store),
+            }),
+            None => before
+                .filter(|b| matches!(&***b, Kept::Local(l) if l.settings() == settings))
+                .map_or_else(|| Arc::new(Kept::Local(L::new(settings))), Arc::clone),
         }
     }
 
+    /// Its settings.
+    pub fn settings(&self) -> L::Settings {
+        match self {
+            Kept::Local(l) => l.settings(),
+            Kept::Shared { settings, .. } => *settings,
+        }
+    }
+}
+
+/// A room's rate: its line of moments.
+pub type Rated = Kept<Pace, Rate>;
+
+impl Rated {
     /// Reserves a request's moment, as [`Pace::reserve`]; a shared rate asks
     /// the store, which may fail.
     pub async fn reserve(&self, max_wait: Duration) -> Result<Reservation, StoreError> {
         match self {
-            Rated::Local(p) => Ok(p.reserve(Instant::now(), max_wait)),
-            Rated::Shared { rate, room, store } => {
-                store.pace(room, rate.interval(), max_wait).await
-            }
+            Kept::Local(p) => Ok(p.reserve(Instant::now(), max_wait)),
+            Kept::Shared {
+                settings,
+                room,
+                store,
+            } => store.pace(room, settings.interval(), max_wait).await,
         }
     }
 }
@@ -105,20 +143,23 @@ pub struct Pace {
     line: Line,
 }
 
-impl Pace {
+impl Local for Pace {
+    type Settings = Rate;
+
     /// A rate with its first moment free now.
-    pub fn new(rate: Rate) -> Pace {
+    fn new(rate: Rate) -> Pace {
         Pace {
             rate,
             line: Line::new(rate.interval(), rate.interval()),
         }
     }
 
-    /// The rate it keeps.
-    pub fn rate(&self) -> Rate {
+    fn settings(&self) -> Rate {
         self.rate
     }
+}
 
+impl Pace {
     /// Reserves this request's moment: a wait until it (zero: now), or
     /// when it would have to wait longer than `max_wait`, when a request
     /// would go at once (nothing reserved).
@@ -141,20 +182,23 @@ pub struct Budget {
 /// How much may be spent ahead: a minute's worth.
 const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 
-impl Budget {
+impl Local for Budget {
+    type Settings = TokenBudget;
+
     /// A full budget.
-    pub fn new(budget: TokenBudget) -> Budget {
+    fn new(budget: TokenBudget) -> Budget {
         Budget {
             budget,
             line: Line::new(per_token(budget), BUDGET_WINDOW),
         }
     }
 
-    /// The budget it keeps.
-    pub fn budget(&self) -> TokenBudget {
+    fn settings(&self) -> TokenBudget {
         self.budget
     }
+}
 
+impl Budget {
     /// Reserves `tokens`: `Ok(wait)` until they are there (zero: now), or
     /// `Err(retry)` when that is further than `max_wait` away (nothing taken).
     pub fn reserve(&self, tokens: u32, now: Instant, max_wait: Duration) -> Reservation {
@@ -172,31 +216,10 @@ fn per_token(budget: TokenBudget) -> Duration {
     BUDGET_WINDOW / budget.per_minute.max(1)
 }
 
-/// A room's token budget: kept here, or in the shared store (one budget for
-/// every instance).
-pub enum Budgeted {
-    /// This instance's.
-    Local(Budget),
-    /// Every instance's, through the store.
-    Shared {
-        /// The budget.
-        budget: TokenBudget,
-        /// The room's name in the store.
-        room: String,
-        /// The store.
-        store: Arc<dyn Leases>,
-    },
-}
+/// A room's token budget.
+pub type Budgeted = Kept<Budget, TokenBudget>;
 
 impl Budgeted {
-    /// The budget it keeps.
-    pub fn budget(&self) -> TokenBudget {
-        match self {
-            Budgeted::Local(b) => b.budget(),
-            Budgeted::Shared { budget, .. } => *budget,
-        }
-    }
-
     /// Reserves `tokens`, as [`Budget::reserve`]; a shared budget asks the
     /// store, which may fail.
     pub async fn reserve(
@@ -205,13 +228,13 @@ impl Budgeted {
         max_wait: Duration,
     ) -> Result<Reservation, StoreError> {
         match self {
-            Budgeted::Local(b) => Ok(b.reserve(tokens, Instant::now(), max_wait)),
-            Budgeted::Shared {
-                budget,
+            Kept::Local(b) => Ok(b.reserve(tokens, Instant::now(), max_wait)),
+            Kept::Shared {
+                settings,
                 room,
                 store,
             } => {
-                let per_token = per_token(*budget);
+                let per_token = per_token(*settings);
                 store
                     .budget(room, per_token, tokens, max_wait, BUDGET_WINDOW)
                     .await
@@ -223,13 +246,13 @@ impl Budgeted {
     /// answer loses the correction (logged): the budget errs by it once.
     pub async fn settle(&self, reserved: u32, used: u64) {
         match self {
-            Budgeted::Local(b) => b.settle(reserved, used),
-            Budgeted::Shared {
-                budget,
+            Kept::Local(b) => b.settle(reserved, used),
+            Kept::Shared {
+                settings,
                 room,
                 store,
             } => {
-                let per_token = per_token(*budget);
+                let per_token = per_token(*settings);
                 let delta = i64::try_from(used).unwrap_or(i64::MAX) - i64::from(reserved);
                 if let Err(e) = store.settle(room, per_token, delta).await {
                     tracing::warn!(room = %room, error = %e, delta, "token budget not corrected: the store did not answer");

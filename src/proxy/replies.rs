@@ -463,17 +463,14 @@ pub fn limited(room: &Room, w: &WaitingRoom, limited: &Limited, facts: &Facts<'_
     let retry_ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX);
     let retry = retry_secs(retry_ms);
     let reply = if facts.wants_html() {
-        let html = w.page.template.render(&PageView {
-            room: room.name(),
-            state: PageState::Limited,
-            place: None,
-            poll: Duration::from_secs(retry),
-            status_url: "",
-            ticket: "",
-            challenge: None,
-            language: w.page.language_for(facts.accept_language()),
-        });
-        Reply::new(429, "text/html; charset=utf-8", html)
+        placeless_page(
+            room,
+            w,
+            facts,
+            PageState::Limited,
+            Duration::from_secs(retry),
+            429,
+        )
     } else {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -498,6 +495,29 @@ pub fn limited(room: &Room, w: &WaitingRoom, limited: &Limited, facts: &Facts<'_
     reply.header(RETRY_AFTER, retry.to_string())
 }
 
+/// The waiting page of a visitor who has no place to show (limited, or
+/// the room cannot queue them), looking again after `poll`.
+fn placeless_page(
+    room: &Room,
+    w: &WaitingRoom,
+    facts: &Facts<'_>,
+    state: PageState,
+    poll: Duration,
+    status: u16,
+) -> Reply {
+    let html = w.page.template.render(&PageView {
+        room: room.name(),
+        state,
+        place: None,
+        poll,
+        status_url: "",
+        ticket: "",
+        challenge: None,
+        language: w.page.language_for(facts.accept_language()),
+    });
+    Reply::new(status, "text/html; charset=utf-8", html)
+}
+
 /// What a visitor is told when the room cannot queue them: full line,
 /// maintenance, or the store is unavailable.
 pub fn closed(room: &Room, w: &WaitingRoom, state: PageState, facts: &Facts<'_>) -> Reply {
@@ -507,17 +527,7 @@ pub fn closed(room: &Room, w: &WaitingRoom, state: PageState, facts: &Facts<'_>)
         _ => ("QUEUE_REQUIRED", "unavailable", retry_secs(poll_ms(w))),
     };
     let reply = if facts.wants_html() {
-        let html = w.page.template.render(&PageView {
-            room: room.name(),
-            state,
-            place: None,
-            poll: w.config.poll_interval,
-            status_url: "",
-            ticket: "",
-            challenge: None,
-            language: w.page.language_for(facts.accept_language()),
-        });
-        Reply::new(503, "text/html; charset=utf-8", html)
+        placeless_page(room, w, facts, state, w.config.poll_interval, 503)
     } else {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]

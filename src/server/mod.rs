@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod keeper;
 pub mod reload;
+pub mod setup;
 pub mod shutdown;
 pub mod snapshots;
 pub mod tls;
@@ -24,7 +25,7 @@ use prometheus::Registry;
 use pingora::listeners::tls::TlsSettings;
 
 use crate::assets::Assets;
-use crate::config::{Backend, Config, ConfigError};
+use crate::config::{Backend, Config};
 use crate::events::bus::{Bus, BusMetrics, Outbox};
 use crate::events::sinks::{self, Delivery};
 use crate::lifecycle::Lifecycle;
@@ -33,12 +34,13 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
 use crate::proxy::event_stream::{Listener, Streams};
-use crate::proxy::site::{self, AssemblyError, Current, Shared};
+use crate::proxy::site::{self, Current, Shared};
 use crate::proxy::traffic::{NO_UPSTREAM, OWN_ROUTE, UNROUTED};
-use crate::proxy::upstream::{Resolver, UpstreamError};
+use crate::proxy::upstream::Resolver;
 use crate::server::admin::Admin;
 use crate::server::keeper::Keeper;
 use crate::server::reload::{Hangups, Reloader};
+pub use crate::server::setup::SetupError;
 use crate::server::shutdown::{Drain, Signals};
 use crate::server::snapshots::{Snapshots, Writer};
 use crate::server::tls::Certificate;
@@ -46,50 +48,6 @@ use crate::store::memory::{MemoryStore, SavedSlots};
 use crate::store::redis::RedisStore;
 use crate::store::state_file::StateFile;
 use crate::store::{Leases, Observed, RoomSpec, Store, StoreMetrics};
-
-/// Why the server could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A listener address cannot be bound (in use, or not an address of this host).
-    #[error("cannot listen on {addr} ({key}): {source}")]
-    Bind {
-        /// Config key of the listener.
-        key: String,
-        /// The address.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The request path could not be assembled (an upstream, metrics).
-    #[error(transparent)]
-    Assembly(#[from] AssemblyError),
-    /// An upstream could not be set up.
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    /// A TLS listener's certificate or key was refused.
-    #[error("server.tls listener {addr}: {reason}")]
-    Tls {
-        /// The address.
-        addr: SocketAddr,
-        /// Pingora's message.
-        reason: String,
-    },
-    /// Metrics could not be registered (a bug, not a config problem).
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    /// A file the config names holds something unusable (a key, a template).
-    #[error(transparent)]
-    Assets(#[from] ConfigError),
-    /// The store could not be set up.
-    #[error("{0}")]
-    Store(String),
-    /// The SIGHUP handler could not be installed.
-    #[error("cannot install the SIGHUP handler: {0}")]
-    Signals(std::io::Error),
-    /// An event sink or its dead-letter directory could not be set up.
-    #[error("events: {0}")]
-    Events(String),
-}
 
 /// How the process ends after a shutdown signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +87,7 @@ impl App {
     /// With `upgrade`, it first takes the listening sockets of the running
     /// process over `[server] upgrade_sock` (waiting until that process is
     /// sent SIGQUIT), and only then reads the state it saved.
-    pub fn build(config: &Config, exit: Exit, upgrade: bool) -> Result<App, StartError> {
+    pub fn build(config: &Config, exit: Exit, upgrade: bool) -> Result<App, SetupError> {
         let assets = Assets::load(config)?;
         if !upgrade {
             check_bindable(config)?;
@@ -156,7 +114,7 @@ impl App {
             parts.metrics.registry(),
         )?);
         server.add_service(admin_service(config, &parts, &reloader));
-        let hangups = Hangups::install(reloader).map_err(StartError::Signals)?;
+        let hangups = Hangups::install(reloader).map_err(SetupError::Signals)?;
         server.add_service(background_service("reload on SIGHUP", hangups));
         let current = Arc::clone(&parts.current);
         let resolver = Resolver::new(move || current.load().upstreams.clone());
@@ -224,7 +182,7 @@ impl App {
 }
 
 impl Parts {
-    fn new(config: &Config, assets: Assets) -> Result<Parts, StartError> {
+    fn new(config: &Config, assets: Assets) -> Result<Parts, SetupError> {
         let metrics = Metrics::new()?;
         let registry = metrics.registry();
         let events = &config.events;
@@ -274,7 +232,7 @@ impl Parts {
 fn deliveries(
     config: &Config,
     outlets: Vec<Arc<Outbox>>,
-) -> Result<Vec<GenBackgroundService<Delivery>>, StartError> {
+) -> Result<Vec<GenBackgroundService<Delivery>>, SetupError> {
     let events = &config.events;
     let Some(dir) = &events.dead_letter_dir else {
         return Ok(Vec::new());
@@ -283,13 +241,13 @@ fn deliveries(
         return Ok(Vec::new());
     }
     std::fs::create_dir_all(dir)
-        .map_err(|e| StartError::Events(format!("dead_letter_dir {}: {e}", dir.display())))?;
+        .map_err(|e| SetupError::Events(format!("dead_letter_dir {}: {e}", dir.display())))?;
     outlets
         .into_iter()
         .zip(&events.sinks)
         .map(|(outlet, sink)| {
             let open = sinks::open(&sink.kind, events.timeout)
-                .map_err(|e| StartError::Events(format!("sink {:?}: {e}", sink.name)))?;
+                .map_err(|e| SetupError::Events(format!("sink {:?}: {e}", sink.name)))?;
             let delivery = Delivery::new(outlet, open, dir, events, config.server.grace_period);
             Ok(background_service(
                 &format!("events to {}", sink.name),
@@ -326,7 +284,7 @@ fn public_service(
     server: &Server,
     config: &Config,
     parts: &Parts,
-) -> Result<(PublicService, Sweeper, Certificates), StartError> {
+) -> Result<(PublicService, Sweeper, Certificates), SetupError> {
     let proxy = Proxy {
         site: Arc::clone(&parts.current),
         lifecycle: Arc::clone(&parts.lifecycle),
@@ -362,7 +320,7 @@ fn public_service(
     }
     let mut certificates = Vec::new();
     for tls in &s.tls {
-        let error = |reason: String| StartError::Tls {
+        let error = |reason: String| SetupError::Tls {
             addr: tls.listen,
             reason,
         };
@@ -406,7 +364,7 @@ fn admin_service(config: &Config, parts: &Parts, reloader: &Arc<Reloader>) -> Se
 /// Refuses to start on an address that is taken, with the config key in the
 /// message: Pingora would otherwise fail inside its listener task and leave a
 /// process running that serves nothing.
-fn check_bindable(config: &Config) -> Result<(), StartError> {
+fn check_bindable(config: &Config) -> Result<(), SetupError> {
     let s = &config.server;
     let listeners = s
         .listen
@@ -424,7 +382,7 @@ fn check_bindable(config: &Config) -> Result<(), StartError> {
             config.admin.listen,
         )));
     for (key, addr) in listeners {
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        std::net::TcpListener::bind(addr).map_err(|source| SetupError::Bind {
             key,
             addr,
             source,
@@ -450,7 +408,7 @@ struct Saved {
     slots: Vec<SavedSlots>,
 }
 
-fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError> {
+fn open_store(config: &Config, registry: &Registry) -> Result<Opened, SetupError> {
     let metrics = StoreMetrics::register(registry)?;
     let specs = RoomSpec::of_config(config);
     Ok(match (&config.store.backend, &config.store.state) {
@@ -461,7 +419,7 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError
         },
         (Backend::Memory, Some(state)) => {
             let (file, store, slots) =
-                snapshots::restore(state, &specs).map_err(|e| StartError::Store(e.to_string()))?;
+                snapshots::restore(state, &specs).map_err(|e| SetupError::Store(e.to_string()))?;
             let store = Arc::new(Observed::new(store, metrics));
             Opened {
                 store: store.clone(),
@@ -482,7 +440,7 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Opened, StartError
                 .map(|r| (r.name.clone(), r.capacity))
                 .collect();
             let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)
-                .map_err(|e| StartError::Store(e.to_string()))?
+                .map_err(|e| SetupError::Store(e.to_string()))?
                 .with_rebuild_grace(config.store.rebuild_grace);
             let shared = Arc::new(Observed::new(store, metrics));
             Opened {

@@ -28,47 +28,8 @@ use crate::config::{Backend, Config, ConfigError, Problem};
 use crate::logging;
 use crate::metrics;
 use crate::proxy::site::{Current, Shared, Site};
-use crate::proxy::upstream::UpstreamError;
+use crate::server::setup::SetupError;
 use crate::server::tls::Certificate;
-
-/// Why a reload was refused (the running config stays).
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The file, or a file it names, has problems.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// An upstream could not be set up (its name does not resolve, its CA file is bad).
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    /// A TLS listener's certificate or key cannot be used.
-    #[error("server.tls listener {addr}: {reason}")]
-    Tls {
-        /// The listener.
-        addr: SocketAddr,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The reload itself failed (a bug, not a config problem).
-    #[error("reload failed: {0}")]
-    Internal(String),
-}
-
-impl ReloadError {
-    /// Every problem, with its key where there is one.
-    pub fn problems(&self) -> Vec<Problem> {
-        match self {
-            ReloadError::Config(ConfigError::Invalid { problems, .. }) => problems.clone(),
-            other => vec![Problem {
-                key: match other {
-                    ReloadError::Tls { .. } => "server.tls".to_owned(),
-                    ReloadError::Upstream(_) => "upstream".to_owned(),
-                    _ => "-".to_owned(),
-                },
-                message: other.to_string(),
-            }],
-        }
-    }
-}
 
 /// The outcome of the last reload, for `/admin/config`.
 #[derive(Debug, Clone, Serialize)]
@@ -223,7 +184,7 @@ impl Reloader {
         attempt
     }
 
-    async fn apply(&self) -> Result<(u64, Vec<String>), ReloadError> {
+    async fn apply(&self) -> Result<(u64, Vec<String>), SetupError> {
         let previous = self.current.load();
         let (path, shared, before) = (
             self.path.clone(),
@@ -231,13 +192,13 @@ impl Reloader {
             Arc::clone(&previous),
         );
         // Reading files and resolving upstream names block: off the runtime.
-        let site = tokio::task::spawn_blocking(move || -> Result<Site, ReloadError> {
+        let site = tokio::task::spawn_blocking(move || -> Result<Site, SetupError> {
             let config = Arc::new(Config::load(&path)?);
             let assets = Assets::load(&config)?;
             Ok(Site::build(config, assets, &shared, Some(&before))?)
         })
         .await
-        .map_err(|e| ReloadError::Internal(e.to_string()))??;
+        .map_err(|e| SetupError::Internal(e.to_string()))??;
         let config = Arc::clone(&site.config);
         // Every certificate is read before any is replaced.
         let mut fresh = Vec::new();
@@ -245,7 +206,7 @@ impl Reloader {
             if let Some((_, certificate)) = self.certificates.iter().find(|(a, _)| *a == tls.listen)
             {
                 let key = crate::server::tls::read(&tls.cert, &tls.key).map_err(|reason| {
-                    ReloadError::Tls {
+                    SetupError::Tls {
                         addr: tls.listen,
                         reason,
                     }
@@ -254,7 +215,7 @@ impl Reloader {
             }
         }
         logging::set_level(&config.log.level).map_err(|reason| {
-            ReloadError::Config(ConfigError::Invalid {
+            SetupError::Config(ConfigError::Invalid {
                 path: self.path.clone(),
                 problems: vec![Problem {
                     key: "log.level".to_owned(),

@@ -272,19 +272,7 @@ impl RedisStore {
         room: &str,
     ) -> Result<Value, StoreError> {
         for attempt in 0..2 {
-            let mut invocation: ScriptInvocation<'_> = script.prepare_invoke();
-            for key in keys {
-                invocation.key(key);
-            }
-            invocation.arg(self.deadline());
-            for arg in args {
-                invocation.arg(arg);
-            }
-            let mut conn = self.link.connection().await?;
-            match self
-                .bounded(invocation.invoke_async::<Value>(&mut conn))
-                .await?
-            {
+            match self.run(keys, script, args).await? {
                 Err(e) if e.code() == Some("NOINIT") && attempt == 0 => {
                     self.init(room, true).await?;
                 }
@@ -295,6 +283,27 @@ impl RedisStore {
         Err(StoreError::Unavailable(format!(
             "room {room:?} could not be set up"
         )))
+    }
+
+    /// Runs a script once with a bounded wait: the store's own error is
+    /// the inner one, for the caller to read its code.
+    async fn run(
+        &self,
+        keys: &[String],
+        script: &Script,
+        args: &[String],
+    ) -> Result<Result<Value, redis::RedisError>, StoreError> {
+        let mut invocation: ScriptInvocation<'_> = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(self.deadline());
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = self.link.connection().await?;
+        self.bounded(invocation.invoke_async::<Value>(&mut conn))
+            .await
     }
 
     async fn room_call(
@@ -468,16 +477,7 @@ impl RedisStore {
         script: &Script,
         args: &[String],
     ) -> Result<Value, StoreError> {
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        invocation.arg(self.deadline());
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let mut conn = self.link.connection().await?;
-        self.bounded(invocation.invoke_async::<Value>(&mut conn))
+        self.run(keys, script, args)
             .await?
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }

@@ -35,10 +35,10 @@ impl Problems {
     pub(super) fn positive(
         &mut self,
         key: &str,
-        value: Option<&str>,
+        value: &Option<String>,
         default: Duration,
     ) -> Duration {
-        let d = self.duration(key, value, default);
+        let d = self.duration(key, value.as_deref(), default);
         if d.is_zero() {
             self.add(key, "must be longer than 0");
         }

@@ -119,11 +119,7 @@ fn delivery(p: &mut Problems, e: &EventsFile) -> Delivery {
         p.add("events.retry_max", "must be at least retry_base");
     }
     Delivery {
-        timeout: p.positive(
-            "events.timeout",
-            e.timeout.as_deref(),
-            Duration::from_secs(5),
-        ),
+        timeout: p.positive("events.timeout", &e.timeout, Duration::from_secs(5)),
         ..d
     }
 }

@@ -424,7 +424,7 @@ fn positive(
     v: &Option<String>,
     default: Duration,
 ) -> Duration {
-    p.positive(&format!("{key}.{field}"), v.as_deref(), default)
+    p.positive(&format!("{key}.{field}"), v, default)
 }
 
 /// The lifetimes, each checked against those it must outlast.

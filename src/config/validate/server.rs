@@ -105,17 +105,17 @@ pub(super) fn server(p: &mut Problems, file: &File) -> Server {
         path_policy: path_policy(p, s),
         header_timeout: p.positive(
             "server.header_timeout",
-            s.header_timeout.as_deref(),
+            &s.header_timeout,
             Duration::from_secs(10),
         ),
         keepalive_timeout: p.positive(
             "server.keepalive_timeout",
-            s.keepalive_timeout.as_deref(),
+            &s.keepalive_timeout,
             Duration::from_secs(60),
         ),
         body_timeout: p.positive(
             "server.body_timeout",
-            s.body_timeout.as_deref(),
+            &s.body_timeout,
             Duration::from_secs(10),
         ),
         max_connections: s

@@ -55,11 +55,7 @@ pub(super) fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
         Backend::Redis(_) => Duration::from_secs(5),
     };
     let state = state(p, s, &backend);
-    let touch_interval = p.positive(
-        "store.touch_interval",
-        s.touch_interval.as_deref(),
-        touch_default,
-    );
+    let touch_interval = p.positive("store.touch_interval", &s.touch_interval, touch_default);
     let rebuild_grace = p.duration(
         "store.rebuild_grace",
         s.rebuild_grace.as_deref(),
@@ -79,7 +75,7 @@ pub(super) fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
         backend,
         sweep_interval: p.positive(
             "store.sweep_interval",
-            s.sweep_interval.as_deref(),
+            &s.sweep_interval,
             Duration::from_secs(1),
         ),
         touch_interval,
@@ -92,7 +88,7 @@ pub(super) fn store(p: &mut Problems, s: &StoreFile) -> StoreConfig {
 fn state(p: &mut Problems, s: &StoreFile, backend: &Backend) -> Option<StateDir> {
     let interval = p.positive(
         "store.snapshot_interval",
-        s.snapshot_interval.as_deref(),
+        &s.snapshot_interval,
         Duration::from_secs(1),
     );
     match (&s.state_dir, backend) {
@@ -274,17 +270,13 @@ fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
             .connections
             .and_then(|n| p.int_in("store.connections", n, 1, 64))
             .unwrap_or(2) as usize,
-        timeout: p.positive(
-            "store.timeout",
-            s.timeout.as_deref(),
-            Duration::from_millis(250),
-        ),
+        timeout: p.positive("store.timeout", &s.timeout, Duration::from_millis(250)),
         connect_timeout: p.positive(
             "store.connect_timeout",
-            s.connect_timeout.as_deref(),
+            &s.connect_timeout,
             Duration::from_secs(1),
         ),
-        lease: p.positive("store.lease", s.lease.as_deref(), Duration::from_secs(10)),
+        lease: p.positive("store.lease", &s.lease, Duration::from_secs(10)),
         ca_file: s.ca_file.as_deref().map(|f| {
             if !tls {
                 p.add("store.ca_file", "ca_file is only used with rediss:// URLs");

@@ -263,6 +263,46 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
+    /// A request that waits up to `max_wait` in `turn` for a slot, already
+    /// in line when this returns (`waiting` ahead of it before).
+    async fn waiter(
+        slots: &Arc<Slots>,
+        max_wait: Duration,
+        turn: Turn,
+    ) -> tokio::task::JoinHandle<Result<(), Full>> {
+        let before = slots.usage().waiting;
+        let s = slots.clone();
+        let task = tokio::spawn(async move { s.acquire(max_wait, turn).await.map(drop) });
+        while slots.usage().waiting == before {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
+    /// Queues one waiter per turn, in order, then frees `first`: the order
+    /// (indices into `turns`) in which they were served.
+    async fn served(slots: &Arc<Slots>, first: Option<Permit>, turns: &[Turn]) -> Vec<usize> {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, turn) in turns.iter().copied().enumerate() {
+            let (s, order) = (slots.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = s.acquire(Duration::from_secs(10), turn).await;
+                order.lock().push(i);
+                drop(permit);
+            }));
+            // Join the line one after another.
+            while slots.usage().waiting < i as u32 + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(first);
+        for t in tasks {
+            t.await.ok();
+        }
+        order.lock().clone()
+    }
+
     #[test]
     fn never_more_than_capacity() {
         let slots = Slots::new(2);
@@ -281,25 +321,8 @@ mod tests {
     async fn waiters_are_served_in_arrival_order() {
         let slots = Slots::new(1);
         let first = slots.try_acquire();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for i in 0..5 {
-            let (s, order) = (slots.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let permit = s.acquire(Duration::from_secs(10), Turn::ANYONE).await;
-                order.lock().push(i);
-                drop(permit);
-            }));
-            // Join the line one after another.
-            while slots.usage().waiting < i + 1 {
-                tokio::task::yield_now().await;
-            }
-        }
-        drop(first);
-        for t in tasks {
-            t.await.ok();
-        }
-        assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
+        let turns = [Turn::ANYONE; 5];
+        assert_eq!(served(&slots, first, &turns).await, vec![0, 1, 2, 3, 4]);
         assert_eq!(
             slots.usage(),
             Usage {
@@ -314,26 +337,14 @@ mod tests {
     async fn waiters_take_turns_per_client() {
         let slots = Slots::new(1);
         let first = slots.try_acquire();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
         // A heavy client queues four, then a light one queues two.
-        for (i, key) in [1, 1, 1, 1, 2, 2].into_iter().enumerate() {
-            let (s, order) = (slots.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let turn = Turn { key, weight: 1 };
-                let permit = s.acquire(Duration::from_secs(10), turn).await;
-                order.lock().push(key);
-                drop(permit);
-            }));
-            while slots.usage().waiting < i as u32 + 1 {
-                tokio::task::yield_now().await;
-            }
-        }
-        drop(first);
-        for t in tasks {
-            t.await.ok();
-        }
-        assert_eq!(*order.lock(), vec![1, 2, 1, 2, 1, 1]);
+        let turns = [1, 1, 1, 1, 2, 2].map(|key| Turn { key, weight: 1 });
+        let keys: Vec<u64> = served(&slots, first, &turns)
+            .await
+            .into_iter()
+            .map(|i| turns[i].key)
+            .collect();
+        assert_eq!(keys, vec![1, 2, 1, 2, 1, 1]);
     }
 
     #[tokio::test]
@@ -343,17 +354,13 @@ mod tests {
         let held = slots.try_acquire();
         assert!(held.is_some());
         assert!(slots.try_acquire().is_none(), "limit 1 of capacity 3");
-        let s = slots.clone();
-        let waiter = tokio::spawn(async move {
-            s.acquire(Duration::from_secs(10), Turn::ANYONE)
-                .await
-                .is_ok()
-        });
-        while slots.usage().waiting == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiter(&slots, Duration::from_secs(10), Turn::ANYONE).await;
         slots.set_limit(2);
-        assert!(waiter.await.unwrap_or(false), "raising it lets a waiter in");
+        assert_eq!(
+            waiter.await.ok(),
+            Some(Ok(())),
+            "raising it lets a waiter in"
+        );
         drop(held);
         assert_eq!(slots.usage().in_use, 0);
     }
@@ -362,19 +369,11 @@ mod tests {
     async fn newcomer_cannot_overtake_the_line() {
         let slots = Slots::new(1);
         let held = slots.try_acquire();
-        let s = slots.clone();
-        let waiter = tokio::spawn(async move {
-            s.acquire(Duration::from_secs(10), Turn::ANYONE)
-                .await
-                .is_ok()
-        });
-        while slots.usage().waiting == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiter(&slots, Duration::from_secs(10), Turn::ANYONE).await;
         drop(held);
         // The freed slot went straight to the waiter.
         assert!(slots.try_acquire().is_none());
-        assert!(waiter.await.unwrap_or(false));
+        assert_eq!(waiter.await.ok(), Some(Ok(())));
         assert_eq!(slots.usage().in_use, 0);
     }
 
@@ -389,15 +388,7 @@ mod tests {
                 .err(),
             Some(Full)
         );
-        let s = slots.clone();
-        let cancelled = tokio::spawn(async move {
-            s.acquire(Duration::from_secs(60), Turn::ANYONE)
-                .await
-                .is_ok()
-        });
-        while slots.usage().waiting == 0 {
-            tokio::task::yield_now().await;
-        }
+        let cancelled = waiter(&slots, Duration::from_secs(60), Turn::ANYONE).await;
         cancelled.abort();
         let _ = cancelled.await;
         assert_eq!(slots.usage().waiting, 0);
@@ -409,15 +400,7 @@ mod tests {
     async fn growing_capacity_admits_waiters() {
         let slots = Slots::new(1);
         let _held = slots.try_acquire();
-        let s = slots.clone();
-        let waiter = tokio::spawn(async move {
-            s.acquire(Duration::from_secs(10), Turn::ANYONE)
-                .await
-                .map(|_| ())
-        });
-        while slots.usage().waiting == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = waiter(&slots, Duration::from_secs(10), Turn::ANYONE).await;
         slots.set_capacity(2);
         assert_eq!(waiter.await.ok(), Some(Ok(())));
     }
