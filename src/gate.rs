@@ -412,14 +412,16 @@ impl Gate {
                 } else {
                     place.joined / 1000
                 };
-                let mut claims = self.tokens.claims_at(
-                    Kind::Ticket,
-                    room.name(),
-                    place.ticket.clone(),
-                    Some(place.lane.as_str()),
-                    self.ticket_ttl,
-                    issued,
-                );
+                let mut claims = self
+                    .tokens
+                    .claims(
+                        Kind::Ticket,
+                        room.name(),
+                        place.ticket.clone(),
+                        Some(place.lane.as_str()),
+                        self.ticket_ttl,
+                    )
+                    .dated(issued);
                 claims.bnd = self.binding(w, facts);
                 (self.tokens.sign(&claims), true)
             }

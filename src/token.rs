@@ -330,6 +330,17 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The same claims as if issued at `issued` (seconds), valid as long:
+    /// a ticket dated by its arrival, so that asking for the same place
+    /// again gives the same token.
+    pub fn dated(mut self, issued: u64) -> Claims {
+        let ttl = self.exp - self.iat;
+        self.iat = issued;
+        self.nbf = issued.saturating_sub(1);
+        self.exp = issued + ttl;
+        self
+    }
+
     /// Past half its lifetime: time to hand out a renewed token.
     pub fn needs_renewal(&self, now: u64) -> bool {
         now >= self.iat + (self.exp.saturating_sub(self.iat)) / 2
@@ -503,20 +514,7 @@ impl Tokens {
         lane: Option<&str>,
         ttl: Duration,
     ) -> Claims {
-        self.claims_at(kind, room, sub, lane, ttl, now_secs())
-    }
-
-    /// The claims of a token issued at `issued` (seconds): a ticket dated by
-    /// its arrival, so that asking for the same place again gives the same token.
-    pub fn claims_at(
-        &self,
-        kind: Kind,
-        room: &str,
-        sub: String,
-        lane: Option<&str>,
-        ttl: Duration,
-        issued: u64,
-    ) -> Claims {
+        let issued = now_secs();
         Claims {
             iss: self.issuer.clone(),
             aud: room.to_owned(),
@@ -762,20 +760,15 @@ mod tests {
             None,
             Duration::from_secs(60),
         ));
-        let new_signer = || SigningKey::from_rsa(test_key().clone()).unwrap();
-        let with_public = Tokens::new(
-            "anteroom",
-            new_signer(),
-            vec![VerifyKey::load(&old_public, None).unwrap()],
-            16,
-        );
+        // A new signing key, verifying with the old one as a key file.
+        let rotated = |old: &Path| {
+            let signer = SigningKey::from_rsa(test_key().clone()).unwrap();
+            let verify = vec![VerifyKey::load(old, None).unwrap()];
+            Tokens::new("anteroom", signer, verify, 16)
+        };
+        let with_public = rotated(&old_public);
         assert!(with_public.verify(&ticket, Kind::Ticket, "web").is_none());
-        let with_private = Tokens::new(
-            "anteroom",
-            new_signer(),
-            vec![VerifyKey::load(&old_private, None).unwrap()],
-            16,
-        );
+        let with_private = rotated(&old_private);
         assert!(with_private.verify(&ticket, Kind::Ticket, "web").is_some());
     }
 

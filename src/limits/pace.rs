@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{Rate, TokenBudget};
-use crate::store::{Leases, Reservation, StoreError};
+use crate::store::{Leases, Line as StoreLine, LineAsk, Reservation, StoreError};
 
 /// A limit of a room (its rate, its token budget), kept by this instance,
 /// or in the shared store: one for every instance, on the store's clock.
@@ -87,7 +87,17 @@ impl Rated {
                 settings,
                 room,
                 store,
-            } => store.pace(room, settings.interval(), max_wait).await,
+            } => {
+                let interval = settings.interval();
+                let ask = LineAsk {
+                    line: StoreLine::Pace,
+                    per: interval,
+                    units: 1,
+                    max_wait,
+                    ahead: interval,
+                };
+                store.reserve(room, &ask).await
+            }
         }
     }
 }
@@ -234,10 +244,14 @@ impl Budgeted {
                 room,
                 store,
             } => {
-                let per_token = per_token(*settings);
-                store
-                    .budget(room, per_token, tokens, max_wait, BUDGET_WINDOW)
-                    .await
+                let ask = LineAsk {
+                    line: StoreLine::Budget,
+                    per: per_token(*settings),
+                    units: tokens,
+                    max_wait,
+                    ahead: BUDGET_WINDOW,
+                };
+                store.reserve(room, &ask).await
             }
         }
     }

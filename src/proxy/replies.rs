@@ -462,60 +462,16 @@ pub fn no_cookies(room: &Room, w: &WaitingRoom, facts: &Facts<'_>) -> Reply {
 pub fn limited(room: &Room, w: &WaitingRoom, limited: &Limited, facts: &Facts<'_>) -> Reply {
     let retry_ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX);
     let retry = retry_secs(retry_ms);
-    let reply = if facts.wants_html() {
-        placeless_page(
-            room,
-            w,
-            facts,
-            PageState::Limited,
-            Duration::from_secs(retry),
-            429,
-        )
-    } else {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Body<'a> {
-            code: &'static str,
-            room: &'a str,
-            limit: &'static str,
-            retry_after_ms: u64,
-            message: &'static str,
-        }
-        Reply::json(
-            429,
-            &Body {
-                code: "RATE_LIMITED",
-                room: room.name(),
-                limit: limited.limit.as_str(),
-                retry_after_ms: retry * 1000,
-                message: "Too many requests from this client. Retry after the given time.",
-            },
-        )
-    };
-    reply.header(RETRY_AFTER, retry.to_string())
-}
-
-/// The waiting page of a visitor who has no place to show (limited, or
-/// the room cannot queue them), looking again after `poll`.
-fn placeless_page(
-    room: &Room,
-    w: &WaitingRoom,
-    facts: &Facts<'_>,
-    state: PageState,
-    poll: Duration,
-    status: u16,
-) -> Reply {
-    let html = w.page.template.render(&PageView {
+    let poll = Duration::from_secs(retry);
+    let turned_away = TurnedAway {
+        code: "RATE_LIMITED",
         room: room.name(),
-        state,
-        place: None,
-        poll,
-        status_url: "",
-        ticket: "",
-        challenge: None,
-        language: w.page.language_for(facts.accept_language()),
-    });
-    Reply::new(status, "text/html; charset=utf-8", html)
+        state: None,
+        limit: Some(limited.limit.as_str()),
+        retry_after_ms: retry * 1000,
+        message: Some("Too many requests from this client. Retry after the given time."),
+    };
+    turned_away.reply(w, facts, PageState::Limited, poll, 429)
 }
 
 /// What a visitor is told when the room cannot queue them: full line,
@@ -526,26 +482,58 @@ pub fn closed(room: &Room, w: &WaitingRoom, state: PageState, facts: &Facts<'_>)
         PageState::Maintenance => ("MAINTENANCE", "maintenance", RETRY_CLOSED_SECS),
         _ => ("QUEUE_REQUIRED", "unavailable", retry_secs(poll_ms(w))),
     };
-    let reply = if facts.wants_html() {
-        placeless_page(room, w, facts, state, w.config.poll_interval, 503)
-    } else {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Body<'a> {
-            code: &'static str,
-            room: &'a str,
-            state: &'static str,
-            retry_after_ms: u64,
-        }
-        Reply::json(
-            503,
-            &Body {
-                code,
-                room: room.name(),
-                state: state_name,
-                retry_after_ms: retry * 1000,
-            },
-        )
+    let turned_away = TurnedAway {
+        code,
+        room: room.name(),
+        state: Some(state_name),
+        limit: None,
+        retry_after_ms: retry * 1000,
+        message: None,
     };
-    reply.header(RETRY_AFTER, retry.to_string())
+    turned_away.reply(w, facts, state, w.config.poll_interval, 503)
+}
+
+/// A visitor turned away without a place: the JSON an API client gets.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TurnedAway<'a> {
+    code: &'static str,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'static str>,
+    retry_after_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'static str>,
+}
+
+impl TurnedAway<'_> {
+    /// The answer, with `status`: the JSON, or for a browser a page in
+    /// `state` that looks again after `poll`; either with `Retry-After`.
+    fn reply(
+        &self,
+        w: &WaitingRoom,
+        facts: &Facts<'_>,
+        state: PageState,
+        poll: Duration,
+        status: u16,
+    ) -> Reply {
+        let reply = if facts.wants_html() {
+            let html = w.page.template.render(&PageView {
+                room: self.room,
+                state,
+                place: None,
+                poll,
+                status_url: "",
+                ticket: "",
+                challenge: None,
+                language: w.page.language_for(facts.accept_language()),
+            });
+            Reply::new(status, "text/html; charset=utf-8", html)
+        } else {
+            Reply::json(status, self)
+        };
+        reply.header(RETRY_AFTER, (self.retry_after_ms / 1000).to_string())
+    }
 }

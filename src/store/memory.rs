@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Adopt, Arrival, FRESH, FRESH_MAX, Lane, Millis, Newcomer, Place, Polled, RoomSpec, SessionId,
-    SessionInfo, Settings, SettingsPatch, Snapshot, Store, StoreError, Swept, Wait, now_millis,
+    Adopt, Arrival, FRESH, FRESH_MAX, Lane, Millis, Newcomer, Place, Polled, Presence, RoomSpec,
+    SessionId, SessionInfo, Settings, SettingsPatch, Snapshot, Store, StoreError, Swept, Wait,
+    now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::State;
@@ -1025,17 +1026,15 @@ impl Store for MemoryStore {
         self.step(room, |r| r.arrive(now_millis(), newcomer))
     }
 
-    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
-        self.step(room, |r| r.poll(now_millis(), ticket, confirm, true))
-    }
-
-    async fn heartbeat(
-        &self,
-        room: &str,
-        ticket: &str,
-        confirm: bool,
-    ) -> Result<Polled, StoreError> {
-        self.step(room, |r| r.poll(now_millis(), ticket, confirm, false))
+    async fn present(&self, room: &str, presence: Presence<'_>) -> Result<Polled, StoreError> {
+        self.step(room, |r| {
+            r.poll(
+                now_millis(),
+                presence.ticket,
+                presence.confirm,
+                presence.claim,
+            )
+        })
     }
 
     fn turns(&self) -> &Arc<Turns> {

@@ -370,7 +370,14 @@ pub trait Store: Send + Sync {
     /// admits them if a slot is reserved for them. A ticket not yet confirmed
     /// is confirmed only if `confirm` (a room with a challenge confirms once
     /// it is solved); otherwise its place is told but does not count.
-    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError>;
+    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
+        let presence = Presence {
+            ticket,
+            confirm,
+            claim: true,
+        };
+        self.present(room, presence).await
+    }
 
     /// A heartbeat from a waiting visitor's open event stream: keeps their
     /// place as [`Store::poll`] does, but a slot held for them is not
@@ -381,7 +388,18 @@ pub trait Store: Send + Sync {
         room: &str,
         ticket: &str,
         confirm: bool,
-    ) -> Result<Polled, StoreError>;
+    ) -> Result<Polled, StoreError> {
+        let presence = Presence {
+            ticket,
+            confirm,
+            claim: false,
+        };
+        self.present(room, presence).await
+    }
+
+    /// A waiting visitor still there, by a poll or a heartbeat: what a
+    /// store implements of both.
+    async fn present(&self, room: &str, presence: Presence<'_>) -> Result<Polled, StoreError>;
 
     /// The event streams this store wakes when it reserves a slot.
     fn turns(&self) -> &Arc<Turns>;
@@ -460,6 +478,43 @@ pub enum Reservation {
     TooFar(Duration),
 }
 
+/// A waiting visitor showing they are still there: by their page's poll,
+/// or their event stream's heartbeat.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence<'a> {
+    /// Their ticket's id.
+    pub ticket: &'a str,
+    /// Whether an unconfirmed ticket is confirmed now.
+    pub confirm: bool,
+    /// Whether a slot held for them is claimed now: a poll claims it; a
+    /// heartbeat leaves it for their next poll.
+    pub claim: bool,
+}
+
+/// The lines of moments a room keeps in the shared store (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// The moments of its `rate`: a request each.
+    Pace,
+    /// Its token budget: a token each.
+    Budget,
+}
+
+/// A reservation asked of one of a room's lines.
+#[derive(Debug, Clone, Copy)]
+pub struct LineAsk {
+    /// Which line.
+    pub line: Line,
+    /// The time one unit stands for.
+    pub per: Duration,
+    /// Units asked for.
+    pub units: u32,
+    /// The longest the asker may wait.
+    pub max_wait: Duration,
+    /// How much may be taken before its time.
+    pub ahead: Duration,
+}
+
 /// Request slots shared by every instance: leases that an instance renews
 /// while its requests are in flight, so a crashed instance's slots return
 /// after one lease period.
@@ -473,26 +528,10 @@ pub trait Leases: Send + Sync {
     async fn usage(&self, room: &str) -> Result<(u32, u32), StoreError>;
     /// Changes the capacity for every instance.
     async fn set_capacity(&self, room: &str, capacity: u32) -> Result<(), StoreError>;
-    /// Reserves the room's next moment of its `rate` (one every `interval`,
-    /// shared by every instance): a wait until it, or, when it is further
-    /// than `max_wait` away, when to retry (nothing reserved).
-    async fn pace(
-        &self,
-        room: &str,
-        interval: Duration,
-        max_wait: Duration,
-    ) -> Result<Reservation, StoreError>;
-    /// Reserves `tokens` of the room's token budget (a token every
-    /// `per_token`, a `window`'s worth ahead), shared by every instance, as
-    /// [`Leases::pace`] does moments.
-    async fn budget(
-        &self,
-        room: &str,
-        per_token: Duration,
-        tokens: u32,
-        max_wait: Duration,
-        window: Duration,
-    ) -> Result<Reservation, StoreError>;
+    /// Reserves the next place on one of the room's lines, shared by every
+    /// instance: a wait until it, or, when it is further than the ask's
+    /// `max_wait` away, when to retry (nothing reserved).
+    async fn reserve(&self, room: &str, ask: &LineAsk) -> Result<Reservation, StoreError>;
     /// Corrects a reservation by `delta` tokens (what was used beyond it, or
     /// less than it when negative).
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError>;
@@ -648,18 +687,9 @@ impl<S: Store> Store for Observed<S> {
         self.record("arrive", self.inner.arrive(room, newcomer))
             .await
     }
-    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
-        self.record("poll", self.inner.poll(room, ticket, confirm))
-            .await
-    }
-    async fn heartbeat(
-        &self,
-        room: &str,
-        ticket: &str,
-        confirm: bool,
-    ) -> Result<Polled, StoreError> {
-        self.record("heartbeat", self.inner.heartbeat(room, ticket, confirm))
-            .await
+    async fn present(&self, room: &str, presence: Presence<'_>) -> Result<Polled, StoreError> {
+        let step = if presence.claim { "poll" } else { "heartbeat" };
+        self.record(step, self.inner.present(room, presence)).await
     }
     fn turns(&self) -> &Arc<Turns> {
         self.inner.turns()
@@ -727,25 +757,12 @@ impl<S: Leases> Leases for Observed<S> {
         self.record("lease_capacity", self.inner.set_capacity(room, capacity))
             .await
     }
-    async fn pace(
-        &self,
-        room: &str,
-        interval: Duration,
-        max_wait: Duration,
-    ) -> Result<Reservation, StoreError> {
-        self.record("lease_pace", self.inner.pace(room, interval, max_wait))
-            .await
-    }
-    async fn budget(
-        &self,
-        room: &str,
-        per_token: Duration,
-        tokens: u32,
-        max_wait: Duration,
-        window: Duration,
-    ) -> Result<Reservation, StoreError> {
-        let step = self.inner.budget(room, per_token, tokens, max_wait, window);
-        self.record("lease_budget", step).await
+    async fn reserve(&self, room: &str, ask: &LineAsk) -> Result<Reservation, StoreError> {
+        let step = match ask.line {
+            Line::Pace => "lease_pace",
+            Line::Budget => "lease_budget",
+        };
+        self.record(step, self.inner.reserve(room, ask)).await
     }
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError> {
         self.record("lease_settle", self.inner.settle(room, per_token, delta))

@@ -22,9 +22,9 @@ use redis::{Script, ScriptInvocation, Value};
 
 use super::redis_deployment::Link;
 use super::{
-    Adopt, Allowance, AllowanceAsk, Arrival, Lane, Leases, Newcomer, Place, Polled, Reservation,
-    RoomSpec, SessionId, SessionInfo, Settings, SettingsPatch, Snapshot, Step, Store, StoreError,
-    Swept, Wait, now_millis,
+    Adopt, Allowance, AllowanceAsk, Arrival, Lane, Leases, Line, LineAsk, Newcomer, Place, Polled,
+    Presence, Reservation, RoomSpec, SessionId, SessionInfo, Settings, SettingsPatch, Snapshot,
+    Step, Store, StoreError, Swept, Wait, now_millis,
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
@@ -449,28 +449,6 @@ impl RedisStore {
 
     /// Reserves `units` of a line of moments kept in the room's `field`
     /// (the lease script's `line`).
-    async fn line(
-        &self,
-        room: &str,
-        field: &str,
-        per: Duration,
-        units: u32,
-        max_wait: Duration,
-        ahead: Duration,
-    ) -> Result<Reservation, StoreError> {
-        let args = [
-            "line".to_owned(),
-            field.to_owned(),
-            millis(per),
-            units.to_string(),
-            u64::try_from(max_wait.as_millis())
-                .unwrap_or(u64::MAX)
-                .to_string(),
-            millis(ahead),
-        ];
-        reservation(&self.lease_call(room, &args).await?)
-    }
-
     async fn invoke_plain(
         &self,
         keys: &[String],
@@ -662,17 +640,9 @@ impl Store for RedisStore {
         }
     }
 
-    async fn poll(&self, room: &str, ticket: &str, confirm: bool) -> Result<Polled, StoreError> {
-        self.poll_step(room, ticket, confirm, true).await
-    }
-
-    async fn heartbeat(
-        &self,
-        room: &str,
-        ticket: &str,
-        confirm: bool,
-    ) -> Result<Polled, StoreError> {
-        self.poll_step(room, ticket, confirm, false).await
+    async fn present(&self, room: &str, presence: Presence<'_>) -> Result<Polled, StoreError> {
+        self.poll_step(room, presence.ticket, presence.confirm, presence.claim)
+            .await
     }
 
     fn turns(&self) -> &Arc<Turns> {
@@ -881,26 +851,22 @@ impl Leases for RedisStore {
         Ok(())
     }
 
-    async fn pace(
-        &self,
-        room: &str,
-        interval: Duration,
-        max_wait: Duration,
-    ) -> Result<Reservation, StoreError> {
-        self.line(room, "next", interval, 1, max_wait, interval)
-            .await
-    }
-
-    async fn budget(
-        &self,
-        room: &str,
-        per_token: Duration,
-        tokens: u32,
-        max_wait: Duration,
-        window: Duration,
-    ) -> Result<Reservation, StoreError> {
-        self.line(room, "tnext", per_token, tokens, max_wait, window)
-            .await
+    async fn reserve(&self, room: &str, ask: &LineAsk) -> Result<Reservation, StoreError> {
+        let field = match ask.line {
+            Line::Pace => "next",
+            Line::Budget => "tnext",
+        };
+        let args = [
+            "line".to_owned(),
+            field.to_owned(),
+            millis(ask.per),
+            ask.units.to_string(),
+            u64::try_from(ask.max_wait.as_millis())
+                .unwrap_or(u64::MAX)
+                .to_string(),
+            millis(ask.ahead),
+        ];
+        reservation(&self.lease_call(room, &args).await?)
     }
 
     async fn settle(&self, room: &str, per_token: Duration, delta: i64) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::file::RulesFile;
-use crate::config::{Problem, Rules, is_name};
+use crate::config::{Problem, Rules, Secret, is_name};
 
 /// How long a ticket lives unless `[tokens] ticket_ttl` says otherwise.
 pub(super) const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(1800);
@@ -141,24 +141,26 @@ impl Problems {
     }
 
     /// A value given inline or in a file, not both.
-    pub(super) fn inline_or_file<'a>(
+    /// A secret given inline as `key` or in the file named by `key_file`
+    /// (not both).
+    pub(super) fn secret(
         &mut self,
-        key: &'a str,
-        inline: Option<&String>,
-        file: Option<&String>,
-        file_key: &'a str,
-    ) -> Option<String> {
+        key: &str,
+        inline: &Option<String>,
+        file: &Option<String>,
+    ) -> Option<Secret> {
+        let file_key = format!("{key}_file");
         match (inline, file) {
             (Some(_), Some(_)) => {
-                let last = |k: &'a str| k.rsplit('.').next().unwrap_or(k);
+                let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_owned();
                 self.add(
                     key,
-                    format!("give either {} or {}, not both", last(key), last(file_key)),
+                    format!("give either {} or {}, not both", last(key), last(&file_key)),
                 );
                 None
             }
-            (Some(value), None) => Some(value.clone()),
-            (None, Some(path)) => self.secret_file(file_key, path),
+            (Some(value), None) => Some(Secret(value.clone())),
+            (None, Some(path)) => self.secret_file(&file_key, path).map(Secret),
             (None, None) => None,
         }
     }

@@ -238,13 +238,8 @@ pub(super) fn admin(p: &mut Problems, file: &File) -> Admin {
             a.listen.as_deref().unwrap_or("127.0.0.1:9090"),
         )
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-    let token = p.inline_or_file(
-        "admin.token",
-        a.token.as_ref(),
-        a.token_file.as_ref(),
-        "admin.token_file",
-    );
-    if let Some(t) = &token {
+    let token = p.secret("admin.token", &a.token, &a.token_file);
+    if let Some(t) = token.as_ref().map(Secret::expose) {
         let key = if a.token.is_some() {
             "admin.token"
         } else {
@@ -265,10 +260,7 @@ pub(super) fn admin(p: &mut Problems, file: &File) -> Admin {
             );
         }
     }
-    Admin {
-        listen,
-        token: token.map(Secret),
-    }
+    Admin { listen, token }
 }
 
 pub(super) fn log(p: &mut Problems, file: &File) -> Log {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::checks::Problems;
 use crate::config::file::StoreFile;
-use crate::config::{Backend, Deployment, RedisConfig, Secret, StateDir, StoreConfig};
+use crate::config::{Backend, Deployment, RedisConfig, StateDir, StoreConfig};
 
 /// Keys of `[store]` that only `backend = "redis"` takes.
 const REDIS_KEYS: &[&str] = &[
@@ -214,14 +214,11 @@ fn deployment(p: &mut Problems, s: &StoreFile) -> Deployment {
                 "the name the sentinels monitor the primary under is needed (e.g. \"mymaster\")",
             );
         }
-        let password = p
-            .inline_or_file(
-                "store.sentinel_password",
-                s.sentinel_password.as_ref(),
-                s.sentinel_password_file.as_ref(),
-                "store.sentinel_password_file",
-            )
-            .map(Secret);
+        let password = p.secret(
+            "store.sentinel_password",
+            &s.sentinel_password,
+            &s.sentinel_password_file,
+        );
         return Deployment::Sentinel {
             sentinels: redis_nodes(p, "sentinels", sentinels),
             master,
@@ -242,14 +239,7 @@ fn deployment(p: &mut Problems, s: &StoreFile) -> Deployment {
 
 fn redis(p: &mut Problems, s: &StoreFile) -> RedisConfig {
     let deployment = deployment(p, s);
-    let password = p
-        .inline_or_file(
-            "store.password",
-            s.password.as_ref(),
-            s.password_file.as_ref(),
-            "store.password_file",
-        )
-        .map(Secret);
+    let password = p.secret("store.password", &s.password, &s.password_file);
     let key_prefix = s
         .key_prefix
         .clone()

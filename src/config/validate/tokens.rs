@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::checks::{DEFAULT_TICKET_TTL, Problems};
 use crate::config::file::{JwtFile, TokensFile, VerifyKeyFile};
-use crate::config::{Jwt, JwtKey, JwtSource, Secret, Tokens};
+use crate::config::{Jwt, JwtKey, JwtSource, Tokens};
 
 pub(super) fn tokens(p: &mut Problems, t: &TokensFile) -> Tokens {
     let issuer = t.issuer.clone().unwrap_or_else(|| "anteroom".to_owned());
@@ -86,21 +86,16 @@ pub(super) fn jwt(p: &mut Problems, i: usize, j: &JwtFile) -> Option<Jwt> {
             format!("{:?} is not a JWT algorithm: use HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA", j.algorithm),
         );
     }
-    let secret = p.inline_or_file(
-        &format!("{key}.secret"),
-        j.secret.as_ref(),
-        j.secret_file.as_ref(),
-        &format!("{key}.secret_file"),
-    );
+    let secret = p.secret(&format!("{key}.secret"), &j.secret, &j.secret_file);
     let jwt_key = match (algorithm?, secret, &j.public_key) {
         (HS256 | HS384 | HS512, Some(secret), None) => {
-            if secret.len() < 32 {
+            if secret.expose().len() < 32 {
                 p.add(
                     format!("{key}.secret"),
                     "an HMAC secret must be at least 32 characters",
                 );
             }
-            Some(JwtKey::Secret(Secret(secret)))
+            Some(JwtKey::Secret(secret))
         }
         (HS256 | HS384 | HS512, _, _) => {
             p.add(

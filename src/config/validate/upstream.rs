@@ -44,7 +44,7 @@ pub(super) fn upstream(p: &mut Problems, i: usize, u: &UpstreamFile) -> Upstream
     }
     let host_header = host_header(p, &key, u, &sni);
     let timeout = |p: &mut Problems, field: &str, v: &Option<String>, default: u64| {
-        p.positive(&format!("{key}.{field}"), &v, Duration::from_secs(default))
+        p.positive(&format!("{key}.{field}"), v, Duration::from_secs(default))
     };
     let connect_timeout = timeout(p, "connect_timeout", &u.connect_timeout, 5);
     let read_timeout = timeout(p, "read_timeout", &u.read_timeout, 60);
