@@ -26,7 +26,7 @@ pub mod proxy;
 pub mod queue;
 pub mod request;
 pub mod requests;
-pub mod respond;
+pub mod response;
 pub mod room;
 pub mod server;
 pub mod simulate;
@@ -34,4 +34,4 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod token;
-pub mod turns;
+pub mod wakeups;

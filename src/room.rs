@@ -18,7 +18,7 @@ use crate::config::{self, OnStoreError, RoomMode, Rules, State};
 use crate::limits::adaptive::{Adapted, Adaptive};
 use crate::limits::pace::{Budgeted, Rated};
 use crate::limits::slots::{RequestSlots, SharedSlots, Slots, Usage};
-use crate::limits::usage::UsageKeys;
+use crate::limits::token_usage::UsageKeys;
 use crate::metrics;
 use crate::page::{Page, Template};
 use crate::queue::Lane;

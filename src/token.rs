@@ -489,7 +489,7 @@ impl Tokens {
             ticket_validation,
             fingerprints: Fingerprints::new(),
             cache: Cache::new(cache_size),
-            jwks_etag: crate::respond::etag(&jwks),
+            jwks_etag: crate::response::etag(&jwks),
             jwks,
         }
     }

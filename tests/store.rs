@@ -319,8 +319,8 @@ async fn a_reserved_slot_wakes_its_tickets_stream(backend: Backend) {
     let t1 = queued(&*store, Lane::Normal).await;
     let t2 = queued(&*store, Lane::Normal).await;
     let (w1, w2) = (
-        store.turns().watch("web", &t1.ticket),
-        store.turns().watch("web", &t2.ticket),
+        store.wakeups().watch("web", &t1.ticket),
+        store.wakeups().watch("web", &t2.ticket),
     );
     let (mut woken1, mut woken2) = (w1.woken(), w2.woken());
     // Subscribed before the slot frees (a shared store's listener connects).
@@ -1350,7 +1350,7 @@ async fn a_sentinel_failover_is_followed_and_turns_are_still_heard() {
         matches!(&polled, Polled::Queued(p) if p.position() == 1),
         "{polled:?}"
     );
-    let watch = store.turns().watch("web", &t.ticket);
+    let watch = store.wakeups().watch("web", &t.ticket);
     let mut woken = watch.woken();
     // Until the listener has subscribed on the new primary, a turn goes unheard.
     eventually(DEADLINE, || async {
@@ -1448,7 +1448,7 @@ async fn a_cluster_with_a_password_is_reached_with_it() {
     });
     let inside = admitted(&*store, Lane::Normal).await;
     let t = queued(&*store, Lane::Normal).await;
-    let watch = store.turns().watch("web", &t.ticket);
+    let watch = store.wakeups().watch("web", &t.ticket);
     let mut woken = watch.woken();
     eventually(DEADLINE, || async {
         let subscribed: u64 = cluster

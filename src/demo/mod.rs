@@ -17,7 +17,7 @@ use pingora::services::listening::Service;
 use serde_json::json;
 
 use crate::config::{Config, ConfigError};
-use crate::respond::Reply;
+use crate::response::Reply;
 use llm::{FakeLlm, Quota};
 
 /// The fake LLM's limits: 2 in flight, 60 requests and 6,000 tokens a

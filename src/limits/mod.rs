@@ -6,4 +6,4 @@ pub mod adaptive;
 pub mod fair;
 pub mod pace;
 pub mod slots;
-pub mod usage;
+pub mod token_usage;

@@ -25,7 +25,7 @@ pub const CLIENT_JS: &str = include_str!("client.js");
 /// The script's entity tag, made once.
 pub fn client_js_etag() -> &'static str {
     static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ETAG.get_or_init(|| crate::respond::etag(CLIENT_JS.as_bytes()))
+    ETAG.get_or_init(|| crate::response::etag(CLIENT_JS.as_bytes()))
 }
 
 /// A sessions room's page: its template and, when fixed, its language.

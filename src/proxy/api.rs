@@ -7,9 +7,9 @@ use serde::Serialize;
 use crate::config::RESERVED_PREFIX;
 use crate::gate::{Gate, PASS_COOKIE, Status, TICKET_COOKIE};
 use crate::page::{self, PageState};
-use crate::proxy::replies::{self, Capacity, CookieJar, StatusBody};
+use crate::proxy::answers::{self, Capacity, CookieJar, StatusBody};
 use crate::request::facts::Facts;
-use crate::respond::Reply;
+use crate::response::Reply;
 use crate::room::{Kind, Room, Rooms, WaitingRoom};
 use crate::store::SessionId;
 
@@ -82,7 +82,7 @@ impl Api<'_> {
                     // A form post from a page: back to a page of the same site.
                     Some(back) if reply.status() == 200 => reply
                         .with_status(303)
-                        .header(LOCATION, replies::safe_return(Some(&back))),
+                        .header(LOCATION, answers::safe_return(Some(&back))),
                     _ => reply,
                 }
             }
@@ -198,13 +198,13 @@ impl Api<'_> {
         }
         match gate.status(room, w, facts).await {
             Status::Admitted(visit) => {
-                let body = StatusBody::admitted(room, w, &visit, replies::safe_return(back));
+                let body = StatusBody::admitted(room, w, &visit, answers::safe_return(back));
                 Reply::json(200, &body).headers(SET_COOKIE, jar.for_visit(&visit, false))
             }
             Status::Queued(wt) => Reply::json(200, &StatusBody::queued(room, w, &wt))
                 .headers(SET_COOKIE, jar.for_waiting(&wt)),
             Status::Expired => Reply::json(200, &StatusBody::plain(room, w, "expired")),
-            Status::Limited(limited) => replies::limited(room, w, &limited, facts),
+            Status::Limited(limited) => answers::limited(room, w, &limited, facts),
             Status::Maintenance => Reply::json(200, &StatusBody::plain(room, w, "maintenance")),
             Status::Unavailable => Reply::json(200, &StatusBody::plain(room, w, "unavailable")),
         }
@@ -223,7 +223,7 @@ impl Api<'_> {
         back: Option<&str>,
         jar: &CookieJar<'_>,
     ) -> Reply {
-        let back = replies::safe_return(back);
+        let back = answers::safe_return(back);
         if gate.find_ticket(room.name(), w, facts).is_none()
             && gate.find_pass(room.name(), w, facts).is_none()
         {
@@ -232,20 +232,20 @@ impl Api<'_> {
                 // Its ticket expired: back to the page, which lines it up again.
                 Reply::new(303, "text/plain; charset=utf-8", "").header(LOCATION, back)
             } else {
-                replies::no_cookies(room, w, facts)
+                answers::no_cookies(room, w, facts)
             };
         }
         match gate.status(room, w, facts).await {
             Status::Admitted(visit) => Reply::new(303, "text/plain; charset=utf-8", "")
                 .header(LOCATION, back)
                 .headers(SET_COOKIE, jar.for_visit(&visit, false)),
-            Status::Queued(wt) => replies::waiting(room, w, &wt, facts, jar, &back),
+            Status::Queued(wt) => answers::waiting(room, w, &wt, facts, jar, &back),
             Status::Expired => {
                 Reply::new(303, "text/plain; charset=utf-8", "").header(LOCATION, back)
             }
-            Status::Limited(limited) => replies::limited(room, w, &limited, facts),
-            Status::Maintenance => replies::closed(room, w, PageState::Maintenance, facts),
-            Status::Unavailable => replies::closed(room, w, PageState::Unavailable, facts),
+            Status::Limited(limited) => answers::limited(room, w, &limited, facts),
+            Status::Maintenance => answers::closed(room, w, PageState::Maintenance, facts),
+            Status::Unavailable => answers::closed(room, w, PageState::Unavailable, facts),
         }
     }
 

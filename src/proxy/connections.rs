@@ -5,7 +5,7 @@
 //! Pingora times each read of a request header, not the whole header, so a
 //! client sending one byte every few seconds (slowloris) would hold its
 //! connection for ever; and timing each read costs a timer per read.
-//! Instead, [`Guard`] reads every connection's stream through a [`Clock`]:
+//! Instead, [`Bounded`] reads every connection's stream through a [`Clock`]:
 //! a phase and a deadline in coarse milliseconds, set with a few atomic
 //! stores per request. One background task, [`Sweeper`], looks at every
 //! clock twice a second and wakes the connections whose header (counted
@@ -146,7 +146,7 @@ impl Active {
 }
 
 /// Makes the guard of the public app and the sweeper of its deadlines.
-pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Guard<A>, Sweeper) {
+pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Bounded<A>, Sweeper) {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let shared = Arc::new(Shared {
         origin: Instant::now(),
@@ -157,7 +157,7 @@ pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Guard<A>
         metrics,
         closed: AtomicBool::new(false),
     });
-    let guard = Guard {
+    let guard = Bounded {
         app: Arc::new(app),
         max: limits.max,
         open: AtomicUsize::new(0),
@@ -167,7 +167,7 @@ pub fn guard<A>(app: A, limits: Limits, metrics: ConnectionMetrics) -> (Guard<A>
 }
 
 /// The proxy app behind the connection limits.
-pub struct Guard<A> {
+pub struct Bounded<A> {
     app: Arc<A>,
     max: usize,
     open: AtomicUsize,
@@ -185,7 +185,7 @@ impl Drop for Open<'_> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,

@@ -18,14 +18,14 @@ use crate::gate::{Decision, Gate, Visit};
 use crate::limits::adaptive::BodyHint;
 use crate::limits::fair::Turn;
 use crate::limits::slots::Held;
-use crate::limits::usage::Usage;
+use crate::limits::token_usage::TokenUsage;
 use crate::page::PageState;
-use crate::proxy::replies::{self, CookieJar};
+use crate::proxy::answers::{self, CookieJar};
 use crate::proxy::site::Site;
 use crate::proxy::traffic::Outcome;
 use crate::request::facts::Facts;
 use crate::requests::{self, Admission, Answer, Retries};
-use crate::respond::Reply;
+use crate::response::Reply;
 use crate::room::{Kind, Limiters, Room, WaitingRoom};
 
 /// The response header through which the app ends a visitor's session.
@@ -57,7 +57,7 @@ pub struct InFlight {
     deadline: Instant,
     /// For a room with a token budget: what was reserved, and the usage the
     /// response reports as it streams by.
-    tokens: Option<(u32, Usage)>,
+    tokens: Option<(u32, TokenUsage)>,
     /// An upstream `429` being retried: when to send again, and how often
     /// it was sent again already.
     retry_at: Option<Instant>,
@@ -243,7 +243,7 @@ impl InFlight {
             Admission::Open => None,
             Admission::Refused(retry) => {
                 return Entry::answer(
-                    replies::queue_required(room.name(), retry),
+                    answers::queue_required(room.name(), retry),
                     Outcome::QueueRequired,
                 );
             }
@@ -256,7 +256,7 @@ impl InFlight {
             deadline: started + limits.max_wait(),
             tokens: decided
                 .charged
-                .map(|c| (c, Usage::new(limits.usage_keys()))),
+                .map(|c| (c, TokenUsage::new(limits.usage_keys()))),
             retry_at: None,
             retries: 0,
             requeue: None,
@@ -358,7 +358,7 @@ impl InFlight {
     pub fn requeued(&self, e: &Error) -> Option<Reply> {
         match (e.etype(), self.requeue) {
             (ErrorType::HTTPStatus(429 | 503), Some(retry)) => {
-                Some(replies::queue_required(self.room.name(), retry))
+                Some(answers::queue_required(self.room.name(), retry))
             }
             _ => None,
         }
@@ -407,7 +407,7 @@ impl InFlight {
 
 impl Visiting {
     async fn enter(gate: &Gate, room: &Arc<Room>, w: &WaitingRoom, facts: &Facts<'_>) -> Entry {
-        let closed = |state| replies::closed(room, w, state, facts);
+        let closed = |state| answers::closed(room, w, state, facts);
         let counters = room.counters();
         match gate.decide(room, w, facts).await {
             Decision::Admit(visit) => {
@@ -425,7 +425,7 @@ impl Visiting {
                 counters.queued.inc();
                 let jar = CookieJar::new(w, gate.ticket_ttl(), facts.secure);
                 let back = facts.target();
-                let reply = replies::waiting(room, w, &waiting, facts, &jar, &back);
+                let reply = answers::waiting(room, w, &waiting, facts, &jar, &back);
                 Entry::answer(reply, Outcome::QueueRequired)
             }
             Decision::Full => {
@@ -433,7 +433,7 @@ impl Visiting {
                 Entry::answer(closed(PageState::Full), Outcome::Closed)
             }
             Decision::Limited(limited) => {
-                Entry::answer(replies::limited(room, w, &limited, facts), Outcome::Limited)
+                Entry::answer(answers::limited(room, w, &limited, facts), Outcome::Limited)
             }
             Decision::BadRequest(message) => {
                 Entry::answer(Reply::error(400, "BAD_REQUEST", message), Outcome::Refused)
@@ -480,7 +480,7 @@ impl Visiting {
         if self.confirm && !release {
             // The browser fetches it at once, with the pass cookie just set:
             // its place is confirmed without waiting for its next click.
-            response.append_header(LINK, replies::confirm_link(&self.room))?;
+            response.append_header(LINK, answers::confirm_link(&self.room))?;
         }
         Ok(())
     }

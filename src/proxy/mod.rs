@@ -4,13 +4,13 @@
 //! reply they chose (`replies`) or forwards the request (`forward`), and
 //! records how it ended (`traffic`, the access log). It decides nothing.
 
+pub mod answers;
 pub mod api;
 pub mod connections;
-pub mod event_stream;
 pub mod forward;
 pub mod guard;
-pub mod replies;
 pub mod site;
+pub mod sse;
 pub mod traffic;
 pub mod upstream;
 
@@ -29,13 +29,13 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::attribution;
 use crate::lifecycle::{self, Lifecycle};
 use crate::proxy::api::Api;
-use crate::proxy::event_stream::Streams;
 use crate::proxy::forward::Forwarding;
 use crate::proxy::guard::Guard;
 use crate::proxy::site::{Current, Site};
+use crate::proxy::sse::Streams;
 use crate::proxy::traffic::{Access, Outcome, RouteMetrics};
 use crate::request::facts::Facts;
-use crate::respond::Reply;
+use crate::response::Reply;
 use crate::room::Room;
 
 /// Everything the request path needs, shared by all worker threads.
@@ -94,7 +94,7 @@ impl Ctx {
 async fn answer(site: &Site, facts: &Facts<'_>, ctx: &mut Ctx) -> Option<Reply> {
     if let Some(port) = site.config.server.redirect_https.filter(|_| !facts.secure) {
         ctx.outcome = Outcome::Api;
-        return Some(replies::to_https(facts, port));
+        return Some(answers::to_https(facts, port));
     }
     if api::serves(&facts.path, site.gate.is_some()) {
         ctx.outcome = Outcome::Api;
@@ -196,14 +196,13 @@ impl ProxyHttp for Proxy {
             .cloned();
         let reply = match Facts::new(&site.config.server, session.req_header(), peer, tls) {
             Ok(facts)
-                if event_stream::asks(&facts.path)
+                if sse::asks(&facts.path)
                     && site.config.server.redirect_https.is_none_or(|_| tls) =>
             {
                 ctx.outcome = Outcome::Api;
                 ctx.ip = facts.ip;
                 drop(facts);
-                event_stream::serve(session, &site, &self.lifecycle, &self.streams, peer, tls)
-                    .await?;
+                sse::serve(session, &site, &self.lifecycle, &self.streams, peer, tls).await?;
                 return Ok(true);
             }
             Ok(mut facts) => {
@@ -359,7 +358,7 @@ impl ProxyHttp for Proxy {
         if requeued.is_some() {
             ctx.outcome = Outcome::QueueRequired;
         }
-        let reply = requeued.or_else(|| replies::failed(e));
+        let reply = requeued.or_else(|| answers::failed(e));
         let mut code = 0;
         // Once the upstream's header went out, a status can no longer be sent.
         if let Some(reply) = reply.filter(|_| session.response_written().is_none()) {

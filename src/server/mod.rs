@@ -32,9 +32,9 @@ use crate::lifecycle::Lifecycle;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::proxy::connections::{self, ConnectionMetrics, Guard, Limits, Sweeper};
-use crate::proxy::event_stream::{Listener, Streams};
+use crate::proxy::connections::{self, Bounded, ConnectionMetrics, Limits, Sweeper};
 use crate::proxy::site::{self, Current, Shared};
+use crate::proxy::sse::{Listener, Streams};
 use crate::proxy::traffic::{NO_UPSTREAM, OWN_ROUTE, UNROUTED};
 use crate::proxy::upstream::Resolver;
 use crate::server::admin::Admin;
@@ -273,7 +273,7 @@ fn server_conf(s: &crate::config::Server) -> ServerConf {
 }
 
 /// The public listeners' service: the proxy behind the connection limits.
-type PublicService = Service<Guard<HttpProxy<Proxy>>>;
+type PublicService = Service<Bounded<HttpProxy<Proxy>>>;
 
 /// Each TLS listener's certificate, replaced at a reload.
 type Certificates = Vec<(SocketAddr, Arc<Certificate>)>;

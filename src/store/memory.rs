@@ -19,7 +19,7 @@ use super::{
 use crate::attribution::Utm;
 use crate::config::State;
 use crate::queue::{Queue, TicketState};
-use crate::turns::Turns;
+use crate::wakeups::Wakeups;
 
 /// Most tickets a rejoining ticket may be ahead of the last one given out
 /// (those issued between the last state file and a crash).
@@ -471,7 +471,7 @@ impl RoomState {
         }
     }
 
-    /// Turns a reservation into a session.
+    /// Wakeups a reservation into a session.
     fn claim(&mut self, lane: Lane, seq: u64, now: Millis) -> Option<SessionInfo> {
         let until = self.reserved.remove(&(lane, seq))?;
         // How long a held slot waits for its visitor: part of each turn.
@@ -906,7 +906,7 @@ struct Saved {
 pub struct MemoryStore {
     /// Replaced whole at a reload; each room's state is carried over.
     rooms: ArcSwap<HashMap<String, Arc<Mutex<RoomState>>>>,
-    turns: Arc<Turns>,
+    turns: Arc<Wakeups>,
 }
 
 impl MemoryStore {
@@ -923,7 +923,7 @@ impl MemoryStore {
                     })
                     .collect(),
             ),
-            turns: Turns::new(),
+            turns: Wakeups::new(),
         }
     }
 
@@ -982,7 +982,7 @@ impl MemoryStore {
         Ok((
             MemoryStore {
                 rooms: ArcSwap::from_pointee(rooms),
-                turns: Turns::new(),
+                turns: Wakeups::new(),
             },
             saved.requests,
         ))
@@ -1037,7 +1037,7 @@ impl Store for MemoryStore {
         })
     }
 
-    fn turns(&self) -> &Arc<Turns> {
+    fn wakeups(&self) -> &Arc<Wakeups> {
         &self.turns
     }
 

@@ -20,7 +20,7 @@ use crate::attribution::Utm;
 use crate::config::{self, State};
 use crate::metrics;
 pub use crate::queue::{Lane, Millis};
-use crate::turns::Turns;
+use crate::wakeups::Wakeups;
 
 const STORE_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -402,7 +402,7 @@ pub trait Store: Send + Sync {
     async fn present(&self, room: &str, presence: Presence<'_>) -> Result<Polled, StoreError>;
 
     /// The event streams this store wakes when it reserves a slot.
-    fn turns(&self) -> &Arc<Turns>;
+    fn wakeups(&self) -> &Arc<Wakeups>;
 
     /// Delivers the wake-ups of reservations other instances make (a shared
     /// store: its scripts publish them). Returns when the subscription ends,
@@ -691,8 +691,8 @@ impl<S: Store> Store for Observed<S> {
         let step = if presence.claim { "poll" } else { "heartbeat" };
         self.record(step, self.inner.present(room, presence)).await
     }
-    fn turns(&self) -> &Arc<Turns> {
-        self.inner.turns()
+    fn wakeups(&self) -> &Arc<Wakeups> {
+        self.inner.wakeups()
     }
     async fn listen(&self) -> Result<(), StoreError> {
         self.inner.listen().await

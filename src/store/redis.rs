@@ -28,7 +28,7 @@ use super::{
 };
 use crate::attribution::Utm;
 use crate::config::{RedisConfig, State};
-use crate::turns::Turns;
+use crate::wakeups::Wakeups;
 
 /// The first lines of every script: the server's clock and the step's deadline.
 const CLOCK: &str = include_str!("lua/clock.lua");
@@ -161,7 +161,7 @@ pub struct RedisStore {
     answered: AtomicBool,
     /// Where every instance's scripts publish the slots they reserve.
     channel: String,
-    turns: Arc<Turns>,
+    turns: Arc<Wakeups>,
     /// How long a room set up anew after this instance used it holds
     /// newcomers back (`[store] rebuild_grace`).
     rebuild_grace: Duration,
@@ -199,7 +199,7 @@ impl RedisStore {
             connect_timeout: config.connect_timeout,
             answered: AtomicBool::new(false),
             channel: format!("{}:turns", config.key_prefix),
-            turns: Turns::new(),
+            turns: Wakeups::new(),
             rebuild_grace: Duration::ZERO,
         })
     }
@@ -645,7 +645,7 @@ impl Store for RedisStore {
             .await
     }
 
-    fn turns(&self) -> &Arc<Turns> {
+    fn wakeups(&self) -> &Arc<Wakeups> {
         &self.turns
     }
 

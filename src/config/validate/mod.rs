@@ -1,4 +1,4 @@
-//! Turns the file as written into a `Config`, collecting every problem:
+//! Wakeups the file as written into a `Config`, collecting every problem:
 //! `Config::load` and `Config::from_toml`. Each section of the file is
 //! checked by its own module (`server`, `upstream`, `room`, `tokens`,
 //! `store`, `attribution`, `route`, `events`), all adding to one list of

@@ -35,16 +35,16 @@ const CARRY: usize = 48;
 
 /// Reads usage from a response's body chunks.
 #[derive(Debug, Default)]
-pub struct Usage {
+pub struct TokenUsage {
     keys: UsageKeys,
     carry: Vec<u8>,
     total: Option<u64>,
 }
 
-impl Usage {
+impl TokenUsage {
     /// Reads the count under `keys`.
-    pub fn new(keys: &UsageKeys) -> Usage {
-        Usage {
+    pub fn new(keys: &UsageKeys) -> TokenUsage {
+        TokenUsage {
             keys: keys.clone(),
             carry: Vec::new(),
             total: None,
@@ -134,7 +134,7 @@ mod tests {
     use super::*;
 
     fn read(chunks: &[&str]) -> Option<u64> {
-        let mut u = Usage::default();
+        let mut u = TokenUsage::default();
         for c in chunks {
             u.feed(c.as_bytes());
         }
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_usage_path_reads_its_own_key_only() {
-        let mut u = Usage::new(&UsageKeys::new(Some("completion_tokens")));
+        let mut u = TokenUsage::new(&UsageKeys::new(Some("completion_tokens")));
         u.feed(br#"{"usage":{"total_tokens":42,"completion_tokens":17}}"#);
         assert_eq!(u.total(), Some(17));
     }

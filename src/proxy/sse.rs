@@ -4,7 +4,7 @@
 //! The stream is the visitor's presence: each `poll_interval` (jittered) it
 //! sends the store a heartbeat that keeps the place, and it tells a changed
 //! place. The moment the store reserves a slot for the ticket it wakes the
-//! stream ([`crate::turns`]), which says `turn` and ends; the visitor's next
+//! stream ([`crate::wakeups`]), which says `turn` and ends; the visitor's next
 //! status poll claims the slot and sets the pass cookie, which a stream
 //! cannot. Every event is the JSON a status poll answers, so polling stays
 //! the fallback with nothing else to learn. A stream ends after
@@ -31,11 +31,11 @@ use crate::clients::{self, Limit, Limited};
 use crate::config::Limits;
 use crate::gate::Beat;
 use crate::lifecycle::Lifecycle;
+use crate::proxy::answers::{self, Told};
 use crate::proxy::api::Api;
-use crate::proxy::replies::{self, Told};
 use crate::proxy::site::Site;
 use crate::request::facts::Facts;
-use crate::respond::{self, Reply};
+use crate::response::{self, Reply};
 use crate::store::Store;
 
 /// Where the stream is served.
@@ -70,7 +70,7 @@ impl Streams {
         let open = IntGauge::new("event_streams", "Open event streams of waiting visitors.")?;
         let turns = IntCounter::new(
             "event_stream_turns_total",
-            "Turns told through an event stream the moment a slot was held.",
+            "Wakeups told through an event stream the moment a slot was held.",
         )?;
         let ended = IntCounterVec::new(
             Opts::new(
@@ -278,7 +278,7 @@ pub async fn serve(
                     limit: Limit::Streams,
                     retry_after: STREAM_RETRY,
                 };
-                return replies::limited(room, w, &limited, &facts)
+                return answers::limited(room, w, &limited, &facts)
                     .send(session)
                     .await;
             };
@@ -286,7 +286,7 @@ pub async fn serve(
         }
         None => None,
     };
-    respond::start_stream(session, "text/event-stream; charset=utf-8").await?;
+    response::start_stream(session, "text/event-stream; charset=utf-8").await?;
     // Reconnect soon when the connection drops.
     session
         .write_response_body(Some(Bytes::from_static(b"retry: 1000\n\n")), false)
@@ -301,7 +301,7 @@ pub async fn serve(
         }
         return session.write_response_body(None, true).await;
     };
-    let watch = gate.store().turns().watch(room.name(), &ticket);
+    let watch = gate.store().wakeups().watch(room.name(), &ticket);
     let _open = Open::new(&streams.open);
     let (start, mut last_write) = (Instant::now(), Instant::now());
     // A beat the visitor's own clock asks for counts as a poll of the
@@ -324,7 +324,7 @@ pub async fn serve(
             }
         } else if last_write.elapsed() >= KEEP_ALIVE_AFTER {
             session
-                .write_response_body(Some(Bytes::from_static(replies::KEEP_ALIVE)), false)
+                .write_response_body(Some(Bytes::from_static(answers::KEEP_ALIVE)), false)
                 .await?;
             last_write = Instant::now();
         }

@@ -23,15 +23,15 @@ struct Entry {
 
 /// The tickets with an open event stream, by room.
 #[derive(Default)]
-pub struct Turns {
+pub struct Wakeups {
     rooms: Mutex<HashMap<String, HashMap<String, Entry>>>,
     streams: AtomicUsize,
 }
 
-impl Turns {
+impl Wakeups {
     /// A registry with nobody in it.
-    pub fn new() -> Arc<Turns> {
-        Arc::new(Turns::default())
+    pub fn new() -> Arc<Wakeups> {
+        Arc::new(Wakeups::default())
     }
 
     /// Registers an open stream for `ticket` in `room` until the returned
@@ -95,7 +95,7 @@ impl Turns {
 /// An open stream's registration.
 pub struct Watch {
     notify: Arc<Notify>,
-    turns: Arc<Turns>,
+    turns: Arc<Wakeups>,
     room: String,
     ticket: String,
 }
@@ -124,7 +124,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_reaches_only_its_ticket() {
-        let turns = Turns::new();
+        let turns = Wakeups::new();
         let a = turns.watch("web", "a");
         let b = turns.watch("web", "b");
         let (woken_a, woken_b) = (a.woken(), b.woken());
@@ -139,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_between_check_and_wait_is_kept() {
-        let turns = Turns::new();
+        let turns = Wakeups::new();
         let watch = turns.watch("web", "a");
         let woken = watch.woken();
         turns.wake("web", "a");
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn two_streams_of_one_ticket_unregister_separately() {
-        let turns = Turns::new();
+        let turns = Wakeups::new();
         let first = turns.watch("web", "a");
         let second = turns.watch("web", "a");
         drop(first);

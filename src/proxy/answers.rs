@@ -17,7 +17,7 @@ use crate::page::{PageState, PageView};
 use crate::request::canonical::{self, PathPolicy};
 use crate::request::cookies;
 use crate::request::facts::Facts;
-use crate::respond::Reply;
+use crate::response::Reply;
 use crate::room::{Room, WaitingRoom};
 
 /// How long a full or closed room asks clients to stay away.
