@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::common::metric;
 use crate::common::process::Process;
 use crate::common::{TestUpstream, client, eventually, get_text};
 
@@ -83,10 +84,9 @@ async fn a_request_sent_as_the_listener_closes_is_answered() {
     // Accepted (not only in the kernel's backlog, which a closing listener
     // resets).
     eventually(Duration::from_secs(5), || async {
-        get_text(binary.admin_url("/metrics"))
-            .await
-            .contains("anteroom_connections_open 1")
-            .then_some(())
+        (metric("anteroom_connections_open").value(&get_text(binary.admin_url("/metrics")).await)
+            == Some(1.0))
+        .then_some(())
     })
     .await;
     binary.signal(Signal::SIGTERM);
@@ -184,7 +184,7 @@ async fn visitor_lifecycle_is_logged_with_its_campaign() {
     let upstream = TestUpstream::start().await;
     let config = crate::common::waiting_room_config(
         &upstream,
-        crate::common::Backend::Memory,
+        crate::common::Store::Memory,
         "capacity = 1\n[room.conversion]\npath_prefix = \"/signup\"",
         "[attribution]\nsources = [\"meta\"]\ncampaigns = [\"launch1\"]",
     );

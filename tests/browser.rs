@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::common::{Backend, TestProxy, TestUpstream, waiting_room_config};
+use crate::common::{Store, TestProxy, TestUpstream, waiting_room_config};
 
 #[tokio::test]
 async fn waiting_page_lets_visitors_in_by_itself() {
@@ -63,7 +63,7 @@ async fn browse(room: &str, script: &'static str) {
 /// The same, with more arguments for the script.
 async fn browse_with(room: &str, script: &'static str, args: &[&'static str]) {
     let upstream = TestUpstream::start().await;
-    let proxy = TestProxy::start(&waiting_room_config(&upstream, Backend::Memory, room, "")).await;
+    let proxy = TestProxy::start(&waiting_room_config(&upstream, Store::Memory, room, "")).await;
     run(script, format!("http://{}", proxy.addr), args.to_vec()).await;
 }
 

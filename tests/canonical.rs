@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::nginx::Nginx;
 use crate::common::transport::{Answer, Listeners, Request, Tls, Transport};
-use crate::common::{Backend, TestProxy, TestUpstream, client, eventually};
+use crate::common::{Store, TestProxy, TestUpstream, client, eventually};
 
 /// Sends one raw request (the target exactly as written) and reads the whole answer.
 async fn raw(proxy: &TestProxy, request_line: &str, headers: &str) -> (u16, String) {
@@ -199,7 +199,7 @@ async fn a_bypass_prefix_cannot_be_walked_out_of() {
     ]);
     let (proxy, tls, port) = on_every_protocol(&crate::common::waiting_room_config_for(
         &format!("127.0.0.1:{}", nginx.port),
-        Backend::Memory,
+        Store::Memory,
         "capacity = 1\n[room.bypass]\npaths = [\"/static/\"]",
         "",
     ))
@@ -294,7 +294,7 @@ async fn anteroom_answers_every_spelling_of_its_own_paths() {
     let nginx = Nginx::start(&[("/", "root")]);
     let (proxy, tls, port) = on_every_protocol(&crate::common::waiting_room_config_for(
         &format!("127.0.0.1:{}", nginx.port),
-        Backend::Memory,
+        Store::Memory,
         "capacity = 5",
         "",
     ))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 
+use crate::common::metric;
 use crate::common::process::Process;
 use crate::common::redis::RedisServer;
 use crate::common::{TestUpstream, Visitor, client, eventually, get_json, get_text, keys};
@@ -332,10 +333,13 @@ async fn redis_outage_keeps_pass_holders_going_and_service_resumes() {
     assert_eq!(ready["store"]["up"], false);
     let metrics = get_text(instances[1].admin_url("/metrics")).await;
     assert!(
-        metrics.contains("anteroom_store_errors_total{op=\"arrive\"}"),
+        metric("anteroom_store_errors_total")
+            .label("op", "arrive")
+            .value(&metrics)
+            .is_some(),
         "{metrics}"
     );
-    assert!(metrics.contains("anteroom_store_up 0"));
+    assert_eq!(metric("anteroom_store_up").value(&metrics), Some(0.0));
 
     // Back: new arrivals are admitted again, without restarting anteroom.
     redis.resume();
@@ -439,8 +443,11 @@ async fn open_policy_lets_newcomers_through_while_redis_is_down() {
         "open: let through while the store is down"
     );
     let metrics = get_text(instance.admin_url("/metrics")).await;
-    assert!(
-        metrics.contains(r#"anteroom_store_open_admissions_total{room="web"} 1"#),
+    assert_eq!(
+        metric("anteroom_store_open_admissions_total")
+            .label("room", "web")
+            .value(&metrics),
+        Some(1.0),
         "{metrics}"
     );
     redis.resume();
@@ -581,11 +588,7 @@ room = "llm"
         let mut used = 0.0;
         for instance in &instances {
             let text = get_text(instance.admin_url("/metrics")).await;
-            used += text
-                .lines()
-                .filter(|l| l.starts_with("anteroom_room_tokens_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            used += metric("anteroom_room_tokens_total").sum(&text);
         }
         (used == 3000.0).then_some(())
     })

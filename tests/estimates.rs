@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::common::redis::RedisServer;
-use crate::common::{Backend, Store, TestProxy, TestUpstream, Visitor, waiting_room_config};
+use crate::common::{Store, TestProxy, TestUpstream, Visitor, waiting_room_config};
 
 /// One estimate: when it was told, what it said, the visitor's place then.
 #[derive(Clone, Copy)]
@@ -94,16 +94,12 @@ fn summary(name: &str, errors: &[f64]) -> (f64, f64, String) {
 /// arrival and at each poll, at least one visit before the turn: closer to
 /// it an estimate is about when one visit ends, not about the line) is
 /// compared with the wait that followed, by place.
-async fn a_burst_is_told_honest_waits(store: Store<'_>) {
+async fn a_burst_is_told_honest_waits(backend: Store) {
     // One burst at a time: the two stores' bursts (eighty visitors polling
     // every 200 ms) would otherwise slow each other's answers on two cores.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _alone = ONE_AT_A_TIME.lock().await;
     let upstream = TestUpstream::start().await;
-    let backend = match store {
-        Store::Memory => Backend::Memory,
-        Store::Redis(redis) => Backend::Redis(redis.port),
-    };
     let proxy = Arc::new(
         TestProxy::start(&waiting_room_config(
             &upstream,
@@ -187,5 +183,5 @@ async fn a_burst_is_told_honest_waits_on_the_memory_store() {
 #[tokio::test]
 async fn a_burst_is_told_honest_waits_on_redis() {
     let redis = RedisServer::start();
-    a_burst_is_told_honest_waits(Store::Redis(&redis)).await;
+    a_burst_is_told_honest_waits(Store::Redis(redis.port)).await;
 }

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use crate::common::metric;
 use crate::common::nats::NatsServer;
 use crate::common::process::Process;
 use crate::common::redis::RedisServer;
@@ -141,8 +142,11 @@ async fn a_journey_arrives_in_the_file_complete_in_order_and_with_its_campaign()
     assert_eq!(events[2]["attribution"]["source"], "tiktok");
     assert_eq!(events[3]["position"], 1);
     let metrics = metrics(&p).await;
-    assert!(
-        metrics.contains("anteroom_events_delivered_total{sink=\"file-0\"} 7"),
+    assert_eq!(
+        metric("anteroom_events_delivered_total")
+            .label("sink", "file-0")
+            .value(&metrics),
+        Some(7.0),
         "{metrics}"
     );
 }
@@ -254,11 +258,19 @@ async fn a_sink_that_is_down_ends_in_the_dead_letters_and_replay_delivers_them()
     .await;
     check_journeys(&kept);
     let metrics = metrics(&p).await;
-    assert!(
-        metrics.contains("anteroom_events_dead_lettered_total{sink=\"stream\"} 7"),
+    assert_eq!(
+        metric("anteroom_events_dead_lettered_total")
+            .label("sink", "stream")
+            .value(&metrics),
+        Some(7.0),
         "{metrics}"
     );
-    assert!(metrics.contains("anteroom_event_sink_up{sink=\"stream\"} 0"));
+    assert_eq!(
+        metric("anteroom_event_sink_up")
+            .label("sink", "stream")
+            .value(&metrics),
+        Some(0.0)
+    );
     // The instance stays ready: a sink does not take it out of the load balancer.
     let ready = crate::common::client()
         .get(p.admin_url("/readyz"))
@@ -323,11 +335,19 @@ async fn a_full_buffer_spills_to_the_dead_letters_while_the_sink_retries() {
     let got: Vec<&str> = kept.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(kinds.ends_with(&got), "the last events, in order: {got:?}");
     let metrics = metrics(&p).await;
-    assert!(
-        metrics.contains("anteroom_events_dropped_total{sink=\"stream\"} 0"),
+    assert_eq!(
+        metric("anteroom_events_dropped_total")
+            .label("sink", "stream")
+            .value(&metrics),
+        Some(0.0),
         "{metrics}"
     );
-    assert!(metrics.contains("anteroom_event_sink_up{sink=\"stream\"} 0"));
+    assert_eq!(
+        metric("anteroom_event_sink_up")
+            .label("sink", "stream")
+            .value(&metrics),
+        Some(0.0)
+    );
 }
 
 /// A stop while a sink is down and its task waits to try again: the task
@@ -350,7 +370,11 @@ async fn a_stop_while_a_sink_retries_keeps_every_event_in_the_dead_letters() {
     two_journeys(&p).await;
     eventually(Duration::from_secs(10), || async {
         let m = metrics(&p).await;
-        (!m.contains("anteroom_events_failed_deliveries_total{sink=\"stream\"} 0")).then_some(())
+        (metric("anteroom_events_failed_deliveries_total")
+            .label("sink", "stream")
+            .value(&m)
+            != Some(0.0))
+        .then_some(())
     })
     .await;
     let dead = dir.path().join("stream.jsonl");
@@ -687,11 +711,19 @@ async fn a_webhook_that_fails_three_times_gets_the_batch_once_signed() {
     );
     assert_eq!(receiver.fail.load(SeqCst), 0);
     let metrics = metrics(&p).await;
-    assert!(
-        metrics.contains("anteroom_events_failed_deliveries_total{sink=\"hook\"} 3"),
+    assert_eq!(
+        metric("anteroom_events_failed_deliveries_total")
+            .label("sink", "hook")
+            .value(&metrics),
+        Some(3.0),
         "{metrics}"
     );
-    assert!(metrics.contains("anteroom_events_dead_lettered_total{sink=\"hook\"} 0"));
+    assert_eq!(
+        metric("anteroom_events_dead_lettered_total")
+            .label("sink", "hook")
+            .value(&metrics),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]

@@ -17,16 +17,16 @@ const ROOM: &str = "capacity = 1\npoll_interval = \"10s\"\nclaim_window = \"20s\
 
 /// The instances the visitors use: `(where slots free, where streams are open)`,
 /// the same process on the memory store.
-async fn instances(store: Store<'_>, upstream: &TestUpstream) -> Vec<Process> {
-    let (head, n) = match store {
-        Store::Memory => (
+async fn instances(store: Store, upstream: &TestUpstream) -> Vec<Process> {
+    let (head, n) = match store.shared_toml("push", "timeout = \"300ms\"") {
+        None => (
             format!(
                 "[tokens]\nsigning_key = \"{}\"\n[store]\nbackend = \"memory\"\nsweep_interval = \"50ms\"\n",
                 keys().private.display()
             ),
             1,
         ),
-        Store::Redis(redis) => (redis.shared_store("push", "timeout = \"300ms\""), 2),
+        Some(shared) => (shared, 2),
     };
     let config = format!(
         "{head}\n[[upstream]]\nname = \"app\"\naddress = \"{}\"\n[[room]]\nname = \"web\"\nmode = \"sessions\"\n{ROOM}\n[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\nroom = \"web\"\n",
@@ -96,7 +96,7 @@ impl Events {
 /// (on the other instance, with Redis), five times. Each time the head of the line hears its turn within a second
 /// (counted, not asserted per event), the others hear nothing but their
 /// place, and the order is the order of arrival.
-async fn a_turn_is_heard_at_once(store: Store<'_>) {
+async fn a_turn_is_heard_at_once(store: Store) {
     let upstream = TestUpstream::start().await;
     let instances = instances(store, &upstream).await;
     let (frees, streams) = (&instances[0], instances.last().unwrap());
@@ -166,15 +166,16 @@ async fn a_turn_is_heard_at_once(store: Store<'_>) {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("anteroom_event_stream_turns_total 5"),
+    assert_eq!(
+        metric("anteroom_event_stream_turns_total").value(&metrics),
+        Some(5.0),
         "{metrics}"
     );
-    assert!(metrics.contains("anteroom_event_streams 0"));
+    assert_eq!(metric("anteroom_event_streams").value(&metrics), Some(0.0));
 }
 
 /// Without a place the stream says `expired` once and ends; only GET.
-async fn a_stream_without_a_ticket_says_expired(store: Store<'_>) {
+async fn a_stream_without_a_ticket_says_expired(store: Store) {
     let upstream = TestUpstream::start().await;
     let instances = instances(store, &upstream).await;
     let base = instances[0].base();
@@ -193,7 +194,7 @@ async fn a_stream_without_a_ticket_says_expired(store: Store<'_>) {
     assert_eq!(post.status(), 405);
 }
 
-crate::on_both_stores!(
+crate::each_store!(
     a_turn_is_heard_at_once,
     a_stream_without_a_ticket_says_expired
 );
@@ -220,11 +221,11 @@ async fn streams_are_limited_per_ticket_and_per_client_over_h2c() {
 }
 
 async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
-    use crate::common::{Backend, TestProxy, waiting_room_config};
+    use crate::common::{Store, TestProxy, waiting_room_config};
     let upstream = TestUpstream::start().await;
     let proxy = TestProxy::start_with("h2c = true", &waiting_room_config(
         &upstream,
-        Backend::Memory,
+        Store::Memory,
         "capacity = 1\npoll_interval = \"10s\"\nconfirm_window = \"30s\"\n[room.limits]\nstreams_per_ticket = 2\nstreams_per_client = 4",
         "",
     ))
@@ -250,15 +251,14 @@ async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
     assert_eq!(ended.ok(), Some(None), "the oldest stream was not closed");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, "anteroom_event_streams "),
+        metric("anteroom_event_streams").of(&metrics),
         2.0,
         "{metrics}"
     );
     assert_eq!(
-        metric(
-            &metrics,
-            r#"anteroom_event_streams_limited_total{limit="streams_per_ticket"}"#
-        ),
+        metric("anteroom_event_streams_limited_total")
+            .label("limit", "streams_per_ticket")
+            .of(&metrics),
         1.0
     );
     // Two streams from this address now; two more tickets take it to four.
@@ -278,17 +278,16 @@ async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
     assert_eq!(body["limit"], "streams_per_client");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(
-            &metrics,
-            r#"anteroom_event_streams_limited_total{limit="streams_per_client"}"#
-        ),
+        metric("anteroom_event_streams_limited_total")
+            .label("limit", "streams_per_client")
+            .of(&metrics),
         1.0
     );
     assert_eq!(
-        metric(
-            &metrics,
-            r#"anteroom_room_limited_total{limit="streams_per_client",room="web"}"#
-        ),
+        metric("anteroom_room_limited_total")
+            .label("limit", "streams_per_client")
+            .label("room", "web")
+            .of(&metrics),
         1.0
     );
     // One closes: the place is free again.
@@ -311,11 +310,11 @@ async fn streams_are_limited_per_ticket_and_per_client(http: reqwest::Client) {
 /// and the ticket's next poll is told to slow down.
 #[tokio::test]
 async fn a_streams_heartbeats_count_as_polls() {
-    use crate::common::{Backend, TestProxy, waiting_room_config};
+    use crate::common::{Store, TestProxy, waiting_room_config};
     let upstream = TestUpstream::start().await;
     let proxy = TestProxy::start(&waiting_room_config(
         &upstream,
-        Backend::Memory,
+        Store::Memory,
         "capacity = 1\npoll_interval = \"1s\"\nconfirm_window = \"30s\"\n[room.limits]\npolls_per_minute = 3",
         "",
     ))
@@ -329,9 +328,11 @@ async fn a_streams_heartbeats_count_as_polls() {
     let (status, _, mut stream) = Events::open(&base, Some(&ticket)).await;
     assert_eq!(status, 200);
     assert!(stream.next().await.is_some());
-    let series = r#"anteroom_room_limited_total{limit="polls_per_minute",room="web"}"#;
+    let series = metric("anteroom_room_limited_total")
+        .label("limit", "polls_per_minute")
+        .label("room", "web");
     crate::common::eventually(Duration::from_secs(15), || async {
-        (metric(&proxy.metrics().await, series) >= 1.0).then_some(())
+        (series.of(&proxy.metrics().await) >= 1.0).then_some(())
     })
     .await;
     let resp = client()

@@ -10,32 +10,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::common::{
-    Backend, TestProxy, TestUpstream, Visitor, eventually, metric, waiting_room_config,
+    Store, TestProxy, TestUpstream, Visitor, eventually, metric, waiting_room_config,
 };
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::common::Backend::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let server = crate::common::redis::RedisServer::start();
-                    super::$name(crate::common::Backend::Redis(server.port)).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios!(
+crate::each_store!(
     cookie_less_requests_hold_places_only_for_the_confirm_window,
     a_flood_leaves_the_early_visitor_first_and_the_estimate_alone,
     arrivals_over_the_limit_are_told_to_retry_and_the_waiting_keep_their_place,
@@ -50,7 +28,7 @@ scenarios!(
 /// How long a rule may take to show.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-async fn start(upstream: &TestUpstream, backend: Backend, room: &str) -> TestProxy {
+async fn start(upstream: &TestUpstream, backend: Store, room: &str) -> TestProxy {
     TestProxy::start(&waiting_room_config(upstream, backend, room, "")).await
 }
 
@@ -90,7 +68,7 @@ async fn inside(proxy: &TestProxy) -> Visitor {
     v
 }
 
-async fn cookie_less_requests_hold_places_only_for_the_confirm_window(backend: Backend) {
+async fn cookie_less_requests_hold_places_only_for_the_confirm_window(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -123,14 +101,14 @@ async fn cookie_less_requests_hold_places_only_for_the_confirm_window(backend: B
         assert!(v.admitted());
     }
     let metrics = proxy.metrics().await;
-    let lapsed = metric(
-        &metrics,
-        r#"anteroom_visitors_expired_total{kind="unconfirmed_session",room="web"}"#,
-    );
+    let lapsed = metric("anteroom_visitors_expired_total")
+        .label("kind", "unconfirmed_session")
+        .label("room", "web")
+        .of(&metrics);
     assert!(lapsed >= 50.0, "{lapsed} unconfirmed sessions lapsed");
 }
 
-async fn a_flood_leaves_the_early_visitor_first_and_the_estimate_alone(backend: Backend) {
+async fn a_flood_leaves_the_early_visitor_first_and_the_estimate_alone(backend: Store) {
     let upstream = TestUpstream::start().await;
     // The estimate before admissions can be measured: place × visit / capacity.
     // (A measured one, 1 / admission rate, falls while nobody is let in,
@@ -163,10 +141,10 @@ async fn a_flood_leaves_the_early_visitor_first_and_the_estimate_alone(backend: 
     assert_eq!(proxy.capacity("web").await["waiting"], 1);
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(
-            &metrics,
-            r#"anteroom_room_queue_length{lane="normal",room="web"}"#
-        ),
+        metric("anteroom_room_queue_length")
+            .label("lane", "normal")
+            .label("room", "web")
+            .of(&metrics),
         1.0
     );
     // The next slot is the early visitor's, not a bot's.
@@ -175,7 +153,7 @@ async fn a_flood_leaves_the_early_visitor_first_and_the_estimate_alone(backend: 
 }
 
 async fn arrivals_over_the_limit_are_told_to_retry_and_the_waiting_keep_their_place(
-    backend: Backend,
+    backend: Store,
 ) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
@@ -227,15 +205,15 @@ async fn arrivals_over_the_limit_are_told_to_retry_and_the_waiting_keep_their_pl
     );
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(
-            &metrics,
-            r#"anteroom_room_limited_total{limit="arrivals_per_minute",room="web"}"#
-        ),
+        metric("anteroom_room_limited_total")
+            .label("limit", "arrivals_per_minute")
+            .label("room", "web")
+            .of(&metrics),
         19.0
     );
 }
 
-async fn polls_over_the_limit_keep_the_place(backend: Backend) {
+async fn polls_over_the_limit_keep_the_place(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -291,7 +269,7 @@ async fn polls_over_the_limit_keep_the_place(backend: Backend) {
     );
 }
 
-async fn a_network_holds_at_most_its_tickets(backend: Backend) {
+async fn a_network_holds_at_most_its_tickets(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -314,7 +292,7 @@ async fn a_network_holds_at_most_its_tickets(backend: Backend) {
     assert_eq!(body["limit"], "tickets_per_client");
 }
 
-async fn the_same_idempotency_key_gets_the_same_ticket(backend: Backend) {
+async fn the_same_idempotency_key_gets_the_same_ticket(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(&upstream, backend, "capacity = 1").await;
     let arrive = |key: &str| {
@@ -376,7 +354,7 @@ async fn the_same_idempotency_key_gets_the_same_ticket(backend: Backend) {
 
 /// A room of one that binds tokens to the browser and network, behind a
 /// trusted proxy on 127.0.0.1 (so that a test can name any client address).
-async fn bound_room(upstream: &TestUpstream, backend: Backend) -> TestProxy {
+async fn bound_room(upstream: &TestUpstream, backend: Store) -> TestProxy {
     let config = waiting_room_config(
         upstream,
         backend,
@@ -386,7 +364,7 @@ async fn bound_room(upstream: &TestUpstream, backend: Backend) -> TestProxy {
     TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await
 }
 
-async fn an_idempotency_key_is_bound_where_tokens_are(backend: Backend) {
+async fn an_idempotency_key_is_bound_where_tokens_are(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = bound_room(&upstream, backend).await;
     let from = |ua: &str, ip: &str| {
@@ -415,7 +393,7 @@ async fn an_idempotency_key_is_bound_where_tokens_are(backend: Backend) {
     assert!(!pass.is_empty());
 }
 
-async fn proof_of_work_counts_a_solved_ticket_only(backend: Backend) {
+async fn proof_of_work_counts_a_solved_ticket_only(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -491,7 +469,7 @@ async fn proof_of_work_counts_a_solved_ticket_only(backend: Backend) {
     .await;
 }
 
-async fn bound_tokens_count_only_for_their_client(backend: Backend) {
+async fn bound_tokens_count_only_for_their_client(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = bound_room(&upstream, backend).await;
     let from = |ua: &str, ip: &str, header: (&str, &str)| {
@@ -563,7 +541,7 @@ async fn unknown_clients_are_limited_as_the_room_says() {
     ] {
         let config = waiting_room_config(
             &upstream,
-            Backend::Memory,
+            Store::Memory,
             &format!("capacity = 1\n[room.limits]\narrivals_per_minute = 5{policy}"),
             "",
         );
@@ -595,17 +573,21 @@ async fn unknown_clients_are_limited_as_the_room_says() {
             assert_eq!((passed, refused), (5, 15), "{policy}");
         }
         let metrics = proxy.metrics().await;
-        assert!(
-            metrics.contains("anteroom_unknown_clients_total 20"),
+        assert_eq!(
+            metric("anteroom_unknown_clients_total").value(&metrics),
+            Some(20.0),
             "{metrics}"
         );
-        assert!(metrics.contains("anteroom_forwarded_clients_total 20"));
+        assert_eq!(
+            metric("anteroom_forwarded_clients_total").value(&metrics),
+            Some(20.0)
+        );
         let ready = crate::common::get_json(proxy.admin_url("/readyz?details")).await;
         assert_eq!(ready["clients"]["unknown"], 20);
         assert_eq!(ready["clients"]["mostlyUnknown"], true);
     }
     // A known client through the same proxy is counted as forwarded, not unknown.
-    let config = waiting_room_config(&upstream, Backend::Memory, "capacity = 1", "");
+    let config = waiting_room_config(&upstream, Store::Memory, "capacity = 1", "");
     let proxy = TestProxy::start_with("trusted_proxies = [\"127.0.0.1/32\"]", &config).await;
     let resp = bot()
         .get(proxy.url("/echo"))

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::common::metric;
 use crate::common::process::Process;
-use crate::common::{Backend, TestProxy, TestUpstream, client, eventually, waiting_room_config};
+use crate::common::{Store, TestProxy, TestUpstream, client, eventually, waiting_room_config};
 
 /// Whether the peer has closed the connection: a read gets end-of-file (or
 /// an error) within `wait`.
@@ -92,7 +93,7 @@ async fn the_client_address_is_what_trusted_proxies_say_and_no_more() {
         "trusted_proxies = [\"127.0.0.1/32\"]",
         &waiting_room_config(
             &upstream,
-            Backend::Memory,
+            Store::Memory,
             "capacity = 1\n[room.bypass]\ncidrs = [\"1.2.3.4/32\"]",
             "",
         ),
@@ -251,9 +252,7 @@ async fn a_slow_header_and_an_idle_connection_are_closed() {
     crate::common::read_until(&mut fine, "upstream saw /ok").await;
     let metrics = proxy.metrics().await;
     assert!(
-        metrics.lines().any(
-            |l| l.starts_with("anteroom_connections_header_timeouts_total ") && !l.ends_with(" 0")
-        ),
+        metric("anteroom_connections_header_timeouts_total").of(&metrics) > 0.0,
         "{metrics}"
     );
 }
@@ -298,10 +297,7 @@ async fn connections_beyond_the_cap_are_closed_and_counted() {
     .await;
     // The harness's own readiness probes are gone first.
     eventually(Duration::from_secs(10), || async {
-        proxy
-            .metrics()
-            .await
-            .contains("anteroom_connections_open 0")
+        (metric("anteroom_connections_open").value(&proxy.metrics().await) == Some(0.0))
             .then_some(())
     })
     .await;
@@ -321,17 +317,19 @@ async fn connections_beyond_the_cap_are_closed_and_counted() {
         "a third connection was served"
     );
     let metrics = proxy.metrics().await;
-    assert!(metrics.contains("anteroom_connections_open 2"), "{metrics}");
-    assert!(
-        metrics.contains("anteroom_connections_refused_total 1"),
+    assert_eq!(
+        metric("anteroom_connections_open").value(&metrics),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("anteroom_connections_refused_total").value(&metrics),
+        Some(1.0),
         "{metrics}"
     );
     drop(held);
     eventually(Duration::from_secs(10), || async {
-        proxy
-            .metrics()
-            .await
-            .contains("anteroom_connections_open 0")
+        (metric("anteroom_connections_open").value(&proxy.metrics().await) == Some(0.0))
             .then_some(())
     })
     .await;

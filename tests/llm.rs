@@ -14,27 +14,19 @@ use std::time::{Duration, Instant};
 use anteroom::demo::llm::Quota;
 use parking_lot::Mutex;
 
+use crate::common::metric;
 use crate::common::process::Process;
 use crate::common::{Store, TestUpstream, client, get_json};
 
 /// Starts the instances in front of `upstream` with `rooms_and_routes`.
-async fn instances(
-    store: Store<'_>,
-    upstream: &TestUpstream,
-    rooms_and_routes: &str,
-) -> Vec<Process> {
-    let shared = match &store {
-        Store::Memory => String::new(),
-        Store::Redis(redis) => redis.shared_store("llm", "lease = \"2s\"\ntimeout = \"300ms\""),
-    };
+async fn instances(store: Store, upstream: &TestUpstream, rooms_and_routes: &str) -> Vec<Process> {
+    let shared = store.shared_toml("llm", "lease = \"2s\"\ntimeout = \"300ms\"");
     let config = format!(
-        "{shared}\n[[upstream]]\nname = \"llm\"\naddress = \"{}\"\nread_timeout = \"30s\"\n{rooms_and_routes}",
+        "{}\n[[upstream]]\nname = \"llm\"\naddress = \"{}\"\nread_timeout = \"30s\"\n{rooms_and_routes}",
+        shared.as_deref().unwrap_or_default(),
         upstream.addr
     );
-    let n = match store {
-        Store::Memory => 1,
-        Store::Redis(_) => 3,
-    };
+    let n = if shared.is_some() { 3 } else { 1 };
     let mut started = Vec::new();
     for _ in 0..n {
         started.push(Process::start("1s", &config).await);
@@ -113,7 +105,7 @@ fn room(keys: &str, route_keys: &str) -> String {
 
 // Each scenario on the memory store (one instance) and on three instances
 // sharing a redis-server.
-crate::on_both_stores!(
+crate::each_store!(
     overload_is_waiting_at_the_apis_rate_in_fair_shares,
     an_adaptive_limit_follows_the_api_down,
     over_budget_calls_get_queue_required,
@@ -129,7 +121,7 @@ fn rate_room() -> String {
 /// Overload of a rate-limited API (20 a second, 4 in flight) by a heavy
 /// client with ten times the callers of a light one: no 429 reaches anyone,
 /// the API serves at least 90% of its rate, and the two get even shares.
-async fn overload_is_waiting_at_the_apis_rate_in_fair_shares(store: Store<'_>) {
+async fn overload_is_waiting_at_the_apis_rate_in_fair_shares(store: Store) {
     let upstream = TestUpstream::start_llm(Quota {
         concurrency: 4,
         requests: 20,
@@ -206,7 +198,7 @@ fn adaptive_room() -> String {
 /// The API's concurrency falls from 4 to 2 mid-run (someone else took half
 /// of a shared quota): its 429s shrink the room's limit to 2 in two steps,
 /// no client sees one, and the API stays at least 90% busy.
-async fn an_adaptive_limit_follows_the_api_down(store: Store<'_>) {
+async fn an_adaptive_limit_follows_the_api_down(store: Store) {
     let quota = Quota {
         concurrency: 4,
         requests: u32::MAX,
@@ -303,7 +295,7 @@ fn token_room() -> String {
 /// A minute's token budget (600, each answer 100): six calls go through,
 /// the rest get `503 QUEUE_REQUIRED` with an honest Retry-After, and the
 /// API never has to refuse one.
-async fn over_budget_calls_get_queue_required(store: Store<'_>) {
+async fn over_budget_calls_get_queue_required(store: Store) {
     let upstream = TestUpstream::start_llm(Quota {
         concurrency: 10,
         requests: 1000,
@@ -410,8 +402,11 @@ async fn a_held_429_is_sent_again_with_its_body() {
         "the API refused the two over its window"
     );
     let metrics = crate::common::get_text(proxy.admin_url("/metrics")).await;
-    assert!(
-        !metrics.contains("anteroom_room_upstream_retries_total{room=\"gemini\"} 0"),
+    assert_ne!(
+        metric("anteroom_room_upstream_retries_total")
+            .label("room", "gemini")
+            .value(&metrics),
+        Some(0.0),
         "{metrics}"
     );
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
+use crate::common::metric;
 use crate::common::process::Process;
 use crate::common::{
-    Backend, TestUpstream, client, eventually, get_json, get_text, keys, waiting_room_config,
+    Store, TestUpstream, client, eventually, get_json, get_text, keys, waiting_room_config,
 };
 
 /// The generation of the config in force.
@@ -47,7 +48,7 @@ async fn sighup_changes_capacity_routes_and_keys_while_the_line_keeps_its_order(
     let old_key = &keys().private;
     let dir = tempfile::tempdir().unwrap();
     let (new_key, _, new_kid) = anteroom::token::keygen(dir.path(), 2048, true).unwrap();
-    let first = waiting_room_config(&upstream, Backend::Memory, "capacity = 1", "");
+    let first = waiting_room_config(&upstream, Store::Memory, "capacity = 1", "");
     let p = Process::start("1s", &first).await;
 
     let mut admitted = p.visitor();
@@ -67,7 +68,7 @@ async fn sighup_changes_capacity_routes_and_keys_while_the_line_keeps_its_order(
     // the old one still accepted.
     let second_config = reorder_catch_all_last(&waiting_room_config(
         &upstream,
-        Backend::Memory,
+        Store::Memory,
         "capacity = 2",
         "[[route]]\nname = \"extra\"\npath_prefix = \"/extra/\"\nupstream = \"app\"\n",
     ))
@@ -106,8 +107,16 @@ async fn sighup_changes_capacity_routes_and_keys_while_the_line_keeps_its_order(
     assert_eq!(extra.status(), StatusCode::OK);
 
     let metrics = get_text(p.admin_url("/metrics")).await;
-    assert!(metrics.contains("anteroom_config_reloads_total{result=\"ok\"} 1"));
-    assert!(metrics.contains("anteroom_config_generation 2"));
+    assert_eq!(
+        metric("anteroom_config_reloads_total")
+            .label("result", "ok")
+            .value(&metrics),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("anteroom_config_generation").value(&metrics),
+        Some(2.0)
+    );
     eventually(Duration::from_secs(5), || async {
         p.log().contains("config reloaded").then_some(())
     })
@@ -117,7 +126,7 @@ async fn sighup_changes_capacity_routes_and_keys_while_the_line_keeps_its_order(
 #[tokio::test]
 async fn a_broken_file_keeps_the_running_config_and_every_problem_is_logged() {
     let upstream = TestUpstream::start().await;
-    let config = waiting_room_config(&upstream, Backend::Memory, "capacity = 1", "");
+    let config = waiting_room_config(&upstream, Store::Memory, "capacity = 1", "");
     let p = Process::start("1s", &config).await;
     let mut admitted = p.visitor();
     assert_eq!(admitted.get("/x").await.0, StatusCode::OK);
@@ -168,8 +177,18 @@ async fn a_broken_file_keeps_the_running_config_and_every_problem_is_logged() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(generation(&p).await, 2);
     let metrics = get_text(p.admin_url("/metrics")).await;
-    assert!(metrics.contains("anteroom_config_reloads_total{result=\"failed\"} 2"));
-    assert!(metrics.contains("anteroom_config_reloads_total{result=\"ok\"} 1"));
+    assert_eq!(
+        metric("anteroom_config_reloads_total")
+            .label("result", "failed")
+            .value(&metrics),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric("anteroom_config_reloads_total")
+            .label("result", "ok")
+            .value(&metrics),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -178,7 +197,7 @@ async fn a_removed_room_forgets_its_line_and_an_admin_change_survives_an_unrelat
     let config = format!(
         "{}\n[[room]]\nname = \"llm\"\nmode = \"requests\"\ncapacity = 1\n\
          [[route]]\nname = \"api\"\npath_prefix = \"/api/\"\nupstream = \"app\"\nroom = \"llm\"\n",
-        waiting_room_config(&upstream, Backend::Memory, "capacity = 1", "")
+        waiting_room_config(&upstream, Store::Memory, "capacity = 1", "")
     );
     // The catch-all route must come last.
     let config = reorder_catch_all_last(&config);
@@ -204,7 +223,7 @@ async fn a_removed_room_forgets_its_line_and_an_admin_change_survives_an_unrelat
 
     // The llm room and its route go: /api/ falls to the catch-all and its
     // room; the llm room is gone from the admin API and the metrics.
-    let without = waiting_room_config(&upstream, Backend::Memory, "capacity = 1", "");
+    let without = waiting_room_config(&upstream, Store::Memory, "capacity = 1", "");
     p.rewrite(&without);
     assert_eq!(hangup(&p).await["lastReload"]["result"], "ok");
     let gone = client()
@@ -214,7 +233,13 @@ async fn a_removed_room_forgets_its_line_and_an_admin_change_survives_an_unrelat
         .unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     let metrics = get_text(p.admin_url("/metrics")).await;
-    assert!(!metrics.contains("anteroom_room_capacity{mode=\"requests\",room=\"llm\"}"));
+    assert!(
+        metric("anteroom_room_capacity")
+            .label("mode", "requests")
+            .label("room", "llm")
+            .value(&metrics)
+            .is_none()
+    );
     // web's room table never changed: the admin's capacity is still in force.
     let web = get_json(p.admin_url("/admin/rooms/web")).await;
     assert_eq!(web["capacity"], 5, "{web}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 
+use crate::common::metric;
 use crate::common::{TestProxy, TestUpstream, client, eventually, read_until};
 
 fn room_config(upstream: &TestUpstream, capacity: u32, max_wait: &str) -> String {
@@ -305,12 +306,20 @@ async fn a_token_budget_is_charged_what_responses_report_and_refuses_past_it() {
         "500 tokens at 100/s: {retry} ms"
     );
     let metrics = proxy.metrics().await;
-    assert!(
-        metrics.contains("anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 5500"),
+    assert_eq!(
+        metric("anteroom_room_tokens_total")
+            .label("class", "standard")
+            .label("room", "llm")
+            .value(&metrics),
+        Some(5500.0),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("anteroom_room_rejected_total{reason=\"tokens\",room=\"llm\"} 1"),
+    assert_eq!(
+        metric("anteroom_room_rejected_total")
+            .label("reason", "tokens")
+            .label("room", "llm")
+            .value(&metrics),
+        Some(1.0),
         "{metrics}"
     );
     assert_eq!(upstream.seen.requests.load(SeqCst), 2);
@@ -376,8 +385,12 @@ async fn a_response_without_usage_is_charged_the_estimate_once_even_when_the_cli
     drop(tcp);
     eventually(Duration::from_secs(10), || async {
         let m = proxy.metrics().await;
-        m.contains("anteroom_room_tokens_total{class=\"standard\",room=\"llm\"} 1000")
-            .then_some(())
+        (metric("anteroom_room_tokens_total")
+            .label("class", "standard")
+            .label("room", "llm")
+            .value(&m)
+            == Some(1000.0))
+        .then_some(())
     })
     .await;
     // Charged once: 2,000 remain, two more estimates fit, the third does not.

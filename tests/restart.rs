@@ -11,13 +11,15 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
 use crate::common::process::Process;
-use crate::common::{Backend, TestUpstream, client, eventually, get_json, waiting_room_config};
+use crate::common::{
+    Store, TestUpstream, client, eventually, get_json, metric, waiting_room_config,
+};
 
 /// A sessions room "web" of `capacity` on `/`, a requests room "llm" of 2 on
 /// `/api/`, the state kept in `dir`.
 fn config(upstream: &TestUpstream, dir: &std::path::Path, interval: &str) -> String {
     let catch_all = "[[route]]\npath_prefix = \"/\"\nupstream = \"app\"\nroom = \"web\"\n";
-    let base = waiting_room_config(upstream, Backend::Memory, "capacity = 1", "").replace(
+    let base = waiting_room_config(upstream, Store::Memory, "capacity = 1", "").replace(
         "backend = \"memory\"\n",
         &format!(
             "backend = \"memory\"\nstate_dir = \"{}\"\nsnapshot_interval = \"{interval}\"\n",
@@ -32,12 +34,16 @@ fn config(upstream: &TestUpstream, dir: &std::path::Path, interval: &str) -> Str
     )
 }
 
-async fn metric(p: &Process, name: &str) -> u64 {
-    let text = crate::common::get_text(p.admin_url("/metrics")).await;
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+/// Snapshots the instance wrote.
+async fn snapshots_written(p: &Process) -> f64 {
+    metric("anteroom_state_snapshots_total")
+        .label("result", "ok")
+        .of(&scrape(p).await)
+}
+
+/// The instance's `/metrics`.
+async fn scrape(p: &Process) -> String {
+    crate::common::get_text(p.admin_url("/metrics")).await
 }
 
 async fn patch(p: &Process, room: &str, body: serde_json::Value) {
@@ -94,10 +100,9 @@ async fn a_crash_loses_at_most_the_last_snapshot_interval() {
     let mut queued = first.visitor();
     assert_eq!(queued.get("/x").await.1["position"], 1);
     // Two snapshots after the last change: it is on disk.
-    let written = metric(&first, "anteroom_state_snapshots_total{result=\"ok\"}").await;
+    let written = snapshots_written(&first).await;
     eventually(Duration::from_secs(5), || async {
-        (metric(&first, "anteroom_state_snapshots_total{result=\"ok\"}").await >= written + 2)
-            .then_some(())
+        (snapshots_written(&first).await >= written + 2.0).then_some(())
     })
     .await;
 

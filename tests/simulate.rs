@@ -13,7 +13,7 @@ use anteroom::simulate::{Curve, Model, run};
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 
-use crate::common::{Backend, TestProxy, TestUpstream, waiting_room_config};
+use crate::common::{Store, TestProxy, TestUpstream, waiting_room_config};
 
 const VISITORS: usize = 50;
 const VISIT: Duration = Duration::from_secs(1);
@@ -24,7 +24,7 @@ async fn simulated_waits_match_a_real_run() {
     let upstream = TestUpstream::start().await;
     let toml = waiting_room_config(
         &upstream,
-        Backend::Memory,
+        Store::Memory,
         "capacity = 5\npoll_interval = \"250ms\"\nclaim_window = \"5s\"\nheartbeat_timeout = \"10s\"\nsession_ttl = \"30s\"",
         "",
     );

@@ -2,7 +2,8 @@
 //! `dyn Store` on every backend (the memory store, and the Redis store on a
 //! redis-server and on a three-shard Redis Cluster this suite starts, one
 //! cluster for every scenario, each under its own key prefix). A new backend
-//! is added to `backends!` and must pass every scenario unchanged.
+//! is added to `common::Store` and `each_store!` and must pass every scenario
+//! unchanged.
 //!
 //! The stores keep real time (Redis its own clock), so rooms here have short
 //! windows and the scenarios wait for the rule to take effect, with a
@@ -19,6 +20,8 @@ use anteroom::store::{
     SettingsPatch, Store, now_millis,
 };
 
+// The backends every scenario runs on (`each_store!` with the cluster).
+use crate::common::Store as Backend;
 use crate::common::eventually;
 use crate::common::redis::RedisServer;
 use crate::common::redis_deployments::{RedisCluster, Sentinels};
@@ -32,15 +35,6 @@ struct Subject {
     _server: Option<RedisServer>,
 }
 
-/// The backends every scenario runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Memory,
-    Redis,
-    /// The Redis store on a cluster of three primaries.
-    Cluster,
-}
-
 impl Backend {
     async fn open(self, specs: &[RoomSpec]) -> Subject {
         match self {
@@ -48,15 +42,17 @@ impl Backend {
                 store: Arc::new(MemoryStore::new(specs)),
                 _server: None,
             },
-            Backend::Redis => {
-                let server = RedisServer::start();
-                let config = redis_config(&server, "conformance");
+            Backend::Redis(port) => {
+                let config = RedisConfig {
+                    deployment: Deployment::Server(format!("redis://127.0.0.1:{port}/0")),
+                    ..redis_config_at("", "conformance")
+                };
                 let store =
                     RedisStore::new(&config, specs, &[], Duration::from_millis(50)).unwrap();
                 store.prepare().await.unwrap();
                 Subject {
                     store: Arc::new(store),
-                    _server: Some(server),
+                    _server: None,
                 }
             }
             Backend::Cluster => {
@@ -79,36 +75,7 @@ impl Backend {
     }
 }
 
-macro_rules! backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await;
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Cluster).await;
-                }
-            )*
-        }
-    };
-}
-
-backends!(
+crate::each_store!(with_cluster:
     admits_up_to_capacity_then_queues_in_order,
     a_freed_slot_is_reserved_for_the_head,
     no_show_loses_the_reservation_then_comes_back_first,
@@ -141,8 +108,13 @@ backends!(
 
 /// A store config for the test's own redis-server, its keys under `prefix`.
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
+    redis_config_at(&server.url(), prefix)
+}
+
+/// A Redis store's settings for one server at `url`, under `prefix`.
+fn redis_config_at(url: &str, prefix: &str) -> RedisConfig {
     RedisConfig {
-        deployment: Deployment::Server(server.url()),
+        deployment: Deployment::Server(url.to_owned()),
         username: None,
         password: None,
         key_prefix: prefix.to_owned(),
@@ -658,7 +630,7 @@ async fn unknown_tickets_are_expired(backend: Backend) {
     let foreign = store.poll("other", &t.ticket, true).await.unwrap();
     match backend {
         Backend::Memory => assert_eq!(foreign, Polled::Expired),
-        Backend::Redis | Backend::Cluster => {
+        Backend::Redis(_) | Backend::Cluster => {
             assert!(matches!(foreign, Polled::Admitted(_)), "{foreign:?}");
         }
     }
@@ -970,7 +942,7 @@ async fn the_backend_names_itself(backend: Backend) {
     let s = open(backend, spec(1)).await;
     let expected = match backend {
         Backend::Memory => "memory",
-        Backend::Redis | Backend::Cluster => "redis",
+        Backend::Redis(_) | Backend::Cluster => "redis",
     };
     assert_eq!(s.store.backend(), expected);
     s.store.ping().await.unwrap();

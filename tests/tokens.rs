@@ -10,9 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::common::{
-    Backend, TestProxy, TestUpstream, client, get_json, keys, waiting_room_config,
-};
+use crate::common::{Store, TestProxy, TestUpstream, client, get_json, keys, waiting_room_config};
 
 fn private_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&std::fs::read(&keys().private).unwrap()).unwrap()
@@ -200,7 +198,7 @@ async fn pass_verifies_with_pyjwt_against_the_jwks() {
     let upstream = TestUpstream::start().await;
     let proxy = TestProxy::start(&waiting_room_config(
         &upstream,
-        Backend::Memory,
+        Store::Memory,
         "capacity = 5",
         "",
     ))

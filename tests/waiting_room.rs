@@ -8,34 +8,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::json;
 
+use crate::common::metric;
 use crate::common::{
-    Backend, TestProxy, TestUpstream, Visitor, client, eventually, waiting_room_config,
+    Store, TestProxy, TestUpstream, Visitor, client, eventually, waiting_room_config,
 };
 
-/// Runs each scenario once per backend: in memory, and on a redis-server of its own.
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(crate::common::Backend::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let server = crate::common::redis::RedisServer::start();
-                    super::$name(crate::common::Backend::Redis(server.port)).await;
-                }
-            )*
-        }
-    };
-}
-
-scenarios!(
+crate::each_store!(
     fifty_visitors_are_admitted_in_arrival_order,
     priority_overtakes_but_normal_still_advances,
     silent_visitor_keeps_place_and_no_show_loses_reservation,
@@ -53,7 +31,7 @@ scenarios!(
     a_burst_is_told_places_and_waits_that_agree,
 );
 
-async fn start(upstream: &TestUpstream, backend: Backend, room: &str, after: &str) -> TestProxy {
+async fn start(upstream: &TestUpstream, backend: Store, room: &str, after: &str) -> TestProxy {
     TestProxy::start(&waiting_room_config(upstream, backend, room, after)).await
 }
 
@@ -85,7 +63,7 @@ async fn poll_all(waiting: &mut [Visitor], done: &[bool]) -> Vec<usize> {
     admitted
 }
 
-async fn fifty_visitors_are_admitted_in_arrival_order(backend: Backend) {
+async fn fifty_visitors_are_admitted_in_arrival_order(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -133,7 +111,7 @@ async fn fifty_visitors_are_admitted_in_arrival_order(backend: Backend) {
     assert_eq!(room["waiting"], 0);
 }
 
-async fn priority_overtakes_but_normal_still_advances(backend: Backend) {
+async fn priority_overtakes_but_normal_still_advances(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -183,7 +161,7 @@ async fn priority_overtakes_but_normal_still_advances(backend: Backend) {
     );
 }
 
-async fn silent_visitor_keeps_place_and_no_show_loses_reservation(backend: Backend) {
+async fn silent_visitor_keeps_place_and_no_show_loses_reservation(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -217,7 +195,7 @@ async fn silent_visitor_keeps_place_and_no_show_loses_reservation(backend: Backe
     silent.poll_until(|p| p["state"] == "admitted").await;
 }
 
-async fn refresh_keeps_the_position(backend: Backend) {
+async fn refresh_keeps_the_position(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(&upstream, backend, "capacity = 1", "").await;
     let _inside = admit(&proxy, 1).await;
@@ -268,7 +246,7 @@ async fn refresh_keeps_the_position(backend: Backend) {
     );
 }
 
-async fn release_command_and_leave_free_the_slot_at_once(backend: Backend) {
+async fn release_command_and_leave_free_the_slot_at_once(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -312,7 +290,7 @@ async fn release_command_and_leave_free_the_slot_at_once(backend: Backend) {
     assert_eq!(body["code"], "QUEUE_REQUIRED");
 }
 
-async fn paused_keeps_order_and_maintenance_closes(backend: Backend) {
+async fn paused_keeps_order_and_maintenance_closes(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -360,7 +338,7 @@ async fn paused_keeps_order_and_maintenance_closes(backend: Backend) {
     assert_eq!(inside[0].get("/echo").await.0, 200);
 }
 
-async fn concurrent_arrivals_never_exceed_capacity(backend: Backend) {
+async fn concurrent_arrivals_never_exceed_capacity(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(&upstream, backend, "capacity = 10", "").await;
     let arrivals = (0..100).map(|_| {
@@ -390,7 +368,7 @@ async fn concurrent_arrivals_never_exceed_capacity(backend: Backend) {
     assert_eq!(proxy.capacity("web").await["inUse"], 10);
 }
 
-async fn attribution_reaches_the_upstream_and_conversions_count(backend: Backend) {
+async fn attribution_reaches_the_upstream_and_conversions_count(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -448,15 +426,32 @@ async fn attribution_reaches_the_upstream_and_conversions_count(backend: Backend
     // Counted in the logging phase, which ends after the client has its response.
     let metrics = eventually(Duration::from_secs(5), || async {
         let m = proxy.metrics().await;
-        m.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="other",utm_source="other"} 1"#)
-            .then_some(m)
+        (metric("anteroom_visitors_converted_total")
+            .label("room", "web")
+            .label("utm_campaign", "other")
+            .label("utm_source", "other")
+            .value(&m)
+            == Some(1.0))
+        .then_some(m)
     })
     .await;
-    assert!(metrics.contains(r#"anteroom_visitors_admitted_total{how="queue",room="web"} 1"#));
-    assert!(metrics.contains(r#"anteroom_visitors_arrived_total{lane="normal",room="web"} 2"#));
+    assert_eq!(
+        metric("anteroom_visitors_admitted_total")
+            .label("how", "queue")
+            .label("room", "web")
+            .value(&metrics),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("anteroom_visitors_arrived_total")
+            .label("lane", "normal")
+            .label("room", "web")
+            .value(&metrics),
+        Some(2.0)
+    );
 }
 
-async fn bypass_by_path_network_and_app_token(backend: Backend) {
+async fn bypass_by_path_network_and_app_token(backend: Store) {
     let upstream = TestUpstream::start().await;
     let secret = "an-app-secret-of-at-least-32-characters!";
     let proxy = start(
@@ -532,7 +527,7 @@ async fn bypass_by_path_network_and_app_token(backend: Backend) {
     );
 }
 
-async fn status_and_capacity_report_the_place(backend: Backend) {
+async fn status_and_capacity_report_the_place(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -590,7 +585,7 @@ async fn status_and_capacity_report_the_place(backend: Backend) {
     assert_eq!(nobody.poll().await["state"], "expired");
 }
 
-async fn full_queue_is_refused(backend: Backend) {
+async fn full_queue_is_refused(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(&upstream, backend, "capacity = 1\nmax_queue = 2", "").await;
     let _inside = admit(&proxy, 1).await;
@@ -639,7 +634,7 @@ async fn page_kept(
     }
 }
 
-async fn waiting_page_in_english_and_german(backend: Backend) {
+async fn waiting_page_in_english_and_german(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -696,7 +691,7 @@ async fn trusted_proxies_give_the_client_address_and_tls() {
     let upstream = TestUpstream::start().await;
     let config = waiting_room_config(
         &upstream,
-        Backend::Memory,
+        Store::Memory,
         "capacity = 1\n[room.bypass]\ncidrs = [\"10.9.0.0/16\"]",
         "",
     );
@@ -737,7 +732,7 @@ async fn trusted_proxies_give_the_client_address_and_tls() {
 /// A room of one with hour-long visits, a thousand ahead: 1,001 hours is
 /// not an estimate anyone can use. The status says so (`waitMs: null`,
 /// `waitKnown: false`), and so does the page, in words.
-async fn a_wait_longer_than_a_day_is_not_told(backend: Backend) {
+async fn a_wait_longer_than_a_day_is_not_told(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(&upstream, backend, "capacity = 1\navg_session = \"1h\"", "").await;
     let _inside = admit(&proxy, 1).await;
@@ -770,7 +765,7 @@ async fn a_wait_longer_than_a_day_is_not_told(backend: Backend) {
 /// With `consent_cookie`, a campaign is recorded and passed upstream only
 /// for a visitor whose consent cookie says so; the others are still counted,
 /// anonymously, and a consent withdrawn stops the campaign going upstream.
-async fn campaigns_are_recorded_and_passed_on_only_with_consent(backend: Backend) {
+async fn campaigns_are_recorded_and_passed_on_only_with_consent(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,
@@ -830,12 +825,22 @@ async fn campaigns_are_recorded_and_passed_on_only_with_consent(backend: Backend
     }
     let metrics = eventually(Duration::from_secs(5), || async {
         let m = proxy.metrics().await;
-        m.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="none",utm_source="none"} 2"#)
-            .then_some(m)
+        (metric("anteroom_visitors_converted_total")
+            .label("room", "web")
+            .label("utm_campaign", "none")
+            .label("utm_source", "none")
+            .value(&m)
+            == Some(2.0))
+        .then_some(m)
     })
     .await;
-    assert!(
-        metrics.contains(r#"anteroom_visitors_converted_total{room="web",utm_campaign="other",utm_source="meta"} 1"#),
+    assert_eq!(
+        metric("anteroom_visitors_converted_total")
+            .label("room", "web")
+            .label("utm_campaign", "other")
+            .label("utm_source", "meta")
+            .value(&metrics),
+        Some(1.0),
         "{metrics}"
     );
 }
@@ -844,7 +849,7 @@ async fn campaigns_are_recorded_and_passed_on_only_with_consent(backend: Backend
 /// their first answer without polling: each is told its own place (1 to
 /// 12, not "position 1" for all), and the waits told grow with the places,
 /// because both count the same places (confirmed or fresh).
-async fn a_burst_is_told_places_and_waits_that_agree(backend: Backend) {
+async fn a_burst_is_told_places_and_waits_that_agree(backend: Store) {
     let upstream = TestUpstream::start().await;
     let proxy = start(
         &upstream,

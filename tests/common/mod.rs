@@ -43,22 +43,48 @@ pub fn keys() -> &'static Keys {
     })
 }
 
-/// Where a test's waiting-room state lives.
+/// Where a test's state lives: the memory store, a redis-server the test
+/// started (on this port), or the Redis Cluster the whole run shares. Each
+/// scenario is run on the stores `each_store!` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum Store {
     Memory,
-    /// A redis-server the test started, on this port.
     Redis(u16),
+    Cluster,
 }
 
-impl Backend {
-    /// The `[store]` table for this backend, with a fast sweeper for tests.
+impl Store {
+    /// For a store instances share: the `[tokens]` and `[store]` every
+    /// instance needs, under `prefix`, with `extra` store keys (`None` for
+    /// the memory store, which no two instances share).
+    pub fn shared_toml(&self, prefix: &str, extra: &str) -> Option<String> {
+        let store = match self {
+            Store::Memory => return None,
+            Store::Redis(port) => format!("url = \"redis://127.0.0.1:{port}/0\""),
+            Store::Cluster => format!(
+                "cluster_nodes = {:?}",
+                redis_deployments::RedisCluster::shared().urls()
+            ),
+        };
+        Some(format!(
+            "[tokens]\nsigning_key = \"{}\"\n\n[store]\nbackend = \"redis\"\n{store}\nkey_prefix = \"{prefix}\"\n{extra}\n",
+            keys().private.display(),
+        ))
+    }
+
+    /// The `[store]` table for a proxy on this store, with a fast sweeper
+    /// for tests.
     pub fn store_toml(&self) -> String {
         match self {
-            Backend::Memory => {
+            Store::Memory => {
                 "[store]\nbackend = \"memory\"\nsweep_interval = \"50ms\"\n".to_owned()
             }
-            Backend::Redis(port) => format!(
+            Store::Cluster => format!(
+                "[store]\nbackend = \"redis\"\ncluster_nodes = {:?}\nkey_prefix = \"t{:x}\"\nsweep_interval = \"50ms\"\ntouch_interval = \"1s\"\nlease = \"1s\"\ntimeout = \"300ms\"\n",
+                redis_deployments::RedisCluster::shared().urls(),
+                rand::random::<u32>()
+            ),
+            Store::Redis(port) => format!(
                 "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"t{:x}\"\nsweep_interval = \"50ms\"\ntouch_interval = \"1s\"\nlease = \"1s\"\ntimeout = \"300ms\"\n",
                 rand::random::<u32>()
             ),
@@ -71,15 +97,15 @@ impl Backend {
 /// `after` is appended at the end (e.g. `[route.bypass]`, more tables).
 pub fn waiting_room_config(
     upstream: &TestUpstream,
-    backend: Backend,
+    store: Store,
     room: &str,
     after: &str,
 ) -> String {
-    waiting_room_config_for(&upstream.addr.to_string(), backend, room, after)
+    waiting_room_config_for(&upstream.addr.to_string(), store, room, after)
 }
 
 /// `waiting_room_config` in front of the upstream at `address`.
-pub fn waiting_room_config_for(address: &str, backend: Backend, room: &str, after: &str) -> String {
+pub fn waiting_room_config_for(address: &str, store: Store, room: &str, after: &str) -> String {
     format!(
         r#"
 [tokens]
@@ -102,7 +128,7 @@ room = "web"
 {after}
 "#,
         key = keys().private.display(),
-        store = backend.store_toml(),
+        store = store.store_toml(),
         addr = address,
     )
 }
@@ -214,12 +240,77 @@ impl ShutdownSignalWatch for TestSignal {
     }
 }
 
-/// A metric's value in `/metrics` text: the line that starts with
-/// `series` (its name and labels as Prometheus writes them), 0 if absent.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// One series of anteroom's `/metrics`, picked as linkerd's tests pick
+/// them: `metric("anteroom_room_admitted_total").label("room", "web")`,
+/// then `.value(&scrape)` or `.of(&scrape)`. The scrape is parsed
+/// (`prometheus-parse`), so a check can neither match a prefix of another
+/// series nor depend on the order labels are written in.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+/// The series named `name` (add its labels with [`Metric::label`]).
+pub fn metric(name: &str) -> Metric {
+    Metric {
+        name: name.to_owned(),
+        labels: Vec::new(),
+    }
+}
+
+impl Metric {
+    /// Only the samples with this label value.
+    pub fn label(mut self, key: &str, value: impl ToString) -> Metric {
+        self.labels.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Its value in a scrape: `None` when no sample has these labels. More
+    /// than one matching sample is a mistake in the test (labels missing).
+    pub fn value(&self, scrape: &str) -> Option<f64> {
+        let lines = scrape.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("a Prometheus scrape");
+        let mut found = parsed.samples.iter().filter(|s| self.matches(s));
+        let sample = found.next()?;
+        assert!(found.next().is_none(), "{self:?} matches several series");
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => panic!("{self:?} is not a counter or gauge"),
+        }
+    }
+
+    /// The sum over every sample with these labels (the others free).
+    pub fn sum(&self, scrape: &str) -> f64 {
+        let lines = scrape.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("a Prometheus scrape");
+        parsed
+            .samples
+            .iter()
+            .filter(|s| self.matches(s))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{self:?} is not a counter or gauge"),
+            })
+            .sum()
+    }
+
+    fn matches(&self, s: &prometheus_parse::Sample) -> bool {
+        s.metric == self.name
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| s.labels.get(k) == Some(v.as_str()))
+    }
+
+    /// Its value in a scrape, 0 when absent (a series not yet written).
+    pub fn of(&self, scrape: &str) -> f64 {
+        self.value(scrape).unwrap_or(0.0)
+    }
 }
 
 /// A running anteroom.
@@ -236,7 +327,7 @@ impl TestProxy {
     pub async fn one_place(upstream: &TestUpstream) -> TestProxy {
         Self::start(&waiting_room_config(
             upstream,
-            Backend::Memory,
+            Store::Memory,
             "capacity = 1",
             "",
         ))
@@ -372,17 +463,23 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// Where a test's instances keep their state: in memory, or on a
-/// redis-server the test started.
-pub enum Store<'a> {
-    Memory,
-    Redis(&'a redis::RedisServer),
-}
-
-/// Runs each named scenario `async fn name(store: Store<'_>)` twice: on the
-/// memory store (`memory::name`) and on a fresh redis-server (`redis::name`).
+/// Runs each named scenario `async fn name(store: Store)` on the memory
+/// store (`memory::name`) and on a redis-server of its own (`redis::name`);
+/// after `with_cluster:`, on the shared Redis Cluster too
+/// (`redis_cluster::name`).
 #[macro_export]
-macro_rules! on_both_stores {
+macro_rules! each_store {
+    (with_cluster: $($name:ident),* $(,)?) => {
+        $crate::each_store!($($name),*);
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Store::Cluster).await;
+                }
+            )*
+        }
+    };
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(
@@ -396,8 +493,8 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let redis = $crate::common::redis::RedisServer::start();
-                    super::$name($crate::common::Store::Redis(&redis)).await;
+                    let server = $crate::common::redis::RedisServer::start();
+                    super::$name($crate::common::Store::Redis(server.port)).await;
                 }
             )*
         }

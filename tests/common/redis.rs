@@ -239,11 +239,9 @@ impl RedisServer {
     /// the tests' signing key, and `[store]` here under `prefix`, with
     /// `extra` store keys.
     pub fn shared_store(&self, prefix: &str, extra: &str) -> String {
-        format!(
-            "[tokens]\nsigning_key = \"{}\"\n\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n{extra}\n",
-            super::keys().private.display(),
-            self.url()
-        )
+        super::Store::Redis(self.port)
+            .shared_toml(prefix, extra)
+            .unwrap_or_default()
     }
 
     /// Freezes the server (it accepts connections but answers nothing).
