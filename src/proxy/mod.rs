@@ -286,10 +286,9 @@ impl ProxyHttp for Proxy {
         let latency = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
         ctx.upstream_response = Some((status, latency));
         let sent = ctx.upstream_sent.unwrap_or_else(Instant::now);
-        let site = Arc::clone(&ctx.site);
         let (Some(in_flight), Some(route)) = (
             ctx.guard.in_flight(),
-            ctx.route.and_then(|r| site.router.get(r)),
+            ctx.route.and_then(|r| ctx.site.router.get(r)),
         ) else {
             return Ok(());
         };
@@ -330,13 +329,9 @@ impl ProxyHttp for Proxy {
         if let Some(hsts) = &ctx.hsts {
             upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
-        let site = Arc::clone(&ctx.site);
+        let gate = ctx.site.gate.as_deref();
         ctx.guard
-            .respond(
-                site.gate.as_deref(),
-                upstream_response,
-                ctx.forwarding.secure(),
-            )
+            .respond(gate, upstream_response, ctx.forwarding.secure())
             .await
     }
 
@@ -393,11 +388,12 @@ impl ProxyHttp for Proxy {
         }) {
             crate::logging::routine().client_disconnects.inc();
         }
-        if tracing::enabled!(target: "anteroom::access", tracing::Level::INFO) {
+        let access = tracing::enabled!(target: "anteroom::access", tracing::Level::INFO);
+        if access {
             ctx.request_id(session.req_header());
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let site = Arc::clone(&ctx.site);
+        let site = &ctx.site;
         let req = session.req_header();
         let path = ctx.target.as_deref().map_or_else(
             || req.uri.path(),
@@ -424,6 +420,9 @@ impl ProxyHttp for Proxy {
             metrics.latency.observe(latency.as_secs_f64());
         }
 
+        if !access {
+            return;
+        }
         let route = ctx.route.and_then(|r| site.router.get(r));
         Access {
             req,

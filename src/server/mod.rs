@@ -240,14 +240,19 @@ fn deliveries(
     if events.sinks.is_empty() {
         return Ok(Vec::new());
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| SetupError::Events(format!("dead_letter_dir {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|source| SetupError::DeadLetters {
+        dir: dir.clone(),
+        source,
+    })?;
     outlets
         .into_iter()
         .zip(&events.sinks)
         .map(|(outlet, sink)| {
-            let open = sinks::open(&sink.kind, events.timeout)
-                .map_err(|e| SetupError::Events(format!("sink {:?}: {e}", sink.name)))?;
+            let open =
+                sinks::open(&sink.kind, events.timeout).map_err(|source| SetupError::Sink {
+                    name: sink.name.clone(),
+                    source,
+                })?;
             let delivery = Delivery::new(outlet, open, dir, events, config.server.grace_period);
             Ok(background_service(
                 &format!("events to {}", sink.name),
@@ -418,8 +423,7 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Opened, SetupError
             saved: None,
         },
         (Backend::Memory, Some(state)) => {
-            let (file, store, slots) =
-                snapshots::restore(state, &specs).map_err(|e| SetupError::Store(e.to_string()))?;
+            let (file, store, slots) = snapshots::restore(state, &specs)?;
             let store = Arc::new(Observed::new(store, metrics));
             Opened {
                 store: store.clone(),
@@ -439,9 +443,9 @@ fn open_store(config: &Config, registry: &Registry) -> Result<Opened, SetupError
                 .filter(|r| r.requests().is_some())
                 .map(|r| (r.name.clone(), r.capacity))
                 .collect();
-            let store = RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)
-                .map_err(|e| SetupError::Store(e.to_string()))?
-                .with_rebuild_grace(config.store.rebuild_grace);
+            let store =
+                RedisStore::new(redis, &specs, &request_rooms, config.store.sweep_interval)?
+                    .with_rebuild_grace(config.store.rebuild_grace);
             let shared = Arc::new(Observed::new(store, metrics));
             Opened {
                 store: shared.clone(),

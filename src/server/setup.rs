@@ -5,8 +5,11 @@
 use std::net::SocketAddr;
 
 use crate::config::{ConfigError, Problem};
+use crate::events::bus::SinkError;
 use crate::proxy::site::AssemblyError;
 use crate::proxy::upstream::UpstreamError;
+use crate::store::StoreError;
+use crate::store::state_file::StateError;
 
 /// Why a config could not be put in force.
 #[derive(Debug, thiserror::Error)]
@@ -41,15 +44,31 @@ pub enum SetupError {
     /// Metrics could not be registered (a bug, not a config problem).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The store's state on disk could not be read back.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The store could not be set up.
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The SIGHUP handler could not be installed.
     #[error("cannot install the SIGHUP handler: {0}")]
     Signals(std::io::Error),
-    /// An event sink or its dead-letter directory could not be set up.
-    #[error("events: {0}")]
-    Events(String),
+    /// An event sink's dead-letter directory could not be made.
+    #[error("events: dead_letter_dir {}: {source}", dir.display())]
+    DeadLetters {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// An event sink could not be set up.
+    #[error("events: sink {name:?}: {source}")]
+    Sink {
+        /// The sink's name.
+        name: String,
+        /// Why.
+        source: SinkError,
+    },
     /// The reload itself failed (a bug, not a config problem).
     #[error("reload failed: {0}")]
     Internal(String),
