@@ -39,9 +39,9 @@ pub enum Guard {
     #[default]
     Unguarded,
     /// A request of a `requests` room.
-    Requests(Box<InFlight>),
+    Requests(InFlight),
     /// A visitor of a `sessions` room.
-    Sessions(Box<Visiting>),
+    Sessions(Visiting),
 }
 
 /// A request of a `requests` room.
@@ -248,7 +248,7 @@ impl InFlight {
                 );
             }
         };
-        Entry::forward(Guard::Requests(Box::new(InFlight {
+        Entry::forward(Guard::Requests(InFlight {
             room: Arc::clone(room),
             slot,
             turn,
@@ -261,7 +261,7 @@ impl InFlight {
             retries: 0,
             requeue: None,
             body_hint: None,
-        })))
+        }))
     }
 
     fn limits(&self) -> Option<&Limiters> {
@@ -415,11 +415,11 @@ impl Visiting {
                 // The pass cookie reaches the confirm endpoint only from the root.
                 let confirm =
                     visit.on_arrival() && facts.wants_html() && w.config.cookie_path == "/";
-                Entry::forward(Guard::Sessions(Box::new(Visiting {
+                Entry::forward(Guard::Sessions(Visiting {
                     room: Arc::clone(room),
                     visit,
                     confirm,
-                })))
+                }))
             }
             Decision::Wait(waiting) => {
                 counters.queued.inc();
