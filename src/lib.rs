@@ -13,6 +13,7 @@ pub mod attribution;
 pub mod bypass;
 pub mod challenge;
 pub mod clients;
+pub mod codes;
 pub mod config;
 pub mod demo;
 pub mod events;

@@ -168,6 +168,195 @@ upstream = "ap"
     }
 }
 
+/// A sessions room for launch settings: `[tokens]`, and `extra` keys and
+/// tables after the room's own.
+fn launch_room(extra: &str) -> String {
+    if !Path::new("certs/anteroom.key.pem").exists() {
+        anteroom::token::keygen(Path::new("certs"), 2048, false).unwrap();
+    }
+    format!(
+        r#"
+[tokens]
+signing_key = "certs/anteroom.key.pem"
+{BASE}
+[[room]]
+name = "web"
+mode = "sessions"
+capacity = 500
+{extra}
+"#
+    )
+}
+
+/// A file of code digests for the tests, written once.
+fn codes_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("anteroom-codes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// The launch of issue 28's example, exactly as written there (the codes
+/// file made for the test): every value read as written.
+#[test]
+fn the_launch_loads_as_documented() {
+    let digest = anteroom::codes::digest("VIP-1")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let file = codes_file("vip.sha256", &format!("{digest}\n"));
+    let text = launch_room(&format!(
+        r#"invite_only = false                   # true: only code holders may join
+
+[[room.event]]
+name = "spring-drop"
+prequeue_opens = "2027-03-01T09:45:00Z"
+starts = "2027-03-01T10:00:00Z"
+ends = "2027-03-01T12:00:00Z"         # optional; the room closes by itself
+shuffle = true                        # the draw at `starts`
+capacity = 800                        # optional overrides while the event runs
+message = "Doors open at 10:00 CET."
+
+[[room.codes]]
+file = "{file}"             # one SHA-256 hex digest per line, single use
+lane = "priority"                     # or "admit"
+"#
+    ));
+    let config =
+        Config::from_toml(&text, Path::new("launch.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let room = config.rooms[0].sessions().expect("a sessions room");
+    let launch = &room.launches[0];
+    assert_eq!(launch.name, "spring-drop");
+    assert_eq!(
+        launch.starts.duration_since(launch.prequeue_opens).unwrap(),
+        std::time::Duration::from_secs(15 * 60)
+    );
+    assert_eq!(launch.capacity, Some(800));
+    assert!(launch.shuffle);
+    assert_eq!(room.codes[0].uses, 1);
+    // Checked in full, but refused until this version runs launches: with
+    // exactly these keys, nothing else.
+    let refused = match Assets::load(&config) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("not refused: {:?}", other.err()),
+    };
+    let keys: Vec<&str> = refused.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["room[0].event", "room[0].codes"], "{refused:?}");
+}
+
+/// Bad launch settings, each refused with its key named.
+#[test]
+fn bad_launches_name_their_key() {
+    let event = |name: &str, opens: &str, starts: &str, ends: &str| {
+        format!(
+            "[[room.event]]\nname = \"{name}\"\nprequeue_opens = \"{opens}\"\nstarts = \"{starts}\"\n{ends}\n"
+        )
+    };
+    let a = event(
+        "a",
+        "2027-03-01T09:45:00Z",
+        "2027-03-01T10:00:00Z",
+        "ends = \"2027-03-01T12:00:00Z\"",
+    );
+    let good_file = codes_file("good.sha256", &format!("{}\n", "ab".repeat(32)));
+    let bad_file = codes_file("bad.sha256", &format!("{}\nVIP-1\n", "ab".repeat(32)));
+    let cases = [
+        (
+            "room[0].event[0].starts",
+            event("a", "2027-03-01T09:45:00Z", "tomorrow", ""),
+        ),
+        (
+            "room[0].event[0].prequeue_opens",
+            event("a", "2027-03-01T10:15:00Z", "2027-03-01T10:00:00Z", ""),
+        ),
+        (
+            "room[0].event[0].ends",
+            event(
+                "a",
+                "2027-03-01T09:45:00Z",
+                "2027-03-01T10:00:00Z",
+                "ends = \"2027-03-01T09:59:00Z\"",
+            ),
+        ),
+        // Overlapping the one before (written after or before it in the file).
+        (
+            "room[0].event[1].prequeue_opens",
+            format!(
+                "{a}{}",
+                event("b", "2027-03-01T11:30:00Z", "2027-03-01T11:45:00Z", "")
+            ),
+        ),
+        (
+            "room[0].event[0].prequeue_opens",
+            format!(
+                "{}{a}",
+                event("b", "2027-03-01T11:30:00Z", "2027-03-01T11:45:00Z", "")
+            ),
+        ),
+        // Open-ended: nothing may come after it.
+        (
+            "room[0].event[1].prequeue_opens",
+            format!(
+                "{}{}",
+                event("a", "2027-03-01T09:45:00Z", "2027-03-01T10:00:00Z", ""),
+                event("b", "2027-04-01T09:45:00Z", "2027-04-01T10:00:00Z", "")
+            ),
+        ),
+        (
+            "room[0].event[1].name",
+            format!(
+                "{a}{}",
+                event("a", "2027-04-01T09:45:00Z", "2027-04-01T10:00:00Z", "")
+            ),
+        ),
+        (
+            "room[0].event[0].capacity",
+            a.replace("[[room.event]]\n", "[[room.event]]\ncapacity = 0\n"),
+        ),
+        (
+            "room[0].event[0].message",
+            a.replace(
+                "[[room.event]]\n",
+                "[[room.event]]\nmessage = \"one\\ntwo\"\n",
+            ),
+        ),
+        ("room[0].invite_only", "invite_only = true\n".to_owned()),
+        (
+            "room[0].codes[0].lane",
+            format!("[[room.codes]]\nfile = \"{good_file}\"\nlane = \"vip\"\n"),
+        ),
+        (
+            "room[0].codes[0].uses",
+            format!("[[room.codes]]\nfile = \"{good_file}\"\nuses = 0\n"),
+        ),
+        (
+            "room[0].codes[0].file",
+            "[[room.codes]]\nfile = \"/nonexistent/codes\"\n".to_owned(),
+        ),
+        (
+            "room[0].codes[0].file",
+            format!("[[room.codes]]\nfile = \"{bad_file}\"\n"),
+        ),
+    ];
+    for (key, extra) in cases {
+        let msg = problems(&launch_room(&extra));
+        assert!(
+            msg.contains(key),
+            "expected the message to name {key:?}, got:\n{msg}"
+        );
+    }
+    // The bad line of a codes file is named by its number.
+    let msg = problems(&launch_room(&format!(
+        "[[room.codes]]\nfile = \"{bad_file}\"\n"
+    )));
+    assert!(msg.contains("line 2"), "{msg}");
+    assert!(
+        !msg.contains("VIP-1"),
+        "a codes file's content is never repeated: {msg}"
+    );
+}
+
 /// The LLM room of issue 13's example, exactly as written there.
 #[test]
 fn the_llm_room_loads_as_documented() {

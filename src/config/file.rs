@@ -201,6 +201,33 @@ pub struct RoomFile {
     pub challenge: Option<String>,
     pub challenge_difficulty: Option<i64>,
     pub bind: Option<String>,
+    pub invite_only: Option<bool>,
+    #[serde(rename = "event", skip_serializing_if = "Vec::is_empty", default)]
+    pub events: Vec<LaunchFile>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub codes: Vec<CodesFile>,
+}
+
+/// `[[room.event]]`: a launch at a set time.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct LaunchFile {
+    pub name: String,
+    pub prequeue_opens: String,
+    pub starts: String,
+    pub ends: Option<String>,
+    pub shuffle: Option<bool>,
+    pub capacity: Option<i64>,
+    pub admit_rate: Option<f64>,
+    pub page_template: Option<String>,
+    pub message: Option<String>,
+}
+
+/// `[[room.codes]]`: invite or priority codes, as a file of their digests.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct CodesFile {
+    pub file: String,
+    pub lane: Option<String>,
+    pub uses: Option<i64>,
 }
 
 /// `[room.limits]`.

@@ -10,7 +10,7 @@ mod validate;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Paths anteroom reserves for itself on the public listener: answered by
 /// anteroom, never proxied, so no route may use them.
@@ -614,6 +614,68 @@ pub struct Sessions {
     pub priority_weight: u32,
     /// Which request counts as a conversion.
     pub conversion: Option<Conversion>,
+    /// Only holders of a code (`codes`) may join.
+    pub invite_only: bool,
+    /// Launches at set times (`[[room.event]]`), in time order, none
+    /// overlapping another.
+    pub launches: Vec<Launch>,
+    /// Invite and priority codes (`[[room.codes]]`).
+    pub codes: Vec<Codes>,
+}
+
+/// `[[room.event]]`: a launch at a set time. From `prequeue_opens` every
+/// visitor is held in a pre-queue; at `starts` the pre-queued are put in
+/// line (in a random order with `shuffle`) ahead of later arrivals; at
+/// `ends`, if given, the room closes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// Its name: in the room's events, pages and the published draw.
+    pub name: String,
+    /// When the pre-queue opens.
+    pub prequeue_opens: SystemTime,
+    /// When the room opens and the pre-queued are drawn.
+    pub starts: SystemTime,
+    /// When the room closes by itself (`None`: it stays open).
+    pub ends: Option<SystemTime>,
+    /// The pre-queued are put in line in a random order (else in arrival order).
+    pub shuffle: bool,
+    /// The room's capacity while the event runs.
+    pub capacity: Option<u32>,
+    /// The room's admission rate while the event runs.
+    pub admit_rate: Option<f64>,
+    /// The waiting page while the event runs.
+    pub page_template: Option<PathBuf>,
+    /// What the line is told while the event runs.
+    pub message: Option<String>,
+}
+
+impl Launch {
+    /// The time from which it holds the room: its pre-queue's opening, to
+    /// its end (`None`: for good).
+    pub fn span(&self) -> (SystemTime, Option<SystemTime>) {
+        (self.prequeue_opens, self.ends)
+    }
+}
+
+/// `[[room.codes]]`: codes given as a file of their SHA-256 digests (one
+/// per line), so that the file leaks no code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codes {
+    /// The file of digests (read by `assets`).
+    pub file: PathBuf,
+    /// What a code does for its holder.
+    pub lane: CodeLane,
+    /// How many times each code may be used (1: single use).
+    pub uses: u32,
+}
+
+/// What a code does for its holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeLane {
+    /// A place in the priority lane.
+    Priority,
+    /// Let in at once.
+    Admit,
 }
 
 /// `[room.limits]`: what one client may do. 0 means no limit.

@@ -1,14 +1,14 @@
 //! `[[room]]`: a capacity and, by its kind, how it is shared.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::checks::{DEFAULT_TICKET_TTL, Problems, index_by_name, rules};
-use crate::config::file::{LimitsFile, RoomFile};
+use crate::config::file::{CodesFile, LaunchFile, LimitsFile, RoomFile};
 use crate::config::{
-    AdaptiveLimit, Bind, Conversion, FairBy, Fairness, Limits, MAX_ADMIT_RATE, MAX_CAPACITY,
-    OnStoreError, ProofOfWork, Rate, Requests, Room, RoomKind, RoomMode, Sessions, State,
-    TokenBudget, Tokens, UnknownClients,
+    AdaptiveLimit, Bind, CodeLane, Codes, Conversion, FairBy, Fairness, Launch, Limits,
+    MAX_ADMIT_RATE, MAX_CAPACITY, OnStoreError, ProofOfWork, Rate, Requests, Room, RoomKind,
+    RoomMode, Sessions, State, TokenBudget, Tokens, UnknownClients,
 };
 
 const MAX_POW_BITS: i64 = 28;
@@ -95,6 +95,9 @@ const SESSIONS_KEYS: &[&str] = &[
     "challenge",
     "challenge_difficulty",
     "bind",
+    "invite_only",
+    "event",
+    "codes",
 ];
 
 fn room(p: &mut Problems, i: usize, r: &RoomFile, jwts: &HashMap<String, usize>) -> Option<Room> {
@@ -413,7 +416,169 @@ fn sessions(p: &mut Problems, key: &str, r: &RoomFile, jwts: &HashMap<String, us
         priority: rules(p, &format!("{key}.priority"), r.priority.as_ref(), jwts),
         priority_weight: priority_weight(p, key, r),
         conversion: conversion(p, key, r),
+        invite_only: invite_only(p, key, r),
+        launches: launches(p, key, r),
+        codes: r
+            .codes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| codes(p, &format!("{key}.codes[{i}]"), c))
+            .collect(),
     }
+}
+
+/// `invite_only`: needs codes to invite anyone with.
+fn invite_only(p: &mut Problems, key: &str, r: &RoomFile) -> bool {
+    let invite_only = r.invite_only.unwrap_or(false);
+    if invite_only && r.codes.is_empty() {
+        p.add(
+            format!("{key}.invite_only"),
+            "needs [[room.codes]]: without codes nobody could join",
+        );
+    }
+    invite_only
+}
+
+/// Longest operator message, in characters.
+const MAX_MESSAGE: usize = 500;
+
+/// An operator's message to the line: short, one paragraph of text.
+pub(super) fn message(p: &mut Problems, key: &str, text: &str) -> String {
+    if text.chars().count() > MAX_MESSAGE || text.chars().any(char::is_control) {
+        p.add(
+            key,
+            format!("must be at most {MAX_MESSAGE} characters, without control characters"),
+        );
+    }
+    text.to_owned()
+}
+
+/// `[[room.event]]`: each checked on its own, then in time order against
+/// the one before, which it must not overlap.
+fn launches(p: &mut Problems, key: &str, r: &RoomFile) -> Vec<Launch> {
+    let mut launches: Vec<(usize, Launch)> = r
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((i, launch(p, &format!("{key}.event[{i}]"), e)?)))
+        .collect();
+    launches.sort_by_key(|(_, l)| l.prequeue_opens);
+    for pair in launches.windows(2) {
+        let ((i, before), (j, after)) = (&pair[0], &pair[1]);
+        if before.name == after.name {
+            p.add(
+                format!("{key}.event[{j}].name"),
+                format!("{:?} names event[{i}] already", after.name),
+            );
+        }
+        if before.ends.is_none_or(|ends| ends > after.prequeue_opens) {
+            p.add(
+                format!("{key}.event[{j}].prequeue_opens"),
+                format!(
+                    "overlaps event[{i}] ({:?}), which {}: an event's pre-queue opens after the one before has ended",
+                    before.name,
+                    match before.ends {
+                        Some(ends) => format!("ends at {}", humantime::format_rfc3339(ends)),
+                        None => "has no end".to_owned(),
+                    }
+                ),
+            );
+        }
+    }
+    launches.into_iter().map(|(_, l)| l).collect()
+}
+
+/// A time of an event: RFC 3339 in UTC, e.g. `2027-03-01T10:00:00Z`.
+fn instant(p: &mut Problems, key: &str, text: &str) -> Option<SystemTime> {
+    match humantime::parse_rfc3339(text) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            p.add(
+                key,
+                format!(
+                    "{text:?} is not a time ({e}): write it in UTC as \"2027-03-01T10:00:00Z\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// One `[[room.event]]`.
+fn launch(p: &mut Problems, key: &str, e: &LaunchFile) -> Option<Launch> {
+    p.name(&format!("{key}.name"), &e.name);
+    let prequeue_opens = instant(p, &format!("{key}.prequeue_opens"), &e.prequeue_opens);
+    let starts = instant(p, &format!("{key}.starts"), &e.starts);
+    let ends = match &e.ends {
+        Some(text) => Some(instant(p, &format!("{key}.ends"), text)?),
+        None => None,
+    };
+    let (prequeue_opens, starts) = (prequeue_opens?, starts?);
+    if prequeue_opens > starts {
+        p.add(
+            format!("{key}.prequeue_opens"),
+            "must be at or before starts",
+        );
+    }
+    if ends.is_some_and(|ends| ends <= starts) {
+        p.add(format!("{key}.ends"), "must be after starts");
+    }
+    let capacity = e.capacity.and_then(|c| {
+        p.int_in(&format!("{key}.capacity"), c, 1, i64::from(MAX_CAPACITY))
+            .map(|c| c as u32)
+    });
+    let admit_rate = e.admit_rate.filter(|rate| {
+        let ok = rate.is_finite() && (0.0..=MAX_ADMIT_RATE).contains(rate);
+        if !ok {
+            p.add(
+                format!("{key}.admit_rate"),
+                format!(
+                    "must be between 0 (unlimited) and {MAX_ADMIT_RATE} per second, got {rate}"
+                ),
+            );
+        }
+        ok
+    });
+    Some(Launch {
+        name: e.name.clone(),
+        prequeue_opens,
+        starts,
+        ends,
+        shuffle: e.shuffle.unwrap_or(true),
+        capacity,
+        admit_rate,
+        page_template: e
+            .page_template
+            .as_deref()
+            .map(|f| p.readable_file(&format!("{key}.page_template"), f)),
+        message: e
+            .message
+            .as_deref()
+            .map(|m| message(p, &format!("{key}.message"), m)),
+    })
+}
+
+/// One `[[room.codes]]`: the file is read by `assets`, which names a bad line.
+fn codes(p: &mut Problems, key: &str, c: &CodesFile) -> Option<Codes> {
+    let lane = match c.lane.as_deref().unwrap_or("priority") {
+        "priority" => CodeLane::Priority,
+        "admit" => CodeLane::Admit,
+        other => {
+            p.add(
+                format!("{key}.lane"),
+                format!("{other:?} is not a lane: use \"priority\" or \"admit\""),
+            );
+            return None;
+        }
+    };
+    let uses = c.uses.map_or(Some(1), |n| {
+        p.int_in(&format!("{key}.uses"), n, 1, 1_000_000_000)
+    })?;
+    Some(Codes {
+        file: p.readable_file(&format!("{key}.file"), &c.file),
+        lane,
+        uses: uses as u32,
+    })
 }
 
 /// A duration of the room longer than zero, `default` if not given.
@@ -782,7 +947,11 @@ mod tests {
             for k in foreign {
                 // Each key given on its own, with a value of its type.
                 let value = match *k {
-                    "adaptive" => "true",
+                    "adaptive" | "invite_only" => "true",
+                    "event" => {
+                        "[{ name = \"e\", prequeue_opens = \"2027-03-01T09:45:00Z\", starts = \"2027-03-01T10:00:00Z\" }]"
+                    }
+                    "codes" => "[{ file = \"Cargo.toml\" }]",
                     "admit_rate" => "1.0",
                     "limits" => "{ polls_per_minute = 5 }",
                     "conversion" => "{ path_prefix = \"/x\" }",
