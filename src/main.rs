@@ -96,6 +96,17 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Check a launch's published draw: the seed is the one committed to,
+    /// and the line is exactly the order it gives (docs/adr/0015). With
+    /// `--entrant`, also that each of these entrants (a receipt's digest)
+    /// is in the line, and where.
+    VerifyDraw {
+        /// The published draw (JSON).
+        file: PathBuf,
+        /// An entrant's digest (hex), from its receipt; repeatable.
+        #[arg(long)]
+        entrant: Vec<String>,
+    },
     /// Start a self-contained showcase on loopback with an embedded toy app.
     Demo {
         /// anteroom's public port.
@@ -160,6 +171,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             App::build(&c, Exit::WhenDrained, upgrade)
                 .context("cannot start")?
                 .run();
+        }
+        Command::VerifyDraw { file, entrant } => {
+            use anteroom::draw::{Published, parse_digest};
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let draw: Published = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a published draw", file.display()))?;
+            draw.verify()
+                .with_context(|| format!("{}: the draw does not check out", file.display()))?;
+            println!(
+                "{}: the draw of {:?} in room {:?} checks out: {} entrants, in the order the committed seed gives",
+                file.display(),
+                draw.event,
+                draw.room,
+                draw.line.len()
+            );
+            for e in &entrant {
+                let position = draw.find(&parse_digest("entrant", e.trim())?)?;
+                println!("entrant {e}: position {position}");
+            }
         }
         Command::Health(ConfigFile { config }) => {
             let c = Config::load(&config)?;

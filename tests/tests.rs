@@ -11,6 +11,7 @@ mod cluster;
 mod config;
 mod demo;
 mod deploy;
+mod draw;
 mod event_sinks;
 mod event_stream;
 mod floods;

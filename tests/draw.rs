@@ -1,0 +1,114 @@
+//! A launch's draw checked from outside, as a visitor, a journalist or a
+//! regulator would: `anteroom verify-draw` and the standalone Python
+//! verifier of docs/tools/verify_draw.py (standard library only) accept a
+//! published draw and reject a changed seed, a changed order, a changed
+//! public value and an entrant left out, on a seeded family of draws.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anteroom::draw::{self, Digest, Published, hex};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// How each verifier judged one file: `(anteroom verify-draw, Python)`.
+fn judged(file: &Path, entrants: &[String]) -> (bool, bool) {
+    let mut ours = Command::new(env!("CARGO_BIN_EXE_anteroom"));
+    ours.arg("verify-draw").arg(file);
+    for e in entrants {
+        ours.arg("--entrant").arg(e);
+    }
+    let ours = ours.output().unwrap();
+    let python = Command::new("python3")
+        .arg("docs/tools/verify_draw.py")
+        .arg(file)
+        .args(entrants)
+        .output()
+        .unwrap();
+    (ours.status.success(), python.status.success())
+}
+
+fn write(dir: &Path, name: &str, draw: &Published) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(draw).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn both_verifiers_accept_a_draw_and_catch_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(28);
+    for round in 0..8 {
+        let n = rng.gen_range(2..300);
+        let tickets: Vec<String> = (0..n)
+            .map(|i| format!("t{round}-{i}-{}", rng.r#gen::<u64>()))
+            .collect();
+        let entrants: Vec<Digest> = tickets
+            .iter()
+            .map(|t| draw::entrant("spring-drop", t))
+            .collect();
+        let seed: Digest = rng.r#gen();
+        let public: Vec<u8> = if round % 2 == 0 {
+            rng.r#gen::<[u8; 32]>().to_vec()
+        } else {
+            Vec::new()
+        };
+        let published = Published::new("web", "spring-drop", &seed, &public, &entrants);
+        let receipts: Vec<String> = entrants.iter().map(|e| hex(e)).collect();
+
+        let good = write(dir.path(), "good.json", &published);
+        assert_eq!(
+            judged(&good, &receipts),
+            (true, true),
+            "round {round}: a true draw"
+        );
+
+        let mut seed2 = seed;
+        seed2[rng.gen_range(0..32)] ^= 1;
+        let changed_seed = Published {
+            seed: hex(&seed2),
+            ..published.clone()
+        };
+        let f = write(dir.path(), "seed.json", &changed_seed);
+        assert_eq!(
+            judged(&f, &[]),
+            (false, false),
+            "round {round}: a changed seed"
+        );
+
+        let mut swapped = published.clone();
+        let i = rng.gen_range(0..n - 1);
+        swapped.line.swap(i, i + 1);
+        let f = write(dir.path(), "order.json", &swapped);
+        assert_eq!(
+            judged(&f, &[]),
+            (false, false),
+            "round {round}: two places swapped"
+        );
+
+        let other_public = Published {
+            public: hex(b"another round"),
+            ..published.clone()
+        };
+        let f = write(dir.path(), "public.json", &other_public);
+        assert_eq!(
+            judged(&f, &[]),
+            (false, false),
+            "round {round}: another public value"
+        );
+
+        let mut dropped = published.clone();
+        let gone = dropped.line.remove(rng.gen_range(0..n));
+        let f = write(dir.path(), "dropped.json", &dropped);
+        assert_eq!(
+            judged(&f, &[]),
+            (true, true),
+            "round {round}: the rest is in order"
+        );
+        assert_eq!(
+            judged(&f, std::slice::from_ref(&gone)),
+            (false, false),
+            "round {round}: the left-out entrant's receipt finds it missing"
+        );
+    }
+}
