@@ -76,6 +76,47 @@ pub fn order(key: &Digest, entrants: &[Digest]) -> Vec<Digest> {
     ranked.into_iter().map(|(_, e)| e).collect()
 }
 
+/// What a pre-queue entrant is given, signed with the pass key
+/// (`Tokens::sign_document`): proof that it entered the draw of `event`
+/// under `commitment`, as `entrant`, at `arrived`. After the draw it finds
+/// its place in the published line, or shows it was left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Receipt {
+    /// Always `"anteroom-receipt-v1"`.
+    pub version: String,
+    /// The room.
+    pub room: String,
+    /// The event.
+    pub event: String,
+    /// The draw's commitment, in hex.
+    pub commitment: String,
+    /// The entrant's digest, in hex (it stands for the ticket).
+    pub entrant: String,
+    /// When it joined the pre-queue, in milliseconds since the Unix epoch.
+    pub arrived_ms: u64,
+}
+
+impl Receipt {
+    /// The receipt of `ticket`, which joined the pre-queue of `event` at `arrived_ms`.
+    pub fn new(
+        room: &str,
+        event: &str,
+        commitment: &Digest,
+        ticket: &str,
+        arrived_ms: u64,
+    ) -> Receipt {
+        Receipt {
+            version: "anteroom-receipt-v1".to_owned(),
+            room: room.to_owned(),
+            event: event.to_owned(),
+            commitment: hex(commitment),
+            entrant: hex(&entrant(event, ticket)),
+            arrived_ms,
+        }
+    }
+}
+
 /// A draw as published after the start: everything needed to check it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -538,7 +538,13 @@ impl Tokens {
             let tag = hmac::sign(&self.ticket_signer, message.as_bytes());
             return format!("{message}.{}", B64.encode(tag.as_ref()));
         }
-        let message = format!("{}.{payload}", self.header_b64);
+        self.rs256(&payload)
+    }
+
+    /// A JWS (RS256, with the pass key's `kid`) of `payload` after the
+    /// header: verifiable with the JWKS anteroom serves.
+    fn rs256(&self, payload_b64: &str) -> String {
+        let message = format!("{}.{payload_b64}", self.header_b64);
         let mut signature = vec![0; self.signer.pair.public_modulus_len()];
         match self.signer.pair.sign(
             &RSA_PKCS1_SHA256,
@@ -550,6 +556,34 @@ impl Tokens {
             // Signing fails only when the system RNG does; such a token never verifies.
             Err(_) => message,
         }
+    }
+
+    /// A document anteroom publishes or hands out (a launch's commitment,
+    /// a visitor's receipt, a published draw), signed with the pass key:
+    /// anyone checks it with the JWKS. It never verifies as a pass or a
+    /// ticket, whose payloads it does not have.
+    pub fn sign_document<T: Serialize>(&self, document: &T) -> String {
+        self.rs256(&B64.encode(serde_json::to_vec(document).unwrap_or_default()))
+    }
+
+    /// A signed document's content, if its signature is one of this
+    /// instance's keys (current or older).
+    pub fn verify_document<T: serde::de::DeserializeOwned>(&self, jws: &str) -> Option<T> {
+        if jws.len() > MAX_DOCUMENT_LEN {
+            return None;
+        }
+        let header = jsonwebtoken::decode_header(jws).ok()?;
+        if header.alg != Algorithm::RS256 || !understood(jws) {
+            return None;
+        }
+        let key = self.keys.get(header.kid.as_deref()?)?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims::<&str>(&[]);
+        jsonwebtoken::decode::<T>(jws, key, &validation)
+            .ok()
+            .map(|d| d.claims)
     }
 
     /// The token if it is a valid, unexpired `kind` token for `room`.
@@ -635,6 +669,9 @@ impl Tokens {
             .collect()
     }
 }
+
+/// Longest signed document read back (a receipt is well under a kilobyte).
+const MAX_DOCUMENT_LEN: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -770,6 +807,47 @@ mod tests {
         assert!(with_public.verify(&ticket, Kind::Ticket, "web").is_none());
         let with_private = rotated(&old_private);
         assert!(with_private.verify(&ticket, Kind::Ticket, "web").is_some());
+    }
+
+    #[test]
+    fn a_signed_document_verifies_and_is_never_a_pass() {
+        use crate::draw::Receipt;
+        let signer = || SigningKey::from_rsa(test_key().clone()).unwrap();
+        let tokens = Tokens::new("anteroom", signer(), Vec::new(), 16);
+        let receipt = Receipt::new("web", "spring-drop", &[1; 32], "ticket-1", 1_000);
+        let jws = tokens.sign_document(&receipt);
+        assert_eq!(
+            tokens.verify_document::<Receipt>(&jws),
+            Some(receipt.clone())
+        );
+        assert!(tokens.verify(&jws, Kind::Pass, "web").is_none());
+        assert!(tokens.verify(&jws, Kind::Ticket, "web").is_none());
+        // Another entrant under the same signature.
+        let parts: Vec<&str> = jws.split('.').collect();
+        let forged = Receipt {
+            entrant: "00".repeat(32),
+            ..receipt
+        };
+        let body = B64.encode(serde_json::to_vec(&forged).unwrap());
+        let forged = format!("{}.{body}.{}", parts[0], parts[2]);
+        assert!(tokens.verify_document::<Receipt>(&forged).is_none());
+        // Another key.
+        let other = Tokens::new(
+            "anteroom",
+            SigningKey::generate(2048).unwrap().0,
+            Vec::new(),
+            16,
+        );
+        assert!(other.verify_document::<Receipt>(&jws).is_none());
+        // A pass is no receipt.
+        let pass = tokens.sign(&tokens.claims(
+            Kind::Pass,
+            "web",
+            "s".into(),
+            None,
+            Duration::from_secs(60),
+        ));
+        assert!(tokens.verify_document::<Receipt>(&pass).is_none());
     }
 
     #[test]

@@ -112,3 +112,64 @@ fn both_verifiers_accept_a_draw_and_catch_every_change() {
         );
     }
 }
+
+/// A receipt checked as an outsider would: with PyJWT, against the JWKS
+/// anteroom publishes, and nothing else of anteroom's; a forged one is
+/// refused.
+#[test]
+fn a_receipt_verifies_against_the_jwks() {
+    use anteroom::draw::Receipt;
+    use anteroom::token::{SigningKey, Tokens};
+    let keys = crate::common::keys();
+    let tokens = Tokens::new(
+        "anteroom",
+        SigningKey::load(&keys.private).unwrap(),
+        Vec::new(),
+        16,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, tokens.jwks()).unwrap();
+    let receipt = Receipt::new(
+        "web",
+        "spring-drop",
+        &[3; 32],
+        "ticket-42",
+        1_767_225_600_000,
+    );
+    let signed = tokens.sign_document(&receipt);
+    let mut parts: Vec<String> = signed.split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].replacen('e', "f", 1);
+    let forged = parts.join(".");
+    let check = |token: &str| {
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import json, sys, jwt\n\
+                 jwks = jwt.PyJWKSet.from_json(open(sys.argv[1]).read())\n\
+                 kid = jwt.get_unverified_header(sys.argv[2])['kid']\n\
+                 key = next(k for k in jwks.keys if k.key_id == kid)\n\
+                 claims = jwt.decode(sys.argv[2], key.key, algorithms=['RS256'], options={'verify_aud': False})\n\
+                 print(claims['entrant'])",
+            )
+            .arg(&jwks)
+            .arg(token)
+            .output()
+            .expect("python3 with PyJWT (./scripts/setup installs it)")
+    };
+    let out = check(&signed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), receipt.entrant);
+    assert_eq!(
+        receipt.entrant,
+        hex(&draw::entrant("spring-drop", "ticket-42"))
+    );
+    assert!(
+        !check(&forged).status.success(),
+        "a forged receipt was accepted"
+    );
+}
