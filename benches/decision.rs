@@ -6,6 +6,7 @@
 //! - issuing a ticket (one RSA signature), next to a bare RSA signature,
 //! - verifying a token, cached and not,
 //! - a request slot taken and returned,
+//! - a launch's draw of 10,000 to 1,000,000 entrants, and one rank,
 //! - the same admitted request and status poll on the Redis store (a
 //!   `redis-server` the bench starts on loopback), and how many Redis
 //!   commands one status poll costs.
@@ -589,8 +590,30 @@ fn state_snapshot(c: &mut Criterion) {
     group.finish();
 }
 
+/// A launch's draw, computed whole: every entrant's rank, then the sort
+/// (`draw::order`), for 10,000, 100,000 and 1,000,000 entrants; and one
+/// rank alone, what a store computes per entrant when it ranks in batches.
+fn draw(c: &mut Criterion) {
+    use anteroom::draw;
+    let key = draw::key(&[9; 32], b"public");
+    let mut group = c.benchmark_group("draw");
+    group.sample_size(10);
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let entrants: Vec<draw::Digest> = (0..n)
+            .map(|i| draw::entrant("spring-drop", &format!("ticket-{i}")))
+            .collect();
+        group.bench_with_input(BenchmarkId::new("order", n), &entrants, |b, e| {
+            b.iter(|| black_box(draw::order(&key, e)))
+        });
+    }
+    let one = draw::entrant("spring-drop", "ticket-1");
+    group.bench_function("rank", |b| b.iter(|| black_box(draw::rank(&key, &one))));
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    draw,
     floods,
     state_snapshot,
     admitted_with_cached_pass,
