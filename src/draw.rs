@@ -117,6 +117,45 @@ impl Receipt {
     }
 }
 
+impl Receipt {
+    /// A signed receipt's content, checked against a JWKS (what anteroom
+    /// serves at `/.well-known/jwks.json`): RS256 by the key its `kid` names.
+    pub fn verify(jws: &str, jwks: &str) -> Result<Receipt, DrawError> {
+        use jsonwebtoken::jwk::JwkSet;
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let bad = |message: String| DrawError::Format {
+            field: "receipt",
+            message,
+        };
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| bad(format!("the JWKS: {e}")))?;
+        let header = jsonwebtoken::decode_header(jws.trim()).map_err(|e| bad(e.to_string()))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(bad(format!("signed with {:?}, not RS256", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| bad("names no key (kid)".to_owned()))?;
+        let jwk = set
+            .find(&kid)
+            .ok_or_else(|| bad(format!("key {kid:?} is not in the JWKS")))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims::<&str>(&[]);
+        let receipt = jsonwebtoken::decode::<Receipt>(jws.trim(), &key, &validation)
+            .map_err(|e| bad(format!("the signature or content does not check out: {e}")))?
+            .claims;
+        if receipt.version != "anteroom-receipt-v1" {
+            return Err(bad(format!(
+                "{:?} is not a receipt this verifier knows",
+                receipt.version
+            )));
+        }
+        Ok(receipt)
+    }
+}
+
 /// A draw as published after the start: everything needed to check it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -257,6 +296,24 @@ impl Published {
     pub fn position(&self, entrant: &Digest) -> Option<usize> {
         let wanted = hex(entrant);
         self.line.iter().position(|e| *e == wanted).map(|i| i + 1)
+    }
+
+    /// A verified receipt's place in this draw: it must be of this room,
+    /// event and commitment, and its entrant in the line.
+    pub fn place(&self, receipt: &Receipt) -> Result<usize, DrawError> {
+        if receipt.room != self.room || receipt.event != self.event {
+            return Err(DrawError::Format {
+                field: "receipt",
+                message: format!(
+                    "is for {:?} in room {:?}, not this draw",
+                    receipt.event, receipt.room
+                ),
+            });
+        }
+        if receipt.commitment.to_ascii_lowercase() != self.commitment.to_ascii_lowercase() {
+            return Err(DrawError::Commitment);
+        }
+        self.find(&parse_digest("entrant", &receipt.entrant)?)
     }
 
     /// A receipt's entrant: its position, or the error that it was left out.

@@ -106,6 +106,13 @@ enum Command {
         /// An entrant's digest (hex), from its receipt; repeatable.
         #[arg(long)]
         entrant: Vec<String>,
+        /// A signed receipt (a file holding the JWS); repeatable. Checked
+        /// against `--jwks`, then found in the line.
+        #[arg(long, requires = "jwks")]
+        receipt: Vec<PathBuf>,
+        /// The JWKS the receipts are checked with (`/.well-known/jwks.json`).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
     },
     /// Start a self-contained showcase on loopback with an embedded toy app.
     Demo {
@@ -172,8 +179,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("cannot start")?
                 .run();
         }
-        Command::VerifyDraw { file, entrant } => {
-            use anteroom::draw::{Published, parse_digest};
+        Command::VerifyDraw {
+            file,
+            entrant,
+            receipt,
+            jwks,
+        } => {
+            use anteroom::draw::{Published, Receipt, parse_digest};
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let draw: Published = serde_json::from_str(&text)
@@ -190,6 +202,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             for e in &entrant {
                 let position = draw.find(&parse_digest("entrant", e.trim())?)?;
                 println!("entrant {e}: position {position}");
+            }
+            if let Some(jwks) = jwks {
+                let keys = std::fs::read_to_string(&jwks)
+                    .with_context(|| format!("cannot read {}", jwks.display()))?;
+                for r in &receipt {
+                    let jws = std::fs::read_to_string(r)
+                        .with_context(|| format!("cannot read {}", r.display()))?;
+                    let checked = Receipt::verify(&jws, &keys)
+                        .and_then(|receipt| Ok((draw.place(&receipt)?, receipt)))
+                        .with_context(|| format!("receipt {}", r.display()))?;
+                    println!(
+                        "receipt {}: signed, entrant {} at position {}",
+                        r.display(),
+                        checked.1.entrant,
+                        checked.0
+                    );
+                }
             }
         }
         Command::Health(ConfigFile { config }) => {

@@ -173,3 +173,79 @@ fn a_receipt_verifies_against_the_jwks() {
         "a forged receipt was accepted"
     );
 }
+
+/// `anteroom verify-draw --receipt --jwks`: a visitor's signed receipt is
+/// checked against the JWKS and found in the line; a forged receipt, one of
+/// another commitment and one left out of the line are refused.
+#[test]
+fn verify_draw_checks_receipts_against_the_jwks() {
+    use anteroom::draw::Receipt;
+    use anteroom::token::{SigningKey, Tokens};
+    let keys = crate::common::keys();
+    let tokens = Tokens::new(
+        "anteroom",
+        SigningKey::load(&keys.private).unwrap(),
+        Vec::new(),
+        16,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, tokens.jwks()).unwrap();
+    let seed = [5u8; 32];
+    let commitment = draw::commitment(&seed);
+    let tickets: Vec<String> = (0..20).map(|i| format!("ticket-{i}")).collect();
+    let entrants: Vec<Digest> = tickets.iter().map(|t| draw::entrant("drop", t)).collect();
+    let published = Published::new("web", "drop", &seed, b"", &entrants[..19]);
+    let file = write(dir.path(), "draw.json", &published);
+    let receipt = |ticket: &str, commitment: &Digest| {
+        let signed = tokens.sign_document(&Receipt::new("web", "drop", commitment, ticket, 1));
+        let path = dir
+            .path()
+            .join(format!("{ticket}-{}.jws", hex(&commitment[..2])));
+        std::fs::write(&path, signed).unwrap();
+        path
+    };
+    let run = |receipt: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_anteroom"))
+            .arg("verify-draw")
+            .arg(&file)
+            .arg("--jwks")
+            .arg(&jwks)
+            .arg("--receipt")
+            .arg(receipt)
+            .output()
+            .unwrap()
+    };
+    let good = run(&receipt("ticket-3", &commitment));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let position = published.find(&entrants[3]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains(&format!("at position {position}")),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+    let forged = receipt("ticket-4", &commitment);
+    let text = std::fs::read_to_string(&forged).unwrap();
+    let mut parts: Vec<&str> = text.split('.').collect();
+    let other = tokens.sign_document(&Receipt::new("web", "drop", &commitment, "ticket-5", 1));
+    parts[1] = other.split('.').nth(1).unwrap();
+    std::fs::write(&forged, parts.join(".")).unwrap();
+    assert!(
+        !run(&forged).status.success(),
+        "a forged receipt was accepted"
+    );
+    assert!(
+        !run(&receipt("ticket-3", &draw::commitment(&[6; 32])))
+            .status
+            .success(),
+        "a receipt of another commitment was accepted"
+    );
+    assert!(
+        !run(&receipt("ticket-19", &commitment)).status.success(),
+        "a receipt left out of the line was accepted"
+    );
+}
