@@ -310,7 +310,7 @@ impl Published {
                 ),
             });
         }
-        if receipt.commitment.to_ascii_lowercase() != self.commitment.to_ascii_lowercase() {
+        if !receipt.commitment.eq_ignore_ascii_case(&self.commitment) {
             return Err(DrawError::Commitment);
         }
         self.find(&parse_digest("entrant", &receipt.entrant)?)
