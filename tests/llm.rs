@@ -109,7 +109,47 @@ crate::each_store!(
     overload_is_waiting_at_the_apis_rate_in_fair_shares,
     an_adaptive_limit_follows_the_api_down,
     over_budget_calls_get_queue_required,
+    a_fast_rate_lets_in_everything_below_it,
 );
+
+/// A fast `rate` is kept on every store: at 100,000 a second with no wait
+/// (`max_wait = "0s"`), clients far below the rate are all let in. On Redis
+/// the rate's clock once counted whole milliseconds, which cut every rate
+/// to 1,000 a second and turned away most of such a load; and a rate with a
+/// moment every 10 µs turned away concurrent requests 10 µs apart.
+async fn a_fast_rate_lets_in_everything_below_it(store: Store) {
+    const CALLERS: usize = 16;
+    const CALLS: usize = 40;
+    let upstream = TestUpstream::start().await;
+    let keys = "capacity = 64\nmax_wait = \"0s\"\nrate = \"100000/s\"";
+    let instances = instances(store, &upstream, &room(keys, "")).await;
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let url = instances[i % instances.len()].url("/x");
+            tokio::spawn(async move {
+                let http = client();
+                let mut statuses = Vec::with_capacity(CALLS);
+                for _ in 0..CALLS {
+                    let resp = http.get(&url).send().await.unwrap();
+                    statuses.push(resp.status().as_u16());
+                    let _ = resp.bytes().await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut seen: HashMap<u16, usize> = HashMap::new();
+    for task in tasks {
+        for status in task.await.unwrap() {
+            *seen.entry(status).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        seen.get(&200).copied().unwrap_or(0),
+        CALLERS * CALLS,
+        "every call below the rate is let in: {seen:?}"
+    );
+}
 
 fn rate_room() -> String {
     room(

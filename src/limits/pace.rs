@@ -74,6 +74,19 @@ impl<L: Local> Kept<L, L::Settings> {
     }
 }
 
+/// The shortest window a rate is kept over: a rate is never more than its
+/// count in any `RATE_WINDOW` (plus one). Below one request per window the
+/// moments are evenly spaced, none taken early; above it, the requests of
+/// one window may come together. Without it a fast rate (100,000/s: a
+/// moment every 10 µs) would turn away every request that arrives within
+/// 10 µs of another, which concurrent clients do all the time.
+pub const RATE_WINDOW: Duration = Duration::from_millis(10);
+
+/// How much of a rate's line may be taken before its time.
+fn ahead(rate: Rate) -> Duration {
+    rate.interval().max(RATE_WINDOW)
+}
+
 /// A room's rate: its line of moments.
 pub type Rated = Kept<Pace, Rate>;
 
@@ -88,13 +101,12 @@ impl Rated {
                 room,
                 store,
             } => {
-                let interval = settings.interval();
                 let ask = LineAsk {
                     line: StoreLine::Pace,
-                    per: interval,
+                    per: settings.interval(),
                     units: 1,
                     max_wait,
-                    ahead: interval,
+                    ahead: ahead(*settings),
                 };
                 store.reserve(room, &ask).await
             }
@@ -160,7 +172,7 @@ impl Local for Pace {
     fn new(rate: Rate) -> Pace {
         Pace {
             rate,
-            line: Line::new(rate.interval(), rate.interval()),
+            line: Line::new(rate.interval(), ahead(rate)),
         }
     }
 

@@ -466,10 +466,10 @@ fn millis(d: Duration) -> String {
     format!("{:.6}", d.as_secs_f64() * 1000.0)
 }
 
-/// `{1, wait_ms}` reserved, `{0, retry_ms}` too far.
+/// `{1, wait_us}` reserved, `{0, retry_us}` too far.
 fn reservation(v: &Value) -> Result<Reservation, StoreError> {
     let items = items(v)?;
-    let wait = Duration::from_millis(uint(items.get(1))?);
+    let wait = Duration::from_micros(uint(items.get(1))?);
     Ok(if uint(items.first())? == 1 {
         Reservation::Wait(wait)
     } else {

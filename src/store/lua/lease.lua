@@ -13,8 +13,8 @@
 --           contended: another instance is short
 --   usage                         -> {capacity, in flight}
 --   capacity n                    -> 1
---   line    field per_ms units max_wait_ms ahead_ms -> {1, wait_ms} reserved,
---           {0, retry_ms} too far (a rate: field next; a token budget: tnext)
+--   line    field per_ms units max_wait_ms ahead_ms -> {1, wait_us} reserved,
+--           {0, retry_us} too far (a rate: field next; a token budget: tnext)
 --   settle  field per_ms delta_units -> 1
 --   adapt   down age_ms min | up | keep -> the adaptive limit
 local op = ARGV[2]
@@ -87,13 +87,17 @@ elseif op == 'capacity' then
 elseif op == 'line' then
   -- A line of moments (GCRA), on Redis's clock for every instance: each unit
   -- takes per_ms, and up to ahead_ms may be taken before its time.
+  -- The clock to the microsecond: a rate faster than one a millisecond
+  -- takes several moments within one, and whole milliseconds would cut it
+  -- to a thousand a second. Waits go back in microseconds for the same reason.
+  local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
   local field, per, units = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
   local nxt = tonumber(redis.call('HGET', KEYS[1], field) or '0')
-  local paid = math.max(nxt, NOW) + units * per
-  local wait = math.max(0, paid - tonumber(ARGV[7]) - NOW)
-  if wait > tonumber(ARGV[6]) then return { 0, math.ceil(wait) } end
+  local paid = math.max(nxt, now) + units * per
+  local wait = math.max(0, paid - tonumber(ARGV[7]) - now)
+  if wait > tonumber(ARGV[6]) then return { 0, math.ceil(wait * 1000) } end
   redis.call('HSET', KEYS[1], field, string.format('%.3f', paid))
-  return { 1, math.ceil(wait) }
+  return { 1, math.ceil(wait * 1000) }
 elseif op == 'settle' then
   local nxt = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '')
   if nxt then
