@@ -259,6 +259,8 @@ fn bad_launches_name_their_key() {
         "2027-03-01T10:00:00Z",
         "ends = \"2027-03-01T12:00:00Z\"",
     );
+    // An event whose pre-queue opens while `a` runs.
+    let inside_a = event("b", "2027-03-01T11:30:00Z", "2027-03-01T11:45:00Z", "");
     let good_file = codes_file("good.sha256", &format!("{}\n", "ab".repeat(32)));
     let bad_file = codes_file("bad.sha256", &format!("{}\nVIP-1\n", "ab".repeat(32)));
     let cases = [
@@ -280,20 +282,8 @@ fn bad_launches_name_their_key() {
             ),
         ),
         // Overlapping the one before (written after or before it in the file).
-        (
-            "room[0].event[1].prequeue_opens",
-            format!(
-                "{a}{}",
-                event("b", "2027-03-01T11:30:00Z", "2027-03-01T11:45:00Z", "")
-            ),
-        ),
-        (
-            "room[0].event[0].prequeue_opens",
-            format!(
-                "{}{a}",
-                event("b", "2027-03-01T11:30:00Z", "2027-03-01T11:45:00Z", "")
-            ),
-        ),
+        ("room[0].event[1].prequeue_opens", format!("{a}{inside_a}")),
+        ("room[0].event[0].prequeue_opens", format!("{inside_a}{a}")),
         // Open-ended: nothing may come after it.
         (
             "room[0].event[1].prequeue_opens",

@@ -28,6 +28,17 @@ fn judged(file: &Path, entrants: &[String]) -> (bool, bool) {
     (ours.status.success(), python.status.success())
 }
 
+/// The tests' pass key as anteroom signs with it, and its JWKS written to
+/// `dir` (what `/.well-known/jwks.json` serves).
+fn signer(dir: &Path) -> (anteroom::token::Tokens, PathBuf) {
+    use anteroom::token::{SigningKey, Tokens};
+    let key = SigningKey::load(&crate::common::keys().private).unwrap();
+    let tokens = Tokens::new("anteroom", key, Vec::new(), 16);
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, tokens.jwks()).unwrap();
+    (tokens, jwks)
+}
+
 fn write(dir: &Path, name: &str, draw: &Published) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(draw).unwrap()).unwrap();
@@ -119,17 +130,8 @@ fn both_verifiers_accept_a_draw_and_catch_every_change() {
 #[test]
 fn a_receipt_verifies_against_the_jwks() {
     use anteroom::draw::Receipt;
-    use anteroom::token::{SigningKey, Tokens};
-    let keys = crate::common::keys();
-    let tokens = Tokens::new(
-        "anteroom",
-        SigningKey::load(&keys.private).unwrap(),
-        Vec::new(),
-        16,
-    );
     let dir = tempfile::tempdir().unwrap();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, tokens.jwks()).unwrap();
+    let (tokens, jwks) = signer(dir.path());
     let receipt = Receipt::new(
         "web",
         "spring-drop",
@@ -180,17 +182,8 @@ fn a_receipt_verifies_against_the_jwks() {
 #[test]
 fn verify_draw_checks_receipts_against_the_jwks() {
     use anteroom::draw::Receipt;
-    use anteroom::token::{SigningKey, Tokens};
-    let keys = crate::common::keys();
-    let tokens = Tokens::new(
-        "anteroom",
-        SigningKey::load(&keys.private).unwrap(),
-        Vec::new(),
-        16,
-    );
     let dir = tempfile::tempdir().unwrap();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, tokens.jwks()).unwrap();
+    let (tokens, jwks) = signer(dir.path());
     let seed = [5u8; 32];
     let commitment = draw::commitment(&seed);
     let tickets: Vec<String> = (0..20).map(|i| format!("ticket-{i}")).collect();

@@ -41,6 +41,25 @@ pub trait Local {
     fn new(settings: Self::Settings) -> Self;
     /// Its settings.
     fn settings(&self) -> Self::Settings;
+    /// Reserves `units` on its line, as [`Pace::reserve`] does one.
+    fn reserve_units(&self, units: u32, now: Instant, max_wait: Duration) -> Reservation;
+    /// Which of the room's lines it is in the shared store.
+    const LINE: StoreLine;
+    /// The time one unit stands for.
+    fn per(settings: Self::Settings) -> Duration;
+    /// How much may be taken before its time.
+    fn ahead(settings: Self::Settings) -> Duration;
+
+    /// The same reservation asked of the shared store.
+    fn ask(settings: Self::Settings, units: u32, max_wait: Duration) -> LineAsk {
+        LineAsk {
+            line: Self::LINE,
+            per: Self::per(settings),
+            units,
+            max_wait,
+            ahead: Self::ahead(settings),
+        }
+    }
 }
 
 impl<L: Local> Kept<L, L::Settings> {
@@ -72,6 +91,26 @@ impl<L: Local> Kept<L, L::Settings> {
             Kept::Shared { settings, .. } => *settings,
         }
     }
+
+    /// Reserves `units` here, or asks the store, which may fail.
+    async fn reserve_units(
+        &self,
+        units: u32,
+        max_wait: Duration,
+    ) -> Result<Reservation, StoreError> {
+        match self {
+            Kept::Local(l) => Ok(l.reserve_units(units, Instant::now(), max_wait)),
+            Kept::Shared {
+                settings,
+                room,
+                store,
+            } => {
+                store
+                    .reserve(room, &L::ask(*settings, units, max_wait))
+                    .await
+            }
+        }
+    }
 }
 
 /// The shortest window a rate is kept over: a rate is never more than its
@@ -82,11 +121,6 @@ impl<L: Local> Kept<L, L::Settings> {
 /// 10 µs of another, which concurrent clients do all the time.
 pub const RATE_WINDOW: Duration = Duration::from_millis(10);
 
-/// How much of a rate's line may be taken before its time.
-fn ahead(rate: Rate) -> Duration {
-    rate.interval().max(RATE_WINDOW)
-}
-
 /// A room's rate: its line of moments.
 pub type Rated = Kept<Pace, Rate>;
 
@@ -94,23 +128,7 @@ impl Rated {
     /// Reserves a request's moment, as [`Pace::reserve`]; a shared rate asks
     /// the store, which may fail.
     pub async fn reserve(&self, max_wait: Duration) -> Result<Reservation, StoreError> {
-        match self {
-            Kept::Local(p) => Ok(p.reserve(Instant::now(), max_wait)),
-            Kept::Shared {
-                settings,
-                room,
-                store,
-            } => {
-                let ask = LineAsk {
-                    line: StoreLine::Pace,
-                    per: settings.interval(),
-                    units: 1,
-                    max_wait,
-                    ahead: ahead(*settings),
-                };
-                store.reserve(room, &ask).await
-            }
-        }
+        self.reserve_units(1, max_wait).await
     }
 }
 
@@ -172,12 +190,26 @@ impl Local for Pace {
     fn new(rate: Rate) -> Pace {
         Pace {
             rate,
-            line: Line::new(rate.interval(), ahead(rate)),
+            line: Line::new(Self::per(rate), Self::ahead(rate)),
         }
     }
 
     fn settings(&self) -> Rate {
         self.rate
+    }
+
+    fn reserve_units(&self, units: u32, now: Instant, max_wait: Duration) -> Reservation {
+        self.line.reserve(units, now, max_wait)
+    }
+
+    const LINE: StoreLine = StoreLine::Pace;
+
+    fn per(rate: Rate) -> Duration {
+        rate.interval()
+    }
+
+    fn ahead(rate: Rate) -> Duration {
+        rate.interval().max(RATE_WINDOW)
     }
 }
 
@@ -211,12 +243,26 @@ impl Local for Budget {
     fn new(budget: TokenBudget) -> Budget {
         Budget {
             budget,
-            line: Line::new(per_token(budget), BUDGET_WINDOW),
+            line: Line::new(Self::per(budget), Self::ahead(budget)),
         }
     }
 
     fn settings(&self) -> TokenBudget {
         self.budget
+    }
+
+    fn reserve_units(&self, tokens: u32, now: Instant, max_wait: Duration) -> Reservation {
+        self.line.reserve(tokens, now, max_wait)
+    }
+
+    const LINE: StoreLine = StoreLine::Budget;
+
+    fn per(budget: TokenBudget) -> Duration {
+        per_token(budget)
+    }
+
+    fn ahead(_: TokenBudget) -> Duration {
+        BUDGET_WINDOW
     }
 }
 
@@ -249,23 +295,7 @@ impl Budgeted {
         tokens: u32,
         max_wait: Duration,
     ) -> Result<Reservation, StoreError> {
-        match self {
-            Kept::Local(b) => Ok(b.reserve(tokens, Instant::now(), max_wait)),
-            Kept::Shared {
-                settings,
-                room,
-                store,
-            } => {
-                let ask = LineAsk {
-                    line: StoreLine::Budget,
-                    per: per_token(*settings),
-                    units: tokens,
-                    max_wait,
-                    ahead: BUDGET_WINDOW,
-                };
-                store.reserve(room, &ask).await
-            }
-        }
+        self.reserve_units(tokens, max_wait).await
     }
 
     /// Corrects a reservation, as [`Budget::settle`]. A store that does not
