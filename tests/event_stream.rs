@@ -211,12 +211,7 @@ async fn streams_are_limited_per_ticket_and_per_client_over_http1() {
 
 #[tokio::test]
 async fn streams_are_limited_per_ticket_and_per_client_over_h2c() {
-    let h2c = reqwest::Client::builder()
-        .no_proxy()
-        .tls_certs_only([])
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = crate::common::h2c_client();
     streams_are_limited_per_ticket_and_per_client(h2c).await;
 }
 

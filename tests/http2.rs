@@ -105,12 +105,7 @@ async fn h2c_is_spoken_on_plain_listeners_when_asked_and_to_upstreams_that_speak
         ),
     )
     .await;
-    let h2c = reqwest::Client::builder()
-        .no_proxy()
-        .tls_certs_only([])
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = crate::common::h2c_client();
     let resp = h2c.get(p.url("/x")).send().await.unwrap();
     assert_eq!(resp.version(), Version::HTTP_2);
     // nginx listens for HTTP/2 only: it answered, over HTTP/2.

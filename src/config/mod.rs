@@ -649,14 +649,6 @@ pub struct Launch {
     pub message: Option<String>,
 }
 
-impl Launch {
-    /// The time from which it holds the room: its pre-queue's opening, to
-    /// its end (`None`: for good).
-    pub fn span(&self) -> (SystemTime, Option<SystemTime>) {
-        (self.prequeue_opens, self.ends)
-    }
-}
-
 /// `[[room.codes]]`: codes given as a file of their SHA-256 digests (one
 /// per line), so that the file leaks no code.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -138,15 +138,6 @@ pub async fn enter(
 }
 
 impl Guard {
-    /// The room the request is in, if any.
-    pub fn room(&self) -> Option<&Room> {
-        match self {
-            Guard::Unguarded => None,
-            Guard::Requests(r) => Some(&r.room),
-            Guard::Sessions(v) => Some(&v.room),
-        }
-    }
-
     /// The visit, for a visitor of a `sessions` room.
     pub fn visit(&self) -> Option<&Visit> {
         match self {

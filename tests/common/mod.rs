@@ -203,6 +203,17 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client that speaks HTTP/2 without TLS from its first byte (h2c, prior
+/// knowledge), as `client` otherwise.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([])
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
 /// `GET url` as JSON.
 pub async fn get_json(url: String) -> serde_json::Value {
     client()

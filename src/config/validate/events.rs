@@ -93,34 +93,35 @@ struct Delivery {
 }
 
 fn delivery(p: &mut Problems, e: &EventsFile) -> Delivery {
-    let mut duration =
-        |key: &str, v: &Option<String>, default| p.duration(key, v.as_deref(), default);
-    let d = Delivery {
-        flush_interval: duration(
-            "events.flush_interval",
-            &e.flush_interval,
-            Duration::from_millis(500),
-        ),
-        retry_base: duration(
-            "events.retry_base",
-            &e.retry_base,
-            Duration::from_millis(200),
-        ),
-        retry_max: duration("events.retry_max", &e.retry_max, Duration::from_secs(30)),
-        timeout: Duration::ZERO,
-    };
-    if d.flush_interval < Duration::from_millis(1) {
+    let flush_interval = p.duration(
+        "events.flush_interval",
+        e.flush_interval.as_deref(),
+        Duration::from_millis(500),
+    );
+    if flush_interval < Duration::from_millis(1) {
         p.add(
             "events.flush_interval",
             "must be at least 1ms (each sink's buffer goes out this often)",
         );
     }
-    if d.retry_max < d.retry_base {
+    let retry_base = p.duration(
+        "events.retry_base",
+        e.retry_base.as_deref(),
+        Duration::from_millis(200),
+    );
+    let retry_max = p.duration(
+        "events.retry_max",
+        e.retry_max.as_deref(),
+        Duration::from_secs(30),
+    );
+    if retry_max < retry_base {
         p.add("events.retry_max", "must be at least retry_base");
     }
     Delivery {
+        flush_interval,
+        retry_base,
+        retry_max,
         timeout: p.positive("events.timeout", &e.timeout, Duration::from_secs(5)),
-        ..d
     }
 }
 
